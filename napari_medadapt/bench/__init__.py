@@ -1,0 +1,1 @@
+"""Benchmarks behind ``medadapt bench``; each writes JSON and Markdown into docs/benchmarks."""

@@ -1,0 +1,58 @@
+"""The ``medadapt`` command line: one sub-command per module in this package.
+
+Each sub-command module defines ``register(subparsers)`` which adds its parser and sets
+``func=run`` (a callable taking the parsed namespace and returning an exit code). Modules are
+imported only when the CLI starts, and heavy libraries (torch, napari) only inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Sub-command modules, in the order ``medadapt --help`` lists them.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "napari_medadapt.cli.demo",
+    "napari_medadapt.cli.info",
+    "napari_medadapt.cli.train",
+    "napari_medadapt.cli.bench",
+)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one clear message, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``medadapt`` argument parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="medadapt",
+        description="Segment medical volumes and adapt AI models to your own scans.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medadapt`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from napari_medadapt.core.errors import MedAdaptError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, MedAdaptError) as err:
+        print(f"medadapt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medadapt {args.command}: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""``medadapt bench TARGET``: benchmarks that write JSON and Markdown reports (see docs/benchmarks)."""
+
+from __future__ import annotations
+
+import argparse
+
+from napari_medadapt.cli._dispatch import register_targets
+
+# target name -> module under napari_medadapt.bench defining HELP, add_arguments and run
+BENCH_TARGETS: dict[str, str] = {}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    register_targets(subparsers, "bench", "run a benchmark and write its report", BENCH_TARGETS)

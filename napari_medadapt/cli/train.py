@@ -1,0 +1,14 @@
+"""``medadapt train TARGET``: reproduce a bundled model from scratch (seeded, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+
+from napari_medadapt.cli._dispatch import register_targets
+
+# target name -> module under napari_medadapt.training defining HELP, add_arguments and run
+TRAIN_TARGETS: dict[str, str] = {}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    register_targets(subparsers, "train", "train a bundled model from scratch", TRAIN_TARGETS)
