@@ -1,0 +1,453 @@
+"""One long-lived compute thread per napari viewer, shared by every dock.
+
+Docks never compute on the Qt main thread. They hand a core function to the viewer's
+:class:`ComputeWorker`::
+
+    handle = get_worker(viewer).submit(
+        predict_volume, model, volume, description="Segment tumour", on_result=show_labels
+    )
+
+``fn(*args, ctx=JobContext, **kwargs)`` runs in the compute thread, one job at a time in submission
+order. Everything the user sees happens on the Qt main thread: a napari progress bar per running job
+(with a Cancel button), ``on_result(result)`` / ``on_error(exception)``, and a napari notification for
+errors and cancellations. Progress signals are coalesced (at most one pending update per job and
+:data:`PROGRESS_MIN_INTERVAL_S` between updates) so a job that reports thousands of steps cannot flood
+the event loop.
+
+Interactive requests (a SAM click, a slider) pass ``interactive_key``: a newer job with the same key
+replaces a queued one (which never runs; its handle ends as ``superseded``) and cancels a running one
+at its next progress step ("latest wins").
+
+Before each job, once torch is loaded, the compute thread bounds torch's CPU threads to
+``max(1, cores - 1)`` (:func:`napari_medadapt.core.device.limit_torch_threads`) so that the UI thread
+keeps a core. This module never imports torch itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from napari.utils.notifications import show_error, show_info
+from napari.utils.progress import cancelable_progress
+from qtpy.QtCore import QCoreApplication, QEventLoop, QObject, Qt, Signal, Slot
+
+from napari_medadapt.core.errors import MedAdaptError
+from napari_medadapt.core.jobs import JobCancelled, JobContext
+
+logger = logging.getLogger(__name__)
+
+#: Minimum time between two progress-bar updates of one job (seconds).
+PROGRESS_MIN_INTERVAL_S = 0.05
+
+
+class JobState(str, enum.Enum):
+    """Life cycle of a submitted job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+
+
+_FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED})
+
+
+class _JobProgress(cancelable_progress):
+    """A napari progress bar whose Cancel button cancels the job at once."""
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.cancel_callback is not None:
+            self.cancel_callback()
+
+
+class JobHandle(QObject):
+    """The caller's view of one submitted job.
+
+    ``finished`` is emitted on the Qt main thread once the job reached a final state (done, failed,
+    cancelled or superseded) and its callbacks ran; ``qtbot.waitSignal(handle.finished)`` waits for it.
+    """
+
+    finished = Signal()
+
+    def __init__(
+        self,
+        worker: ComputeWorker,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        description: str,
+        on_result: Callable[[Any], Any] | None,
+        on_error: Callable[[BaseException], Any] | None,
+        interactive_key: Hashable | None,
+    ) -> None:
+        super().__init__()
+        self.description = description
+        self.interactive_key = interactive_key
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._worker = worker
+        self._call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = (fn, args, kwargs)
+        self._on_result = on_result
+        self._on_error = on_error
+        self._state = JobState.QUEUED
+        self._cancel_reason: JobState | None = None
+        self._finished_event = threading.Event()
+        self._ctx = JobContext(on_progress=self._report_progress)
+        self._progress_bar: _JobProgress | None = None
+        self._latest_progress: tuple[int, int, str] = (0, 0, "")
+        self._progress_pending = False
+        self._last_progress_emit = 0.0
+        self._shown_description = description
+
+    @property
+    def state(self) -> JobState:
+        """Current :class:`JobState`."""
+        return self._state
+
+    @property
+    def done(self) -> bool:
+        """Whether the job reached a final state and its callbacks ran."""
+        return self._state in _FINAL_STATES
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job ended cancelled or superseded (its result, if any, was discarded)."""
+        return self._state in (JobState.CANCELLED, JobState.SUPERSEDED)
+
+    @property
+    def superseded(self) -> bool:
+        """Whether a newer job with the same ``interactive_key`` replaced this one."""
+        return self._state is JobState.SUPERSEDED
+
+    def cancel(self) -> None:
+        """Cancel the job: a queued job never runs; a running one stops at its next progress step."""
+        self._worker._cancel(self, JobState.CANCELLED)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job is final and its callbacks ran; return False on timeout.
+
+        Called on the Qt main thread it keeps processing Qt events (the callbacks run there);
+        from any other thread it simply waits.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return self._finished_event.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._finished_event.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+            self._finished_event.wait(0.002)
+        return True
+
+    def _report_progress(self, done: int, total: int, message: str) -> None:
+        """Progress sink of the job's context (compute thread): coalesce, then signal the UI."""
+        self._latest_progress = (done, total, message)
+        now = time.monotonic()
+        if self._progress_pending or now - self._last_progress_emit < PROGRESS_MIN_INTERVAL_S:
+            return
+        self._progress_pending = True
+        self._last_progress_emit = now
+        self._worker._progress_signal.emit(self)
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.description!r}, state={self._state.value})"
+
+
+class ComputeWorker(QObject):
+    """A single compute thread that runs submitted jobs one after another.
+
+    Create it on the Qt main thread (use :func:`get_worker` for a viewer's worker). All callbacks,
+    progress bars and notifications are handled on that thread.
+
+    Parameters
+    ----------
+    name
+        Name of the compute thread (shown in debuggers and logs).
+    torch_threads
+        CPU threads torch may use in the compute thread; default ``max(1, cores - 1)``.
+    """
+
+    _started_signal = Signal(object)
+    _progress_signal = Signal(object)
+    _finished_signal = Signal(object, object, object)
+
+    def __init__(self, name: str = "medadapt-compute", torch_threads: int | None = None) -> None:
+        super().__init__()
+        self._torch_threads = torch_threads
+        self._torch_threads_limited = False
+        self._condition = threading.Condition()
+        self._queue: deque[JobHandle] = deque()
+        self._running: JobHandle | None = None
+        self._stopping = False
+        queued = Qt.ConnectionType.QueuedConnection
+        self._started_signal.connect(self._deliver_started, queued)
+        self._progress_signal.connect(self._deliver_progress, queued)
+        self._finished_signal.connect(self._deliver_finished, queued)
+        self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------------------------- public API
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        description: str | None = None,
+        on_result: Callable[[Any], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+        interactive_key: Hashable | None = None,
+        **kwargs: Any,
+    ) -> JobHandle:
+        """Queue ``fn(*args, ctx=JobContext, **kwargs)`` for the compute thread.
+
+        Parameters
+        ----------
+        fn
+            The computation; it must accept a keyword ``ctx`` and should call ``ctx.progress``.
+        description
+            Short text for the progress bar and notifications (default: the function's name).
+        on_result
+            Called on the Qt main thread with the return value when the job succeeds.
+        on_error
+            Called on the Qt main thread with the exception when the job fails (a notification
+            is shown as well).
+        interactive_key
+            Jobs sharing this key follow "latest wins": this job replaces a queued one with the same
+            key and cancels a running one.
+
+        Returns
+        -------
+        JobHandle
+            Handle to cancel the job, inspect its state or wait for it.
+        """
+        if description is None:
+            description = getattr(fn, "__name__", "computation").replace("_", " ")
+        handle = JobHandle(self, fn, args, kwargs, description, on_result, on_error, interactive_key)
+        with self._condition:
+            if self._stopping:
+                raise RuntimeError("the compute worker was shut down (its viewer was closed)")
+            if interactive_key is not None:
+                for queued in [job for job in self._queue if job.interactive_key == interactive_key]:
+                    self._queue.remove(queued)
+                    self._finished_signal.emit(queued, JobState.SUPERSEDED, None)
+                running = self._running
+                if running is not None and running.interactive_key == interactive_key:
+                    self._request_cancel(running, JobState.SUPERSEDED)
+            self._queue.append(handle)
+            self._condition.notify_all()
+        return handle
+
+    def cancel_all(self) -> None:
+        """Cancel every queued job and the running one."""
+        with self._condition:
+            for queued in list(self._queue):
+                self._queue.remove(queued)
+                self._finished_signal.emit(queued, JobState.CANCELLED, None)
+            if self._running is not None:
+                self._request_cancel(self._running, JobState.CANCELLED)
+
+    @property
+    def is_busy(self) -> bool:
+        """Whether a job is running or queued."""
+        with self._condition:
+            return self._running is not None or bool(self._queue)
+
+    def is_alive(self) -> bool:
+        """Whether the compute thread is running (False after :meth:`shutdown`)."""
+        return self._thread.is_alive()
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Cancel all jobs, close their progress bars and stop the compute thread.
+
+        Call on the Qt main thread. Jobs end as cancelled without notifications or callbacks.
+        Returns whether the thread ended within ``timeout`` seconds (a job that never reports
+        progress cannot be interrupted; the thread is a daemon and ends with it).
+        """
+        with self._condition:
+            self._stopping = True
+            abandoned = list(self._queue)
+            self._queue.clear()
+            if self._running is not None:
+                self._request_cancel(self._running, JobState.CANCELLED)
+                abandoned.append(self._running)
+            self._condition.notify_all()
+        for job in abandoned:
+            self._finalize(job, JobState.CANCELLED, notify=False)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------------------ compute thread
+    def _run_loop(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue and not self._stopping:
+                    self._condition.wait()
+                if self._stopping:
+                    return
+                job = self._queue.popleft()
+                job._state = JobState.RUNNING
+                self._running = job
+            self._started_signal.emit(job)
+            self._bound_torch_threads()
+            outcome, payload = self._execute(job)
+            self._bound_torch_threads()
+            with self._condition:
+                self._running = None
+                if job._cancel_reason is not None:
+                    outcome, payload = job._cancel_reason, None
+            self._finished_signal.emit(job, outcome, payload)
+
+    def _execute(self, job: JobHandle) -> tuple[JobState, Any]:
+        assert job._call is not None
+        fn, args, kwargs = job._call
+        try:
+            return JobState.DONE, fn(*args, ctx=job._ctx, **kwargs)
+        except JobCancelled:
+            return job._cancel_reason or JobState.CANCELLED, None
+        except Exception as err:  # every failure is reported; the thread must survive it
+            if not isinstance(err, MedAdaptError):
+                logger.exception("%s failed", job.description)
+            return JobState.FAILED, err
+
+    def _bound_torch_threads(self) -> None:
+        """Limit torch threads in this thread once torch is loaded (set per calling thread)."""
+        if self._torch_threads_limited or "torch" not in sys.modules:
+            return
+        from napari_medadapt.core.device import limit_torch_threads
+
+        count = limit_torch_threads(self._torch_threads)
+        self._torch_threads_limited = True
+        logger.debug("compute thread uses %d torch thread(s)", count)
+
+    def _request_cancel(self, job: JobHandle, reason: JobState) -> None:
+        """Flag a running job (caller holds the lock); it stops at its next progress step."""
+        if job._cancel_reason is None:
+            job._cancel_reason = reason
+        job._ctx.cancel()
+
+    def _cancel(self, job: JobHandle, reason: JobState) -> None:
+        with self._condition:
+            if job in self._queue:
+                self._queue.remove(job)
+                self._finished_signal.emit(job, reason, None)
+            elif job is self._running:
+                self._request_cancel(job, reason)
+
+    # ------------------------------------------------------------------------------- main thread
+    @Slot(object)
+    def _deliver_started(self, job: JobHandle) -> None:
+        if job.done:
+            return
+        job._progress_bar = _JobProgress(total=0, desc=job.description, cancel_callback=job.cancel)
+
+    @Slot(object)
+    def _deliver_progress(self, job: JobHandle) -> None:
+        job._progress_pending = False
+        bar = job._progress_bar
+        if bar is None or job.done:
+            return
+        done, total, message = job._latest_progress
+        if total != bar.total:
+            bar.total = total
+        if done != bar.n:
+            bar.update(done - bar.n)
+        description = f"{job.description}: {message}" if message else job.description
+        if description != job._shown_description:
+            job._shown_description = description
+            bar.set_description(description)
+
+    @Slot(object, object, object)
+    def _deliver_finished(self, job: JobHandle, outcome: JobState, payload: Any) -> None:
+        self._finalize(job, outcome, payload)
+
+    def _finalize(self, job: JobHandle, outcome: JobState, payload: Any = None, notify: bool = True) -> None:
+        """Close the progress bar, record the outcome, run callbacks and notify (main thread)."""
+        if job.done:
+            return
+        if job._progress_bar is not None:
+            job._progress_bar.close()
+            job._progress_bar = None
+        on_result, on_error = job._on_result, job._on_error
+        job._call = job._on_result = job._on_error = None
+        job._state = outcome
+        if outcome is JobState.DONE:
+            job.result = payload
+            if on_result is not None:
+                self._run_callback(job, on_result, payload)
+        elif outcome is JobState.FAILED:
+            job.error = payload
+            if notify:
+                show_error(_error_message(job.description, payload))
+            if on_error is not None:
+                self._run_callback(job, on_error, payload)
+        elif outcome is JobState.CANCELLED and notify:
+            show_info(f"{job.description}: cancelled")
+        job._finished_event.set()
+        job.finished.emit()
+
+    @staticmethod
+    def _run_callback(job: JobHandle, callback: Callable[[Any], Any], value: Any) -> None:
+        try:
+            callback(value)
+        except Exception as err:  # a broken callback must not break the worker or the event loop
+            logger.exception("callback of %s failed", job.description)
+            show_error(f"{job.description}: showing the result failed: {type(err).__name__}: {err}")
+
+
+def _error_message(description: str, error: BaseException) -> str:
+    """The notification text for a failed job."""
+    if isinstance(error, MedAdaptError):
+        return f"{description}: {error}"
+    return f"{description} failed: {type(error).__name__}: {error} (details in the log)"
+
+
+# viewer id -> (weak reference to the viewer, its worker)
+_WORKERS: dict[int, tuple[weakref.ReferenceType[Any], ComputeWorker]] = {}
+_EXIT_HOOKED = False
+
+
+def get_worker(viewer: Any) -> ComputeWorker:
+    """Return the viewer's compute worker, creating it on first use (call on the Qt main thread).
+
+    The worker shuts down when the viewer's window is destroyed, and at application exit.
+    """
+    key = id(viewer)
+    entry = _WORKERS.get(key)
+    if entry is not None and entry[0]() is viewer and entry[1].is_alive():
+        return entry[1]
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("get_worker() must be called on the Qt main thread")
+    worker = ComputeWorker(name=f"medadapt-compute-{key:x}")
+    _WORKERS[key] = (weakref.ref(viewer), worker)
+    qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if qt_window is not None:
+        qt_window.destroyed.connect(lambda *_: _shutdown_worker(key, worker))
+    global _EXIT_HOOKED
+    app = QCoreApplication.instance()
+    if app is not None and not _EXIT_HOOKED:
+        app.aboutToQuit.connect(_shutdown_all_workers)
+        _EXIT_HOOKED = True
+    return worker
+
+
+def _shutdown_worker(key: int, worker: ComputeWorker) -> None:
+    entry = _WORKERS.get(key)
+    if entry is not None and entry[1] is worker:
+        del _WORKERS[key]
+    worker.shutdown()
+
+
+def _shutdown_all_workers() -> None:
+    for key, (_, worker) in list(_WORKERS.items()):
+        _shutdown_worker(key, worker)
