@@ -1,0 +1,114 @@
+"""Whole-volume inference with tiny models on a crop of a real glioma volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medadapt.core.errors import ModelError
+from napari_medadapt.core.inference import predict_volume, prepare_input
+from napari_medadapt.core.jobs import JobCancelled, JobContext
+from napari_medadapt.core.models import ModelCard, build_model, default_architecture
+from napari_medadapt.core.volume import Geometry, Volume, load_case
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+MODALITIES = ["t1", "t1c", "t2", "flair"]
+
+
+@pytest.fixture(scope="module")
+def crop() -> Volume:
+    volume, _ = load_case(REAL / "glioma_tcga_du7294")
+    data = volume.data[:, 100:110, 64:112, 72:120]
+    return Volume(data, Geometry.from_display_grid(data.shape[1:], volume.geometry.spacing), volume.channels)
+
+
+def tiny_model(dims: int = 2, voxel_size=None, **arch) -> torch.nn.Module:
+    torch.manual_seed(0)
+    architecture = default_architecture(dims, 4, 4, filters=(4, 8, 16))
+    architecture.update(arch)
+    card = ModelCard(
+        name="tiny",
+        architecture=architecture,
+        modalities=MODALITIES,
+        labels=[0, 1, 2, 4],
+        supported_subsets=[MODALITIES, ["t1c", "t2", "flair"]],
+        voxel_size=voxel_size,
+    )
+    model = build_model(card)
+    with torch.no_grad():  # non-trivial BN statistics so classes differ
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                bn.running_mean.uniform_(-0.2, 0.2)
+                bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_2d_prediction_matches_direct_forward(crop):
+    model = tiny_model()
+    steps = []
+    ctx = JobContext(on_progress=lambda d, t, m: steps.append((d, t)))
+    pred = predict_volume(model, crop, ctx=ctx, device="cpu", batch_size=4)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert pred.labels.shape == crop.data.shape[1:] and pred.labels.dtype == np.uint8
+    assert set(np.unique(pred.labels)) <= {0, 1, 2, 4}
+    assert pred.probabilities.shape == (4, *crop.data.shape[1:])
+    np.testing.assert_allclose(pred.probabilities.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    prepared = prepare_input(model, crop)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(prepared.data).permute(1, 0, 2, 3))
+    expected = np.array([0, 1, 2, 4])[logits.argmax(1).numpy()]
+    np.testing.assert_array_equal(pred.labels, expected)
+    np.testing.assert_allclose(pred.confidence, torch.softmax(logits, 1).max(1).values.numpy(), atol=1e-5)
+    for label_id, ml in pred.volumes_ml.items():
+        assert ml == pytest.approx((pred.labels == label_id).sum() / 1000.0)
+    assert "volume mL" in pred.format_volumes()
+
+
+def test_cancel_stops_between_batches(crop):
+    def cancel_after_first(done, total, message):
+        ctx.cancel()
+
+    ctx = JobContext(on_progress=cancel_after_first)
+    with pytest.raises(JobCancelled):
+        predict_volume(tiny_model(), crop, ctx=ctx, device="cpu", batch_size=2)
+
+
+def test_modalities_missing_optional_renamed_and_nan(crop):
+    model = tiny_model()
+    without_t1 = crop.subset(["t1c", "t2", "flair"])
+    pred = predict_volume(model, without_t1, device="cpu")
+    assert pred.missing == ("t1",) and any("filled with zeros" in n for n in pred.notes)
+    with pytest.raises(ModelError, match="needs FLAIR; got t1, t1c, t2"):
+        predict_volume(model, crop.subset(["t1", "t1c", "t2"]), device="cpu")
+    renamed = Volume(crop.data.copy(), crop.geometry, ("a", "b", "c", "d"))
+    mapping = dict(zip(MODALITIES, "abcd", strict=True))
+    ref = predict_volume(model, crop, device="cpu")
+    np.testing.assert_array_equal(predict_volume(model, renamed, device="cpu", modalities=mapping).labels, ref.labels)
+    with_nan = Volume(crop.data.copy(), crop.geometry, crop.channels)
+    with_nan.data[3, 0, :5, :5] = np.nan
+    pred = predict_volume(model, with_nan, device="cpu")
+    assert any("NaN" in n for n in pred.notes)
+    assert np.isfinite(pred.confidence).all()
+
+
+def test_resampling_to_model_voxel_size_returns_source_grid(crop):
+    model = tiny_model(voxel_size=[None, 2.0, 2.0])
+    prepared = prepare_input(model, crop)
+    assert prepared.data.shape[1:] == (10, 24, 24) and prepared.resampled
+    pred = predict_volume(model, crop, device="cpu", return_probabilities=False)
+    assert pred.labels.shape == crop.data.shape[1:] and pred.probabilities is None
+    assert any("resampled" in n for n in pred.notes)
+
+
+def test_3d_sliding_window(crop):
+    model = tiny_model(dims=3, roi_size=[8, 32, 32])
+    steps = []
+    pred = predict_volume(
+        model, crop, device="cpu", batch_size=2, ctx=JobContext(on_progress=lambda d, t, m: steps.append((d, t)))
+    )
+    assert pred.labels.shape == crop.data.shape[1:]
+    assert len(steps) == steps[-1][1] > 1 and steps[-1][0] == steps[-1][1]
+    np.testing.assert_allclose(pred.probabilities.astype(np.float32).sum(0), 1.0, atol=5e-3)
