@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.inference import predict_volume, prepare_input
+from napari_medadapt.core.inference import predict_volume, prepare_input, prepare_model_input
 from napari_medadapt.core.jobs import JobCancelled, JobContext
 from napari_medadapt.core.models import ModelCard, build_model, default_architecture
 from napari_medadapt.core.volume import Geometry, Volume, load_case
@@ -58,7 +58,7 @@ def test_2d_prediction_matches_direct_forward(crop):
     np.testing.assert_allclose(pred.probabilities.astype(np.float32).sum(0), 1.0, atol=5e-3)
     prepared = prepare_input(model, crop)
     with torch.no_grad():
-        logits = model(torch.from_numpy(prepared.data).permute(1, 0, 2, 3))
+        logits = model(torch.from_numpy(prepared).permute(1, 0, 2, 3))
     expected = np.array([0, 1, 2, 4])[logits.argmax(1).numpy()]
     np.testing.assert_array_equal(pred.labels, expected)
     np.testing.assert_allclose(pred.confidence, torch.softmax(logits, 1).max(1).values.numpy(), atol=1e-5)
@@ -96,8 +96,9 @@ def test_modalities_missing_optional_renamed_and_nan(crop):
 
 def test_resampling_to_model_voxel_size_returns_source_grid(crop):
     model = tiny_model(voxel_size=[None, 2.0, 2.0])
-    prepared = prepare_input(model, crop)
+    prepared = prepare_model_input(model, crop)
     assert prepared.data.shape[1:] == (10, 24, 24) and prepared.resampled
+    assert prepare_input(model, crop, resample=False).shape == crop.data.shape
     pred = predict_volume(model, crop, device="cpu", return_probabilities=False)
     assert pred.labels.shape == crop.data.shape[1:] and pred.probabilities is None
     assert any("resampled" in n for n in pred.notes)

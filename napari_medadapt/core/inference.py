@@ -1,6 +1,6 @@
 """Whole-volume inference: from a :class:`~napari_medadapt.core.volume.Volume` to labels and probabilities.
 
-Pipeline (:func:`prepare_input` then :func:`predict_volume`):
+Pipeline (:func:`prepare_model_input` / :func:`prepare_input`, then :func:`predict_volume`):
 
 1. Channels are matched to the model's modalities by name (``t1ce`` counts as ``t1c``; an explicit
    ``modalities`` mapping overrides) and checked against the card's supported subsets; a missing required
@@ -200,10 +200,17 @@ def _resize(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def prepare_input(
-    model: SegModel | ModelCard, volume: Volume, modalities: Mapping[str, str | None] | None = None
+def prepare_model_input(
+    model: SegModel | ModelCard,
+    volume: Volume,
+    modalities: Mapping[str, str | None] | None = None,
+    resample: bool = True,
 ) -> ModelInput:
-    """Normalised, modality-ordered, resampled input of ``volume`` for ``model`` (see module docstring)."""
+    """Normalised, modality-ordered input of ``volume`` for ``model``, with what was done (module docstring).
+
+    With ``resample=False`` the data stay on the volume's own grid even when the card asks for another
+    voxel size.
+    """
     card = model if not hasattr(model, "card") else model.card
     mapping = match_modalities(card, volume.channels, modalities)
     present = tuple(m for m, c in mapping.items() if c is not None)
@@ -226,7 +233,7 @@ def prepare_input(
         data[index] = normalise_channel(image, card.intensity)
     if missing:
         notes.append(f"missing modalities filled with zeros: {', '.join(missing)}.")
-    target = _target_spacing(card, spacing)
+    target = _target_spacing(card, spacing) if resample else spacing
     if target != spacing:
         new_shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
         notes.append(
@@ -235,6 +242,21 @@ def prepare_input(
         )
         data = _resize(data, new_shape)
     return ModelInput(data, present, missing, target, shape, notes)
+
+
+def prepare_input(
+    model: SegModel | ModelCard,
+    volume: Volume,
+    modalities: Mapping[str, str | None] | None = None,
+    resample: bool = True,
+) -> np.ndarray:
+    """The network input ``(C, Z, Y, X)`` float32 for ``volume``, exactly as :func:`predict_volume` feeds it.
+
+    Channels in the model's modality order, normalised per the card, missing optional ones zero; on the
+    model's voxel grid (the volume's own grid unless the card's ``voxel_size`` differs and ``resample``).
+    Use :func:`prepare_model_input` to also learn which modalities were missing and whether it was resampled.
+    """
+    return prepare_model_input(model, volume, modalities, resample).data
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -348,7 +370,7 @@ def predict_volume(
     ctx = ensure_context(ctx)
     if batch_size < 1:
         raise ModelError(f"batch_size must be at least 1, got {batch_size}.")
-    prepared = prepare_input(model, volume, modalities)
+    prepared = prepare_model_input(model, volume, modalities)
     torch_device = select_device(None) if device is None else torch.device(device)
     was_training = model.training
     model.to(torch_device)
