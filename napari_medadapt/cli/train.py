@@ -7,7 +7,10 @@ import argparse
 from napari_medadapt.cli._dispatch import register_targets
 
 # target name -> module under napari_medadapt.training defining HELP, add_arguments and run
-TRAIN_TARGETS: dict[str, str] = {}
+TRAIN_TARGETS: dict[str, str] = {
+    "sam-small": "napari_medadapt.training.sam_small",
+    "tts-trap": "napari_medadapt.training.tts_trap",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

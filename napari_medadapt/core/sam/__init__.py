@@ -1,0 +1,85 @@
+"""Segment Anything engine: checkpoints, embedding cache, prompt -> mask, 3D propagation, click simulation.
+
+Importing this package does not import torch or segment_anything; they load when a model is built.
+See docs/architecture.md, section "Segment Anything (core/sam)".
+"""
+
+from napari_medadapt.core.sam.clicks import (
+    ClickSession,
+    first_click,
+    iou,
+    jittered_box,
+    next_click,
+    simulate_clicks,
+    summarize_sessions,
+)
+from napari_medadapt.core.sam.model import MaskPrediction, PromptableModel
+from napari_medadapt.core.sam.predictor import EmbeddingCache, PrecomputeStats, SamPredictor, slice_key
+from napari_medadapt.core.sam.prompts import (
+    AUTO_WINDOW,
+    WINDOW_PRESETS,
+    PromptError,
+    Prompts,
+    box_from_mask,
+    make_prompts,
+    resolve_window,
+    slice_to_rgb,
+)
+from napari_medadapt.core.sam.propagation import (
+    MODES as PROPAGATION_MODES,
+)
+from napari_medadapt.core.sam.propagation import (
+    PropagationResult,
+    SliceStat,
+    interpolate_masks,
+    mask_to_logits,
+    propagate,
+)
+from napari_medadapt.core.sam.registry import (
+    REGISTRY,
+    CheckpointEntry,
+    checkpoint_path,
+    fetch_checkpoint,
+    get_entry,
+    list_checkpoints,
+    load_sam,
+)
+from napari_medadapt.core.sam.small_model import SMALL_MODEL_NAME
+
+__all__ = [
+    "AUTO_WINDOW",
+    "PROPAGATION_MODES",
+    "REGISTRY",
+    "SMALL_MODEL_NAME",
+    "WINDOW_PRESETS",
+    "CheckpointEntry",
+    "ClickSession",
+    "EmbeddingCache",
+    "MaskPrediction",
+    "PrecomputeStats",
+    "PromptError",
+    "PromptableModel",
+    "Prompts",
+    "PropagationResult",
+    "SamPredictor",
+    "SliceStat",
+    "box_from_mask",
+    "checkpoint_path",
+    "fetch_checkpoint",
+    "first_click",
+    "get_entry",
+    "interpolate_masks",
+    "iou",
+    "jittered_box",
+    "list_checkpoints",
+    "load_sam",
+    "make_prompts",
+    "mask_to_logits",
+    "next_click",
+    "propagate",
+    "resolve_window",
+    "simulate_clicks",
+    "slice_key",
+    "slice_to_rgb",
+    "summarize_sessions",
+]

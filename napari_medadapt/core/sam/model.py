@@ -1,0 +1,219 @@
+"""A loaded promptable model: image -> embedding (encoder) and embedding + prompts -> masks (decoder).
+
+Wraps a ``segment_anything.modeling.Sam`` (official ViT-B/L/H, MedSAM or the bundled small model)
+with its preprocessing, device handling (batched fp16 encoding on CUDA, CPU fallback when the GPU
+runs out of memory) and the conversion from ``(row, col)`` slice coordinates to SAM's input pixels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_medadapt.core.errors import ModelError
+from napari_medadapt.core.sam._compat import ResizeLongestSide
+from napari_medadapt.core.sam.decoding import decode
+from napari_medadapt.core.sam.prompts import Prompts, check_inside, clip_box
+
+
+@dataclass
+class MaskPrediction:
+    """Result of one prompt -> mask decode on a slice.
+
+    Attributes
+    ----------
+    mask
+        ``(H, W)`` bool, the selected mask (highest predicted IoU when several).
+    masks
+        ``(K, H, W)`` bool, all candidate masks (K = 3 for an ambiguous single click, else 1).
+    scores
+        ``(K,)`` predicted IoU of each candidate.
+    best
+        Index of ``mask`` in ``masks``.
+    low_res_logits
+        ``(K, 4g, 4g)`` float32 decoder logits (g = embedding grid), for mask feedback.
+    """
+
+    mask: np.ndarray
+    masks: np.ndarray
+    scores: np.ndarray
+    best: int
+    low_res_logits: np.ndarray
+
+    @property
+    def feedback(self) -> np.ndarray:
+        """``(1, 4g, 4g)`` logits of the selected mask, to pass as the next ``mask_input``."""
+        return self.low_res_logits[self.best][None]
+
+
+class PromptableModel:
+    """A SAM-architecture model ready for slice embedding and prompt decoding.
+
+    Parameters
+    ----------
+    sam
+        ``segment_anything.modeling.Sam`` module (weights loaded).
+    name
+        Registry name or checkpoint path.
+    model_hash
+        sha256 of the weights (part of every embedding cache key).
+    preprocess
+        ``"sam"`` (longest side resize, ImageNet pixel statistics, zero pad) or ``"medsam"``
+        (resize to the square input, intensities scaled to [0, 1]).
+    device
+        torch device (string or ``torch.device``); default CPU.
+    """
+
+    def __init__(
+        self, sam: Any, name: str, model_hash: str, preprocess: str = "sam", device: Any = None
+    ) -> None:
+        import torch
+
+        if preprocess not in ("sam", "medsam"):
+            raise ModelError(f"Unknown preprocessing {preprocess!r}.")
+        self.sam = sam.eval()
+        self.name = name
+        self.model_hash = model_hash
+        self.preprocess = preprocess
+        self.image_size = int(sam.image_encoder.img_size)
+        self.grid = int(sam.prompt_encoder.image_embedding_size[0])
+        self.embed_dim = int(sam.prompt_encoder.embed_dim)
+        self.transform = ResizeLongestSide(self.image_size)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.sam.to(self.device)
+        self.fallback_reason: str | None = None
+
+    # ----------------------------------------------------------------- geometry
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """Size ``(h, w)`` of the resized (unpadded) model input for a slice of ``original_size``."""
+        if self.preprocess == "medsam":
+            return self.image_size, self.image_size
+        return self.transform.preprocess_shape(*original_size)
+
+    def _scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
+        h, w = self.input_size(original_size)
+        return h / original_size[0], w / original_size[1]
+
+    # ------------------------------------------------------------------ encoder
+    def _prepare(self, rgb: np.ndarray) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        size = self.input_size(rgb.shape[:2])
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        tensor = F.interpolate(
+            tensor, size, mode="bilinear", align_corners=False, antialias=size[0] < rgb.shape[0]
+        )
+        if self.preprocess == "medsam":
+            return tensor[0] / 255.0
+        x = (tensor[0] - self.sam.pixel_mean.cpu()) / self.sam.pixel_std.cpu()
+        return F.pad(x, (0, self.image_size - size[1], 0, self.image_size - size[0]))
+
+    def embed(self, images_rgb: list[np.ndarray]) -> np.ndarray:
+        """Encode ``(H, W, 3)`` uint8 images (one batch) into ``(B, C, g, g)`` float32 embeddings.
+
+        On CUDA the encoder runs in fp16. If the GPU runs out of memory, a warning says so and the
+        model moves to the CPU for the rest of the session.
+        """
+        import torch
+
+        batch = torch.stack([self._prepare(img) for img in images_rgb])
+        try:
+            return self._encode(batch)
+        except torch.cuda.OutOfMemoryError:
+            self._fall_back_to_cpu(len(images_rgb))
+            return self._encode(batch)
+
+    def _encode(self, batch: Any) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = batch.to(self.device)
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    out = self.sam.image_encoder(x)
+            else:
+                out = self.sam.image_encoder(x)
+            return out.float().cpu().numpy()
+
+    def _fall_back_to_cpu(self, batch_size: int) -> None:
+        import torch
+
+        self.fallback_reason = (
+            f"The GPU ran out of memory while encoding {batch_size} slice(s) with {self.name}; "
+            "continuing on the CPU (slower). Close other GPU programs, use a smaller model, or set "
+            "MEDADAPT_DEVICE=cpu to avoid this."
+        )
+        warnings.warn(self.fallback_reason, RuntimeWarning, stacklevel=3)
+        torch.cuda.empty_cache()
+        self.device = torch.device("cpu")
+        self.sam.to(self.device)
+
+    # ------------------------------------------------------------------ decoder
+    def predict(
+        self,
+        embedding: np.ndarray,
+        original_size: tuple[int, int],
+        prompts: Prompts,
+        multimask: bool | None = None,
+    ) -> MaskPrediction:
+        """Decode masks for one slice from its embedding and prompts.
+
+        Parameters
+        ----------
+        embedding
+            ``(C, g, g)`` embedding of the slice (any float dtype).
+        original_size
+            The slice's ``(rows, cols)``.
+        prompts
+            Points / box in slice ``(row, col)`` coordinates, optional previous-mask logits.
+        multimask
+            Return three candidates; default: only for an ambiguous prompt (one click, no box).
+        """
+        import torch
+
+        check_inside(prompts, original_size)
+        if prompts.is_empty and prompts.mask_input is None:
+            raise ModelError("Give at least one click or a box to segment.")
+        if multimask is None:
+            multimask = len(prompts.points) == 1 and prompts.box is None
+        sy, sx = self._scale(original_size)
+        dev = self.device
+        points = labels = boxes = masks = None
+        if len(prompts.points):
+            # SAM's convention: pixel indices scaled to the input; the prompt encoder adds the half pixel.
+            xy = np.stack([prompts.points[:, 1] * sx, prompts.points[:, 0] * sy], axis=1)
+            points = torch.as_tensor(xy[None], dtype=torch.float32, device=dev)
+            labels = torch.as_tensor(prompts.labels[None], dtype=torch.int64, device=dev)
+        if prompts.box is not None:
+            r0, c0, r1, c1 = clip_box(prompts.box, original_size)
+            xyxy = [c0 * sx, r0 * sy, c1 * sx, r1 * sy]
+            boxes = torch.as_tensor([xyxy], dtype=torch.float32, device=dev)
+        if prompts.mask_input is not None:
+            low = np.asarray(prompts.mask_input, np.float32).reshape(1, 1, *prompts.mask_input.shape[-2:])
+            if low.shape[-1] != 4 * self.grid:
+                raise ModelError(
+                    f"The previous mask has {low.shape[-1]} px but {self.name} expects {4 * self.grid}; "
+                    "it comes from another model. Start again without it."
+                )
+            masks = torch.as_tensor(low, device=dev)
+        emb = torch.as_tensor(np.asarray(embedding, np.float32)[None], device=dev)
+        with torch.inference_mode():
+            logits, iou = decode(self.sam, emb, points, labels, boxes, masks, multimask=multimask)
+            full = self.postprocess(logits, original_size)
+        scores = iou[0].float().cpu().numpy()
+        best = int(np.argmax(scores))
+        masks_np = (full[0] > 0).cpu().numpy()
+        return MaskPrediction(masks_np[best], masks_np, scores, best, logits[0].float().cpu().numpy())
+
+    def postprocess(self, low_res: Any, original_size: tuple[int, int]) -> Any:
+        """Upsample ``(B, K, 4g, 4g)`` logits to the slice size, removing the padding."""
+        import torch.nn.functional as F
+
+        size = self.input_size(original_size)
+        up = F.interpolate(low_res, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        up = up[..., : size[0], : size[1]]
+        return F.interpolate(up, tuple(original_size), mode="bilinear", align_corners=False)

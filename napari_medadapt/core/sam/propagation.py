@@ -1,0 +1,228 @@
+"""3D propagation of a 2D Segment Anything mask through a volume.
+
+From the annotated slice(s) the mask is propagated slice by slice outwards in both directions along
+one axis; each slice is prompted from its neighbour's mask (a box, interior points, or box + the
+neighbour's mask logits). Propagation stops where the object ends: empty prediction, IoU with the
+neighbour below a threshold, or a jump in area; also at a user range or at slices the user marked
+with a negative-only prompt ("stop" slices). Between two annotated slices, each slice is prompted
+from a shape interpolation (signed distance) of the two annotations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from napari_medadapt.core.errors import MedAdaptError
+from napari_medadapt.core.jobs import JobContext, ensure_context
+from napari_medadapt.core.sam.clicks import interior_point, iou
+from napari_medadapt.core.sam.predictor import SamPredictor
+from napari_medadapt.core.sam.prompts import Prompts, box_from_mask, make_prompts, resolve_window
+
+MODES = ("box", "points", "mask")
+
+
+@dataclass
+class SliceStat:
+    """What happened on one slice: its index, voxel count, IoU with the neighbour it was prompted
+    from, the model's predicted IoU, and how it was obtained (``"seed"``, ``"propagated"``,
+    ``"interpolated"``)."""
+
+    index: int
+    area: int
+    neighbour_iou: float
+    score: float
+    source: str
+
+
+@dataclass
+class PropagationResult:
+    """3D mask (same shape as the volume) plus per-slice statistics and why each direction stopped.
+
+    ``stopped`` maps ``"down"`` / ``"up"`` to a reason: ``"empty"``, ``"iou"``, ``"area"``,
+    ``"stop-slice"``, ``"range"`` or ``"edge"``.
+    """
+
+    mask: np.ndarray
+    stats: list[SliceStat] = field(default_factory=list)
+    stopped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def slices(self) -> list[int]:
+        """Indices of the slices that received a mask."""
+        return sorted(s.index for s in self.stats)
+
+
+def _neighbour_prompts(mask: np.ndarray, mode: str, logits: np.ndarray | None) -> Prompts:
+    if mode == "points":
+        labels, n = ndimage.label(mask)
+        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+        order = np.argsort(sizes)[::-1][:3]
+        points = [interior_point(labels == k + 1) for k in order]
+        return make_prompts(points=points, labels=[1] * len(points))
+    box = box_from_mask(mask)
+    return make_prompts(box=box, mask_input=logits if mode == "mask" else None)
+
+
+def mask_to_logits(predictor: SamPredictor, mask: np.ndarray) -> np.ndarray:
+    """Turn a 2D boolean mask into ``(1, 4g, 4g)`` low-resolution logits for a mask prompt."""
+    import torch
+    import torch.nn.functional as F
+
+    model = predictor.model
+    h, w = model.input_size(mask.shape)
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    t = F.interpolate(t, (h, w), mode="bilinear", align_corners=False)
+    t = F.pad(t, (0, model.image_size - w, 0, model.image_size - h))
+    low = F.interpolate(t, (4 * model.grid, 4 * model.grid), mode="area")
+    return ((low[0] - 0.5) * 16.0).numpy()
+
+
+def interpolate_masks(mask_a: np.ndarray, mask_b: np.ndarray, fraction: float) -> np.ndarray:
+    """Shape interpolation of two 2D masks by their signed distance maps (``fraction`` 0 -> a, 1 -> b)."""
+
+    def sdf(m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, bool)
+        if not m.any():
+            return np.full(m.shape, -1e3, np.float32)
+        inside = ndimage.distance_transform_edt(m)
+        outside = ndimage.distance_transform_edt(~m)
+        return (inside - outside).astype(np.float32)
+
+    return ((1.0 - fraction) * sdf(mask_a) + fraction * sdf(mask_b)) > 0
+
+
+def propagate(
+    predictor: SamPredictor,
+    volume: np.ndarray,
+    seeds: dict[int, np.ndarray],
+    window: tuple[float, float] | str | None = None,
+    axis: int = 0,
+    mode: str = "mask",
+    iou_threshold: float = 0.4,
+    max_area_ratio: float = 2.5,
+    min_area: int = 4,
+    index_range: tuple[int, int] | None = None,
+    stop_slices: Iterable[int] = (),
+    ctx: JobContext | None = None,
+) -> PropagationResult:
+    """Propagate annotated 2D masks through a 3D volume.
+
+    Parameters
+    ----------
+    predictor
+        The predictor (its embedding cache is used and filled).
+    volume
+        3D array of raw intensities (e.g. one channel of ``Volume.data``: ``(Z, Y, X)``).
+    seeds
+        ``{slice index along axis: 2D boolean mask}``, at least one non-empty.
+    window
+        Intensity window for the whole volume (default: ``"mri-auto"`` over the volume).
+    axis
+        Axis to propagate along (0, 1 or 2).
+    mode
+        How a slice is prompted from its neighbour's mask: ``"box"``, ``"points"`` (interior points
+        of its largest components) or ``"mask"`` (box + the neighbour's mask logits).
+    iou_threshold
+        Stop when the new mask's IoU with its neighbour falls below this.
+    max_area_ratio
+        Stop when the area changes by more than this factor from one slice to the next.
+    min_area
+        Stop when the prediction has fewer voxels (the object ended).
+    index_range
+        ``(first, last)`` inclusive slice range to stay within; default the whole axis.
+    stop_slices
+        Slices (e.g. where the user gave only a negative click) where propagation halts, unfilled.
+    ctx
+        Progress (one step per slice) and cancellation.
+    """
+    ctx = ensure_context(ctx)
+    if mode not in MODES:
+        raise MedAdaptError(f"Unknown propagation mode {mode!r}; choose one of {MODES}.")
+    vol = np.moveaxis(np.asarray(volume), axis, 0)
+    n = vol.shape[0]
+    seeds = {int(k): np.asarray(v, bool) for k, v in seeds.items() if np.any(v)}
+    if not seeds:
+        raise MedAdaptError("Propagation needs at least one slice with a non-empty mask; segment one slice first.")
+    for k, m in seeds.items():
+        if not 0 <= k < n or m.shape != vol.shape[1:]:
+            raise MedAdaptError(
+                f"Annotated slice {k} (mask {m.shape}) does not fit a volume with {n} slices of "
+                f"{vol.shape[1:]} along axis {axis}."
+            )
+    lo, hi = (0, n - 1) if index_range is None else (max(0, int(index_range[0])), min(n - 1, int(index_range[1])))
+    window = resolve_window(vol, window) if window is None or isinstance(window, str) else window
+    stops = {int(s) for s in stop_slices}
+    out = np.zeros(vol.shape, bool)
+    result = PropagationResult(mask=out)
+    order = sorted(seeds)
+    for k in order:
+        out[k] = seeds[k]
+        result.stats.append(SliceStat(k, int(seeds[k].sum()), 1.0, 1.0, "seed"))
+    total = max(1, hi - lo + 1)
+    steps = [0]
+
+    def tick(message: str) -> None:
+        steps[0] += 1
+        ctx.progress(min(steps[0], total), total, message)
+
+    logits_of: dict[int, np.ndarray] = {}
+    if mode == "mask":
+        logits_of = {k: mask_to_logits(predictor, m) for k, m in seeds.items()}
+
+    # between consecutive annotated slices: prompt from the shape interpolation
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        for i in range(a + 1, b):
+            if i in stops or not lo <= i <= hi:
+                continue
+            prior = interpolate_masks(seeds[a], seeds[b], (i - a) / (b - a))
+            if prior.sum() < min_area:
+                tick(f"slice {i}: empty interpolation")
+                continue
+            pred = predictor.predict(vol[i], window, _neighbour_prompts(prior, mode, mask_to_logits(predictor, prior)
+                                                                       if mode == "mask" else None))
+            use = pred.mask if iou(pred.mask, prior) >= iou_threshold else prior
+            out[i] = use
+            result.stats.append(
+                SliceStat(i, int(use.sum()), iou(pred.mask, prior), float(pred.scores[pred.best]), "interpolated")
+            )
+            tick(f"interpolated slice {i}")
+
+    for direction, start, step in (("down", order[0], -1), ("up", order[-1], 1)):
+        prev = seeds[start]
+        prev_logits = logits_of.get(start)
+        i = start + step
+        reason = "edge"
+        while 0 <= i < n:
+            if not lo <= i <= hi:
+                reason = "range"
+                break
+            if i in stops:
+                reason = "stop-slice"
+                break
+            pred = predictor.predict(vol[i], window, _neighbour_prompts(prev, mode, prev_logits))
+            area = int(pred.mask.sum())
+            prev_area = max(1, int(prev.sum()))
+            overlap = iou(pred.mask, prev)
+            if area < min_area:
+                reason = "empty"
+            elif overlap < iou_threshold:
+                reason = "iou"
+            elif area > prev_area * max_area_ratio or area * max_area_ratio < prev_area:
+                reason = "area"
+            else:
+                reason = ""
+            if reason:
+                break
+            out[i] = pred.mask
+            result.stats.append(SliceStat(i, area, overlap, float(pred.scores[pred.best]), "propagated"))
+            tick(f"propagated to slice {i}")
+            prev, prev_logits = pred.mask, pred.feedback
+            i += step
+        result.stopped[direction] = reason
+    result.stats.sort(key=lambda s: s.index)
+    result.mask = np.moveaxis(out, 0, axis)
+    return result
