@@ -1,0 +1,23 @@
+"""Synthetic training and test data: phantom brain MRI with tumours, simulated acquisition shifts."""
+
+from napari_medadapt.core.synth.phantom import (
+    GRID_SHAPE,
+    MODALITIES,
+    TISSUE_CONTRAST,
+    make_phantom_slice,
+    make_phantom_volume,
+    random_phantom_params,
+)
+from napari_medadapt.core.synth.shifts import KINDS, STANDARD_SHIFTS, apply_shift
+
+__all__ = [
+    "GRID_SHAPE",
+    "KINDS",
+    "MODALITIES",
+    "STANDARD_SHIFTS",
+    "TISSUE_CONTRAST",
+    "apply_shift",
+    "make_phantom_slice",
+    "make_phantom_volume",
+    "random_phantom_params",
+]
