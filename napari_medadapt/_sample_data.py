@@ -1,0 +1,24 @@
+"""napari sample data: the real multi-modal glioma case TCGA-FG-6692 shipped with the package.
+
+See ``napari_medadapt/sample_data/ATTRIBUTION.md`` for its origin and the required citations (CC BY 3.0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: Case name of the bundled sample.
+SAMPLE_CASE = "glioma_tcga_fg6692"
+
+
+def sample_case_dir() -> Path:
+    """Folder of the bundled sample case (t1, t1c, t2, flair and reference labels seg_fusion)."""
+    return Path(__file__).resolve().parent / "sample_data"
+
+
+def glioma_sample() -> list[tuple[Any, dict[str, Any], str]]:
+    """Layers of the sample case: four MRI contrasts and the reference labels ``seg_fusion``."""
+    from napari_medadapt._reader import read_case_layers
+
+    return read_case_layers(sample_case_dir())

@@ -1,0 +1,82 @@
+"""napari writer: a Labels layer -> NIfTI (``.nii.gz``/``.nii``) on the exact grid of its source image.
+
+The geometry comes from the layer's ``metadata["medadapt"]["geometry"]``; a Labels layer without one
+(e.g. created with "New labels layer") uses the geometry of the image layer(s) of the same shape in the
+current viewer (the selected one when several differ).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_medadapt.core.errors import VolumeError
+from napari_medadapt.core.volume import Geometry, is_nifti_path, save_labels
+
+
+def _metadata_geometry(metadata: dict[str, Any] | None) -> Geometry | None:
+    geometry = ((metadata or {}).get("medadapt") or {}).get("geometry")
+    return geometry if isinstance(geometry, Geometry) else None
+
+
+def geometry_from_viewer(shape: tuple[int, ...], viewer: Any) -> Geometry:
+    """Geometry of the image layer in ``viewer`` whose display shape is ``shape``.
+
+    Several image layers of that shape must share one grid; otherwise the selected ones, then the
+    visible ones, are used when they share one.
+    """
+    from napari.layers import Image
+
+    candidates = []
+    for layer in getattr(viewer, "layers", ()):
+        geometry = _metadata_geometry(layer.metadata) if isinstance(layer, Image) else None
+        if geometry is not None and geometry.display_shape == tuple(shape):
+            candidates.append((layer, geometry))
+    if not candidates:
+        raise VolumeError(
+            f"No image layer of shape {tuple(shape)} opened from a NIfTI file is in the viewer, so the "
+            "labels' voxel grid is unknown. Open the image the labels belong to (File > Open) and save again."
+        )
+    first = candidates[0][1]
+    if all(geometry.matches(first) for _layer, geometry in candidates):
+        return first
+    for preferred in (
+        [g for layer, g in candidates if layer in viewer.layers.selection],
+        [g for layer, g in candidates if layer.visible],
+    ):
+        if preferred and all(g.matches(preferred[0]) for g in preferred):
+            return preferred[0]
+    names = ", ".join(layer.name for layer, _g in candidates)
+    raise VolumeError(
+        f"Image layers {names} have shape {tuple(shape)} but different voxel grids; hide the images the "
+        "labels do not belong to (keep only the right one visible) and save again."
+    )
+
+
+def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """Save a Labels layer's data with :func:`~napari_medadapt.core.volume.save_labels`.
+
+    Parameters
+    ----------
+    path
+        Destination; ``.nii.gz`` is appended when it has no NIfTI suffix.
+    data
+        The layer's ``(Z, Y, X)`` label array.
+    attributes
+        The layer's state (napari passes ``metadata``, ``name``, ...).
+
+    Returns
+    -------
+    list of str
+        The written file.
+    """
+    array = np.asarray(data)
+    geometry = _metadata_geometry(attributes.get("metadata"))
+    if geometry is None:
+        import napari
+
+        geometry = geometry_from_viewer(array.shape, napari.current_viewer())
+    target = Path(path) if is_nifti_path(path) else Path(f"{path}.nii.gz")
+    return [str(save_labels(array, geometry, target))]

@@ -1,0 +1,143 @@
+"""Helpers between napari layers and core volumes, shared by the docks.
+
+Layers opened by the reader carry ``layer.metadata["medadapt"] = {"geometry": Geometry, "modality": str,
+"source_path": str}``; these helpers read it back, assemble a :class:`~napari_medadapt.core.volume.Volume`
+from image layers, and paste label results back so that napari's undo can revert them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_medadapt._reader import LABELS_MODALITY, medadapt_metadata
+from napari_medadapt.core.errors import VolumeError
+from napari_medadapt.core.volume import Geometry, Volume, canonical_modality
+
+
+def _medadapt(layer: Any) -> dict[str, Any]:
+    return (getattr(layer, "metadata", None) or {}).get("medadapt") or {}
+
+
+def layer_geometry(layer: Any) -> Geometry | None:
+    """The source geometry a layer carries in its metadata, or ``None``."""
+    geometry = _medadapt(layer).get("geometry")
+    return geometry if isinstance(geometry, Geometry) else None
+
+
+def layer_modality(layer: Any) -> str | None:
+    """Canonical modality of a layer: from its metadata, else recognised in its name (load_case aliases)."""
+    modality = _medadapt(layer).get("modality")
+    if modality and modality != LABELS_MODALITY:
+        return canonical_modality(modality) or modality
+    return canonical_modality(layer.name)
+
+
+def image_layers_by_modality(viewer: Any) -> dict[str, Any]:
+    """``{modality: Image layer}`` for the image layers of ``viewer`` whose modality is recognised.
+
+    When two layers have the same modality, the one higher in the layer list (added later) wins.
+    """
+    from napari.layers import Image
+
+    found: dict[str, Any] = {}
+    for layer in viewer.layers:
+        modality = layer_modality(layer) if isinstance(layer, Image) else None
+        if modality is not None:
+            found[modality] = layer
+    return found
+
+
+def _check_volume_layer(name: str, layer: Any) -> np.ndarray:
+    if getattr(layer, "multiscale", False):
+        raise VolumeError(f"Layer {layer.name!r} ({name}) is multiscale; open the volume as a single-scale image.")
+    if getattr(layer, "rgb", False):
+        raise VolumeError(f"Layer {layer.name!r} ({name}) is an RGB image; a grayscale 3D volume is needed.")
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise VolumeError(
+            f"Layer {layer.name!r} ({name}) has {data.ndim}D data of shape {data.shape}; a 3D volume "
+            "(Z, Y, X) is needed. Split 4D or channel data into one layer per modality."
+        )
+    return data
+
+
+def volume_from_layers(layers: Mapping[str, Any], modalities: Sequence[str] | None = None) -> Volume:
+    """Assemble a :class:`Volume` from ``{modality: image layer}``.
+
+    Parameters
+    ----------
+    layers
+        Image layers keyed by modality (aliases such as ``t1ce`` are recognised).
+    modalities
+        Channels to take, in this order; default: all given layers.
+
+    Raises
+    ------
+    VolumeError
+        When a modality is missing, a layer is not a 3D grayscale volume, or the layers do not share one
+        display shape and geometry.
+    """
+    by_modality = {canonical_modality(key) or key: layer for key, layer in layers.items()}
+    wanted = [canonical_modality(m) or m for m in (modalities if modalities is not None else by_modality)]
+    missing = [m for m in wanted if m not in by_modality]
+    if missing or not wanted:
+        raise VolumeError(
+            f"Image layers for {', '.join(missing) or 'at least one modality'} are needed "
+            f"(available: {', '.join(by_modality) or 'none'}). Open them, or name the layers after their modality."
+        )
+    arrays = [_check_volume_layer(m, by_modality[m]) for m in wanted]
+    geometries = [layer_geometry(by_modality[m]) for m in wanted]
+    reference = next((g for g in geometries if g is not None), None)
+    if reference is None:
+        first = by_modality[wanted[0]]
+        reference = Geometry.from_display_grid(arrays[0].shape, tuple(first.scale)[-3:], tuple(first.translate)[-3:])
+    for modality, array, geometry in zip(wanted, arrays, geometries, strict=True):
+        if array.shape != reference.display_shape or (geometry is not None and not geometry.matches(reference)):
+            described = geometry.describe() if geometry is not None else f"display shape {array.shape}"
+            raise VolumeError(
+                f"Layer {by_modality[modality].name!r} ({modality}: {described}) is not on the grid of the "
+                f"other layers ({reference.describe()}). Use images of one case on one voxel grid."
+            )
+    paths = tuple(_medadapt(by_modality[m]).get("source_path", "") for m in wanted)
+    return Volume(np.stack(arrays).astype(np.float32, copy=False), reference, tuple(wanted), paths)
+
+
+def labels_layer_kwargs(geometry: Geometry, name: str = "labels", source_path: str = "") -> dict[str, Any]:
+    """Keyword arguments for ``viewer.add_labels`` that put labels on ``geometry`` (scale and metadata)."""
+    return {
+        "name": name,
+        "scale": geometry.spacing,
+        "metadata": medadapt_metadata(geometry, LABELS_MODALITY, source_path),
+    }
+
+
+def set_labels_undoable(labels_layer: Any, new_data: np.ndarray) -> int:
+    """Replace a Labels layer's data as one undoable step (Ctrl+Z in napari restores the old labels).
+
+    Only the voxels that change are written, through the layer's ``data_setitem`` (which records them
+    in the layer's undo history).
+
+    Returns
+    -------
+    int
+        Number of voxels changed.
+    """
+    current = labels_layer.data
+    new = np.asarray(new_data)
+    if new.shape != current.shape:
+        raise VolumeError(
+            f"New labels have shape {new.shape} but layer {labels_layer.name!r} has shape {current.shape}."
+        )
+    dtype = np.dtype(current.dtype)
+    if new.size and (new.min() < np.iinfo(dtype).min or new.max() > np.iinfo(dtype).max):
+        raise VolumeError(
+            f"Label values {new.min()}..{new.max()} do not fit layer {labels_layer.name!r} ({dtype})."
+        )
+    changed = np.nonzero(np.asarray(current) != new)
+    if changed[0].size == 0:
+        return 0
+    labels_layer.data_setitem(changed, new[changed].astype(dtype))
+    return int(changed[0].size)
