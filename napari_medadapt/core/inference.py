@@ -371,7 +371,7 @@ def predict_volume(
     if batch_size < 1:
         raise ModelError(f"batch_size must be at least 1, got {batch_size}.")
     prepared = prepare_model_input(model, volume, modalities)
-    torch_device = select_device(None) if device is None else torch.device(device)
+    torch_device = device if isinstance(device, torch.device) else select_device(device)
     was_training = model.training
     model.to(torch_device)
     model.eval()

@@ -146,10 +146,9 @@ def evaluate_labels(
 
 
 def format_results(results: Mapping[str, Mapping[str, float]]) -> str:
-    """A small text table of :func:`evaluate_labels` results."""
+    """A small text table of :func:`evaluate_labels` results (HD95 "n/a" when both sides are empty)."""
     lines = [f"{'region':<10} {'Dice':>7} {'HD95 mm':>9} {'pred mL':>9} {'ref mL':>9}"]
     for name, row in results.items():
-        lines.append(
-            f"{name:<10} {row['dice']:>7.4f} {row['hd95']:>9.2f} {row['pred_ml']:>9.2f} {row['ref_ml']:>9.2f}"
-        )
+        distance = "n/a" if math.isnan(row["hd95"]) else f"{row['hd95']:.2f}"
+        lines.append(f"{name:<10} {row['dice']:>7.4f} {distance:>9} {row['pred_ml']:>9.2f} {row['ref_ml']:>9.2f}")
     return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""``medadapt segment`` and ``medadapt evaluate`` on crops of a real glioma case with a tiny model."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_medadapt.cli import main
+from napari_medadapt.core.models import ModelCard, build_model, default_architecture, save_model
+from napari_medadapt.core.volume import load_labels, read_geometry
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "glioma_tcga_du7294"
+MODALITIES = ["t1", "t1c", "t2", "flair"]
+CROP = (slice(72, 120), slice(64, 112), slice(100, 110))  # source (i, j, k) axes
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("case")
+    for name in [*MODALITIES, "seg_fusion"]:
+        image = nib.load(str(REAL / f"{name}.nii.gz"))
+        nib.save(image.slicer[CROP], str(folder / f"{name}.nii.gz"))
+    # a second algorithm's labels as a "prediction" to evaluate
+    algo = nib.load(str(REAL / "seg_algorithms" / "isen-20.nii.gz"))
+    nib.save(algo.slicer[CROP], str(folder / "algo.nii.gz"))
+    torch.manual_seed(0)
+    card = ModelCard(
+        name="tinycli",
+        architecture=default_architecture(2, 4, 4, filters=(4, 8, 16)),
+        modalities=MODALITIES,
+        labels=[0, 1, 2, 4],
+        supported_subsets=[MODALITIES],
+    )
+    save_model(build_model(card).eval(), folder / "tinycli.safetensors")
+    return folder
+
+
+def images(case: Path, names=MODALITIES) -> list[str]:
+    return [arg for m in names for arg in ("--image", f"{m}={case / f'{m}.nii.gz'}")]
+
+
+def test_segment_writes_labels_on_first_image_grid(case, tmp_path, capsys):
+    out = tmp_path / "labels.nii.gz"
+    code = main(["segment", "--model", str(case / "tinycli.json"), *images(case), "--out", str(out), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "volume mL" in captured.out and "segment: 1/" in captured.err
+    written = nib.load(str(out))
+    source = nib.load(str(case / "t1.nii.gz"))
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    labels = load_labels(out, read_geometry(case / "t1.nii.gz"))
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+
+
+def test_segment_bad_inputs_are_clear_errors(case, tmp_path, capsys):
+    out = tmp_path / "labels.nii.gz"
+    model = ["--model", str(case / "tinycli.json")]
+    assert main(["segment", *model, *images(case, MODALITIES[:3]), "--out", str(out)]) == 2
+    assert "needs FLAIR; got t1, t1c, t2" in capsys.readouterr().err
+    shifted = tmp_path / "flair.nii.gz"
+    image = nib.load(str(case / "flair.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj)[:-2], image.affine), str(shifted))
+    args = [*images(case, MODALITIES[:3]), "--image", f"flair={shifted}"]
+    assert main(["segment", *model, *args, "--out", str(out)]) == 2
+    assert "not on the voxel grid" in capsys.readouterr().err
+    assert main(["segment", *model, "--image", "flair", "--out", str(out)]) == 2
+    assert "MODALITY=PATH" in capsys.readouterr().err
+    assert not out.exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for suffix in (".json", ".safetensors"):
+        (bad / f"tinycli{suffix}").write_bytes((case / f"tinycli{suffix}").read_bytes())
+    (bad / "tinycli.safetensors").write_bytes(b"\0" * 64)
+    assert main(["segment", "--model", str(bad / "tinycli.json"), *images(case), "--out", str(out)]) == 2
+    assert "does not match its model card" in capsys.readouterr().err
+
+
+def test_segment_with_test_time_adaptation_uses_the_adapted_model(case, tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def adapt(model, volume, method, ctx):
+        calls.append((method, volume.channels))
+        adapted = model.copy()
+        with torch.no_grad():  # an "adapted" head that always predicts class 2 (label 2)
+            adapted.head.conv.conv.weight.zero_()
+            adapted.head.conv.conv.bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))
+        return types.SimpleNamespace(model=adapted, warnings=["example warning"])
+
+    module = types.ModuleType("napari_medadapt.core.adapt.tta")
+    module.adapt = adapt
+    monkeypatch.setitem(sys.modules, "napari_medadapt.core.adapt.tta", module)
+    out = tmp_path / "adapted.nii.gz"
+    args = ["segment", "--model", str(case / "tinycli.json"), *images(case), "--out", str(out), "--tta", "tent"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert calls == [("tent", tuple(MODALITIES))]
+    assert "example warning" in capsys.readouterr().err
+    assert set(np.unique(np.asanyarray(nib.load(str(out)).dataobj))) == {2}
+    monkeypatch.setitem(sys.modules, "napari_medadapt.core.adapt.tta", None)
+    assert main(args) == 2
+    assert "test-time adaptation is not available" in capsys.readouterr().err
+
+
+def test_evaluate_prints_and_writes_json(case, tmp_path, capsys):
+    report = tmp_path / "eval.json"
+    code = main(["evaluate", "--pred", str(case / "algo.nii.gz"), "--ref", str(case / "seg_fusion.nii.gz"),
+                 "--json", str(report)])
+    assert code == 0
+    assert "WT" in capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert set(data["results"]) == {"WT", "TC", "ET"}
+    assert 0.5 < data["results"]["WT"]["dice"] <= 1.0
+    assert data["results"]["WT"]["hd95_status"] == "ok"
+    assert main(["evaluate", "--pred", str(case / "seg_fusion.nii.gz"), "--ref", str(case / "seg_fusion.nii.gz"),
+                 "--regions", "labels"]) == 0
+    assert "1.0000" in capsys.readouterr().out
