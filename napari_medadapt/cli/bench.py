@@ -7,7 +7,10 @@ import argparse
 from napari_medadapt.cli._dispatch import register_targets
 
 # target name -> module under napari_medadapt.bench defining HELP, add_arguments and run
-BENCH_TARGETS: dict[str, str] = {}
+BENCH_TARGETS: dict[str, str] = {
+    "engine": "napari_medadapt.bench.engine",
+    "tts": "napari_medadapt.bench.tts",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

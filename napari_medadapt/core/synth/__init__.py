@@ -7,8 +7,9 @@ from napari_medadapt.core.synth.phantom import (
     make_phantom_slice,
     make_phantom_volume,
     random_phantom_params,
+    render_clean,
 )
-from napari_medadapt.core.synth.shifts import KINDS, STANDARD_SHIFTS, apply_shift
+from napari_medadapt.core.synth.shifts import KINDS, STANDARD_SHIFTS, apply_shift, shift_volume
 
 __all__ = [
     "GRID_SHAPE",
@@ -20,4 +21,6 @@ __all__ = [
     "make_phantom_slice",
     "make_phantom_volume",
     "random_phantom_params",
+    "render_clean",
+    "shift_volume",
 ]

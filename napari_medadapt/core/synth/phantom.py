@@ -220,8 +220,10 @@ def _tumour_labels(params: PhantomParams, points: np.ndarray, brain: np.ndarray,
     return labels
 
 
-def _render_points(params: PhantomParams, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Clean (pre-acquisition) images ``(4, *grid)`` and labels at output ``points`` (..., 3) zyx."""
+def _render_points(
+    params: PhantomParams, points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Clean images ``(4, *grid)``, labels and tissue fractions (gm, wm, csf) at ``points`` (..., 3) zyx."""
     anatomy = load_anatomy()
     rel = points - params.centre
     dist2 = np.sum((rel / (params.radii * 1.8)) ** 2, axis=-1, keepdims=True)
@@ -252,7 +254,21 @@ def _render_points(params: PhantomParams, points: np.ndarray) -> tuple[np.ndarra
                 images[m][sel] = (1 - mix) * images[m][sel] + mix * c[tissue][m] * heterogeneity[sel]
     brain = sampled["mask"] > 0.5
     images *= brain
-    return images, labels
+    return images, labels, {t: w * brain for t, w in weights.items()}
+
+
+def render_clean(
+    params: PhantomParams, z_indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Pre-acquisition axial slices at (possibly fractional) ``z_indices`` of the display grid.
+
+    Returns
+    -------
+    images, labels, tissues
+        float32 ``(4, nz, 240, 240)`` relative intensities (:data:`TISSUE_CONTRAST` units), uint8 labels
+        ``(nz, 240, 240)`` and the partial-volume fractions ``{"gm", "wm", "csf"}`` of the normal tissue.
+    """
+    return _render_points(params, _grid_points(np.asarray(z_indices, dtype=np.float32)))
 
 
 def _grid_points(z_indices: np.ndarray) -> np.ndarray:
@@ -292,7 +308,7 @@ def make_phantom_volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
         ``(Z, Y, X)``, zero outside the brain) and uint8 ``(155, 240, 240)`` BraTS labels.
     """
     params = random_phantom_params(seed)
-    images, labels = _render_points(params, _grid_points(np.arange(GRID_SHAPE[0])))
+    images, labels, _ = render_clean(params, np.arange(GRID_SHAPE[0]))
     return _acquire(images, params.institution, seed, volume=True), labels
 
 
@@ -313,7 +329,7 @@ def make_phantom_slice(
         z = float(rng.uniform(12, 135))
     thickness = int(rng.integers(1, 5))
     offsets = np.arange(thickness, dtype=np.float32) - (thickness - 1) / 2.0
-    images, labels = _render_points(params, _grid_points(z + offsets))
+    images, labels, _ = render_clean(params, z + offsets)
     image = images.mean(axis=1)
     label = labels[thickness // 2]
     image = _acquire(image, params.institution, seed, volume=False)

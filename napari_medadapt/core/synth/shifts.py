@@ -23,8 +23,13 @@ Kinds (``severity`` scales the default strength; explicit keyword parameters ove
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from napari_medadapt.core.volume import Volume
 
 KINDS: tuple[str, ...] = (
     "intensity_scale",
@@ -233,3 +238,12 @@ def apply_shift(
     out = _SHIFT_FUNCTIONS[kind](array, mask, rng, float(severity), **params).astype(np.float32)
     out[:, ~mask] = 0.0
     return out[0] if (single or np.asarray(volume_array).ndim == 2) else out
+
+
+def shift_volume(volume: Volume, kind: str, severity: float = 1.0, seed: int = 0, **params: object) -> Volume:
+    """:func:`apply_shift` on all channels of a :class:`~napari_medadapt.core.volume.Volume` (brain mask:
+    voxels where any channel is nonzero); returns a new Volume on the same grid."""
+    from napari_medadapt.core.volume import Volume as _Volume
+
+    data = apply_shift(volume.data, kind, severity, seed, mask=default_mask(volume.data), **params)
+    return _Volume(data, volume.geometry, volume.channels, volume.source_paths)
