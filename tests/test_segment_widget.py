@@ -1,0 +1,114 @@
+"""Segment dock on a crop of a real glioma case with a tiny model registered from a temp folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_medadapt._reader import read_paths
+from napari_medadapt.core.models import ModelCard, build_model, default_architecture, save_model
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "glioma_tcga_du7294"
+MODALITIES = ["t1", "t1c", "t2", "flair"]
+CROP = (slice(72, 120), slice(64, 112), slice(90, 114))
+
+
+@pytest.fixture(scope="module")
+def crop_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("glioma")
+    for name in [*MODALITIES, "seg_fusion"]:
+        nib.save(nib.load(str(REAL / f"{name}.nii.gz")).slicer[CROP], str(folder / f"{name}.nii.gz"))
+    return folder
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch) -> Path:
+    torch.manual_seed(0)
+    card = ModelCard(
+        name="tinywidget",
+        architecture=default_architecture(2, 4, 4, filters=(4, 8, 16)),
+        modalities=MODALITIES,
+        labels=[0, 1, 2, 4],
+        class_names=["background", "necrosis", "edema", "enhancing"],
+        supported_subsets=[MODALITIES, ["t1c", "t2", "flair"]],
+    )
+    save_model(build_model(card).eval(), tmp_path / "tinywidget.safetensors")
+    monkeypatch.setenv("MEDADAPT_MODEL_PATH", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def dock(make_napari_viewer, crop_folder, model_dir):
+    from napari_medadapt.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in read_paths(str(crop_folder)):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    index = widget.model_combo.findText("tinywidget")
+    assert index >= 0
+    widget.model_combo.setCurrentIndex(index)
+    return viewer, widget
+
+
+def _run(qtbot, widget):
+    widget.run()
+    assert widget._handle is not None
+    qtbot.waitUntil(lambda: widget._handle is None, timeout=60000)
+
+
+def test_auto_match_run_new_layer_and_table(dock, qtbot):
+    viewer, widget = dock
+    assert widget.input_mapping() == {m: m for m in MODALITIES}
+    widget.confidence_check.setChecked(True)
+    _run(qtbot, widget)
+    layer = viewer.layers["tinywidget labels"]
+    prediction = widget.last_prediction
+    assert layer.data.shape == viewer.layers["t1"].data.shape
+    np.testing.assert_array_equal(layer.data, prediction.labels)
+    assert tuple(layer.scale) == tuple(viewer.layers["t1"].scale)
+    assert widget.volume_table.rowCount() == 3
+    assert widget.volume_table.item(1, 1).text() == "edema"
+    assert float(widget.volume_table.item(1, 2).text()) == pytest.approx(prediction.volumes_ml[2], abs=0.01)
+    confidence = viewer.layers["confidence"].data
+    assert confidence.shape == layer.data.shape and 0.25 <= confidence.min() <= confidence.max() <= 1.0
+
+
+def test_replace_existing_labels_is_undoable(dock, qtbot):
+    viewer, widget = dock
+    target = viewer.layers["seg_fusion"]
+    original = np.array(target.data)
+    widget.output_combo.setCurrentText("seg_fusion")
+    _run(qtbot, widget)
+    np.testing.assert_array_equal(target.data, widget.last_prediction.labels)
+    assert "tinywidget labels" not in viewer.layers
+    target.undo()
+    np.testing.assert_array_equal(target.data, original)
+
+
+def test_missing_input_and_optional_input(dock, qtbot):
+    viewer, widget = dock
+    widget.set_input("flair", "none")
+    widget.run()
+    assert widget._handle is None and "needs FLAIR" in widget.status.text()
+    assert "tinywidget labels" not in viewer.layers
+    widget.set_input("flair", "flair")
+    widget.set_input("t1", "none")
+    _run(qtbot, widget)
+    assert widget.last_prediction.missing == ("t1",)
+
+
+def test_cancel_leaves_layers_untouched(dock, qtbot):
+    viewer, widget = dock
+    names = [layer.name for layer in viewer.layers]
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._handle is None, timeout=60000)
+    assert "Cancelled" in widget.status.text()
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
