@@ -159,6 +159,10 @@ def test_open_draw_save_reload_real_ras_ct(make_napari_viewer, tmp_path):
     (written,) = write_labels(str(out), drawn.data, {"metadata": dict(drawn.metadata)})
     assert written.endswith("organ.nii.gz")
     _assert_same_world_voxels(Path(written), np.asarray(drawn.data), layer_geometry(image), CT)
+    (tmp_path / "scan.nii.gz").write_bytes(b"not a NIfTI file" * 64)
+    with pytest.raises(VolumeError, match="cannot be read as NIfTI"):
+        viewer.open(str(tmp_path / "scan.nii.gz"), plugin=PLUGIN)
+    assert [layer.name for layer in viewer.layers] == ["ct", "organ"]
 
 
 def test_writer_errors(make_napari_viewer, tmp_path):

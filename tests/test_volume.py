@@ -60,8 +60,10 @@ AFFINES = {
 }
 
 
-def _write(path: Path, data: np.ndarray, affine: np.ndarray, qform: int = 1, sform: int = 2) -> Path:
-    image = nib.Nifti1Image(data, affine)
+def _write(
+    path: Path, data: np.ndarray, affine: np.ndarray, qform: int = 1, sform: int = 2, kind=nib.Nifti1Image
+) -> Path:
+    image = kind(data, affine)
     image.header.set_qform(affine, code=qform)
     image.header.set_sform(affine, code=sform)
     nib.save(image, str(path))
@@ -114,6 +116,13 @@ def test_roundtrip_synthetic_orientations(tmp_path, name):
     data = np.arange(9 * 7 * 5, dtype=np.int16).reshape(9, 7, 5)
     src = _write(tmp_path / "t1.nii.gz", data, AFFINES[name])
     _assert_roundtrip(src, tmp_path / "labels.nii.gz")
+
+
+def test_nifti2_roundtrip_keeps_format_and_codes(tmp_path):
+    data = np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4)
+    src = _write(tmp_path / "t2.nii.gz", data, AFFINES["oblique"], qform=3, sform=4, kind=nib.Nifti2Image)
+    _assert_roundtrip(src, tmp_path / "labels.nii.gz")
+    assert isinstance(nib.load(str(tmp_path / "labels.nii.gz")), nib.Nifti2Image)
 
 
 def test_display_orientation_is_lps_zyx():

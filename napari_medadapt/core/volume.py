@@ -407,31 +407,23 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
 def _read_voxels(image: nib.Nifti1Image, path: str | os.PathLike, kind: str, spatial: tuple) -> np.ndarray:
     """Scaled voxel data as float32 ``(C, i, j, k)`` (scl_slope/scl_inter applied)."""
     try:
-        if kind == "series":
-            index = (slice(None),) * 4
-            index = index[:3] + (0,) + (0,) * (len(image.shape) - 4)
-            data = np.asarray(image.dataobj[index], dtype=np.float32)
-        else:
-            data = np.asarray(image.dataobj, dtype=np.float32)
+        index = (slice(None),) * 3 + (0,) * (len(image.shape) - 3) if kind == "series" else ()
+        data = np.asarray(image.dataobj[index] if index else image.dataobj, dtype=np.float32)
     except (OSError, EOFError, zlib.error, ValueError, gzip.BadGzipFile) as exc:
         raise VolumeError(
             f"The voxel data of {path} cannot be read ({type(exc).__name__}: {exc}); the file is probably "
             "truncated or corrupt. Copy or export it again."
         ) from exc
     if kind == "channels":
-        data = np.moveaxis(data.reshape(spatial + (-1,)), -1, 0)
-    else:
-        data = data.reshape((1,) + spatial)
-    return data
+        return np.moveaxis(data.reshape(spatial + (-1,)), -1, 0)
+    return data.reshape((1,) + spatial)
 
 
 def _replace_non_finite(data: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     finite = np.isfinite(data)
     if not finite.all():
         count = int(data.size - np.count_nonzero(finite))
-        warnings.warn(
-            f"{path}: {count} NaN/Inf voxels were replaced by 0.", VolumeWarning, stacklevel=3
-        )
+        warnings.warn(f"{path}: {count} NaN/Inf voxels were replaced by 0.", VolumeWarning, stacklevel=3)
         data[~finite] = 0.0
     return data
 
@@ -497,7 +489,7 @@ def load_labels(path: str | os.PathLike, geometry: Geometry) -> np.ndarray:
     fit 0..255, else int16 or int32.
     """
     image = _open_nifti(path)
-    spatial, kind, n_channels = _layout(image, path)
+    spatial, kind, _channels = _layout(image, path)
     if kind != "volume":
         raise VolumeError(f"{path} has shape {image.shape}; a label map must be a single 3D volume.")
     own = Geometry.from_image(image, spatial)
