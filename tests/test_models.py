@@ -130,3 +130,20 @@ def test_bad_inputs_raise_model_errors(tmp_path):
     model = build_model(tiny_card())
     with pytest.raises(ModelError, match="takes 4 channels"):
         model(torch.zeros(1, 3, 16, 16))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    model = build_model(tiny_card()).eval()
+    card_path = save_model(model, tmp_path / "tiny.safetensors")
+    card = ModelCard.load(card_path)
+    card.weights_file, card.weights_sha256 = "pickled.pt", None
+    card.save(tmp_path / "pickled.json")
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")
+    with pytest.raises(ModelError, match="no pickled objects"):
+        load_model(tmp_path / "pickled.json")
+    card.weights_file = "other.safetensors"
+    card.save(tmp_path / "other.json")
+    save_model(build_model(tiny_card(prototypes={"per_class": 2, "dim": 4})), tmp_path / "proto.safetensors")
+    (tmp_path / "other.safetensors").write_bytes((tmp_path / "proto.safetensors").read_bytes())
+    with pytest.raises(ModelError, match="does not fit the architecture"):
+        load_model(tmp_path / "other.json")
