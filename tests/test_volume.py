@@ -125,6 +125,27 @@ def test_nifti2_roundtrip_keeps_format_and_codes(tmp_path):
     assert isinstance(nib.load(str(tmp_path / "labels.nii.gz")), nib.Nifti2Image)
 
 
+def test_distinct_qform_sform_and_no_codes_preserved(tmp_path):
+    sform, qform = AFFINES["LPS"], AFFINES["LPS"].copy()
+    qform[:3, 3] += 5.0
+    image = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), sform)
+    image.header.set_sform(sform, code=2)
+    image.header.set_qform(qform, code=1)
+    nib.save(image, str(tmp_path / "t1.nii"))
+    bare = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), None)
+    bare.header.set_qform(None, code=0)
+    bare.header.set_sform(None, code=0)
+    nib.save(bare, str(tmp_path / "t2.nii"))
+    for name in ("t1.nii", "t2.nii"):
+        source = nib.load(str(tmp_path / name))
+        geometry = load_volume(tmp_path / name).geometry
+        saved = nib.load(str(save_labels(np.ones(geometry.display_shape, np.uint8), geometry, tmp_path / "s.nii")))
+        for code in ("qform_code", "sform_code"):
+            assert int(saved.header[code]) == int(source.header[code])
+        np.testing.assert_allclose(saved.header.get_qform(), source.header.get_qform(), atol=1e-6)
+        np.testing.assert_allclose(saved.affine, source.affine, atol=1e-6)
+
+
 def test_display_orientation_is_lps_zyx():
     for name, affine in AFFINES.items():
         geometry = Geometry(affine, (9, 7, 5), nib.Nifti1Header())

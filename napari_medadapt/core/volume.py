@@ -7,17 +7,11 @@ left (radiological convention). Oblique affines are shown in the nearest LPS ori
 affine and header are kept in :class:`Geometry`, so :func:`save_labels` writes label maps back on the
 source grid with the same shape, affine and qform/sform codes.
 
-Supported file layouts (``.nii`` / ``.nii.gz``, NIfTI-1 or NIfTI-2), after dropping trailing singleton
-axes beyond the third:
-
-* ``(X, Y)`` 2D image: one slice, shape ``(X, Y, 1)``.
-* ``(X, Y, Z)`` volume.
-* ``(X, Y, 1, C)`` 2D image with C channels (e.g. several contrasts of one slice).
-* ``(X, Y, Z, 1, C)`` 2D or 3D image with C channels (the NIfTI vector convention, dim 5).
-* ``(X, Y, Z, T)`` with Z > 1: a time series; the first volume is used and a :class:`VolumeWarning` is
-  issued.
-* Anything else (5D with dim 4 > 1, 6D and more, zero-size axes, complex or RGB voxel types) raises
-  :class:`~napari_medadapt.core.errors.VolumeError`.
+File layouts (``.nii``/``.nii.gz``, NIfTI-1 or -2; trailing singleton axes beyond the third dropped):
+``(X, Y)`` one slice; ``(X, Y, Z)``; ``(X, Y, 1, C)`` and ``(X, Y, Z, 1, C)`` (NIfTI vector convention)
+with C channels; ``(X, Y, Z, T)`` with Z > 1 is a time series whose first volume is used (with a
+:class:`VolumeWarning`). Anything else (5D with dim 4 > 1, 6D+, zero-size axes, complex or RGB voxels)
+raises :class:`~napari_medadapt.core.errors.VolumeError`.
 """
 
 from __future__ import annotations
@@ -34,37 +28,17 @@ from functools import cached_property
 from pathlib import Path
 
 import nibabel as nib
+import nibabel.orientations as orientations
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
-from nibabel.orientations import (
-    aff2axcodes,
-    apply_orientation,
-    axcodes2ornt,
-    inv_ornt_aff,
-    io_orientation,
-    ornt_transform,
-)
 
 from napari_medadapt.core.errors import VolumeError
 
 __all__ = [
-    "CANONICAL_MODALITIES",
-    "LABEL_KEYWORDS",
-    "MODALITY_ALIASES",
-    "Geometry",
-    "Volume",
-    "VolumeWarning",
-    "canonical_modality",
-    "is_label_name",
-    "is_nifti_path",
-    "load_case",
-    "load_labels",
-    "load_volume",
-    "nifti_stem",
-    "case_files",
-    "read_geometry",
-    "save_labels",
-]
+    "CANONICAL_MODALITIES", "LABEL_KEYWORDS", "MODALITY_ALIASES", "Geometry", "Volume", "VolumeWarning",
+    "canonical_modality", "case_files", "is_label_name", "is_nifti_path", "load_case", "load_labels",
+    "load_volume", "nifti_stem", "read_geometry", "save_labels",
+]  # fmt: skip
 
 #: Canonical modality name -> names recognised in file names and layer names (case-insensitive tokens).
 MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
@@ -84,7 +58,7 @@ CANONICAL_MODALITIES: tuple[str, ...] = tuple(MODALITY_ALIASES)
 LABEL_KEYWORDS: tuple[str, ...] = ("seg", "label", "mask")
 
 _ALIAS_TO_MODALITY = {alias: mod for mod, aliases in MODALITY_ALIASES.items() for alias in aliases}
-_LPS = axcodes2ornt(("L", "P", "S"))
+_LPS = orientations.axcodes2ornt(("L", "P", "S"))
 _GRID_ATOL = 1e-4  # mm; header affines are stored as float32
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -161,7 +135,7 @@ class Geometry:
         shape = tuple(int(s) for s in self.source_shape)
         if len(shape) != 3 or min(shape) < 1:
             raise VolumeError(f"A volume needs 3 spatial axes of size >= 1, got shape {shape}.")
-        if np.isnan(io_orientation(affine)).any():
+        if np.isnan(orientations.io_orientation(affine)).any():
             raise VolumeError(
                 f"The affine {_fmt_affine(affine)} is degenerate (an axis has zero length or two axes "
                 "point the same way); fix the file's header (qform/sform) in the scanner export."
@@ -199,11 +173,11 @@ class Geometry:
 
     @cached_property
     def _to_lps(self) -> np.ndarray:
-        return ornt_transform(io_orientation(self.source_affine), _LPS)
+        return orientations.ornt_transform(orientations.io_orientation(self.source_affine), _LPS)
 
     @cached_property
     def _from_lps(self) -> np.ndarray:
-        return ornt_transform(_LPS, io_orientation(self.source_affine))
+        return orientations.ornt_transform(_LPS, orientations.io_orientation(self.source_affine))
 
     @cached_property
     def _lps_shape(self) -> tuple[int, int, int]:
@@ -215,7 +189,7 @@ class Geometry:
     @property
     def source_axcodes(self) -> tuple[str, str, str]:
         """Orientation codes of the file's axes, e.g. ``("L", "P", "S")`` or ``("R", "A", "S")``."""
-        return tuple(aff2axcodes(self.source_affine))
+        return tuple(orientations.aff2axcodes(self.source_affine))
 
     @property
     def display_shape(self) -> tuple[int, int, int]:
@@ -225,7 +199,7 @@ class Geometry:
     @cached_property
     def display_affine(self) -> np.ndarray:
         """(4, 4) affine mapping display index ``(z, y, x, 1)`` to world RAS mm."""
-        lps_affine = self.source_affine @ inv_ornt_aff(self._to_lps, self.source_shape)
+        lps_affine = self.source_affine @ orientations.inv_ornt_aff(self._to_lps, self.source_shape)
         zyx_to_xyz = np.zeros((4, 4))
         zyx_to_xyz[0, 2] = zyx_to_xyz[1, 1] = zyx_to_xyz[2, 0] = zyx_to_xyz[3, 3] = 1.0
         affine = lps_affine @ zyx_to_xyz
@@ -244,7 +218,7 @@ class Geometry:
             raise VolumeError(
                 f"Array of shape {array_ijk.shape} does not end with the source shape {self.source_shape}."
             )
-        lps = apply_orientation(np.moveaxis(array_ijk, (-3, -2, -1), (0, 1, 2)), self._to_lps)
+        lps = orientations.apply_orientation(np.moveaxis(array_ijk, (-3, -2, -1), (0, 1, 2)), self._to_lps)
         return np.ascontiguousarray(np.moveaxis(lps, (0, 1, 2), (-1, -2, -3)))
 
     def to_source(self, array_zyx: np.ndarray) -> np.ndarray:
@@ -254,7 +228,7 @@ class Geometry:
             raise VolumeError(
                 f"Array of shape {array_zyx.shape} does not end with the display shape {self.display_shape}."
             )
-        src = apply_orientation(np.moveaxis(array_zyx, (-1, -2, -3), (0, 1, 2)), self._from_lps)
+        src = orientations.apply_orientation(np.moveaxis(array_zyx, (-1, -2, -3), (0, 1, 2)), self._from_lps)
         return np.ascontiguousarray(np.moveaxis(src, (0, 1, 2), (-3, -2, -1)))
 
     def source_index_to_display(self, ijk: np.ndarray) -> np.ndarray:
