@@ -268,20 +268,35 @@ def _windows(size: int, roi: int, overlap: float) -> int:
 
 
 def _predict_2d(
-    model: SegModel, data: np.ndarray, device: torch.device, batch_size: int, ctx: JobContext
-) -> np.ndarray:
+    model: SegModel,
+    data: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    ctx: JobContext,
+    probs_dtype: np.dtype | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Class index, confidence and (when ``probs_dtype``) probabilities, slice batch by slice batch.
+
+    Only what is asked for is kept, so memory stays at a few bytes per voxel plus one batch.
+    """
     import torch
 
     depth = data.shape[1]
-    probs = np.empty((model.num_classes, *data.shape[1:]), dtype=np.float32)
+    index = np.empty(data.shape[1:], dtype=np.uint8)
+    confidence = np.empty(data.shape[1:], dtype=np.float32)
+    probs = None if probs_dtype is None else np.empty((model.num_classes, *data.shape[1:]), dtype=probs_dtype)
     total = math.ceil(depth / batch_size)
     for step, start in enumerate(range(0, depth, batch_size)):
         stop = min(start + batch_size, depth)
         batch = torch.from_numpy(np.ascontiguousarray(data[:, start:stop].transpose(1, 0, 2, 3))).to(device)
         out = torch.softmax(model(batch).float(), dim=1)
-        probs[:, start:stop] = out.permute(1, 0, 2, 3).cpu().numpy()
+        best, arg = out.max(dim=1)
+        confidence[start:stop] = best.cpu().numpy()
+        index[start:stop] = arg.to(torch.uint8).cpu().numpy()
+        if probs is not None:
+            probs[:, start:stop] = out.permute(1, 0, 2, 3).cpu().numpy()
         ctx.progress(step + 1, total, f"segmenting slices {start + 1}-{stop} of {depth}")
-    return probs
+    return index, confidence, probs
 
 
 def _predict_3d(
@@ -375,24 +390,32 @@ def predict_volume(
     was_training = model.training
     model.to(torch_device)
     model.eval()
+    # Without resampling a 2D model needs no full float32 probability volume: index and confidence are
+    # reduced per batch. Resampling back (and 3D stitching) work on float32 probabilities.
+    keep_dtype = np.dtype(probability_dtype) if return_probabilities else None
     try:
         with torch.inference_mode():
             if model.spatial_dims == 2:
-                probs = _predict_2d(model, prepared.data, torch_device, batch_size, ctx)
+                index, confidence, probs = _predict_2d(
+                    model, prepared.data, torch_device, batch_size, ctx,
+                    np.dtype(np.float32) if prepared.resampled else keep_dtype,
+                )
             else:
                 probs = _predict_3d(model, prepared.data, torch_device, batch_size, ctx, overlap)
     finally:
         model.train(was_training)
-    if prepared.resampled:
-        probs = _resize(probs, prepared.source_shape)
-        probs /= np.maximum(probs.sum(axis=0, keepdims=True), 1e-8)
-    lut = np.asarray(model.card.labels, dtype=np.uint8)
-    labels = lut[np.argmax(probs, axis=0)]
-    confidence = probs.max(axis=0).astype(np.float32)
+    if prepared.resampled or model.spatial_dims == 3:
+        if prepared.resampled:
+            probs = _resize(probs, prepared.source_shape)
+            probs /= np.maximum(probs.sum(axis=0, keepdims=True), 1e-8)
+        index = np.argmax(probs, axis=0)
+        confidence = probs.max(axis=0).astype(np.float32)
+        probs = probs.astype(keep_dtype, copy=False) if keep_dtype is not None else None
+    labels = np.asarray(model.card.labels, dtype=np.uint8)[index]
     ids = [i for i in model.card.labels if i != 0]
     return Prediction(
         labels=labels,
-        probabilities=probs.astype(probability_dtype, copy=False) if return_probabilities else None,
+        probabilities=probs,
         confidence=confidence,
         volumes_ml=label_volumes_ml(labels, volume.geometry.spacing, ids),
         class_names=dict(zip(model.card.labels, model.card.class_names, strict=True)),
