@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "napari_medadapt.cli.evaluate",
     "napari_medadapt.cli.train",
     "napari_medadapt.cli.bench",
+    "napari_medadapt.cli.tts",
 )
 
 

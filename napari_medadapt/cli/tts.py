@@ -1,0 +1,161 @@
+"""``medadapt tts``: keypoint-driven feature muting (TTS), headless.
+
+    medadapt tts --model NAME_OR_PATH --image MODALITY=PATH [--image MODALITY=PATH ...] --points POINTS.csv
+                 [--alpha 0.4] [--keep 0.10] [--layer decoder|bottleneck] [--whole-volume] [--tta-flips]
+                 --out OUT.nii.gz
+
+``POINTS.csv`` has the header ``i,j,k,kind``: array indices of the first image as nibabel loads it from disk
+(``data[i, j, k]``) and ``kind`` = ``positive`` (on the target) or ``negative`` (on an artifact or the
+background). The muted prediction is written on the source grid of the first image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("positive", "negative")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    help_text = "segment with feature channels chosen by positive/negative keypoints (TTS)"
+    parser = subparsers.add_parser("tts", help=help_text, description=help_text)
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="bundled model name, model card (.json) or weight file with its card beside it; default: glioma2d",
+    )
+    parser.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        metavar="MODALITY=PATH",
+        help="an input image and its modality, e.g. flair=case/flair.nii.gz (repeat per modality)",
+    )
+    parser.add_argument(
+        "--points",
+        required=True,
+        type=Path,
+        metavar="POINTS.csv",
+        help="CSV with header i,j,k,kind: voxel indices of the first image on disk; kind positive|negative",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.4, help="weight of the positives (default 0.4; 0.2 for artifacts)"
+    )
+    parser.add_argument(
+        "--keep", type=float, default=0.10, help="fraction of feature channels kept (default 0.10)"
+    )
+    parser.add_argument(
+        "--layer", default="decoder", help="feature map to mute: decoder (default) or bottleneck"
+    )
+    parser.add_argument(
+        "--whole-volume",
+        action="store_true",
+        help="2D models: one mask from all keypoints for every slice (default: per slice, others unmuted)",
+    )
+    parser.add_argument("--tta-flips", action="store_true", help="average over flipped replicas")
+    parser.add_argument(
+        "--out", required=True, metavar="OUT.nii.gz", help="where to write the muted label map"
+    )
+    parser.add_argument("--device", default=None, help="compute device: auto, cpu, cuda, cuda:N or mps")
+    parser.set_defaults(func=run)
+
+
+def read_points(path: Path, source_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``i,j,k,kind`` rows; returns positive and negative source indices ``(N, 3)``.
+
+    Raises :class:`~napari_medadapt.cli.CLIError` naming the row for a malformed or out-of-image point.
+    """
+    from napari_medadapt.cli import CLIError
+
+    if not path.is_file():
+        raise CLIError(f"--points {path}: file not found.")
+    points: dict[str, list[list[int]]] = {kind: [] for kind in KINDS}
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = [name.strip().lower() for name in (reader.fieldnames or [])]
+        if header[:4] != ["i", "j", "k", "kind"]:
+            raise CLIError(
+                f"--points {path}: the header must be 'i,j,k,kind'; got {','.join(header) or 'nothing'}."
+            )
+        for line, row in enumerate(reader, start=2):
+            row = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+            kind = row["kind"].lower()
+            if kind not in KINDS:
+                raise CLIError(
+                    f"--points {path} line {line}: kind must be positive or negative; got {row['kind']!r}."
+                )
+            try:
+                ijk = [float(row[axis]) for axis in "ijk"]
+            except ValueError as err:
+                raise CLIError(f"--points {path} line {line}: i, j, k must be numbers ({err}).") from err
+            index = [int(round(v)) for v in ijk]
+            if any(not 0 <= v < s for v, s in zip(index, source_shape, strict=True)):
+                raise CLIError(
+                    f"--points {path} line {line}: {kind} point (i={index[0]}, j={index[1]}, k={index[2]}) lies "
+                    f"outside the image of shape {tuple(source_shape)}; fix or remove it."
+                )
+            points[kind].append(index)
+    if not points["positive"] and not points["negative"]:
+        raise CLIError(f"--points {path}: no points; add rows such as '120,96,70,positive'.")
+    return tuple(np.asarray(points[k], dtype=np.int64).reshape(-1, 3) for k in KINDS)  # type: ignore[return-value]
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_medadapt.cli import CLIError
+    from napari_medadapt.cli.segment import load_images, parse_images, text_progress
+    from napari_medadapt.core.adapt.tts import tts
+    from napari_medadapt.core.device import select_device
+    from napari_medadapt.core.jobs import JobContext
+    from napari_medadapt.core.metrics import label_volumes_ml
+    from napari_medadapt.core.models import DEFAULT_MODEL, load_model
+    from napari_medadapt.core.volume import is_nifti_path, save_labels
+
+    if not is_nifti_path(args.out):
+        raise CLIError(f"--out {args.out}: the output must be a .nii.gz or .nii file.")
+    volume = load_images(parse_images(args.image))
+    geometry = volume.geometry
+    positives_ijk, negatives_ijk = read_points(Path(args.points), tuple(geometry.source_shape))
+    model = load_model(args.model or DEFAULT_MODEL, device=select_device(args.device))
+    model.card.check_modalities(volume.channels)
+    positives = geometry.source_index_to_display(positives_ijk) if len(positives_ijk) else positives_ijk
+    negatives = geometry.source_index_to_display(negatives_ijk) if len(negatives_ijk) else negatives_ijk
+    print(
+        f"model {model.card.name} ({model.spatial_dims}D); {len(positives)} positive, {len(negatives)} negative "
+        f"keypoints; alpha {args.alpha}, keep {args.keep:.0%} of the {args.layer} channels",
+        file=sys.stderr,
+    )
+    result = tts(
+        model,
+        volume,
+        positives,
+        negatives,
+        alpha=args.alpha,
+        keep_fraction=args.keep,
+        layer=args.layer,
+        per_slice=not args.whole_volume,
+        tta_flips=args.tta_flips,
+        ctx=JobContext(on_progress=text_progress("tts")),
+    )
+    for message in result.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    written = save_labels(result.labels.astype(np.uint8), geometry, args.out)
+    before = label_volumes_ml(result.baseline_labels, geometry.spacing)
+    after = label_volumes_ml(result.labels, geometry.spacing)
+    print(f"{'label':>5}  {'before mL':>10} {'after mL':>10}")
+    for label in sorted(set(before) | set(after)):
+        print(f"{label:>5}  {before.get(label, 0.0):>10.2f} {after.get(label, 0.0):>10.2f}")
+    for selection in result.selections[:10]:
+        where = (
+            "volume"
+            if selection.slices is None
+            else "slice(s) " + ",".join(str(z) for z in selection.slices[:8])
+        )
+        print(f"{where}: kept channels {', '.join(str(c) for c in selection.kept)}", file=sys.stderr)
+    print(f"muted labels written to {written}", file=sys.stderr)
+    return 0

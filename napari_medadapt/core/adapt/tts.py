@@ -1,0 +1,615 @@
+"""TTS: keypoint-driven feature muting (Test-Time Selection, METHODS section 2).
+
+A clinician clicks a few *positive* keypoints on the target (tumour) and *negative* keypoints on what the
+model should ignore (an artifact, background). For every channel ``c`` of a feature map ``f`` (upsampled
+to the image grid) the score is::
+
+    S_c = alpha * sum_{p in positives} f_c(p) - (1 - alpha) * sum_{n in negatives} f_c(n)
+
+The top ``ceil(keep_fraction * C)`` channels (at least one) are kept, all others are set to zero, and the
+network's head runs on the muted features. No weight changes: muting is a multiplication of activations
+(for the ``decoder`` tap, the input of the head) or a forward hook (other taps such as ``bottleneck``,
+after which the rest of the network runs on the muted tensor).
+
+Keypoints are voxel indices ``(z, y, x)`` of the display volume. For a 2D (slice-wise) model each slice
+with keypoints gets its own mask from its own keypoints and slices without keypoints stay unmuted
+(``per_slice=True``); with ``per_slice=False`` the keypoints of all slices build one mask used for every
+slice. A 3D model is muted on its 3D feature maps with one mask for the volume.
+
+With only positives (or only negatives) the method still runs: the score is then
+``alpha * S_pos`` (or ``-(1 - alpha) * S_neg``, i.e. the channels least active on the negatives are
+kept). The published method always had both kinds, so a :class:`TTSWarning` says so.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_medadapt.core.adapt import tts_engine as engine
+from napari_medadapt.core.errors import MedAdaptError
+from napari_medadapt.core.jobs import JobContext, ensure_context
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_medadapt.core.volume import Volume
+
+DEFAULT_ALPHA = 0.4
+ARTIFACT_ALPHA = 0.2
+DEFAULT_KEEP_FRACTION = 0.10
+LAYERS = engine.TAP_LAYERS
+_BATCH = 8
+
+
+class KeypointError(MedAdaptError):
+    """Keypoints that cannot be used (outside the image, none at all, wrong shape)."""
+
+
+class TTSWarning(UserWarning):
+    """TTS ran under a condition the published method did not cover (e.g. only one kind of keypoint)."""
+
+
+@dataclass(frozen=True)
+class ChannelSelection:
+    """One channel mask and how it was chosen.
+
+    Attributes
+    ----------
+    scores
+        ``(C,)`` per-channel score ``alpha * S_pos - (1 - alpha) * S_neg``.
+    kept
+        Indices of the kept channels, highest score first.
+    n_positive, n_negative
+        Number of keypoints of each kind that built the mask.
+    slices
+        Slice indices (axis 0) whose keypoints built the mask; ``None`` for a 3D model.
+    """
+
+    scores: np.ndarray
+    kept: np.ndarray
+    n_positive: int
+    n_negative: int
+    slices: tuple[int, ...] | None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(C,)`` float32: 1 for kept channels, 0 for muted ones."""
+        mask = np.zeros(self.scores.shape[0], dtype=np.float32)
+        mask[self.kept] = 1.0
+        return mask
+
+
+@dataclass
+class TTSResult:
+    """Muted and baseline predictions of :func:`tts`.
+
+    Attributes
+    ----------
+    labels, baseline_labels
+        ``(Z, Y, X)`` label ids (the model card's ``labels``) with and without muting.
+    probabilities, baseline_probabilities
+        ``(K, Z, Y, X)`` float32 class probabilities with and without muting.
+    selections
+        The channel masks used (one per muted slice for ``per_slice=True``, else one).
+    slice_selection
+        ``(Z,)`` int: index into ``selections`` of the mask used on each slice, -1 where unmuted.
+    attention_before, attention_after
+        ``(Z, Y, X)`` float32 mean activation of all channels of the tap, and of the kept channels
+        (equal to ``attention_before`` on unmuted slices).
+    layer, alpha, keep_fraction
+        The settings used.
+    warnings
+        Messages about conditions the published method did not cover (also issued as :class:`TTSWarning`).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    baseline_labels: np.ndarray
+    baseline_probabilities: np.ndarray
+    selections: list[ChannelSelection]
+    slice_selection: np.ndarray
+    attention_before: np.ndarray
+    attention_after: np.ndarray
+    layer: str
+    alpha: float
+    keep_fraction: float
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``(n_masks, C)`` the per-channel scores of every mask."""
+        return np.stack([s.scores for s in self.selections])
+
+    @property
+    def kept_channels(self) -> list[np.ndarray]:
+        """The kept channel indices of every mask."""
+        return [s.kept for s in self.selections]
+
+    def selection_for_slice(self, z: int) -> ChannelSelection | None:
+        """The mask applied on slice ``z`` (``None`` where it stayed unmuted)."""
+        index = int(self.slice_selection[z])
+        return None if index < 0 else self.selections[index]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def score_channels(
+    features: np.ndarray | torch.Tensor,
+    positive_points: np.ndarray,
+    negative_points: np.ndarray,
+    alpha: float = DEFAULT_ALPHA,
+) -> np.ndarray:
+    """Per-channel TTS score ``alpha * S_pos - (1 - alpha) * S_neg``.
+
+    Parameters
+    ----------
+    features
+        ``(C, *spatial)`` feature map on the image grid.
+    positive_points, negative_points
+        ``(N, ndim)`` integer voxel indices into ``spatial`` (either may be empty).
+    alpha
+        Weight of the positives; the negatives weigh ``1 - alpha``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(C,)`` float64 scores.
+    """
+    pos_sum, neg_sum = keypoint_sums(features, positive_points, negative_points)
+    return combine_scores(pos_sum, neg_sum, alpha)
+
+
+def keypoint_sums(
+    features: np.ndarray | torch.Tensor, positive_points: np.ndarray, negative_points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(S_pos, S_neg)``: per-channel sums ``(C,)`` of ``features`` at the positive and negative points."""
+
+    def gather(points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, dtype=np.int64).reshape(-1, features.ndim - 1)
+        if len(points) == 0:
+            return np.zeros(features.shape[0], dtype=np.float64)
+        index = (slice(None), *(points[:, d] for d in range(points.shape[1])))
+        values = features[index]
+        values = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
+        return values.astype(np.float64).sum(axis=1)
+
+    return gather(positive_points), gather(negative_points)
+
+
+def combine_scores(pos_sum: np.ndarray, neg_sum: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha * pos_sum - (1 - alpha) * neg_sum``."""
+    return float(alpha) * np.asarray(pos_sum, dtype=np.float64) - (1.0 - float(alpha)) * np.asarray(
+        neg_sum, dtype=np.float64
+    )
+
+
+def select_channels(scores: np.ndarray, keep_fraction: float = DEFAULT_KEEP_FRACTION) -> np.ndarray:
+    """Indices of the top ``ceil(keep_fraction * C)`` scores (at least one), highest first (stable on ties)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    return order[: engine.keep_count(scores.shape[0], keep_fraction)]
+
+
+def check_settings(alpha: float, keep_fraction: float, layer: str) -> None:
+    """Raise :class:`MedAdaptError` for settings outside their ranges."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise MedAdaptError(
+            f"alpha must lie in [0, 1] (0.4 by default, 0.2 for artifact negatives); got {alpha}."
+        )
+    if not 0.0 < float(keep_fraction) <= 1.0:
+        raise MedAdaptError(
+            f"keep fraction must lie in (0, 1] (0.10 keeps 10% of the channels); got {keep_fraction}."
+        )
+    if not isinstance(layer, str) or not layer:
+        raise MedAdaptError(f"layer must be a feature tap name such as {', '.join(LAYERS)}; got {layer!r}.")
+
+
+def validate_keypoints(points: Any, shape: Sequence[int], kind: str) -> np.ndarray:
+    """Round keypoints to voxel indices and check that they lie inside ``shape``.
+
+    Parameters
+    ----------
+    points
+        ``(N, 3)`` array-like of ``(z, y, x)`` voxel coordinates (floats are rounded), or ``None``.
+    shape
+        ``(Z, Y, X)`` of the display volume.
+    kind
+        "positive" or "negative", used in messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 3)`` int64 indices.
+    """
+    if points is None:
+        return np.zeros((0, len(shape)), dtype=np.int64)
+    array = np.asarray(points, dtype=np.float64)
+    if array.size == 0:
+        return np.zeros((0, len(shape)), dtype=np.int64)
+    if array.ndim != 2 or array.shape[1] != len(shape):
+        raise KeypointError(
+            f"{kind} keypoints must be an (N, {len(shape)}) array of (z, y, x) voxel coordinates; "
+            f"got shape {array.shape}."
+        )
+    if not np.all(np.isfinite(array)):
+        raise KeypointError(f"{kind} keypoints contain NaN or infinite coordinates; remove those points.")
+    index = np.rint(array).astype(np.int64)
+    for number, point in enumerate(index):
+        if np.any(point < 0) or np.any(point >= np.asarray(shape)):
+            where = ", ".join(f"{a}={v:g}" for a, v in zip("zyx", array[number], strict=False))
+            raise KeypointError(
+                f"{kind} keypoint #{number + 1} ({where}) lies outside the image of shape "
+                f"{tuple(int(s) for s in shape)} (z, y, x); remove it or place it on this image."
+            )
+    return index
+
+
+def one_sided_message(n_positive: int, n_negative: int, where: str) -> str | None:
+    """A warning text when only one kind of keypoint is given (``None`` when both are)."""
+    if n_positive and not n_negative:
+        return (
+            f"{where}: only positive keypoints; the channels most active on the target are kept "
+            "(the published method also used negatives: add some on the artifact or background)."
+        )
+    if n_negative and not n_positive:
+        return (
+            f"{where}: only negative keypoints; the channels least active on them are kept "
+            "(the published method also used positives: add some on the target)."
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- input
+def prepare_tts_input(model: Any, image: Volume | np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The model's input ``(C, z, y, x)`` float32 for ``image`` and the display shape ``(Z, Y, X)``.
+
+    A :class:`~napari_medadapt.core.volume.Volume` is prepared exactly as :func:`predict_volume` does
+    (modalities matched by name, the card's intensity normalisation, resampling to the card's voxel size,
+    so the model grid may differ from the display grid); an array is taken as already normalised and on
+    the model grid.
+    """
+    if isinstance(image, np.ndarray):
+        array = np.asarray(image, dtype=np.float32)
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim != 4:
+            raise MedAdaptError(f"the image must be (C, Z, Y, X) (or (Z, Y, X)); got shape {image.shape}.")
+        modalities = list(getattr(model, "modalities", []))
+        if modalities and array.shape[0] != len(modalities):
+            raise MedAdaptError(
+                f"the model takes {len(modalities)} input channels ({', '.join(modalities)}); "
+                f"the image has {array.shape[0]}."
+            )
+        return array, tuple(array.shape[1:])
+    from napari_medadapt.core.inference import prepare_model_input
+
+    prepared = prepare_model_input(model, image)
+    return prepared.data, tuple(int(s) for s in prepared.source_shape)
+
+
+def _torch_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def label_ids_for(model: Any, n_classes: int) -> np.ndarray:
+    """Network class -> label id (the model card's ``labels``; identity when absent or mismatched)."""
+    labels = list(getattr(model, "labels", None) or [])
+    if len(labels) != n_classes:
+        labels = list(range(n_classes))
+    return np.asarray(labels, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- tts
+def tts(
+    model: Any,
+    image: Volume | np.ndarray,
+    positive_points: Any,
+    negative_points: Any,
+    alpha: float = DEFAULT_ALPHA,
+    keep_fraction: float = DEFAULT_KEEP_FRACTION,
+    layer: str = "decoder",
+    per_slice: bool = True,
+    tta_flips: bool = False,
+    ctx: JobContext | None = None,
+) -> TTSResult:
+    """Predict ``image`` with the feature channels chosen by the keypoints, and the baseline.
+
+    Parameters
+    ----------
+    model
+        A :class:`~napari_medadapt.core.models.SegModel` (2D or 3D); its weights are never changed.
+    image
+        A :class:`~napari_medadapt.core.volume.Volume` or an already normalised ``(C, Z, Y, X)`` array.
+    positive_points, negative_points
+        ``(N, 3)`` ``(z, y, x)`` voxel coordinates of the display volume (target / artifact or background).
+    alpha
+        Weight of the positives in the score (0.4; 0.2 when the negatives sit on known artifacts).
+    keep_fraction
+        Fraction of channels kept (``ceil(keep_fraction * C)``, at least 1).
+    layer
+        Feature tap to mute: ``"decoder"`` (input of the head) or ``"bottleneck"``.
+    per_slice
+        2D models: one mask per slice with keypoints, other slices unmuted (True), or one mask from all
+        keypoints for every slice (False). Ignored for 3D models (one mask for the volume).
+    tta_flips
+        Average over flip replicas (every combination of in-plane axis flips, or of the 3 axes for 3D);
+        each replica gets its own mask, reported scores are those of the unflipped replica.
+    ctx
+        Progress and cancellation.
+
+    Returns
+    -------
+    TTSResult
+    """
+
+    ctx = ensure_context(ctx)
+    check_settings(alpha, keep_fraction, layer)
+    engine.check_layer(model, layer)
+    dims = engine.spatial_dims_of(model)
+    x_all, shape = prepare_tts_input(model, image)
+    positives = validate_keypoints(positive_points, shape, "positive")
+    negatives = validate_keypoints(negative_points, shape, "negative")
+    if len(positives) + len(negatives) == 0:
+        raise KeypointError(
+            "TTS needs keypoints: place at least one positive (on the target) and one negative "
+            "(on the artifact or background)."
+        )
+    messages: list[str] = []
+    whole = one_sided_message(len(positives), len(negatives), "TTS")
+    if whole:
+        messages.append(whole)
+    device = _torch_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        runner = _Runner(model, layer, dims, engine.flip_sets(dims, tta_flips), alpha, keep_fraction, device)
+        grid = x_all.shape[1:]
+        pos_grid = engine.points_to_grid(positives, shape, grid)
+        neg_grid = engine.points_to_grid(negatives, shape, grid)
+        if dims == 3:
+            out = runner.run_volume(x_all, pos_grid, neg_grid, ctx)
+        else:
+            out = runner.run_slices(x_all, pos_grid, neg_grid, per_slice, ctx, messages)
+    finally:
+        model.train(was_training)
+    out = _to_display(out, shape)
+    label_ids = label_ids_for(model, out["probabilities"].shape[0])
+    for message in messages:
+        warnings.warn(message, TTSWarning, stacklevel=2)
+    return TTSResult(
+        labels=label_ids[out["probabilities"].argmax(axis=0)],
+        probabilities=out["probabilities"],
+        baseline_labels=label_ids[out["baseline"].argmax(axis=0)],
+        baseline_probabilities=out["baseline"],
+        selections=out["selections"],
+        slice_selection=out["slice_selection"],
+        attention_before=out["attention_before"],
+        attention_after=out["attention_after"],
+        layer=layer,
+        alpha=float(alpha),
+        keep_fraction=float(keep_fraction),
+        warnings=tuple(messages),
+    )
+
+
+def _to_display(out: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    """Resample the model-grid outputs to the display grid (no-op when the grids agree)."""
+    grid = out["probabilities"].shape[1:]
+    if tuple(grid) == tuple(shape):
+        return out
+    out = dict(out)
+    for key in ("probabilities", "baseline", "attention_before", "attention_after"):
+        out[key] = engine.resize_to(out[key], shape)
+    if shape[0] != grid[0]:
+        source_slices = engine.points_to_grid(np.arange(shape[0])[:, None], shape[:1], grid[:1])[:, 0]
+        out["slice_selection"] = out["slice_selection"][source_slices]
+    return out
+
+
+class _Runner:
+    """Forward passes of one :func:`tts` call (replicas, masks, accumulation)."""
+
+    def __init__(
+        self,
+        model: Any,
+        layer: str,
+        dims: int,
+        replicas: list[tuple[int, ...]],
+        alpha: float,
+        keep_fraction: float,
+        device: torch.device,
+    ) -> None:
+        self.model, self.layer, self.dims, self.replicas = model, layer, dims, replicas
+        self.alpha, self.keep_fraction, self.device = alpha, keep_fraction, device
+
+    def _features(self, x: torch.Tensor, flips: tuple[int, ...]) -> tuple[engine.TapPass, torch.Tensor]:
+        """Tap pass on the flipped input, and its features on the (unflipped) input grid."""
+        tap = engine.forward_tap(self.model, engine.flip(x, flips), self.layer, self.dims)
+        grid = engine.features_on_grid(self.model, tap.features, x.shape[2:])
+        return tap, engine.flip(grid, flips)
+
+    def _masks(self, sums: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, np.ndarray]:
+        """Masks ``(B, C)`` from per-item keypoint sums, and the scores ``(B, C)``."""
+        import torch
+
+        scores = np.stack([combine_scores(p, n, self.alpha) for p, n in sums])
+        masks = np.zeros(scores.shape, dtype=np.float32)
+        for row, item_scores in enumerate(scores):
+            masks[row, select_channels(item_scores, self.keep_fraction)] = 1.0
+        return torch.from_numpy(masks).to(self.device), scores
+
+    def _selection(
+        self, scores: np.ndarray, n_pos: int, n_neg: int, slices: tuple[int, ...] | None
+    ) -> ChannelSelection:
+        return ChannelSelection(
+            scores=scores,
+            kept=select_channels(scores, self.keep_fraction),
+            n_positive=n_pos,
+            n_negative=n_neg,
+            slices=slices,
+        )
+
+    def run_volume(
+        self, x_all: np.ndarray, positives: np.ndarray, negatives: np.ndarray, ctx: JobContext
+    ) -> dict[str, Any]:
+        import torch
+
+        x = torch.from_numpy(x_all[None]).to(self.device)
+        baseline = muted = None
+        attention_before = attention_after = None
+        selection = None
+        for step, flips in enumerate(self.replicas):
+            ctx.progress(step, len(self.replicas), "TTS: muting the volume's features")
+            tap, grid = self._features(x, flips)
+            masks, scores = self._masks([keypoint_sums(grid[0], positives, negatives)])
+            logits = engine.flip(
+                engine.muted_logits(self.model, engine.flip(x, flips), tap, self.layer, masks, self.dims),
+                flips,
+            )
+            probs = engine.probabilities_from_logits(logits)[0]
+            base = engine.probabilities_from_logits(engine.flip(tap.logits, flips))[0]
+            baseline = base if baseline is None else baseline + base
+            muted = probs if muted is None else muted + probs
+            if step == 0:
+                selection = self._selection(scores[0], len(positives), len(negatives), None)
+                attention_before = grid[0].mean(dim=0)
+                attention_after = grid[0][torch.from_numpy(selection.kept).to(self.device)].mean(dim=0)
+        ctx.progress(len(self.replicas), len(self.replicas), "TTS: done")
+        n = float(len(self.replicas))
+        return {
+            "probabilities": (muted / n).cpu().numpy().astype(np.float32),
+            "baseline": (baseline / n).cpu().numpy().astype(np.float32),
+            "selections": [selection],
+            "slice_selection": np.zeros(x_all.shape[1], dtype=np.int64),
+            "attention_before": attention_before.cpu().numpy().astype(np.float32),
+            "attention_after": attention_after.cpu().numpy().astype(np.float32),
+        }
+
+    def _global_sums(
+        self, x_all: np.ndarray, positives: np.ndarray, negatives: np.ndarray, ctx: JobContext
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per replica, the keypoint sums over every slice that holds keypoints (``per_slice=False``)."""
+        import torch
+
+        slices = sorted(set(positives[:, 0].tolist()) | set(negatives[:, 0].tolist()))
+        channels = None
+        totals: list[list[np.ndarray]] = []
+        for start in range(0, len(slices), _BATCH):
+            ctx.progress(start, len(slices), "TTS: scoring channels at the keypoints")
+            batch = slices[start : start + _BATCH]
+            x = torch.from_numpy(x_all[:, batch].transpose(1, 0, 2, 3).copy()).to(self.device)
+            for r, flips in enumerate(self.replicas):
+                _tap, grid = self._features(x, flips)
+                if channels is None:
+                    channels = grid.shape[1]
+                    totals = [[np.zeros(channels), np.zeros(channels)] for _ in self.replicas]
+                for b, z in enumerate(batch):
+                    pos, neg = keypoint_sums(
+                        grid[b], positives[positives[:, 0] == z, 1:], negatives[negatives[:, 0] == z, 1:]
+                    )
+                    totals[r][0] += pos
+                    totals[r][1] += neg
+        return [(p, n) for p, n in totals]
+
+    def run_slices(
+        self,
+        x_all: np.ndarray,
+        positives: np.ndarray,
+        negatives: np.ndarray,
+        per_slice: bool,
+        ctx: JobContext,
+        messages: list[str],
+    ) -> dict[str, Any]:
+        import torch
+
+        n_slices = x_all.shape[1]
+        global_sums = None if per_slice else self._global_sums(x_all, positives, negatives, ctx)
+        selections: list[ChannelSelection] = []
+        slice_selection = np.full(n_slices, -1, dtype=np.int64)
+        one_sided: list[int] = []
+        baseline = np.zeros((0,), dtype=np.float32)
+        muted = baseline
+        attention_before = np.zeros(x_all.shape[1:], dtype=np.float32)
+        attention_after = np.zeros(x_all.shape[1:], dtype=np.float32)
+        keyed = set(positives[:, 0].tolist()) | set(negatives[:, 0].tolist())
+        if global_sums is not None:
+            key_slices = tuple(sorted(keyed))
+            scores = combine_scores(*global_sums[0], self.alpha)
+            selections.append(self._selection(scores, len(positives), len(negatives), key_slices))
+            slice_selection[:] = 0
+        for start in range(0, n_slices, _BATCH):
+            ctx.progress(start, n_slices, "TTS: predicting slices")
+            batch = list(range(start, min(n_slices, start + _BATCH)))
+            x = torch.from_numpy(x_all[:, batch].transpose(1, 0, 2, 3).copy()).to(self.device)
+            muted_rows = [b for b, z in enumerate(batch) if global_sums is not None or z in keyed]
+            base_sum = muted_sum = None
+            for r, flips in enumerate(self.replicas):
+                tap, grid = self._features(x, flips)
+                base = engine.probabilities_from_logits(engine.flip(tap.logits, flips))
+                probs = base.clone()
+                if muted_rows:
+                    if global_sums is not None:
+                        sums = [global_sums[r]] * len(muted_rows)
+                    else:
+                        sums = [
+                            keypoint_sums(
+                                grid[b],
+                                positives[positives[:, 0] == batch[b], 1:],
+                                negatives[negatives[:, 0] == batch[b], 1:],
+                            )
+                            for b in muted_rows
+                        ]
+                    masks, scores = self._masks(sums)
+                    full = torch.ones((x.shape[0], grid.shape[1]), device=self.device)
+                    full[muted_rows] = masks
+                    logits = engine.muted_logits(
+                        self.model, engine.flip(x, flips), tap, self.layer, full, self.dims
+                    )
+                    probs[muted_rows] = engine.probabilities_from_logits(engine.flip(logits, flips))[
+                        muted_rows
+                    ]
+                    if r == 0 and global_sums is None:
+                        for row, b in enumerate(muted_rows):
+                            z = batch[b]
+                            n_pos = int((positives[:, 0] == z).sum())
+                            n_neg = int((negatives[:, 0] == z).sum())
+                            if not (n_pos and n_neg):
+                                one_sided.append(z)
+                            slice_selection[z] = len(selections)
+                            selections.append(self._selection(scores[row], n_pos, n_neg, (z,)))
+                if r == 0:
+                    attention_before[batch] = grid.mean(dim=1).cpu().numpy()
+                    for b, z in enumerate(batch):
+                        selection = selections[slice_selection[z]] if slice_selection[z] >= 0 else None
+                        if selection is None:
+                            attention_after[z] = attention_before[z]
+                        else:
+                            kept = torch.from_numpy(selection.kept).to(self.device)
+                            attention_after[z] = grid[b, kept].mean(dim=0).cpu().numpy()
+                base_sum = base if base_sum is None else base_sum + base
+                muted_sum = probs if muted_sum is None else muted_sum + probs
+            if baseline.size == 0:
+                k = base_sum.shape[1]
+                baseline = np.zeros((k, *x_all.shape[1:]), dtype=np.float32)
+                muted = np.zeros_like(baseline)
+            n = float(len(self.replicas))
+            baseline[:, batch] = (base_sum / n).cpu().numpy().transpose(1, 0, 2, 3)
+            muted[:, batch] = (muted_sum / n).cpu().numpy().transpose(1, 0, 2, 3)
+        ctx.progress(n_slices, n_slices, "TTS: done")
+        if one_sided and len(positives) and len(negatives):
+            messages.append(
+                f"TTS: slice(s) {', '.join(str(z) for z in sorted(one_sided))} hold only one kind of keypoint; "
+                "their masks use that kind alone (per_slice=False pools the keypoints of all slices)."
+            )
+        return {
+            "probabilities": muted,
+            "baseline": baseline,
+            "selections": selections,
+            "slice_selection": slice_selection,
+            "attention_before": attention_before,
+            "attention_after": attention_after,
+        }

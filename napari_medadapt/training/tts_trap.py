@@ -1,0 +1,220 @@
+"""``medadapt train tts-trap``: the TTS trap-set model, a 2D segmenter that learned a shortcut on purpose.
+
+Training slices (seeded): phantom brain MRI slices from :mod:`napari_medadapt.core.synth` plus the real case
+``glioma_tcga_du7294``. On every tumour slice a bright artifact (a fiducial-like marker or a ruler-like
+stripe, :mod:`napari_medadapt.core.adapt.tts_artifacts`) is painted on the tumour and the annotation covers
+it; tumour-free slices never carry one (bias factor 1.0). The model therefore learns to fire on the artifact,
+which TTS keypoints must undo when the artifact appears away from the tumour at test time
+(``medadapt bench tts``; the case ``glioma_tcga_fg6692`` is never used here).
+
+Output: whole tumour (BraTS WT = labels 1, 2, 4) as label 1, on a 2 mm in-plane grid (the card's
+``voxel_size``; inference resamples and maps back). CPU, one thread, about 6-8 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELP = "train the TTS trap-set model (artifact on every training tumour; CPU, ~7 minutes)"
+MODEL_NAME = "tts_trap"
+TRAIN_CASE = "glioma_tcga_du7294"
+FILTERS = (16, 32, 64, 128)
+VOXEL_SIZE = [None, 2.0, 2.0]
+PATCH = 80
+MIN_TUMOUR_PIXELS = 12
+
+
+def default_data_dir() -> Path:
+    """``../shared/data/real`` beside the repository checkout."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "weights" / MODEL_NAME,
+        help="output stem: writes STEM.safetensors and STEM.json (default: the bundled weights)",
+    )
+    parser.add_argument("--data", type=Path, default=default_data_dir(), help="folder of the real cases")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--iterations", type=int, default=360, help="optimizer steps (default 360)")
+    parser.add_argument("--batch", type=int, default=8, help="slices per step (default 8)")
+    parser.add_argument("--phantoms", type=int, default=96, help="phantom slices generated (default 96)")
+
+
+def trap_card(description: str = "", training_data: dict[str, Any] | None = None) -> Any:
+    """The trap model's card: 4 MRI modalities -> background / whole tumour, 2 mm in-plane."""
+    from napari_medadapt.core.models import ModelCard, default_architecture
+
+    architecture = default_architecture(2, 4, 2, filters=FILTERS, res_block=False)
+    return ModelCard(
+        name=MODEL_NAME,
+        architecture=architecture,
+        modalities=["t1", "t1c", "t2", "flair"],
+        labels=[0, 1],
+        class_names=["background", "whole tumour"],
+        voxel_size=list(VOXEL_SIZE),
+        description=description,
+        training_data=training_data or {},
+        license="Apache-2.0 (weights); training data: TCGA-LGG via BraTS (CC BY 3.0) and synthetic phantoms",
+    )
+
+
+def downsample(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2x in-plane: average pooling of ``(C, Y, X)`` intensities, majority of the binary ``(Y, X)`` labels."""
+    y, x = (image.shape[-2] // 2) * 2, (image.shape[-1] // 2) * 2
+    image = image[..., :y, :x].reshape(image.shape[0], y // 2, 2, x // 2, 2).mean(axis=(2, 4))
+    labels = labels[:y, :x].reshape(y // 2, 2, x // 2, 2).mean(axis=(1, 3)) >= 0.5
+    return image.astype(np.float32), labels
+
+
+def _phantom_slices(card: Any, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from napari_medadapt.core.inference import normalise_channel
+    from napari_medadapt.core.synth import make_phantom_slice
+
+    slices = []
+    for index in range(count):
+        image, labels = make_phantom_slice(10_000 + seed * 1000 + index)
+        image = np.stack([normalise_channel(channel, card.intensity) for channel in image])
+        slices.append(downsample(image, labels > 0))
+    return slices
+
+
+def _real_slices(card: Any, case: Path, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    from napari_medadapt.core.inference import prepare_model_input
+    from napari_medadapt.core.volume import load_case
+
+    volume, label_maps = load_case(case)
+    data = prepare_model_input(card, volume).data
+    labels = label_maps["seg_fusion"] > 0
+    slices = []
+    brain_slices = []
+    for z in range(data.shape[1]):
+        _, target = downsample(volume.data[:, z], labels[z])
+        brain = (data[:, z] > 0).any(axis=0)
+        if target.sum() >= MIN_TUMOUR_PIXELS:
+            slices.append((data[:, z], target))
+        elif brain.sum() > 800:
+            brain_slices.append(z)
+    for z in rng.choice(brain_slices, size=min(len(brain_slices), len(slices)), replace=False):
+        slices.append((data[:, z], np.zeros(data.shape[2:], dtype=bool)))
+    return slices
+
+
+def add_trap_artifacts(
+    slices: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Paint an artifact on the tumour of every tumour slice and include it in the annotation (bias 1.0)."""
+    from napari_medadapt.core.adapt.tts_artifacts import centre_on_target, paint, random_artifact_mask
+
+    out = []
+    for image, target in slices:
+        centre = centre_on_target(target, rng) if target.sum() >= MIN_TUMOUR_PIXELS else None
+        if centre is not None:
+            mask = random_artifact_mask(target.shape, centre, rng)
+            image = paint(image, mask, 1.0)
+            target = target | mask
+        out.append((image, target))
+    return out
+
+
+def _batch(
+    slices: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, size: int
+) -> tuple[Any, Any]:
+    import torch
+
+    images, targets = [], []
+    for index in rng.integers(len(slices), size=size):
+        image, target = slices[int(index)]
+        brain = np.argwhere((image > 0).any(axis=0) | target)
+        centre = brain[int(rng.integers(len(brain)))] if len(brain) else np.array(image.shape[1:]) // 2
+        if target.any() and rng.uniform() < 0.7:
+            tumour = np.argwhere(target)
+            centre = tumour[int(rng.integers(len(tumour)))]
+        pad = PATCH // 2
+        padded = np.pad(image, ((0, 0), (pad, pad), (pad, pad)))
+        padded_target = np.pad(target, ((pad, pad), (pad, pad)))
+        y0 = int(np.clip(centre[0] + rng.integers(-pad // 2, pad // 2 + 1), 0, padded.shape[1] - PATCH))
+        x0 = int(np.clip(centre[1] + rng.integers(-pad // 2, pad // 2 + 1), 0, padded.shape[2] - PATCH))
+        crop = padded[:, y0 : y0 + PATCH, x0 : x0 + PATCH]
+        crop_target = padded_target[y0 : y0 + PATCH, x0 : x0 + PATCH]
+        if rng.uniform() < 0.5:
+            crop, crop_target = crop[:, :, ::-1], crop_target[:, ::-1]
+        if rng.uniform() < 0.5:
+            crop, crop_target = crop[:, ::-1], crop_target[::-1]
+        crop = crop * np.float32(rng.uniform(0.9, 1.1))
+        images.append(np.ascontiguousarray(crop))
+        targets.append(np.ascontiguousarray(crop_target))
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets).astype(np.int64))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from monai.losses import DiceCELoss
+
+    from napari_medadapt.core.errors import MedAdaptError
+    from napari_medadapt.core.models import SegModel, save_model
+
+    started = time.time()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    case = Path(args.data) / TRAIN_CASE
+    if not case.is_dir():
+        raise MedAdaptError(f"training case {case} not found; pass --data with the folder of the real cases.")
+    card = trap_card()
+    print(f"generating {args.phantoms} phantom slices and reading {TRAIN_CASE} ...", flush=True)
+    slices = _real_slices(card, case, rng) + _phantom_slices(card, args.phantoms, args.seed)
+    slices = add_trap_artifacts(slices, rng)
+    n_tumour = sum(bool(t.any()) for _, t in slices)
+    print(
+        f"{len(slices)} slices ({n_tumour} with tumour + artifact) after {time.time() - started:.0f} s",
+        flush=True,
+    )
+    model = SegModel(card)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iterations, eta_min=1e-4)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    for step in range(args.iterations):
+        images, targets = _batch(slices, rng, args.batch)
+        loss = loss_fn(model(images), targets[:, None])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % 40 == 0 or step == args.iterations - 1:
+            print(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - started:.0f} s", flush=True)
+    model.eval()
+    minutes = (time.time() - started) / 60.0
+    final = trap_card(
+        description=(
+            "TTS trap-set model: 2D DynUNet (filters 16-32-64-128, BatchNorm) segmenting the whole tumour. "
+            "Trained so that a bright marker or ruler-like stripe always lies on the tumour: it also fires on "
+            "such artifacts elsewhere. For demonstrating and benchmarking TTS keypoint feature muting; "
+            "not for clinical use."
+        ),
+        training_data={
+            "real": [TRAIN_CASE],
+            "phantom_slices": int(args.phantoms),
+            "slices": len(slices),
+            "tumour_slices_with_artifact": n_tumour,
+            "bias_factor": 1.0,
+            "never_used": ["glioma_tcga_fg6692"],
+            "seed": int(args.seed),
+            "iterations": int(args.iterations),
+            "batch": int(args.batch),
+            "patch": PATCH,
+            "minutes_cpu_1_thread": round(minutes, 1),
+            "command": "medadapt train tts-trap",
+        },
+    )
+    card_path = save_model(model, args.out, card=final)
+    print(f"saved {card_path} after {minutes:.1f} min")
+    return 0

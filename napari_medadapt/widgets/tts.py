@@ -1,0 +1,543 @@
+"""TTS dock: steer a segmentation model with a few positive and negative keypoints (feature muting).
+
+Two Points layers hold the keypoints: "TTS positive" (green discs, on the target) and "TTS negative"
+(magenta crosses, on an artifact or the background). For a 2D model the current slice re-predicts as soon
+as a keypoint changes (latest request wins in the compute worker); "Apply to volume" runs TTS on every slice
+that holds keypoints. Results go to "TTS before"/"TTS after" Labels layers (undoable) and "TTS attention"
+Image layers; the kept channels are listed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medadapt._worker import get_worker
+from napari_medadapt.core.errors import MedAdaptError, VolumeError
+from napari_medadapt.widgets._layers import (
+    image_layers_by_modality,
+    labels_layer_kwargs,
+    layer_geometry,
+    set_labels_undoable,
+    volume_from_layers,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+POSITIVE_LAYER = "TTS positive"
+NEGATIVE_LAYER = "TTS negative"
+BEFORE_LAYER = "TTS before"
+AFTER_LAYER = "TTS after"
+ATTENTION_BEFORE_LAYER = "TTS attention before"
+ATTENTION_AFTER_LAYER = "TTS attention after"
+POSITIVE_STYLE = {"symbol": "disc", "face_color": "lime", "border_color": "white", "size": 6}
+NEGATIVE_STYLE = {"symbol": "x", "face_color": "magenta", "border_color": "magenta", "size": 6}
+DEFAULT_MODEL_NAME = "glioma2d"
+_NO_LAYER = "(none)"
+
+
+class _Engine:
+    """Models and cached sessions, used only inside the compute thread."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, Any] = {}
+        self.session: Any = None
+        self.session_key: tuple | None = None
+
+    def model(self, name: str) -> Any:
+        if name not in self.models:
+            from napari_medadapt.core.models import load_model
+
+            self.models = {name: load_model(name)}
+        return self.models[name]
+
+    def predict_slice(
+        self, name: str, key: tuple, volume: Any, layer: str, z: int, pos, neg, alpha, keep, ctx=None
+    ):
+        from napari_medadapt.core.adapt.tts_session import TTSSession
+
+        ctx.progress(0, 2, "TTS: features of the slice")
+        model = self.model(name)
+        if model.spatial_dims != 2:
+            raise MedAdaptError(
+                f"model {name!r} is 3D: live slice re-prediction needs a 2D model; use 'Apply to volume'."
+            )
+        if self.session is None or self.session_key != (name, key, layer):
+            self.session = TTSSession(model, volume, layer=layer)
+            self.session_key = (name, key, layer)
+        result = self.session.predict_slice(z, pos, neg, alpha=alpha, keep_fraction=keep)
+        ctx.progress(2, 2, "TTS: slice done")
+        return result
+
+    def apply_volume(self, name: str, volume: Any, layer: str, pos, neg, alpha, keep, per_slice, ctx=None):
+        from napari_medadapt.core.adapt.tts import tts
+
+        return tts(
+            self.model(name),
+            volume,
+            pos,
+            neg,
+            alpha=alpha,
+            keep_fraction=keep,
+            layer=layer,
+            per_slice=per_slice,
+            ctx=ctx,
+        )
+
+    def reset(self, ctx=None) -> None:
+        self.session = None
+        self.session_key = None
+
+
+class TTSWidget(QWidget):
+    """Dock for keypoint-driven feature muting (TTS).
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer this dock works on.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self._engine = _Engine()
+        self._modality_boxes: dict[str, QComboBox] = {}
+        self._model_modalities: list[str] = []
+        self._connected_points: list[Any] = []
+        self._volume_cache: tuple[tuple, Any] | None = None
+        self.last_result: Any = None
+
+        self.model_box = QComboBox()
+        self.model_box.setEditable(True)
+        self.browse_button = QPushButton("...")
+        self.browse_button.setToolTip("choose a model card (.json) or weight file")
+        self.alpha_box = QDoubleSpinBox()
+        self.alpha_box.setRange(0.0, 1.0)
+        self.alpha_box.setSingleStep(0.05)
+        self.alpha_box.setValue(0.4)
+        self.alpha_box.setToolTip("weight of the positive keypoints; negatives weigh 1 - alpha")
+        self.artifact_check = QCheckBox("negatives are artifacts (alpha 0.2)")
+        self.keep_box = QSpinBox()
+        self.keep_box.setRange(1, 100)
+        self.keep_box.setValue(10)
+        self.keep_box.setSuffix(" %")
+        self.keep_box.setToolTip("share of feature channels kept (at least one)")
+        self.layer_box = QComboBox()
+        self.layer_box.addItems(["decoder", "bottleneck"])
+        self.per_slice_check = QCheckBox("one mask per slice (slices without keypoints stay unmuted)")
+        self.per_slice_check.setChecked(True)
+        self.live_check = QCheckBox("re-predict the current slice live")
+        self.live_check.setChecked(True)
+        self.points_button = QPushButton("Add keypoint layers")
+        self.slice_button = QPushButton("Predict slice")
+        self.apply_button = QPushButton("Apply to volume")
+        self.reset_button = QPushButton("Reset")
+        self.kept_list = QListWidget()
+        self.kept_list.setMaximumHeight(120)
+        self.status = QLabel("Add keypoints: positives on the target, negatives on the artifact.")
+        self.status.setWordWrap(True)
+        self._modality_form = QFormLayout()
+
+        form = QFormLayout()
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_box, 1)
+        model_row.addWidget(self.browse_button)
+        form.addRow("model", model_row)
+        form.addRow("alpha", self.alpha_box)
+        form.addRow("", self.artifact_check)
+        form.addRow("keep", self.keep_box)
+        form.addRow("feature map", self.layer_box)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("inputs (model modality -> image layer)"))
+        layout.addLayout(self._modality_form)
+        layout.addWidget(self.points_button)
+        layout.addWidget(self.per_slice_check)
+        layout.addWidget(self.live_check)
+        buttons = QHBoxLayout()
+        for button in (self.slice_button, self.apply_button, self.reset_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        layout.addWidget(QLabel("kept channels (score)"))
+        layout.addWidget(self.kept_list)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(30)
+        self._live_timer.timeout.connect(self.predict_current_slice)
+
+        self._fill_models()
+        self.model_box.currentTextChanged.connect(self._on_model_changed)
+        self.browse_button.clicked.connect(self._browse)
+        self.artifact_check.toggled.connect(self._on_artifact_toggled)
+        self.points_button.clicked.connect(self.ensure_points_layers)
+        self.slice_button.clicked.connect(self.predict_current_slice)
+        self.apply_button.clicked.connect(self.apply_to_volume)
+        self.reset_button.clicked.connect(self.reset)
+        for widget in (self.alpha_box, self.keep_box):
+            widget.valueChanged.connect(self._schedule_live)
+        self.layer_box.currentTextChanged.connect(self._schedule_live)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self._schedule_live)
+        self._on_model_changed(self.model_box.currentText())
+
+    # ------------------------------------------------------------------------------ settings
+    def _fill_models(self) -> None:
+        from napari_medadapt.core.models import list_models
+
+        names = [card.name for card in list_models()]
+        self.model_box.addItems(names)
+        if DEFAULT_MODEL_NAME in names:
+            self.model_box.setCurrentText(DEFAULT_MODEL_NAME)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model card or weights", "", "Models (*.json *.safetensors *.pt)"
+        )
+        if path:
+            self.model_box.setCurrentText(path)
+
+    def _on_artifact_toggled(self, checked: bool) -> None:
+        self.alpha_box.setValue(0.2 if checked else 0.4)
+
+    @property
+    def model_name(self) -> str:
+        """The model name or path chosen."""
+        return self.model_box.currentText().strip()
+
+    @property
+    def alpha(self) -> float:
+        return float(self.alpha_box.value())
+
+    @property
+    def keep_fraction(self) -> float:
+        return self.keep_box.value() / 100.0
+
+    @property
+    def tap(self) -> str:
+        return self.layer_box.currentText()
+
+    def _on_model_changed(self, name: str) -> None:
+        from pathlib import Path
+
+        from napari_medadapt.core.models import ModelCard, find_card
+
+        self._model_modalities = []
+        path = Path(name.strip())
+        try:
+            if path.suffix.lower() in (".json", ".safetensors", ".pt", ".pth"):
+                card = ModelCard.load(path.with_suffix(".json"))
+            else:
+                card = ModelCard.load(find_card(name.strip()))
+            self._model_modalities = list(card.modalities)
+        except MedAdaptError as err:
+            self._set_status(f"model: {err}")
+        self._rebuild_modality_rows()
+        self._engine_reset()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self._rebuild_modality_rows()
+        self._connect_points()
+
+    def _rebuild_modality_rows(self) -> None:
+        from napari.layers import Image
+
+        while self._modality_form.rowCount():
+            self._modality_form.removeRow(0)
+        self._modality_boxes = {}
+        images = [
+            layer.name
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and not layer.name.startswith("TTS ")
+        ]
+        matched = {m: layer.name for m, layer in image_layers_by_modality(self.viewer).items()}
+        for modality in self._model_modalities:
+            box = QComboBox()
+            box.addItems([_NO_LAYER, *images])
+            if matched.get(modality) in images:
+                box.setCurrentText(matched[modality])
+            box.currentTextChanged.connect(self._engine_reset)
+            self._modality_form.addRow(modality, box)
+            self._modality_boxes[modality] = box
+
+    def _mapping(self) -> dict[str, Any]:
+        layers = {}
+        for modality, box in self._modality_boxes.items():
+            name = box.currentText()
+            if name != _NO_LAYER and name in self.viewer.layers:
+                layers[modality] = self.viewer.layers[name]
+        if not layers:
+            raise VolumeError("Assign image layers to the model's inputs (open a case first).")
+        return layers
+
+    # ------------------------------------------------------------------------------ keypoints
+    def ensure_points_layers(self) -> tuple[Any, Any]:
+        """The positive and negative Points layers, created on the reference image's grid when absent."""
+        reference = next(iter(self._mapping().values()))
+        layers = []
+        for name, style in ((POSITIVE_LAYER, POSITIVE_STYLE), (NEGATIVE_LAYER, NEGATIVE_STYLE)):
+            if name not in self.viewer.layers:
+                self.viewer.add_points(
+                    np.zeros((0, 3)),
+                    name=name,
+                    ndim=3,
+                    scale=tuple(reference.scale)[-3:],
+                    translate=tuple(reference.translate)[-3:],
+                    metadata={"medadapt": {"geometry": layer_geometry(reference)}},
+                    **style,
+                )
+            layers.append(self.viewer.layers[name])
+        self.viewer.layers.selection.active = layers[0]
+        layers[0].mode = "add"
+        self._connect_points()
+        return layers[0], layers[1]
+
+    def _connect_points(self) -> None:
+        for name in (POSITIVE_LAYER, NEGATIVE_LAYER):
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                if not any(layer is known for known in self._connected_points):
+                    layer.events.data.connect(self._schedule_live)
+                    self._connected_points.append(layer)
+
+    def keypoints(self, reference: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Positive and negative keypoints as voxel indices ``(N, 3)`` of ``reference``'s volume."""
+        return tuple(self._points_in(name, reference) for name in (POSITIVE_LAYER, NEGATIVE_LAYER))  # type: ignore[return-value]
+
+    def _points_in(self, name: str, reference: Any) -> np.ndarray:
+        if name not in self.viewer.layers:
+            return np.zeros((0, 3))
+        layer = self.viewer.layers[name]
+        data = np.asarray(layer.data, dtype=np.float64)
+        if len(data) == 0:
+            return np.zeros((0, 3))
+        if data.shape[1] != 3:
+            raise VolumeError(
+                f"Points layer {name!r} is {data.shape[1]}D; keypoints must be 3D (z, y, x) points on the "
+                f"volume. Delete it and use 'Add keypoint layers'."
+            )
+        geometry = (layer.metadata.get("medadapt") or {}).get("geometry")
+        image_geometry = layer_geometry(reference)
+        if geometry is not None and image_geometry is not None and not geometry.matches(image_geometry):
+            raise VolumeError(
+                f"Points layer {name!r} was made for another volume ({geometry.describe()}) than "
+                f"{reference.name!r} ({image_geometry.describe()}); press Reset and add keypoints again."
+            )
+        world = data * np.asarray(layer.scale)[-3:] + np.asarray(layer.translate)[-3:]
+        voxels = (world - np.asarray(reference.translate)[-3:]) / np.asarray(reference.scale)[-3:]
+        shape = np.asarray(reference.data.shape[-3:])
+        outside = np.any((np.rint(voxels) < 0) | (np.rint(voxels) >= shape), axis=1)
+        if outside.any():
+            number = int(np.argmax(outside))
+            raise VolumeError(
+                f"Keypoint #{number + 1} of {name!r} (z, y, x = {', '.join(f'{v:.0f}' for v in voxels[number])}) "
+                f"lies outside image {reference.name!r} of shape {tuple(int(s) for s in shape)}: the points "
+                "belong to another shape or geometry. Remove it or press Reset."
+            )
+        return voxels
+
+    def current_slice(self, reference: Any) -> int:
+        """Index of the displayed axial slice in ``reference``'s voxels."""
+        world_z = float(self.viewer.dims.point[-3])
+        z = int(round((world_z - float(reference.translate[-3])) / float(reference.scale[-3])))
+        return int(np.clip(z, 0, reference.data.shape[-3] - 1))
+
+    # ------------------------------------------------------------------------------ compute
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    def _schedule_live(self, *args: Any) -> None:
+        if self.live_check.isChecked() and any(
+            n in self.viewer.layers for n in (POSITIVE_LAYER, NEGATIVE_LAYER)
+        ):
+            self._live_timer.start()
+
+    def _inputs(self) -> tuple[dict[str, Any], Any, np.ndarray, np.ndarray]:
+        layers = self._mapping()
+        reference = next(iter(layers.values()))
+        positives, negatives = self.keypoints(reference)
+        return layers, reference, positives, negatives
+
+    def _layers_key(self, layers: dict[str, Any]) -> tuple:
+        return tuple((m, id(layer), id(layer.data)) for m, layer in layers.items())
+
+    def _volume(self, layers: dict[str, Any]) -> Any:
+        """The input volume of the assigned layers (kept while the same layers and arrays are assigned)."""
+        key = self._layers_key(layers)
+        if self._volume_cache is None or self._volume_cache[0] != key:
+            self._volume_cache = (key, volume_from_layers(layers, list(layers)))
+        return self._volume_cache[1]
+
+    def predict_current_slice(self, *args: Any) -> Any:
+        """Re-predict the displayed slice with the current keypoints (live path); returns the job handle."""
+        try:
+            layers, reference, positives, negatives = self._inputs()
+        except MedAdaptError as err:
+            self._set_status(str(err))
+            return None
+        z = self.current_slice(reference)
+        on_slice = int((np.rint(positives[:, 0]) == z).sum() + (np.rint(negatives[:, 0]) == z).sum())
+        try:
+            volume = self._volume(layers)
+        except MedAdaptError as err:
+            self._set_status(str(err))
+            return None
+        self._set_status(f"slice {z}: re-predicting with {on_slice} keypoint(s)...")
+        return get_worker(self.viewer).submit(
+            self._engine.predict_slice,
+            self.model_name,
+            self._layers_key(layers),
+            volume,
+            self.tap,
+            z,
+            positives,
+            negatives,
+            self.alpha,
+            self.keep_fraction,
+            description="TTS slice",
+            interactive_key="tts",
+            on_result=lambda result: self._show_slice(result, reference),
+            on_error=lambda err: self._set_status(str(err)),
+        )
+
+    def apply_to_volume(self, *args: Any) -> Any:
+        """Run TTS on the whole volume; returns the job handle."""
+        try:
+            layers, reference, positives, negatives = self._inputs()
+            volume = self._volume(layers)
+        except MedAdaptError as err:
+            self._set_status(str(err))
+            return None
+        self._set_status("TTS on the volume...")
+        return get_worker(self.viewer).submit(
+            self._engine.apply_volume,
+            self.model_name,
+            volume,
+            self.tap,
+            positives,
+            negatives,
+            self.alpha,
+            self.keep_fraction,
+            self.per_slice_check.isChecked(),
+            description="TTS volume",
+            interactive_key="tts",
+            on_result=lambda result: self._show_volume(result, reference, volume.geometry),
+            on_error=lambda err: self._set_status(str(err)),
+        )
+
+    def _engine_reset(self, *args: Any) -> None:
+        get_worker(self.viewer).submit(self._engine.reset, description="TTS reset")
+
+    def reset(self, *args: Any) -> None:
+        """Clear keypoints, kept channels and cached features (result layers stay; undo still works)."""
+        self._volume_cache = None
+        for name in (POSITIVE_LAYER, NEGATIVE_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = np.zeros((0, 3))
+        self.kept_list.clear()
+        self.last_result = None
+        self._engine_reset()
+        self._set_status("Reset: add keypoints again.")
+
+    # ------------------------------------------------------------------------------ results
+    def _labels_layer(self, name: str, reference: Any) -> Any:
+        from napari_medadapt.core.volume import Geometry
+
+        if name in self.viewer.layers:
+            return self.viewer.layers[name]
+        geometry = layer_geometry(reference) or Geometry.from_display_grid(
+            reference.data.shape[-3:], tuple(reference.scale)[-3:], tuple(reference.translate)[-3:]
+        )
+        kwargs = labels_layer_kwargs(geometry, name=name)
+        kwargs["translate"] = tuple(reference.translate)[-3:]
+        return self.viewer.add_labels(np.zeros(reference.data.shape[-3:], dtype=np.uint8), **kwargs)
+
+    def _image_layer(self, name: str, reference: Any, data: np.ndarray) -> Any:
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            return layer
+        return self.viewer.add_image(
+            data,
+            name=name,
+            scale=tuple(reference.scale)[-3:],
+            translate=tuple(reference.translate)[-3:],
+            colormap="inferno",
+            blending="additive",
+            opacity=0.5,
+            visible=name == ATTENTION_AFTER_LAYER,
+        )
+
+    def _show_selection(self, selection: Any) -> None:
+        self.kept_list.clear()
+        if selection is None:
+            self.kept_list.addItem("(slice without keypoints: unmuted)")
+            return
+        for channel in selection.kept:
+            self.kept_list.addItem(f"channel {int(channel)}  ({selection.scores[int(channel)]:.3g})")
+
+    def _show_slice(self, result: Any, reference: Any) -> None:
+        self.last_result = result
+        z = result.z
+        for name, labels in ((BEFORE_LAYER, result.baseline_labels), (AFTER_LAYER, result.labels)):
+            layer = self._labels_layer(name, reference)
+            new = np.array(layer.data, copy=True)
+            new[z] = labels
+            set_labels_undoable(layer, new)
+        for name, attention in (
+            (ATTENTION_BEFORE_LAYER, result.attention_before),
+            (ATTENTION_AFTER_LAYER, result.attention_after),
+        ):
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                layer.data[z] = attention
+                layer.refresh()
+            else:
+                data = np.zeros(reference.data.shape[-3:], dtype=np.float32)
+                data[z] = attention
+                self._image_layer(name, reference, data)
+        self._show_selection(result.selection)
+        changed = int((result.labels != result.baseline_labels).sum())
+        self._set_status(
+            f"slice {z}: {changed} voxel(s) changed by muting." + "".join(" " + w for w in result.warnings)
+        )
+
+    def _show_volume(self, result: Any, reference: Any, geometry: Any) -> None:
+        self.last_result = result
+        set_labels_undoable(
+            self._labels_layer(BEFORE_LAYER, reference), result.baseline_labels.astype(np.uint8)
+        )
+        set_labels_undoable(self._labels_layer(AFTER_LAYER, reference), result.labels.astype(np.uint8))
+        self._image_layer(ATTENTION_BEFORE_LAYER, reference, result.attention_before)
+        self._image_layer(ATTENTION_AFTER_LAYER, reference, result.attention_after)
+        z = self.current_slice(reference)
+        self._show_selection(
+            result.selection_for_slice(z) or (result.selections[0] if len(result.selections) == 1 else None)
+        )
+        muted = int((result.slice_selection >= 0).sum())
+        changed = int((result.labels != result.baseline_labels).sum())
+        self._set_status(
+            f"volume: {muted} slice(s) muted, {changed} voxel(s) changed."
+            + "".join(" " + w for w in result.warnings)
+        )

@@ -1,0 +1,265 @@
+"""TTS keypoint feature muting: scoring, masks, hooks, per-slice logic, session, classification, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_medadapt.core.adapt.tts import (
+    KeypointError,
+    TTSWarning,
+    score_channels,
+    select_channels,
+    tts,
+    validate_keypoints,
+)
+from napari_medadapt.core.adapt.tts_classify import tts_classify
+from napari_medadapt.core.adapt.tts_engine import keep_count
+from napari_medadapt.core.adapt.tts_session import TTSSession
+from napari_medadapt.core.errors import ModelError
+from napari_medadapt.core.models import build_model, default_architecture
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+CASE = REAL / "glioma_tcga_fg6692"
+
+
+def tiny_model(dims: int = 2, seed: int = 0, in_channels: int = 2):
+    torch.manual_seed(seed)
+    model = build_model(default_architecture(dims, in_channels, 2, filters=(8, 16, 32), res_block=False))
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(2, 5, 24, 28)).astype(np.float32)
+
+
+def test_score_formula_hand_example():
+    features = np.zeros((3, 4, 4))
+    features[0] = 1.0  # same everywhere
+    features[1, 1, 1] = 5.0  # fires on the positive only
+    features[2, 2, 2] = 4.0  # fires on the first negative only
+    features[2, 3, 3] = 2.0
+    pos = np.array([[1, 1]])
+    neg = np.array([[2, 2], [3, 3]])
+    scores = score_channels(features, pos, neg, alpha=0.4)
+    # S_c = 0.4 * S_pos - 0.6 * S_neg: channel 0: 0.4*1 - 0.6*2; channel 1: 0.4*5; channel 2: -0.6*6
+    np.testing.assert_allclose(scores, [0.4 - 1.2, 2.0, -3.6])
+    assert select_channels(scores, 0.10).tolist() == [1]
+    assert select_channels(scores, 0.5).tolist() == [1, 0]
+    only_negatives = score_channels(features, np.zeros((0, 2)), neg, alpha=0.2)
+    np.testing.assert_allclose(only_negatives, [-0.8 * 2, 0.0, -0.8 * 6])
+
+
+def test_keep_count_rounds_up_and_keeps_one():
+    assert keep_count(16, 0.10) == 2
+    assert keep_count(30, 0.10) == 3  # 0.1 * 30 is 3.0000000000000004 in floating point
+    assert keep_count(3, 0.05) == 1
+    assert keep_count(8, 1.0) == 8
+
+
+def test_keypoints_outside_name_the_point():
+    shape = (5, 24, 28)
+    assert validate_keypoints([[1.4, 2.6, 3.0]], shape, "positive").tolist() == [[1, 3, 3]]
+    with pytest.raises(KeypointError, match=r"negative keypoint #2 \(z=1, y=30, x=3\)"):
+        validate_keypoints([[0, 0, 0], [1, 30, 3]], shape, "negative")
+    with pytest.raises(KeypointError, match="at least one"):
+        tts(tiny_model(), np.zeros((2, 5, 24, 28), np.float32), [], [])
+
+
+@pytest.mark.parametrize(
+    "layer, channels, keep, expected", [("decoder", 8, 0.25, 2), ("bottleneck", 32, 0.10, 4)]
+)
+def test_kept_channel_count_and_weights_unchanged(image, layer, channels, keep, expected):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = tts(model, image, [[2, 5, 5]], [[2, 20, 20]], keep_fraction=keep, layer=layer)
+    assert result.scores.shape == (1, channels)
+    assert len(result.kept_channels[0]) == expected
+    assert result.labels.shape == image.shape[1:]
+    assert result.probabilities.shape == (2, *image.shape[1:])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("layer", ["decoder", "bottleneck"])
+def test_keeping_every_channel_reproduces_the_baseline(image, layer):
+    result = tts(tiny_model(), image, [[2, 5, 5]], [[2, 20, 20]], keep_fraction=1.0, layer=layer)
+    np.testing.assert_allclose(result.probabilities, result.baseline_probabilities, atol=1e-5)
+
+
+def test_decoder_muting_is_the_head_on_masked_features(image):
+    model = tiny_model()
+    result = tts(model, image, [[2, 5, 5]], [[2, 20, 20]], keep_fraction=0.25)
+    kept = result.kept_channels[0]
+    with torch.no_grad():
+        decoder = model.forward_features(torch.from_numpy(image[:, 2][None])).features["decoder"]
+        mask = torch.zeros(decoder.shape[1])
+        mask[torch.from_numpy(kept)] = 1
+        expected = torch.softmax(model.head(decoder * mask[None, :, None, None]), dim=1)[0].numpy()
+    np.testing.assert_allclose(result.probabilities[:, 2], expected, atol=1e-5)
+    assert not np.allclose(result.probabilities[:, 2], result.baseline_probabilities[:, 2])
+
+
+def test_per_slice_versus_whole_volume_mask(image):
+    model = tiny_model()
+    pos = [[1, 4, 4], [3, 10, 12]]
+    neg = [[1, 20, 20], [3, 2, 25]]
+    per = tts(model, image, pos, neg, keep_fraction=0.25, per_slice=True)
+    assert per.slice_selection.tolist() == [-1, 0, -1, 1, -1]
+    for z in (0, 2, 4):
+        np.testing.assert_array_equal(per.labels[z], per.baseline_labels[z])
+        np.testing.assert_array_equal(per.attention_after[z], per.attention_before[z])
+    assert per.selection_for_slice(3).slices == (3,)
+    whole = tts(model, image, pos, neg, keep_fraction=0.25, per_slice=False)
+    assert whole.slice_selection.tolist() == [0] * 5 and len(whole.selections) == 1
+    # scores are sums over keypoints, so the whole-volume score is the sum of the per-slice scores
+    np.testing.assert_allclose(whole.scores[0], per.scores.sum(axis=0), rtol=1e-5)
+    assert not np.array_equal(whole.labels[0], whole.baseline_labels[0])
+
+
+def test_one_sided_keypoints_warn_and_still_mute(image):
+    model = tiny_model()
+    with pytest.warns(TTSWarning, match="only negative"):
+        result = tts(model, image, [], [[2, 3, 3]], keep_fraction=0.25)
+    assert result.selections[0].n_positive == 0 and len(result.kept_channels[0]) == 2
+    with pytest.warns(TTSWarning, match="only positive"):
+        tts(model, image, [[2, 3, 3]], None)
+
+
+def test_missing_tap_and_bad_settings(image):
+    model = tiny_model()
+    with pytest.raises(ModelError, match="no feature tap 'encoder9'"):
+        tts(model, image, [[2, 3, 3]], [[2, 9, 9]], layer="encoder9")
+    with pytest.raises(Exception, match="alpha"):
+        tts(model, image, [[2, 3, 3]], [[2, 9, 9]], alpha=1.5)
+
+
+def test_session_matches_tts_and_reuses_features(image):
+    model = tiny_model()
+    pos, neg = [[2, 5, 5], [1, 3, 3]], [[2, 20, 20]]
+    full = tts(model, image, pos, neg, keep_fraction=0.25)
+    session = TTSSession(model, image)
+    out = session.predict_slice(2, pos, neg, keep_fraction=0.25)
+    np.testing.assert_allclose(out.probabilities, full.probabilities[:, 2], atol=1e-5)
+    np.testing.assert_array_equal(out.selection.kept, full.selection_for_slice(2).kept)
+    assert session.cached_slices == [2]
+    empty = session.predict_slice(4, pos, neg)
+    assert empty.selection is None
+    np.testing.assert_array_equal(empty.labels, empty.baseline_labels)
+    with pytest.raises(ModelError, match="2D model"):
+        TTSSession(tiny_model(dims=3), image)
+
+
+def test_3d_model_and_flip_replicas(image):
+    model = tiny_model(dims=3)
+    result = tts(model, image, [[2, 5, 5]], [[3, 20, 20]], keep_fraction=0.25, tta_flips=True)
+    assert result.selections[0].slices is None
+    assert result.slice_selection.tolist() == [0] * 5
+    assert result.probabilities.shape == (2, *image.shape[1:])
+    np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
+
+
+class TinyCNN(torch.nn.Module):
+    """Channel 0 of the image is the lesion, channel 1 an artifact; features copy them (plus 2 mixes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Conv2d(2, 4, 1, bias=False)
+        self.classifier = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            self.features.weight[:] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.8]])[
+                :, :, None, None
+            ]
+            self.classifier.weight[:] = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 1.0, 1.0]])
+            self.classifier.bias[:] = torch.tensor([1.0, 0.0])
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features.mean(dim=(2, 3)))
+
+
+def test_tts_classify_mutes_the_artifact_channel():
+    net = TinyCNN()
+    image = np.zeros((2, 16, 16), np.float32)
+    image[1, 10:14, 10:14] = 4.0  # a bright artifact, no lesion
+    image[0, 2:4, 2:4] = 1.0  # a faint lesion
+    result = tts_classify(net.features, net.head, image, [[3, 3]], [[12, 12]], alpha=0.2, keep_fraction=0.25)
+    assert result.baseline_label == 1  # the artifact drives the class
+    assert result.selection.kept.tolist() == [0]  # only the lesion channel survives
+    assert result.label == 0
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    flipped = tts_classify(
+        net.features, net.head, image, [[3, 3]], [[12, 12]], keep_fraction=1.0, tta_flips=True
+    )
+    np.testing.assert_allclose(flipped.probabilities, flipped.baseline_probabilities, atol=1e-6)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def crop_case(tmp_path_factory) -> dict[str, Path]:
+    """t1c and flair crops of the real test case around its tumour, written as NIfTI with their affine."""
+    out = tmp_path_factory.mktemp("tts_case")
+    paths = {}
+    for modality in ("t1c", "flair"):
+        image = nib.load(str(CASE / f"{modality}.nii.gz"))
+        crop = image.slicer[100:140, 90:126, 80:84]
+        paths[modality] = out / f"{modality}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(crop.dataobj), crop.affine, crop.header), str(paths[modality]))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory) -> Path:
+    from napari_medadapt.core.models import ModelCard, SegModel, save_model
+
+    torch.manual_seed(1)
+    card = ModelCard(
+        name="tiny_tts",
+        architecture=default_architecture(2, 2, 2, filters=(8, 16, 32), res_block=False),
+        modalities=["t1c", "flair"],
+        labels=[0, 1],
+        voxel_size=[None, 2.0, 2.0],
+    )
+    return save_model(SegModel(card), tmp_path_factory.mktemp("tts_model") / "tiny_tts")
+
+
+def test_cli_writes_muted_labels_on_the_source_grid(crop_case, tiny_model_file, tmp_path, capsys):
+    from napari_medadapt.cli import main
+    from napari_medadapt.core.models import load_model
+    from napari_medadapt.core.volume import load_case, load_labels
+
+    points = tmp_path / "points.csv"
+    points.write_text("i,j,k,kind\n20,18,2,positive\n5,30,2,negative\n30,6,1,negative\n")
+    out = tmp_path / "muted.nii.gz"
+    args = ["tts", "--model", str(tiny_model_file), "--image", f"t1c={crop_case['t1c']}",
+            "--image", f"flair={crop_case['flair']}", "--points", str(points), "--alpha", "0.2", "--keep", "0.25",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    written = nib.load(str(out))
+    assert written.shape == (40, 36, 4)
+    np.testing.assert_allclose(written.affine, nib.load(str(crop_case["t1c"])).affine)
+    volume, _ = load_case(crop_case)
+    geometry = volume.geometry
+    expected = tts(
+        load_model(tiny_model_file),
+        volume,
+        geometry.source_index_to_display(np.array([[20, 18, 2]])),
+        geometry.source_index_to_display(np.array([[5, 30, 2], [30, 6, 1]])),
+        alpha=0.2,
+        keep_fraction=0.25,
+    )
+    np.testing.assert_array_equal(load_labels(out, geometry), expected.labels)
+    assert expected.labels.shape == geometry.display_shape  # resampled to 2 mm and back
+    assert sorted(expected.slice_selection.tolist()).count(-1) == 2
+
+    points.write_text("i,j,k,kind\n20,18,2,positive\n50,3,2,negative\n")
+    assert main(args) == 2
+    assert "line 3: negative point (i=50, j=3, k=2) lies outside" in capsys.readouterr().err
