@@ -12,7 +12,8 @@ order. Everything the user sees happens on the Qt main thread: a napari progress
 (with a Cancel button), ``on_result(result)`` / ``on_error(exception)``, and a napari notification for
 errors and cancellations. Progress signals are coalesced (at most one pending update per job and
 :data:`PROGRESS_MIN_INTERVAL_S` between updates) so a job that reports thousands of steps cannot flood
-the event loop.
+the event loop, and a job gets its progress bar only once it has run :data:`PROGRESS_BAR_DELAY_S`, so
+short interactive requests never flash one (see docs/benchmarks/ui_responsiveness.md).
 
 Interactive requests (a SAM click, a slider) pass ``interactive_key``: a newer job with the same key
 replaces a queued one (which never runs; its handle ends as ``superseded``) and cancels a running one
@@ -37,7 +38,7 @@ from typing import Any
 
 from napari.utils.notifications import show_error, show_info
 from napari.utils.progress import cancelable_progress
-from qtpy.QtCore import QCoreApplication, QEventLoop, QObject, Qt, Signal, Slot
+from qtpy.QtCore import QCoreApplication, QEventLoop, QObject, Qt, QTimer, Signal, Slot
 
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.jobs import JobCancelled, JobContext
@@ -45,7 +46,9 @@ from napari_medadapt.core.jobs import JobCancelled, JobContext
 logger = logging.getLogger(__name__)
 
 #: Minimum time between two progress-bar updates of one job (seconds).
-PROGRESS_MIN_INTERVAL_S = 0.05
+PROGRESS_MIN_INTERVAL_S = 0.2
+#: A job gets a progress bar once it has run this long (short interactive jobs never flash one).
+PROGRESS_BAR_DELAY_S = 0.3
 
 
 class JobState(str, enum.Enum):
@@ -347,13 +350,25 @@ class ComputeWorker(QObject):
     # ------------------------------------------------------------------------------- main thread
     @Slot(object)
     def _deliver_started(self, job: JobHandle) -> None:
-        if job.done:
+        if not job.done:
+            QTimer.singleShot(int(PROGRESS_BAR_DELAY_S * 1000), lambda: self._show_progress_bar(job))
+
+    def _show_progress_bar(self, job: JobHandle) -> None:
+        """Give a job that is still running its progress bar (indeterminate until a total is known)."""
+        if job.done or job._progress_bar is not None:
             return
-        job._progress_bar = _JobProgress(total=0, desc=job.description, cancel_callback=job.cancel)
+        job._progress_bar = _JobProgress(
+            total=job._latest_progress[1], desc=job.description, cancel_callback=job.cancel
+        )
+        self._update_progress_bar(job)
 
     @Slot(object)
     def _deliver_progress(self, job: JobHandle) -> None:
         job._progress_pending = False
+        self._update_progress_bar(job)
+
+    @staticmethod
+    def _update_progress_bar(job: JobHandle) -> None:
         bar = job._progress_bar
         if bar is None or job.done:
             return
