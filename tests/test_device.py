@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -101,3 +102,16 @@ def test_info_json_reports_device_error(monkeypatch, tmp_path, capsys):
     assert set(info) == {"versions", "device", "cache", "models", "sam_checkpoints"}
     for key in ("models", "sam_checkpoints"):
         assert isinstance(info[key]["entries"], list)
+
+
+def test_info_lists_registries_and_survives_missing_module(monkeypatch, tmp_path, capsys):
+    import napari_medadapt.core.models as models_module
+
+    card = {"name": "tiny2d", "modalities": ["t1", "flair"], "labels": [0, 1], "path": "/models/tiny2d.json"}
+    monkeypatch.setattr(models_module, "list_models", lambda: [card], raising=False)
+    monkeypatch.setitem(sys.modules, "napari_medadapt.core.sam", None)
+    monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path))
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny2d: inputs [t1, flair] -> labels [0, 1]  /models/tiny2d.json" in out
+    assert "SAM checkpoint registry not available in this installation" in out

@@ -112,14 +112,19 @@ def _model_line(record: Mapping[str, Any]) -> str:
     return f"  {record.get('name', '?')}: inputs [{modalities}] -> labels {labels}  {where}".rstrip()
 
 
-def _generic_line(record: Mapping[str, Any]) -> str:
-    name = record.get("name", "?")
-    details = ", ".join(
-        f"{key}={value}"
-        for key, value in record.items()
-        if key != "name" and isinstance(value, str | int | float | bool | type(None))
-    )
-    return f"  {name}: {details}" if details else f"  {name}"
+def _checkpoint_line(record: Mapping[str, Any]) -> str:
+    details = [str(record[key]) for key in ("architecture",) if record.get(key)]
+    if record.get("size_mb") is not None:
+        details.append(f"{record['size_mb']:g} MB")
+    title = f" {record['title']}" if record.get("title") else ""
+    bracket = f" [{', '.join(details)}]" if details else ""
+    if "cached" not in record:
+        status = ""
+    elif record["cached"]:
+        status = f": available at {record.get('path', '?')}"
+    else:
+        status = ": not downloaded yet"
+    return f"  {record.get('name', '?')}:{title}{bracket}{status}"
 
 
 def format_info(info: Mapping[str, Any]) -> str:
@@ -139,7 +144,7 @@ def format_info(info: Mapping[str, Any]) -> str:
         lines.append(f"  {name:<12} {path}")
     for key, title, line in (
         ("models", "Segmentation models", _model_line),
-        ("sam_checkpoints", "SAM checkpoints", _generic_line),
+        ("sam_checkpoints", "SAM checkpoints", _checkpoint_line),
     ):
         section = info[key]
         lines.append(f"{title}:")
