@@ -301,9 +301,11 @@ class ComputeWorker(QObject):
                 job = self._queue.popleft()
                 job._state = JobState.RUNNING
                 self._running = job
+                call = job._call  # taken under the lock: shutdown() may finalise the job meanwhile
+                assert call is not None, "queued jobs are never finalised"
             self._started_signal.emit(job)
             self._bound_torch_threads()
-            outcome, payload = self._execute(job)
+            outcome, payload = self._execute(job, call)
             self._bound_torch_threads()
             with self._condition:
                 self._running = None
@@ -311,9 +313,10 @@ class ComputeWorker(QObject):
                     outcome, payload = job._cancel_reason, None
             self._finished_signal.emit(job, outcome, payload)
 
-    def _execute(self, job: JobHandle) -> tuple[JobState, Any]:
-        assert job._call is not None
-        fn, args, kwargs = job._call
+    def _execute(
+        self, job: JobHandle, call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+    ) -> tuple[JobState, Any]:
+        fn, args, kwargs = call
         try:
             return JobState.DONE, fn(*args, ctx=job._ctx, **kwargs)
         except JobCancelled:
