@@ -113,3 +113,19 @@ def test_3d_sliding_window(crop):
     assert pred.labels.shape == crop.data.shape[1:]
     assert len(steps) == steps[-1][1] > 1 and steps[-1][0] == steps[-1][1]
     np.testing.assert_allclose(pred.probabilities.astype(np.float32).sum(0), 1.0, atol=5e-3)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_crop_to_input_skips_empty_border(crop, dims):
+    data = np.zeros((4, 10, 96, 96), np.float32)
+    data[:, :, 20:68, 30:78] = crop.data
+    padded = Volume(data, Geometry.from_display_grid(data.shape[1:], (1.0, 1.0, 1.0)), crop.channels)
+    model = tiny_model(dims=dims, roi_size=[16, 128, 128])  # one window: no tiling differences
+    fast = predict_volume(model, padded, device="cpu")
+    full = predict_volume(model, padded, device="cpu", crop_to_input=False)
+    outside = np.ones(data.shape[1:], bool)
+    outside[:, 20 - 20 : 68 + 16, 30 - 20 : 78 + 16] = False  # margin 16, start rounded to the stride 4
+    assert (fast.labels[outside] == 0).all() and (fast.confidence[outside] == 1.0).all()
+    assert (fast.probabilities[0][outside] == 1).all()
+    inside = fast.labels[:, 20:68, 30:78] == full.labels[:, 20:68, 30:78]
+    assert inside.mean() > 0.97

@@ -12,7 +12,9 @@ Pipeline (:func:`prepare_model_input` / :func:`prepare_input`, then :func:`predi
 4. When the card has a ``voxel_size`` that differs from the volume's spacing by more than 2 %, the channels
    are resampled (trilinear) to it; probabilities are resampled back to the source grid (trilinear) before the
    argmax, so labels always lie on the volume's own grid.
-5. 2D models run on batches of axial slices (axis 0 of the LPS display array); 3D models run with MONAI
+5. With ``crop_to_input`` (default) the network runs only on the bounding box of the non-zero input plus a
+   margin (the air around a skull-stripped brain is labelled background with confidence 1 directly).
+6. 2D models run on batches of axial slices (axis 0 of the LPS display array); 3D models run with MONAI
    sliding-window inference (Gaussian blending). Progress is reported per batch and cancellation honoured.
 """
 
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 #: Relative spacing difference above which the volume is resampled to the model's voxel size.
 SPACING_TOLERANCE = 0.02
+#: Voxels kept around the non-zero input when ``crop_to_input`` (receptive-field context).
+CROP_MARGIN = 16
 #: Default 3D sliding-window size (clipped to the volume); a card may set ``architecture.roi_size``.
 DEFAULT_ROI_3D = (96, 96, 96)
 
@@ -335,6 +339,52 @@ def _predict_3d(
     return np.asarray(probs[0].float().numpy(), dtype=np.float32)
 
 
+def _input_box(data: np.ndarray, spatial_dims: int, divisor: tuple[int, ...]) -> tuple[slice, slice, slice] | None:
+    """Bounding box (+ margin) of the voxels where any channel is non-zero; None when it is the whole grid.
+
+    Box starts are multiples of the network's total stride so the crop sees the same stride grid.
+    """
+    nonzero = np.any(data != 0, axis=0)
+    if not nonzero.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(nonzero.any(axis=other))
+        if spatial_dims == 2 and axis == 0:
+            margin, step = 0, 1
+        else:
+            margin, step = CROP_MARGIN, divisor[axis - 3 + spatial_dims] if axis >= 3 - spatial_dims else 1
+        start = max(int(idx[0]) - margin, 0) // step * step
+        box.append(slice(start, min(int(idx[-1]) + 1 + margin, nonzero.shape[axis])))
+    if all(b.stop - b.start == n for b, n in zip(box, nonzero.shape, strict=True)):
+        return None
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _uncrop(
+    box: tuple[slice, slice, slice],
+    shape: tuple[int, ...],
+    num_classes: int,
+    index: np.ndarray | None,
+    confidence: np.ndarray | None,
+    probs: np.ndarray | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Place cropped results in full-grid arrays; outside the box: class 0 with probability 1."""
+    full_index = full_conf = full_probs = None
+    if index is not None:
+        full_index = np.zeros(shape, dtype=index.dtype)
+        full_index[box] = index
+    if confidence is not None:
+        full_conf = np.ones(shape, dtype=np.float32)
+        full_conf[box] = confidence
+    if probs is not None:
+        full_probs = np.zeros((num_classes, *shape), dtype=probs.dtype)
+        full_probs[0] = 1
+        full_probs[(slice(None), *box)] = probs
+    return full_index, full_conf, full_probs
+
+
 def predict_volume(
     model: SegModel,
     volume: Volume,
@@ -346,6 +396,7 @@ def predict_volume(
     return_probabilities: bool = True,
     probability_dtype: type | np.dtype = np.float16,
     overlap: float = 0.25,
+    crop_to_input: bool = True,
 ) -> Prediction:
     """Segment a whole volume.
 
@@ -370,6 +421,10 @@ def predict_volume(
         dtype of the returned probabilities (float16 or float32).
     overlap
         Sliding-window overlap (3D).
+    crop_to_input
+        Run the network only on the bounding box of the non-zero network input plus a margin of
+        :data:`CROP_MARGIN` voxels; everything outside (all-zero input, e.g. the air around a skull-stripped
+        brain) is background (class 0) with confidence 1. Set False to run on the whole grid.
 
     Raises
     ------
@@ -390,6 +445,8 @@ def predict_volume(
     was_training = model.training
     model.to(torch_device)
     model.eval()
+    box = _input_box(prepared.data, model.spatial_dims, model.size_divisor) if crop_to_input and model.card.labels[0] == 0 else None
+    data = prepared.data if box is None else np.ascontiguousarray(prepared.data[(slice(None), *box)])
     # Without resampling a 2D model needs no full float32 probability volume: index and confidence are
     # reduced per batch. Resampling back (and 3D stitching) work on float32 probabilities.
     keep_dtype = np.dtype(probability_dtype) if return_probabilities else None
@@ -397,13 +454,16 @@ def predict_volume(
         with torch.inference_mode():
             if model.spatial_dims == 2:
                 index, confidence, probs = _predict_2d(
-                    model, prepared.data, torch_device, batch_size, ctx,
+                    model, data, torch_device, batch_size, ctx,
                     np.dtype(np.float32) if prepared.resampled else keep_dtype,
                 )
             else:
-                probs = _predict_3d(model, prepared.data, torch_device, batch_size, ctx, overlap)
+                index = confidence = None
+                probs = _predict_3d(model, data, torch_device, batch_size, ctx, overlap)
     finally:
         model.train(was_training)
+    if box is not None:
+        index, confidence, probs = _uncrop(box, prepared.data.shape[1:], model.num_classes, index, confidence, probs)
     if prepared.resampled or model.spatial_dims == 3:
         if prepared.resampled:
             probs = _resize(probs, prepared.source_shape)
