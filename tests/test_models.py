@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -94,7 +95,10 @@ def test_save_load_roundtrip_and_sha_check(tmp_path, monkeypatch):
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), model(x))
     monkeypatch.setenv("MEDADAPT_MODEL_PATH", str(tmp_path))
-    assert "tiny2d" in [c.name for c in list_models()]
+    (tmp_path / "other_tool.json").write_text('{"name": "not a segmentation model"}')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "tiny2d" in [c.name for c in list_models()]
     loaded = load_model("tiny")
     assert loaded.card.labels == [0, 1, 2, 4]
     # .pt state dict beside a card

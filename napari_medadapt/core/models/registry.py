@@ -7,6 +7,7 @@ after the bundled one when the environment variable ``MEDADAPT_MODEL_PATH`` list
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -37,13 +38,17 @@ def model_dirs() -> list[Path]:
 def list_models() -> list[ModelCard]:
     """Cards of every model found in :func:`model_dirs` (first folder wins on equal names).
 
-    A malformed card is skipped with a warning so one bad file does not hide the others.
+    JSON files that are not segmentation model cards (no ``modalities`` / ``labels``, e.g. the cards of
+    Segment Anything checkpoints sharing the folder) are ignored; a malformed model card is skipped with a
+    warning so one bad file does not hide the others.
     """
     cards: dict[str, ModelCard] = {}
     for folder in model_dirs():
         if not folder.is_dir():
             continue
         for card_path in sorted(folder.glob("*.json")):
+            if not _is_model_card(card_path):
+                continue
             try:
                 card = ModelCard.load(card_path)
             except ModelError as err:
@@ -53,11 +58,19 @@ def list_models() -> list[ModelCard]:
     return list(cards.values())
 
 
+def _is_model_card(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True  # let ModelCard.load report the problem
+    return isinstance(data, dict) and "modalities" in data and "labels" in data
+
+
 def find_card(name: str) -> Path:
     """Path of the card of the model called ``name`` (:class:`ModelError` listing the known ones if absent)."""
     for folder in model_dirs():
         candidate = folder / f"{name}.json"
-        if candidate.is_file():
+        if candidate.is_file() and _is_model_card(candidate):
             return candidate
     for card in list_models():
         if card.name == name and card.path:
