@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="weights path (default: the bundled file)")
     parser.add_argument("--init", type=Path, default=None, help="start from these safetensors weights")
     parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="prompt rounds per sample (1 + corrective clicks)")
+    parser.add_argument("--warmup", type=int, default=20, help="linear warm-up steps")
 
 
 class SliceSampler:
@@ -121,7 +123,8 @@ class SliceSampler:
 
 
 def _losses(logits: Any, iou_pred: Any, target: Any) -> tuple[Any, Any]:
-    """SAM's loss: 20 x focal + dice on the masks, MSE of the IoU head; min over candidates.
+    """Dice + cross-entropy on the masks (as MedSAM; SAM's 20:1 focal weighting collapsed to empty
+    masks on small targets in short CPU runs), MSE of the IoU head; min over candidates.
 
     ``logits`` (B, K, H, W), ``iou_pred`` (B, K), ``target`` (B, 1, H, W). Returns per-sample loss
     of the best candidate and the (B, K) actual IoUs.
@@ -132,9 +135,7 @@ def _losses(logits: Any, iou_pred: Any, target: Any) -> tuple[Any, Any]:
     t = target.expand_as(logits)
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    p_t = prob * t + (1 - prob) * (1 - t)
-    focal = (0.25 * t + 0.75 * (1 - t)) * ce * (1 - p_t) ** 2
-    focal = focal.flatten(2).mean(-1)
+    ce = ce.flatten(2).mean(-1)
     inter = (prob * t).flatten(2).sum(-1)
     dice = 1 - (2 * inter + 1) / (prob.flatten(2).sum(-1) + t.flatten(2).sum(-1) + 1)
     with torch.no_grad():
@@ -142,7 +143,7 @@ def _losses(logits: Any, iou_pred: Any, target: Any) -> tuple[Any, Any]:
         i = (hard * t).flatten(2).sum(-1)
         u = ((hard + t) > 0).float().flatten(2).sum(-1)
         actual = i / u.clamp(min=1)
-    per = 20 * focal + dice
+    per = ce + dice
     best = per.argmin(dim=1, keepdim=True)
     mask_loss = per.gather(1, best).squeeze(1)
     iou_loss = ((iou_pred - actual) ** 2).mean(1)
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from napari_medadapt.core.sam.clicks import jittered_box, next_click
-    from napari_medadapt.core.sam.decoding import decode
+    from napari_medadapt.core.sam.decoding import decode, dense_prior
     from napari_medadapt.core.sam.model import PromptableModel
     from napari_medadapt.core.sam.small_model import (
         DEFAULT_CONFIG,
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
         sam.load_state_dict({k: v.float() for k, v in load_file(str(args.init)).items()})
     sam.train()
-    wrapper = PromptableModel(sam, "training", "training")
+    wrapper = PromptableModel(sam, "training", "training", dense_prompts=True)
     size = wrapper.image_size
     low = 4 * wrapper.grid
     opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         if elapsed > budget or (args.max_steps and step >= args.max_steps):
             break
         frac = elapsed / budget
-        lr = args.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))
         for group in opt.param_groups:
             group["lr"] = lr
         samples = [sampler.sample() for _ in range(args.batch_size)]
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
                 points[j].append((float(c), float(r)))
                 labels[j].append(1)
         feedback = rng.random() < 0.75
-        rounds = 3
+        rounds = args.rounds
         total = 0.0
         prev_logits = torch.zeros(b, 1, low, low)
         ious = np.zeros(b)
@@ -251,9 +252,10 @@ def run(args: argparse.Namespace) -> int:
                             pts[a, : len(points[j])] = torch.tensor(points[j])
                             lab[a, : len(labels[j])] = torch.tensor(labels[j])
                 bx = torch.as_tensor(boxes[group]) if use_box[group[0]] else None
-                masks_in = prev_logits[gi] if (feedback and rnd > 0) else None
+                previous = prev_logits[gi] if (feedback and rnd > 0) else None
+                prior = dense_prior(group.size, size, low, pts, lab, bx, previous)
                 multimask = rnd == 0 and not use_box[group[0]]
-                logits, iou_pred = decode(sam, emb[gi], pts, lab, bx, masks_in, multimask=multimask)
+                logits, iou_pred = decode(sam, emb[gi], pts, lab, bx, prior, multimask=multimask, residual=prior)
                 up = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
                 loss, got = _losses(up, iou_pred, target[gi])
                 step_loss[gi] = loss
@@ -313,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         "architecture": DEFAULT_CONFIG,
         "preprocess": "sam",
+        "dense_prompts": True,
         "parameters": int(sum(p.numel() for p in sam.parameters())),
         "weights_sha256": sha,
         "weights_dtype": "float16",
@@ -331,8 +334,11 @@ def run(args: argparse.Namespace) -> int:
             "lr": args.lr,
             "seed": args.seed,
             "threads": args.threads,
-            "prompts": "box (0-10 px jitter) or one click, then 2 corrective clicks from the largest "
-            "error region; previous mask fed back with p=0.75",
+            "prompts": f"box (0-10 px jitter) or one click, then {args.rounds - 1} corrective click(s) "
+            "from the largest error region; previous mask fed back with p=0.75",
+            "loss": "dice + cross-entropy on the best candidate, MSE of the IoU head",
+            "dense_prompts": "prompts also enter as a logit map through the mask input; the decoder "
+            "predicts a residual on that map (core.sam.decoding.dense_prior)",
             "augmentation": "flips, 90-degree rotations, +-20 degree rotation (p=0.3), window and gamma jitter",
             "final_train_loss": float(np.mean([h[0] for h in history[-50:]])) if history else None,
             "final_train_iou_after_3_prompts": float(np.mean([h[1] for h in history[-50:]])) if history else None,

@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.sam._compat import ResizeLongestSide
-from napari_medadapt.core.sam.decoding import decode
+from napari_medadapt.core.sam.decoding import decode, dense_prior
 from napari_medadapt.core.sam.prompts import Prompts, check_inside, clip_box
 
 
@@ -65,10 +65,19 @@ class PromptableModel:
         (resize to the square input, intensities scaled to [0, 1]).
     device
         torch device (string or ``torch.device``); default CPU.
+    dense_prompts
+        The model also takes its prompts as a logit map with a residual output (the bundled small
+        model; see ``decoding.dense_prior``). Official SAM checkpoints: ``False``.
     """
 
     def __init__(
-        self, sam: Any, name: str, model_hash: str, preprocess: str = "sam", device: Any = None
+        self,
+        sam: Any,
+        name: str,
+        model_hash: str,
+        preprocess: str = "sam",
+        device: Any = None,
+        dense_prompts: bool = False,
     ) -> None:
         import torch
 
@@ -78,6 +87,7 @@ class PromptableModel:
         self.name = name
         self.model_hash = model_hash
         self.preprocess = preprocess
+        self.dense_prompts = bool(dense_prompts)
         self.image_size = int(sam.image_encoder.img_size)
         self.grid = int(sam.prompt_encoder.image_embedding_size[0])
         self.embed_dim = int(sam.prompt_encoder.embed_dim)
@@ -201,8 +211,12 @@ class PromptableModel:
                 )
             masks = torch.as_tensor(low, device=dev)
         emb = torch.as_tensor(np.asarray(embedding, np.float32)[None], device=dev)
+        residual = None
+        if self.dense_prompts:
+            residual = dense_prior(1, self.image_size, 4 * self.grid, points, labels, boxes, masks).to(dev)
+            masks = residual
         with torch.inference_mode():
-            logits, iou = decode(self.sam, emb, points, labels, boxes, masks, multimask=multimask)
+            logits, iou = decode(self.sam, emb, points, labels, boxes, masks, multimask=multimask, residual=residual)
             full = self.postprocess(logits, original_size)
         scores = iou[0].float().cpu().numpy()
         best = int(np.argmax(scores))

@@ -309,8 +309,8 @@ def load_sam(
     if key in REGISTRY:
         entry = REGISTRY[key]
         if entry.architecture == "small":
-            sam, _card, sha = load_small_sam()
-            return PromptableModel(sam, entry.name, sha, "sam", device)
+            sam, card, sha = load_small_sam()
+            return PromptableModel(sam, entry.name, sha, "sam", device, bool(card.get("dense_prompts", False)))
         path = fetch_checkpoint(key, known_hash=known_hash)
         arch, prep, label = entry.architecture, entry.preprocess, entry.name
     else:
@@ -327,8 +327,8 @@ def load_sam(
             _verify(CheckpointEntry(label, label, arch, path.name, None, known_hash, 0, prep, str(path), ""),
                     path, known_hash)
     sha = file_sha256(path)
-    sam = _compat.build_sam_vit(arch)
     state = load_state_dict(path)
+    sam = _compat.build_sam_vit(arch)
     try:
         sam.load_state_dict(state)
     except RuntimeError as exc:

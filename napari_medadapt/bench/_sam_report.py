@@ -1,0 +1,82 @@
+"""Markdown rendering of the ``medadapt bench sam`` JSON report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+GOALS = {
+    "click_to_mask_s_median_cached": ("click -> mask, cached embedding (median)", 0.05),
+    "embed_155_slices_s": ("embedding 155 slices", 15.0),
+    "propagation_100_slices_s_cached": ("propagation through 100 slices (embeddings cached)", 5.0),
+    "propagation_100_slices_s_uncached": ("propagation through 100 slices (embedding included)", 5.0),
+    "vit_b_decoder_click_s_median": ("SAM ViT-B decoder, one click (random weights)", 0.05),
+    "vit_b_encoder_s_per_slice": ("SAM ViT-B encoder, one 1024 px slice (random weights)", None),
+}
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    """Write the report as Markdown tables to ``path``."""
+    lines = [
+        "# Benchmark: Segment Anything engine (`medadapt bench sam`)",
+        "",
+        "Simulated user (METHODS section 5) on every slice that contains the target: first click at the",
+        "target's interior point farthest from its boundary, then a click in the largest error region",
+        "(positive if missed, negative if false), stop at IoU 0.90 or 20 clicks. NoC@t: mean clicks to",
+        "reach IoU t (failures count as 20); NoF@t: slices that never reach t. Box: the reference",
+        "mask's bounding box with 0-10 px random jitter per side. Propagation: 3D Dice from the middle",
+        "slice's reference mask. The comparison rows come from the same run. Reference labels are",
+        "automatic (BraTS algorithm fusion / TotalSegmentator), not expert contours.",
+        "",
+    ]
+    for case in report.get("cases", []):
+        values = case["label_values"]
+        lines += [
+            f"## {case['image']} (labels {values if values else 'all non-zero'})",
+            "",
+            f"Model `{case['model']}` (sha256 {case['model_sha256'][:12]}...), axis {case['axis']}, window "
+            f"{case['window'][0]:.0f} to {case['window'][1]:.0f}, {case['slices_with_target']} slices with the "
+            f"target (classical baseline on {case['baseline_slices']}).",
+            "",
+            "| method | NoC@80 | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@3 | IoU@5 | s/click |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, m in case["methods"].items():
+            lines.append(
+                f"| {name} | {m['NoC@80']:.2f} | {m['NoC@85']:.2f} | {m['NoC@90']:.2f} | {m['NoF@85']:.0f} | "
+                f"{m['NoF@90']:.0f} | {m['IoU@1']:.3f} | {m['IoU@3']:.3f} | {m['IoU@5']:.3f} | "
+                f"{m['median_s_per_click']:.3f} |"
+            )
+        lines += [
+            "",
+            f"Box prompt (0-10 px jitter): mean IoU {case['box_iou_mean']:.3f}, median {case['box_iou_median']:.3f}.",
+            "",
+            "| propagation mode | 3D Dice | slices filled | stopped (down / up) |",
+            "|---|---|---|---|",
+        ]
+        prop = case["propagation"]
+        for mode in ("mask", "box", "points"):
+            if mode in prop:
+                p = prop[mode]
+                lines.append(
+                    f"| {mode} | {p['dice_3d']:.3f} | {p['slices_filled']} / {prop['target_slices']} | "
+                    f"{p['stopped'].get('down', '')} / {p['stopped'].get('up', '')} |"
+                )
+        lines += ["", "| timing (1 CPU thread) | seconds | goal | met |", "|---|---|---|---|"]
+        for key, (label, goal) in GOALS.items():
+            if key in case["timing"]:
+                value = case["timing"][key]
+                met = "" if goal is None else ("yes" if value <= goal else "**no**")
+                lines.append(f"| {label} | {value:.3f} | {'' if goal is None else f'<= {goal:g}'} | {met} |")
+        lines.append("")
+    env = report.get("environment", {})
+    if env:
+        lines += [
+            "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
+            "",
+            "Reproduce: `medadapt bench sam --image IMAGE --label LABEL --label-values ... [--append]`",
+            "(see docs/models/sam_small.md for the exact commands used here).",
+            "",
+        ]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines))

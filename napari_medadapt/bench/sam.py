@@ -1,0 +1,270 @@
+"""``medadapt bench sam``: interactive segmentation with the Segment Anything engine.
+
+Simulates a user (METHODS section 5) on every slice (along ``--axis``) that contains the target
+(union of ``--label-values``) and reports NoC@80/85/90, NoF@85/90, mean IoU after 1, 3 and 5
+clicks, IoU from a jittered box, seconds per click, and the 3D Dice of propagation from the middle
+slice's reference mask. In the same run it compares the model with mask feedback, the same model
+without mask feedback, and a classical geodesic click baseline; and times click latency, embedding
+155 slices, propagation through 100 slices, and SAM ViT-B's decoder/encoder on CPU (random weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELP = "interactive segmentation benchmark (NoC/NoF, box IoU, propagation Dice, timings)"
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_JSON = REPO_ROOT / "docs" / "benchmarks" / "sam.json"
+DEFAULT_MD = REPO_ROOT / "docs" / "benchmarks" / "sam.md"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options."""
+    parser.add_argument("--image", required=True, type=Path, help="NIfTI image (one channel)")
+    parser.add_argument("--label", required=True, type=Path, help="NIfTI label map")
+    parser.add_argument(
+        "--label-values", default=None, help="comma-separated label values forming the target"
+    )
+    parser.add_argument("--model", default="sam-small", help="registry name or checkpoint path")
+    parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=None, help=f"JSON report (default {DEFAULT_JSON})")
+    parser.add_argument("--md", type=Path, default=None, help=f"Markdown report (default {DEFAULT_MD})")
+    parser.add_argument(
+        "--window", default=None, help="lo,hi or a preset; default: CT soft tissue / MRI auto"
+    )
+    parser.add_argument("--axis", type=int, default=0, help="slice axis of the display array (0 = axial)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--append", action="store_true", help="add this case to an existing JSON report")
+    parser.add_argument("--skip-vit", action="store_true", help="skip the ViT-B CPU timings")
+    parser.add_argument(
+        "--baseline-every", type=int, default=1, help="run the classical baseline on every k-th slice"
+    )
+
+
+def _parse_window(text: str | None, data: np.ndarray) -> tuple[float, float]:
+    from napari_medadapt.core.sam.prompts import resolve_window
+
+    if text is None:
+        return resolve_window(data, "ct-soft-tissue" if float(data.min()) < -500 else "mri-auto")
+    if "," in text:
+        lo, hi = (float(v) for v in text.split(","))
+        return resolve_window(data, (lo, hi))
+    return resolve_window(data, text)
+
+
+def _click_sessions(segmenter_factory: Any, targets: list[np.ndarray], max_clicks: int) -> list[Any]:
+    from napari_medadapt.core.sam.clicks import simulate_clicks
+
+    return [simulate_clicks(segmenter_factory(i), t, max_clicks=max_clicks) for i, t in enumerate(targets)]
+
+
+def _time_vit_b(seconds: dict[str, Any]) -> None:
+    """Decoder click latency and encoder time per slice of SAM ViT-B on CPU, random weights."""
+    import torch
+
+    from napari_medadapt.core.sam._compat import build_sam_vit
+    from napari_medadapt.core.sam.decoding import decode
+
+    torch.manual_seed(0)
+    sam = build_sam_vit("vit_b")
+    emb = torch.randn(1, 256, 64, 64)
+    times = []
+    with torch.inference_mode():
+        for k in range(6):
+            pts = torch.tensor([[[500.0 + k, 400.0]]])
+            t0 = time.perf_counter()
+            decode(sam, emb, pts, torch.ones(1, 1, dtype=torch.int64), None, None, multimask=True)
+            times.append(time.perf_counter() - t0)
+        seconds["vit_b_decoder_click_s_median"] = float(np.median(times[1:]))
+        x = torch.randn(1, 3, 1024, 1024)
+        t0 = time.perf_counter()
+        sam.image_encoder(x)
+        seconds["vit_b_encoder_s_per_slice"] = time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and write the JSON and Markdown reports."""
+    import torch
+
+    from napari_medadapt.bench._sam_baseline import geodesic_segment, gradient_cost
+    from napari_medadapt.bench._sam_report import write_markdown
+    from napari_medadapt.core.sam.clicks import iou, jittered_box, summarize_sessions
+    from napari_medadapt.core.sam.predictor import EmbeddingCache, SamPredictor
+    from napari_medadapt.core.sam.prompts import make_prompts
+    from napari_medadapt.core.sam.propagation import propagate
+    from napari_medadapt.core.sam.registry import load_sam
+    from napari_medadapt.core.volume import load_labels, load_volume
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(args.seed)
+    volume = load_volume(args.image)
+    image = np.moveaxis(volume.data[0], args.axis, 0)
+    labels = np.moveaxis(load_labels(args.label, volume.geometry), args.axis, 0)
+    values = [int(v) for v in args.label_values.split(",")] if args.label_values else None
+    target3d = np.isin(labels, values) if values else labels > 0
+    window = _parse_window(args.window, image)
+    slice_ids = [int(i) for i in np.flatnonzero(target3d.any(axis=(1, 2)))]
+    if not slice_ids:
+        raise SystemExit("the target (label values) is empty in this label map")
+    targets = [target3d[i] for i in slice_ids]
+    model = load_sam(args.model, device="cpu")
+    predictor = SamPredictor(model, cache=EmbeddingCache(max_bytes=2 * 1024**3))
+    print(f"{len(slice_ids)} slices with the target; window {window}", flush=True)
+    predictor.precompute(image[slice_ids], window)
+
+    click_times: list[float] = []
+
+    def sam_factory(feedback: bool) -> Any:
+        def factory(k: int) -> Any:
+            state: dict[str, Any] = {"feedback": None}
+
+            def segment(points: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
+                t0 = time.perf_counter()
+                pred = predictor.predict(
+                    image[slice_ids[k]],
+                    window,
+                    make_prompts(points, point_labels, mask_input=state["feedback"]),
+                )
+                click_times.append(time.perf_counter() - t0)
+                if feedback:
+                    state["feedback"] = pred.feedback
+                return pred.mask
+
+            return segment
+
+        return factory
+
+    methods: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    sessions = _click_sessions(sam_factory(True), targets, args.max_clicks)
+    methods[f"{model.name} + mask feedback"] = summarize_sessions(sessions, args.max_clicks)
+    methods[f"{model.name} + mask feedback"]["median_s_per_click"] = float(np.median(click_times))
+    print("with feedback", methods[f"{model.name} + mask feedback"], time.perf_counter() - t0, flush=True)
+    click_times.clear()
+    sessions = _click_sessions(sam_factory(False), targets, args.max_clicks)
+    methods[f"{model.name}, no mask feedback"] = summarize_sessions(sessions, args.max_clicks)
+    methods[f"{model.name}, no mask feedback"]["median_s_per_click"] = float(np.median(click_times))
+    print("no feedback", methods[f"{model.name}, no mask feedback"], flush=True)
+
+    base_ids = list(range(0, len(slice_ids), max(1, args.baseline_every)))
+    base_times: list[float] = []
+
+    def geo_factory(k: int) -> Any:
+        cost = gradient_cost(image[slice_ids[base_ids[k]]], window)
+
+        def segment(points: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
+            t1 = time.perf_counter()
+            out = geodesic_segment(cost, points, point_labels)
+            base_times.append(time.perf_counter() - t1)
+            return out
+
+        return segment
+
+    sessions = _click_sessions(geo_factory, [targets[k] for k in base_ids], args.max_clicks)
+    methods["geodesic clicks (classical)"] = summarize_sessions(sessions, args.max_clicks)
+    methods["geodesic clicks (classical)"]["median_s_per_click"] = float(np.median(base_times))
+    print("geodesic", methods["geodesic clicks (classical)"], flush=True)
+
+    box_ious = []
+    for k, t in enumerate(targets):
+        box = jittered_box(t, rng, max_jitter=10)
+        box_ious.append(iou(predictor.predict(image[slice_ids[k]], window, box=box).mask, t))
+
+    # propagation from the middle slice's reference mask, with fresh (uncached) embeddings first
+    mid = slice_ids[len(slice_ids) // 2]
+    propagation: dict[str, Any] = {"seed_slice": mid, "target_slices": len(slice_ids)}
+    for mode in ("mask", "box", "points"):
+        fresh = SamPredictor(model, cache=EmbeddingCache(max_bytes=2 * 1024**3))
+        t1 = time.perf_counter()
+        result = propagate(fresh, image, {mid: target3d[mid]}, window, mode=mode)
+        uncached = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        propagate(fresh, image, {mid: target3d[mid]}, window, mode=mode)
+        cached = time.perf_counter() - t1
+        pred3d = result.mask
+        dice = 2 * np.logical_and(pred3d, target3d).sum() / max(1, pred3d.sum() + target3d.sum())
+        n_prop = max(1, len(result.stats) - 1)
+        propagation[mode] = {
+            "dice_3d": float(dice),
+            "slices_filled": len(result.stats),
+            "stopped": result.stopped,
+            "s_per_100_slices_uncached": uncached / n_prop * 100,
+            "s_per_100_slices_cached": cached / n_prop * 100,
+        }
+        print("propagation", mode, propagation[mode], flush=True)
+
+    seconds: dict[str, Any] = {}
+    slices155 = [image[i % image.shape[0]] for i in range(155)]
+    rgb = [predictor_slice_rgb(s, window) for s in slices155]
+    t1 = time.perf_counter()
+    for start in range(0, 155, 8):
+        model.embed(rgb[start : start + 8])
+    seconds["embed_155_slices_s"] = time.perf_counter() - t1
+    seconds["click_to_mask_s_median_cached"] = methods[f"{model.name} + mask feedback"]["median_s_per_click"]
+    seconds["propagation_100_slices_s_cached"] = propagation["mask"]["s_per_100_slices_cached"]
+    seconds["propagation_100_slices_s_uncached"] = propagation["mask"]["s_per_100_slices_uncached"]
+    if not args.skip_vit:
+        _time_vit_b(seconds)
+    print("timing", seconds, flush=True)
+
+    case = {
+        "image": _relative(args.image),
+        "label": _relative(args.label),
+        "label_values": values,
+        "model": model.name,
+        "model_sha256": model.model_hash,
+        "axis": args.axis,
+        "window": list(window),
+        "slices_with_target": len(slice_ids),
+        "baseline_slices": len(base_ids),
+        "max_clicks": args.max_clicks,
+        "methods": methods,
+        "box_iou_mean": float(np.mean(box_ious)),
+        "box_iou_median": float(np.median(box_ious)),
+        "propagation": propagation,
+        "timing": seconds,
+    }
+    json_path = args.json or DEFAULT_JSON
+    report: dict[str, Any] = {"cases": []}
+    if args.append and json_path.exists():
+        report = json.loads(json_path.read_text())
+        report["cases"] = [
+            c
+            for c in report.get("cases", [])
+            if (c["image"], c["label_values"]) != (case["image"], case["label_values"])
+        ]
+    report["cases"].append(case)
+    report["environment"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": 1,
+        "note": "shared 2-core machine; other jobs ran at the same time, so timings are upper bounds",
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, args.md or DEFAULT_MD)
+    print(f"wrote {json_path} and {args.md or DEFAULT_MD}")
+    return 0
+
+
+def predictor_slice_rgb(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """8-bit RGB of a slice (the encoder input before resizing)."""
+    from napari_medadapt.core.sam.prompts import slice_to_rgb
+
+    return slice_to_rgb(image, window)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT.parent))
+    except ValueError:
+        return str(path)

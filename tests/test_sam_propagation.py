@@ -1,0 +1,79 @@
+"""3D propagation stops where the object ends, honours stop slices, ranges and cancellation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_medadapt.core.jobs import JobCancelled, JobContext
+from napari_medadapt.core.sam.model import MaskPrediction
+from napari_medadapt.core.sam.prompts import Prompts
+from napari_medadapt.core.sam.propagation import interpolate_masks, propagate
+
+
+class ThresholdPredictor:
+    """Stand-in for SamPredictor: the bright voxels inside the prompt box (grown by 3 px), or those
+    connected to the prompt points. Lets the propagation logic be tested without a trained model."""
+
+    def predict(self, image: np.ndarray, window, prompts: Prompts) -> MaskPrediction:
+        from scipy import ndimage
+
+        bright = image > 0.5
+        if prompts.box is not None:
+            r0, c0, r1, c1 = (int(v) for v in prompts.box)
+            region = np.zeros_like(bright)
+            region[max(0, r0 - 3) : r1 + 4, max(0, c0 - 3) : c1 + 4] = True
+            mask = bright & region
+        else:
+            labels, _ = ndimage.label(bright)
+            ids = {labels[int(r), int(c)] for r, c in prompts.points} - {0}
+            mask = np.isin(labels, list(ids))
+        return MaskPrediction(mask, mask[None], np.array([0.9]), 0, np.zeros((1, 8, 8), np.float32))
+
+
+def _sphere(shape=(40, 48, 48), center=(20, 24, 24), radius=9.0) -> np.ndarray:
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return ((zz - center[0]) ** 2 + (yy - center[1]) ** 2 + (xx - center[2]) ** 2) <= radius**2
+
+
+@pytest.mark.parametrize("mode", ["box", "points"])
+def test_propagation_stops_where_the_sphere_ends(mode: str) -> None:
+    sphere = _sphere()
+    volume = sphere.astype(np.float32)
+    volume[2:6, 20:28, 20:28] = 1.0  # a separate bright object further down must not be reached
+    result = propagate(ThresholdPredictor(), volume, {20: sphere[20]}, (0.0, 1.0), mode=mode)
+    filled = result.slices
+    z_sphere = np.flatnonzero(sphere.any(axis=(1, 2)))
+    assert filled[0] >= z_sphere[0] and filled[-1] <= z_sphere[-1]
+    assert len(filled) >= len(z_sphere) - 4
+    assert not result.mask[2:6].any()
+    assert result.stopped["down"] in ("empty", "iou", "area") and result.stopped["up"] in ("empty", "iou", "area")
+    dice = 2 * (result.mask & sphere).sum() / (result.mask.sum() + sphere.sum())
+    assert dice > 0.95
+
+
+def test_stop_slices_range_axis_and_cancel() -> None:
+    sphere = _sphere()
+    volume = sphere.astype(np.float32)
+    result = propagate(ThresholdPredictor(), volume, {20: sphere[20]}, (0.0, 1.0), mode="box",
+                       stop_slices={24}, index_range=(17, 40))
+    assert result.slices == list(range(17, 24))
+    assert result.stopped == {"down": "range", "up": "stop-slice"}
+    sideways = propagate(ThresholdPredictor(), np.moveaxis(volume, 0, 2), {24: sphere[:, :, 24].T},
+                         (0.0, 1.0), axis=0, mode="box")
+    assert sideways.mask.shape == (48, 48, 40)
+    ctx = JobContext()
+    ctx.cancel()
+    with pytest.raises(JobCancelled):
+        propagate(ThresholdPredictor(), volume, {20: sphere[20]}, (0.0, 1.0), mode="box", ctx=ctx)
+
+
+def test_interpolation_between_two_annotated_slices() -> None:
+    sphere = _sphere()
+    volume = sphere.astype(np.float32)
+    result = propagate(ThresholdPredictor(), volume, {15: sphere[15], 25: sphere[25]}, (0.0, 1.0), mode="box")
+    sources = {s.index: s.source for s in result.stats}
+    assert all(sources[i] == "interpolated" for i in range(16, 25))
+    assert sources[15] == sources[25] == "seed"
+    mid = interpolate_masks(sphere[15], sphere[25], 0.5)
+    assert abs(int(mid.sum()) - int(sphere[15].sum())) < 0.2 * sphere[15].sum()

@@ -1,0 +1,108 @@
+"""Checkpoint registry: verified downloads from a local HTTP server, clear errors, listing, loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from napari_medadapt.core.errors import ModelError
+from napari_medadapt.core.sam import registry
+
+PAYLOAD = b"not really a checkpoint, but bytes with a known sha256\n" * 50
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    root = tmp_path / "served"
+    root.mkdir()
+    (root / "tiny.pth").write_bytes(PAYLOAD)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None  # keep test output quiet
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _entry(monkeypatch: pytest.MonkeyPatch, url: str | None, sha: str | None) -> str:
+    base = registry.REGISTRY["sam-vit-b"]
+    entry = dataclasses.replace(base, name="tiny-test", filename="tiny.pth", url=url, sha256=sha)
+    monkeypatch.setitem(registry.REGISTRY, "tiny-test", entry)
+    return "tiny-test"
+
+
+def test_download_verifies_sha256(cache: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = _entry(monkeypatch, server + "/tiny.pth", hashlib.sha256(PAYLOAD).hexdigest())
+    path = registry.fetch_checkpoint(name)
+    assert path == cache / "checkpoints" / "tiny.pth"
+    assert path.read_bytes() == PAYLOAD
+    cached = {row["name"]: row["cached"] for row in registry.list_checkpoints()}
+    assert cached["tiny-test"] is True
+    assert cached["sam-vit-h"] is False
+
+
+def test_hash_mismatch_is_a_clear_error(cache: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = _entry(monkeypatch, server + "/tiny.pth", "0" * 64)
+    with pytest.raises(ModelError) as err:
+        registry.fetch_checkpoint(name)
+    message = str(err.value)
+    assert "0" * 64 in message and server + "/tiny.pth" in message
+    assert str(cache / "checkpoints" / "tiny.pth") in message
+    assert not (cache / "checkpoints" / "tiny.pth").exists()
+
+
+def test_server_down_is_a_clear_error(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/tiny.pth"
+    name = _entry(monkeypatch, url, hashlib.sha256(PAYLOAD).hexdigest())
+    with pytest.raises(ModelError, match="Could not download") as err:
+        registry.fetch_checkpoint(name)
+    assert url in str(err.value) and "Expected sha256" in str(err.value)
+
+
+def test_manual_checkpoint_without_hash_needs_explicit_opt_in(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _entry(monkeypatch, None, None)
+    with pytest.warns(UserWarning, match="without checking"), pytest.raises(ModelError) as err:
+        registry.fetch_checkpoint(name)
+    assert "not downloaded yet" in str(err.value)
+    target = cache / "checkpoints" / "tiny.pth"
+    target.write_bytes(PAYLOAD)
+    with pytest.warns(UserWarning):
+        assert registry.fetch_checkpoint(name, known_hash=None) == target
+
+
+def test_registry_pins_official_sam_hashes() -> None:
+    for name in ("sam-vit-b", "sam-vit-l", "sam-vit-h"):
+        entry = registry.get_entry(name)
+        assert entry.url.startswith("https://dl.fbaipublicfiles.com/segment_anything/")
+        assert len(entry.sha256) == 64
+    assert registry.get_entry("medsam-vit-b").sha256 is None
+    with pytest.raises(ModelError, match="choose one of"):
+        registry.get_entry("sam-vit-x")
+
+
+def test_corrupt_checkpoint_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "sam_vit_b_broken.pth"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="corrupt"):
+        registry.load_sam(bad, device="cpu")
