@@ -87,7 +87,9 @@ def network_inputs(
     """The slices chosen by ``slices`` and their normalised network inputs, on the model's device.
 
     The volume is prepared exactly as :func:`napari_medadapt.core.inference.predict_volume` feeds it
-    (modality order, intensity normalisation, voxel size); slices are chosen on that prepared array.
+    (modality order, intensity normalisation, voxel size, and the same crop to the bounding box of the
+    non-zero input plus margin, so the statistics are those of what the network sees when segmenting);
+    slices are chosen on that prepared array.
 
     Returns
     -------
@@ -98,15 +100,23 @@ def network_inputs(
     """
     import torch
 
-    from napari_medadapt.core.inference import prepare_input
+    from napari_medadapt.core.inference import _input_box, prepare_input
 
     prepared = prepare_input(model, volume)
     indices = select_slices(prepared, slices)
+    box = _input_box(prepared, model.spatial_dims, model.size_divisor) if model.card.labels[0] == 0 else None
+    if box is not None:  # as predict_volume: y, x (and z for 3D models) cropped to the non-zero input
+        z_box = slice(None) if model.spatial_dims == 2 else box[0]
+        prepared = prepared[:, z_box, box[1], box[2]]
+        indices_in_box = indices - (0 if model.spatial_dims == 2 else box[0].start)
+    else:
+        indices_in_box = indices
     if model.spatial_dims == 2:
-        samples = np.ascontiguousarray(np.moveaxis(prepared[:, indices], 1, 0))
+        samples = np.ascontiguousarray(np.moveaxis(prepared[:, indices_in_box], 1, 0))
     else:
         depth = prepared.shape[1]
         slab = min(SLAB_DEPTH, depth)
-        starts = sorted({min(int(i) // SLAB_DEPTH * SLAB_DEPTH, depth - slab) for i in indices})
+        inside = [int(i) for i in indices_in_box if 0 <= i < depth]
+        starts = sorted({min(i // SLAB_DEPTH * SLAB_DEPTH, depth - slab) for i in inside})
         samples = np.stack([prepared[:, start : start + slab] for start in starts])
     return indices, torch.from_numpy(samples).to(model.device)

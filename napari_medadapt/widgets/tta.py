@@ -1,0 +1,423 @@
+"""Test-time adaptation dock: measure a volume's domain shift, adapt the model to it, compare the results.
+
+Pick a model and the image layer feeding each of its inputs (auto-matched by layer name), the method
+(BN-affine, normalizer or Tent) and its settings. "Measure shift" computes the shift score and rates it
+against the model's training data (typical / unusual / far). "Adapt and segment" segments with the source
+model, adapts a copy of it to the volume (live loss curve) and segments again: two Labels layers, their
+per-class volumes (mL) and the shift score before and after. "Reset" discards the adapted model (the source
+model is never changed); "Cancel" stops a running job. Every computation runs in the viewer's compute worker
+through ``napari_medadapt.core``; this module only wires widgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medadapt.core.errors import MedAdaptError
+from napari_medadapt.core.models import ModelCard, list_models
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_medadapt.core.adapt.tta import AdaptationResult
+    from napari_medadapt.core.inference import Prediction
+    from napari_medadapt.core.jobs import JobContext
+    from napari_medadapt.core.volume import Volume
+
+NONE_CHOICE = "none"
+METHOD_LABELS = {"bn_affine": "BN affine (KL)", "normalizer": "Normalizer (KL)", "tent": "Tent (entropy)"}
+
+
+@dataclass
+class AdaptOutcome:
+    """What the adapt job hands back to the dock."""
+
+    before: Prediction
+    after: Prediction
+    result: AdaptationResult
+    rating_before: str
+    rating_after: str
+
+
+def _load(card_path: str, cache: dict[str, Any], ctx: JobContext):
+    from napari_medadapt.core.models import load_model
+
+    model = cache.get(card_path)
+    if model is None:
+        ctx.progress(0, 1, "loading the model")
+        model = load_model(card_path)
+        cache.clear()
+        cache[card_path] = model
+    return model
+
+
+def measure_job(card_path: str, volume: Volume, cache: dict[str, Any], *, ctx: JobContext) -> tuple[float, str]:
+    """Shift score of ``volume`` for the model of ``card_path`` and its rating line (compute thread)."""
+    from napari_medadapt.core.adapt.tta_score import describe_shift, shift_score
+
+    model = _load(card_path, cache, ctx)
+    score = shift_score(model, volume, ctx=ctx)
+    return score, describe_shift(score, model.card)
+
+
+def adapt_job(
+    card_path: str,
+    volume: Volume,
+    cache: dict[str, Any],
+    settings: dict[str, Any],
+    on_loss: Any,
+    *,
+    ctx: JobContext,
+) -> AdaptOutcome:
+    """Segment with the source model, adapt a copy to ``volume``, segment again (compute thread)."""
+    from napari_medadapt.core.adapt.tta import adapt
+    from napari_medadapt.core.adapt.tta_score import describe_shift
+    from napari_medadapt.core.inference import predict_volume
+
+    model = _load(card_path, cache, ctx)
+    before = predict_volume(model, volume, ctx=ctx, return_probabilities=False)
+    result = adapt(model, volume, ctx=ctx, on_loss=on_loss, **settings)
+    after = predict_volume(result.model, volume, ctx=ctx, return_probabilities=False)
+    return AdaptOutcome(
+        before,
+        after,
+        result,
+        describe_shift(result.shift_score_before, model.card),
+        describe_shift(result.shift_score_after, model.card),
+    )
+
+
+class _LossRelay(QObject):
+    """Carries ``(iteration, loss)`` from the compute thread to the Qt main thread."""
+
+    loss = Signal(int, float)
+
+
+class LossPlot(QWidget):
+    """A small matplotlib plot of the loss per iteration, updated live."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.0), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.axes = self.figure.add_subplot(111)
+        self.iterations: list[int] = []
+        self.losses: list[float] = []
+        (self.line,) = self.axes.plot([], [], marker="o", markersize=3)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.clear()
+
+    def clear(self, ylabel: str = "loss") -> None:
+        """Empty the plot."""
+        self.iterations, self.losses = [], []
+        self.line.set_data([], [])
+        self.axes.set_xlabel("iteration")
+        self.axes.set_ylabel(ylabel)
+        self.canvas.draw_idle()
+
+    def add_point(self, iteration: int, loss: float) -> None:
+        """Append one point and redraw."""
+        self.iterations.append(iteration)
+        self.losses.append(loss)
+        self.line.set_data(self.iterations, self.losses)
+        self.axes.relim()
+        self.axes.autoscale_view()
+        self.canvas.draw_idle()
+
+
+class TTAWidget(QWidget):
+    """Dock widget: model and inputs, method and settings, measure / adapt / reset / cancel, results."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        from napari_medadapt.core.adapt.tta import METHODS, OPTIMIZERS
+
+        self.viewer = napari_viewer
+        self._cards: list[ModelCard] = []
+        self._modality_boxes: dict[str, QComboBox] = {}
+        self._model_cache: dict[str, Any] = {}
+        self._handle = None
+        self.last_outcome: AdaptOutcome | None = None
+        self.last_score: float | None = None
+        self._relay = _LossRelay()
+        self._relay.loss.connect(self._on_loss)
+
+        layout = QVBoxLayout(self)
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Segmentation model to adapt (bundled or registered)")
+        layout.addWidget(self.model_combo)
+        self.inputs_box = QGroupBox("Model inputs")
+        self.inputs_form = QFormLayout(self.inputs_box)
+        layout.addWidget(self.inputs_box)
+
+        settings = QFormLayout()
+        self.method_combo = QComboBox()
+        for method in METHODS:
+            self.method_combo.addItem(METHOD_LABELS[method], method)
+        self.method_combo.setToolTip(
+            "BN affine: align the feature statistics by training BatchNorm scales/shifts (default). "
+            "Normalizer: train the normaliser network in front. Tent: entropy minimisation (baseline)."
+        )
+        settings.addRow("Method", self.method_combo)
+        self.optimizer_combo = QComboBox()
+        self.optimizer_combo.addItems(list(OPTIMIZERS))
+        settings.addRow("Optimizer", self.optimizer_combo)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(4)
+        self.lr_spin.setRange(1e-4, 1e-1)
+        self.lr_spin.setSingleStep(1e-3)
+        settings.addRow("Learning rate", self.lr_spin)
+        self.iterations_spin = QSpinBox()
+        self.iterations_spin.setRange(1, 500)
+        settings.addRow("Iterations", self.iterations_spin)
+        self.blocks_edit = QLineEdit()
+        self.blocks_edit.setToolTip(
+            "BatchNorm blocks to train, comma-separated: input, down, bottleneck, up, all, or a numbered "
+            "block such as down2. Empty: the method's default."
+        )
+        settings.addRow("Blocks", self.blocks_edit)
+        layout.addLayout(settings)
+
+        buttons = QHBoxLayout()
+        self.measure_button = QPushButton("Measure shift")
+        self.adapt_button = QPushButton("Adapt and segment")
+        self.reset_button = QPushButton("Reset")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        for button in (self.measure_button, self.adapt_button, self.reset_button, self.cancel_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+
+        self.shift_label = QLabel("Shift score: not measured.")
+        self.shift_label.setWordWrap(True)
+        layout.addWidget(self.shift_label)
+        self.loss_plot = LossPlot()
+        layout.addWidget(self.loss_plot)
+        self.volume_table = QTableWidget(0, 4)
+        self.volume_table.setHorizontalHeaderLabels(["Label", "Class", "Before (mL)", "After (mL)"])
+        self.volume_table.verticalHeader().setVisible(False)
+        layout.addWidget(self.volume_table)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.method_combo.currentIndexChanged.connect(self._on_method_changed)
+        self.measure_button.clicked.connect(self.measure)
+        self.adapt_button.clicked.connect(self.adapt)
+        self.reset_button.clicked.connect(self.reset)
+        self.cancel_button.clicked.connect(self.cancel)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._on_method_changed()
+        self.refresh_models()
+
+    # ------------------------------------------------------------------------------------------ models
+    def refresh_models(self) -> None:
+        """Fill the model list from the registry."""
+        try:
+            self._cards = list_models()
+        except MedAdaptError as err:
+            show_error(str(err))
+            self._cards = []
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for card in self._cards:
+            self.model_combo.addItem(card.name, card.path)
+        self.model_combo.blockSignals(False)
+        self._on_model_changed()
+
+    @property
+    def card(self) -> ModelCard | None:
+        """Card of the selected model."""
+        index = self.model_combo.currentIndex()
+        return self._cards[index] if 0 <= index < len(self._cards) else None
+
+    def _on_model_changed(self, *_: Any) -> None:
+        while self.inputs_form.rowCount():
+            self.inputs_form.removeRow(0)
+        self._modality_boxes = {}
+        card = self.card
+        for button in (self.measure_button, self.adapt_button):
+            button.setEnabled(card is not None)
+        if card is None:
+            self.status.setText("No model found. Add one in the Segment dock or to MEDADAPT_MODEL_PATH.")
+            return
+        optional = set(card.optional_modalities)
+        for modality in card.modalities:
+            box = QComboBox()
+            box.setToolTip(f"Image layer for the model's {modality.upper()} input")
+            self.inputs_form.addRow(f"{modality.upper()}{' (optional)' if modality in optional else ''}", box)
+            self._modality_boxes[modality] = box
+        self.reset()
+        self._refresh_layers()
+
+    def _on_method_changed(self, *_: Any) -> None:
+        from napari_medadapt.core.adapt.tta import DEFAULT_ITERATIONS, DEFAULT_LR
+
+        self.lr_spin.setValue(DEFAULT_LR)
+        self.iterations_spin.setValue(DEFAULT_ITERATIONS)
+        self.blocks_edit.setEnabled(self.method_combo.currentData() != "normalizer")
+
+    # ------------------------------------------------------------------------------------------ layers
+    def _refresh_layers(self, *_: Any) -> None:
+        from napari.layers import Image
+
+        from napari_medadapt.widgets._layers import image_layers_by_modality
+
+        images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        matched = image_layers_by_modality(self.viewer)
+        for modality, box in self._modality_boxes.items():
+            previous = box.currentText()
+            box.blockSignals(True)
+            box.clear()
+            box.addItems([NONE_CHOICE, *images])
+            if previous in images:
+                box.setCurrentText(previous)
+            elif modality in matched:
+                box.setCurrentText(matched[modality].name)
+            box.blockSignals(False)
+
+    def input_mapping(self) -> dict[str, str | None]:
+        """Model modality -> chosen image layer name (``None`` for "none")."""
+        return {m: (None if b.currentText() == NONE_CHOICE else b.currentText()) for m, b in self._modality_boxes.items()}
+
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`napari_medadapt.core.adapt.tta.adapt` from the form."""
+        method = self.method_combo.currentData()
+        blocks = [b.strip() for b in self.blocks_edit.text().split(",") if b.strip()]
+        return {
+            "method": method,
+            "optimizer": self.optimizer_combo.currentText(),
+            "lr": float(self.lr_spin.value()),
+            "iterations": int(self.iterations_spin.value()),
+            "blocks": tuple(blocks) if blocks and method != "normalizer" else None,
+        }
+
+    def _volume(self) -> Volume | None:
+        from napari_medadapt.widgets._layers import volume_from_layers
+
+        card = self.card
+        if card is None:
+            return None
+        chosen = {m: self.viewer.layers[name] for m, name in self.input_mapping().items() if name is not None}
+        try:
+            card.check_modalities(chosen)
+            return volume_from_layers(chosen, list(chosen))
+        except MedAdaptError as err:
+            show_error(str(err))
+            self.status.setText(str(err))
+            return None
+
+    # ------------------------------------------------------------------------------------------ jobs
+    def _submit(self, fn: Any, *args: Any, description: str, on_result: Any) -> None:
+        from napari_medadapt._worker import get_worker
+
+        for button in (self.measure_button, self.adapt_button, self.reset_button):
+            button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._handle = get_worker(self.viewer).submit(
+            fn, *args, description=description, on_result=on_result, on_error=lambda err: self.status.setText(str(err))
+        )
+        self._handle.finished.connect(self._job_finished)
+
+    def measure(self) -> None:
+        """Start measuring the shift score of the current inputs."""
+        volume = self._volume()
+        if volume is None or self._handle is not None:
+            return
+        self.status.setText("Measuring the domain shift...")
+        self._submit(measure_job, self.card.path, volume, self._model_cache, description="Measure shift",
+                     on_result=self._show_score)
+
+    def adapt(self) -> None:
+        """Start segment -> adapt -> segment with the current settings."""
+        volume = self._volume()
+        if volume is None or self._handle is not None:
+            return
+        settings = self.settings()
+        self.loss_plot.clear("entropy" if settings["method"] == "tent" else "BN-KL loss")
+        self.status.setText(f"Adapting {self.card.name} ({METHOD_LABELS[settings['method']]})...")
+        card = self.card
+        self._submit(adapt_job, card.path, volume, self._model_cache, settings, self._relay.loss.emit,
+                     description=f"Adapt ({card.name})", on_result=lambda outcome: self._show_outcome(outcome, card))
+
+    def reset(self) -> None:
+        """Discard the adapted model and its results (the source model is never changed)."""
+        self.last_outcome = None
+        self.loss_plot.clear()
+        self.volume_table.setRowCount(0)
+        self.status.setText("Reset: the next adaptation starts from the source model.")
+
+    def cancel(self) -> None:
+        """Cancel the running job (the source model and the layers stay as they were)."""
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _job_finished(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None and handle.cancelled:
+            self.status.setText("Cancelled; the source model and the layers are unchanged.")
+        for button in (self.measure_button, self.adapt_button):
+            button.setEnabled(self.card is not None)
+        self.reset_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    # ------------------------------------------------------------------------------------------ results
+    def _on_loss(self, iteration: int, loss: float) -> None:
+        self.loss_plot.add_point(iteration, loss)
+
+    def _show_score(self, outcome: tuple[float, str]) -> None:
+        self.last_score, line = outcome
+        self.shift_label.setText(line[0].upper() + line[1:] + ".")
+        self.status.setText("Shift measured.")
+
+    def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard) -> None:
+        from napari_medadapt.widgets._layers import labels_layer_kwargs
+
+        self.last_outcome = outcome
+        result = outcome.result
+        for prediction, suffix in ((outcome.before, "before TTA"), (outcome.after, f"after TTA ({result.method})")):
+            name = f"{card.name} {suffix}"  # new layers every run: earlier results (and edits) are kept
+            self.viewer.add_labels(prediction.labels, opacity=0.6, **labels_layer_kwargs(prediction.geometry, name=name))
+        self.shift_label.setText(f"Before: {outcome.rating_before}.\nAfter: {outcome.rating_after}.")
+        after = dict((label_id, ml) for label_id, _, ml in outcome.after.volume_rows())
+        self.volume_table.setRowCount(0)
+        for label_id, name, ml in outcome.before.volume_rows():
+            row = self.volume_table.rowCount()
+            self.volume_table.insertRow(row)
+            for column, text in enumerate((str(label_id), name, f"{ml:.2f}", f"{after.get(label_id, 0.0):.2f}")):
+                self.volume_table.setItem(row, column, QTableWidgetItem(text))
+        for warning in result.warnings:
+            show_warning(warning)
+        message = (
+            f"Adapted in {result.seconds:.1f} s; kept iteration {result.best_iteration} of "
+            f"{len(result.loss_history) - 1}."
+        )
+        self.status.setText(message)
+        show_info(message)

@@ -1,0 +1,114 @@
+"""Test-time adaptation dock on a crop of a real glioma case with a tiny model registered from a temp folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+import torch
+
+from napari_medadapt._reader import read_paths
+from napari_medadapt.core.models import ModelCard, build_model, default_architecture, save_model
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "glioma_tcga_du7294"
+MODALITIES = ["t1", "t1c", "t2", "flair"]
+CROP = (slice(72, 136), slice(64, 128), slice(80, 96))
+
+
+@pytest.fixture(scope="module")
+def crop_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("glioma_tta")
+    for name in MODALITIES:
+        nib.save(nib.load(str(REAL / f"{name}.nii.gz")).slicer[CROP], str(folder / f"{name}.nii.gz"))
+    return folder
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch) -> Path:
+    torch.manual_seed(0)
+    card = ModelCard(
+        name="tinytta",
+        architecture=default_architecture(2, 4, 4, filters=(4, 8, 16), res_block=False),
+        modalities=MODALITIES,
+        labels=[0, 1, 2, 4],
+        class_names=["background", "necrosis", "edema", "enhancing"],
+        shift_score={"typical_max": 0.5, "far_min": 1.5},
+    )
+    save_model(build_model(card).eval(), tmp_path / "tinytta.safetensors")
+    monkeypatch.setenv("MEDADAPT_MODEL_PATH", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def dock(make_napari_viewer, crop_folder, model_dir):
+    from napari_medadapt.widgets.tta import TTAWidget
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in read_paths(str(crop_folder)):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = TTAWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    index = widget.model_combo.findText("tinytta")
+    assert index >= 0
+    widget.model_combo.setCurrentIndex(index)
+    return viewer, widget
+
+
+def test_inputs_are_matched_and_settings_read(dock):
+    _, widget = dock
+    assert all(name is not None and modality in name for modality, name in widget.input_mapping().items())
+    widget.method_combo.setCurrentIndex(widget.method_combo.findData("tent"))
+    widget.blocks_edit.setText("input, down2")
+    settings = widget.settings()
+    assert settings["method"] == "tent" and settings["blocks"] == ("input", "down2")
+    widget.method_combo.setCurrentIndex(widget.method_combo.findData("normalizer"))
+    assert not widget.blocks_edit.isEnabled() and widget.settings()["blocks"] is None
+
+
+def test_measure_shift_rates_the_score(dock, qtbot):
+    _, widget = dock
+    widget.measure()
+    with qtbot.waitSignal(widget._handle.finished, timeout=60000):
+        pass
+    assert widget.last_score is not None and widget.last_score > 0
+    text = widget.shift_label.text().lower()
+    assert "shift score" in text and any(c in text for c in ("typical", "unusual", "far"))
+
+
+def test_adapt_and_segment_adds_layers_curve_and_volumes(dock, qtbot):
+    viewer, widget = dock
+    widget.iterations_spin.setValue(3)
+    widget.lr_spin.setValue(0.005)
+    layers_before = len(viewer.layers)
+    widget.adapt()
+    with qtbot.waitSignal(widget._handle.finished, timeout=120000):
+        pass
+    qtbot.waitUntil(lambda: len(widget.loss_plot.losses) == 4, timeout=5000)
+    outcome = widget.last_outcome
+    assert outcome is not None
+    assert len(viewer.layers) == layers_before + 2
+    assert viewer.layers[-1].name.startswith("tinytta after TTA") and viewer.layers[-2].name.endswith("before TTA")
+    assert widget.loss_plot.losses == pytest.approx(outcome.result.loss_history)
+    assert widget.volume_table.rowCount() == 3
+    assert "Before:" in widget.shift_label.text() and "After:" in widget.shift_label.text()
+    widget.reset()
+    assert widget.last_outcome is None and widget.loss_plot.losses == []
+
+
+def test_cancel_leaves_the_source_model_untouched(dock, qtbot):
+    viewer, widget = dock
+    widget.iterations_spin.setValue(400)
+    layers_before = len(viewer.layers)
+    widget.adapt()
+    handle = widget._handle
+    qtbot.waitUntil(lambda: len(widget.loss_plot.losses) >= 2, timeout=60000)
+    model = next(iter(widget._model_cache.values()))
+    source = {k: v.clone() for k, v in model.state_dict().items()}
+    widget.cancel()
+    with qtbot.waitSignal(handle.finished, timeout=60000):
+        pass
+    assert handle.cancelled and "Cancelled" in widget.status.text()
+    assert len(viewer.layers) == layers_before and widget.last_outcome is None
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, source[key]), key
