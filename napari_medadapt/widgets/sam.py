@@ -1,0 +1,550 @@
+"""Segment Anything dock: point and box prompts on any slice, instant masks, refinement, 3D propagation.
+
+Prompts live in two layers on the chosen image's grid: "SAM prompts" (points; positive = green disc,
+negative = magenta cross; 'T' on that layer or the dock's radio buttons set the polarity of the next
+point) and "SAM boxes" (rectangles). A prompt belongs to the slice it was placed on, in the plane napari
+displays (axial, coronal or sagittal, after Ctrl+T / a changed axis order). Every prompt change
+re-segments the changed slice in the compute worker (latest request wins; an added click refines the
+previous mask) and shows the object in the "SAM preview" Labels layer; an ambiguous single click offers
+the model's three candidates with their predicted IoU. "Propagate" extends the object through the volume
+(interpolating between annotated slices; slices with only negative clicks stop it); "Commit" writes it
+into a Labels layer with a chosen id as one undoable step; "Clear" starts a new object. All computing
+is in ``napari_medadapt.core.sam`` (see ``sam_engine``); ``sam_prompts`` maps layers to prompts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medadapt._worker import get_worker
+from napari_medadapt.core.errors import MedAdaptError
+from napari_medadapt.widgets import sam_prompts as sp
+from napari_medadapt.widgets.sam_engine import LAYER_LIMITS, ModelChoice, SamSession, slice_requests
+from napari_medadapt.widgets.sam_panels import CommitPanel, PropagationPanel, model_items
+from napari_medadapt.widgets.sam_results import SamResults
+
+if TYPE_CHECKING:
+    import napari
+
+LOCAL_CHECKPOINT = "Local checkpoint..."
+ENCODERS = ("auto", "vit_b", "vit_l", "vit_h")
+
+
+class SamWidget(QWidget):
+    """Dock for interactive Segment Anything segmentation of a 3D image layer.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer this dock works on.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        from napari_medadapt.core.sam import AUTO_WINDOW, WINDOW_PRESETS
+
+        self.viewer = napari_viewer
+        self.session = SamSession()
+        self._predict_handle: Any = None
+        self._predict_request: tuple | None = None
+        self._long_handle: Any = None
+        self._precompute_pending = False
+        self._generation = 0
+        self._connected: list[Any] = []
+        self._last_error = ""
+        self.results = SamResults(self)
+        self.candidate_combo = self.results.candidate_combo
+
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The 3D grayscale image to segment (one channel)")
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Bundled small model (offline, CPU), SAM ViT-B/L/H or MedSAM, or a local file")
+        self.encoder_combo = QComboBox()
+        self.encoder_combo.addItems(ENCODERS)
+        self.encoder_combo.setToolTip("Encoder size of a local checkpoint (auto: from its file name)")
+        self.window_combo = QComboBox()
+        self.window_combo.addItems([LAYER_LIMITS, AUTO_WINDOW, *WINDOW_PRESETS])
+        self.window_combo.setToolTip(
+            "Intensity window that makes the 8-bit image the model sees: the layer's contrast limits, MRI "
+            "percentiles (mri-auto) or a CT window in HU"
+        )
+        self.positive_radio = QRadioButton("positive")
+        self.negative_radio = QRadioButton("negative")
+        self.positive_radio.setChecked(True)
+        self._polarity_group = QButtonGroup(self)
+        for button in (self.positive_radio, self.negative_radio):
+            button.setToolTip("Polarity of the next point ('T' on the prompt layer toggles it)")
+            self._polarity_group.addButton(button)
+        self.layers_button = QPushButton("Add prompt layers")
+        self.layers_button.setToolTip("Create the points and box layers on the image's grid and start adding points")
+        self.precompute_button = QPushButton("Precompute volume")
+        self.precompute_button.setToolTip("Embed every slice of the displayed plane now (resumes after Cancel)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.clear_button = QPushButton("Clear")
+        self.clear_button.setToolTip("Start a new object: remove prompts and the preview")
+        self.status = QLabel("Choose an image, add prompt layers, click on the object.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.encoder_combo)
+        form.addRow("model", model_row)
+        form.addRow("window", self.window_combo)
+        polarity = QHBoxLayout()
+        polarity.addWidget(self.positive_radio)
+        polarity.addWidget(self.negative_radio)
+        polarity.addWidget(QLabel("(T toggles)"))
+        form.addRow("next point", polarity)
+        form.addRow("candidates", self.candidate_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.layers_button)
+        buttons = QHBoxLayout()
+        for button in (self.precompute_button, self.clear_button, self.cancel_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.commit_panel = CommitPanel()
+        self.propagation_panel = PropagationPanel()
+        layout.addWidget(self.commit_panel)
+        layout.addWidget(self.propagation_panel)
+        layout.addWidget(self.results.table)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(20)
+        self._timer.timeout.connect(self.update_preview)
+
+        for text, name in model_items():
+            self.model_combo.addItem(text, name)
+        self.model_combo.addItem(LOCAL_CHECKPOINT, None)
+        self._refresh_layers()
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.encoder_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.window_combo.currentIndexChanged.connect(self._restart_object_prompts)
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.positive_radio.toggled.connect(self._apply_point_defaults)
+        self.layers_button.clicked.connect(self.ensure_prompt_layers)
+        self.candidate_combo.activated.connect(self.choose_candidate)
+        self.precompute_button.clicked.connect(self.precompute)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.clear_button.clicked.connect(self.clear)
+        self.commit_panel.commit_button.clicked.connect(self.commit)
+        self.propagation_panel.propagate_button.clicked.connect(self.propagate)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        for event in (self.viewer.dims.events.current_step, self.viewer.dims.events.order,
+                      self.viewer.dims.events.ndisplay):
+            event.connect(self._on_dims_changed)
+        self._on_model_changed()
+
+    @property
+    def model_choice(self) -> ModelChoice | None:
+        """The chosen model (``None`` while "Local checkpoint..." has no file)."""
+        name = self.model_combo.currentData()
+        if name is None:
+            return None
+        encoder = self.encoder_combo.currentText()
+        local = self.model_combo.currentIndex() > self.model_combo.findText(LOCAL_CHECKPOINT)
+        return ModelChoice(name, encoder if local and encoder != "auto" else None)
+
+    def add_checkpoint(self, path: str) -> None:
+        """Add a local checkpoint file to the model list and select it."""
+        index = self.model_combo.findData(path)
+        if index < 0:
+            self.model_combo.addItem(path, path)
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+
+    def _on_model_changed(self, *_: Any) -> None:
+        if self.model_combo.currentText() == LOCAL_CHECKPOINT:
+            path, _ = QFileDialog.getOpenFileName(self, "SAM / MedSAM checkpoint", "", "Checkpoints (*.pth *.pt)")
+            if path:
+                self.add_checkpoint(path)
+            else:
+                self.model_combo.setCurrentIndex(0)
+            return
+        choice = self.model_choice
+        self.encoder_combo.setEnabled(choice is not None and choice.name not in self._registry_names())
+        self._restart_object_prompts()
+
+    @staticmethod
+    def _registry_names() -> set[str]:
+        from napari_medadapt.core.sam import REGISTRY
+
+        return set(REGISTRY)
+
+    def _window_spec(self, image: Any) -> str | tuple[float, float]:
+        choice = self.window_combo.currentText()
+        if choice == LAYER_LIMITS:
+            lo, hi = (float(v) for v in image.contrast_limits)
+            return lo, hi
+        return choice
+
+    @property
+    def positive(self) -> bool:
+        """Polarity of the next point."""
+        return self.positive_radio.isChecked()
+
+    def toggle_polarity(self, *_: Any) -> None:
+        """Switch the next point between positive and negative."""
+        (self.negative_radio if self.positive else self.positive_radio).setChecked(True)
+
+    # ---------------------------------------------------------------------------------------- layers
+    def _refresh_layers(self, *_: Any) -> None:
+        from napari.layers import Image, Labels
+
+        images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        previous = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(images)
+        if previous in images:
+            self.image_combo.setCurrentText(previous)
+        self.image_combo.blockSignals(False)
+        self.commit_panel.set_targets(
+            [layer.name for layer in self.viewer.layers if isinstance(layer, Labels) and layer.name != sp.PREVIEW_LAYER]
+        )
+        if self.image_combo.currentText() != getattr(self, "_image_name", None):
+            self._on_image_changed()
+        self._connect_prompt_layers()
+
+    @property
+    def image_layer(self) -> Any:
+        """The chosen image layer, or ``None``."""
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _layer(self, name: str) -> Any:
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _on_image_changed(self, *_: Any) -> None:
+        self._image_name = self.image_combo.currentText()
+        self._reset_object()
+
+    def ensure_prompt_layers(self, *_: Any) -> tuple[Any, Any] | None:
+        """The points and box layers, created on the image's grid when absent; selects the points layer."""
+        try:
+            image, _data = self._checked_image()
+        except MedAdaptError as err:
+            self._report(err)
+            return None
+        plane = self._plane_or_none(image)
+        points = self._layer(sp.POINTS_LAYER) or sp.add_points_layer(
+            self.viewer, image, self.positive, plane.axis if plane else 0
+        )
+        boxes = self._layer(sp.BOXES_LAYER) or sp.add_boxes_layer(self.viewer, image)
+        self._connect_prompt_layers()
+        self.viewer.layers.selection.active = points
+        points.mode = "add"
+        return points, boxes
+
+    def _connect_prompt_layers(self) -> None:
+        for name in (sp.POINTS_LAYER, sp.BOXES_LAYER):
+            layer = self._layer(name)
+            if layer is None or any(layer is known for known in self._connected):
+                continue
+            layer.events.data.connect(self._schedule_update)
+            if name == sp.POINTS_LAYER:
+                layer.events.features.connect(self._schedule_update)
+                layer.bind_key("t", self.toggle_polarity, overwrite=True)
+            self._connected.append(layer)
+
+    def _apply_point_defaults(self, *_: Any) -> None:
+        points, image = self._layer(sp.POINTS_LAYER), self.image_layer
+        if points is not None and image is not None:
+            plane = self._plane_or_none(image)
+            if plane is not None:
+                sp.set_point_defaults(points, self.positive, plane.axis)
+
+    def _on_dims_changed(self, *_: Any) -> None:
+        points, image = self._layer(sp.POINTS_LAYER), self.image_layer
+        plane = self._plane_or_none(image) if image is not None else None
+        if points is not None and plane is not None and int(points.feature_defaults["plane"][0]) != plane.axis:
+            points.feature_defaults = {"positive": self.positive, "plane": plane.axis}
+        self.results.show_candidates(plane)
+
+    def _checked_image(self) -> tuple[Any, np.ndarray]:
+        image = self.image_layer
+        return image, sp.check_image_layer(image)
+
+    def _prompts(self) -> tuple[Any, sp.Plane, dict[int, sp.SlicePrompts], np.ndarray]:
+        """Image, displayed plane, prompts per slice of that plane, image array (checked)."""
+        image, data = self._checked_image()
+        layers = [self._layer(name) for name in (sp.POINTS_LAYER, sp.BOXES_LAYER)]
+        for layer in layers:
+            if layer is not None:
+                sp.check_prompt_layer(layer, image)
+        plane = sp.current_plane(self.viewer, image)
+        return image, plane, sp.collect_prompts(*layers, image, plane.axis), data
+
+    def _plane_or_none(self, image: Any) -> sp.Plane | None:
+        try:
+            return sp.current_plane(self.viewer, image)
+        except MedAdaptError:
+            return None
+
+    def preview_layer(self, image: Any) -> Any:
+        """The "SAM preview" Labels layer on ``image``'s grid (created or re-gridded when needed)."""
+        layer = self._layer(sp.PREVIEW_LAYER)
+        shape = image.data.shape
+        if layer is None:
+            layer = self.viewer.add_labels(
+                np.zeros(shape, np.uint8), name=sp.PREVIEW_LAYER, opacity=0.5,
+                scale=tuple(image.scale), translate=tuple(image.translate),
+            )
+            self.viewer.layers.selection.active = self._layer(sp.POINTS_LAYER) or layer
+        elif layer.data.shape != shape:
+            layer.data = np.zeros(shape, np.uint8)
+            layer.scale, layer.translate = tuple(image.scale), tuple(image.translate)
+        return layer
+
+    # --------------------------------------------------------------------------------------- prompts
+    def _schedule_update(self, event: Any = None) -> None:
+        if not str(getattr(event, "action", "")).endswith("ing"):
+            self._timer.start()
+
+    def update_preview(self, *_: Any) -> Any:
+        """Segment every slice of the displayed plane whose prompts changed; returns the job handle."""
+        self._timer.stop()
+        choice = self.model_choice
+        try:
+            image, plane, prompts, data = self._prompts()
+        except MedAdaptError as err:
+            self._report(err)
+            return None
+        if choice is None:
+            self._report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
+            return None
+        axis = plane.axis
+        changed = {i: p for i, p in prompts.items() if self.results.applied.get((axis, i)) != p.signature}
+        for a, i in self.results.applied:
+            if a == axis and i not in prompts:
+                changed[i] = sp.SlicePrompts()
+        request = (self._generation, axis, tuple(sorted((i, p.signature) for i, p in changed.items())))
+        if self._predict_handle is not None and not self._predict_handle.done and request == self._predict_request:
+            return self._predict_handle
+        if not changed:
+            return None
+        feedback = {
+            i: self.results.feedback[(axis, i)]
+            for i, p in changed.items()
+            if (axis, i) in self.results.feedback and p.extends(self.results.applied.get((axis, i)))
+        }
+        generation = self._generation
+        self._predict_request = request
+        self._last_error = ""
+        self.status.setText(f"Segmenting slice {', '.join(str(i) for i in sorted(changed))}...")
+        handle = get_worker(self.viewer).submit(
+            self.session.predict_slices,
+            choice,
+            data,
+            self._window_spec(image),
+            slice_requests(data, axis, changed, feedback),
+            description="Segment Anything",
+            interactive_key="sam",
+            on_result=lambda output: self._show_slices(output, image, axis, generation),
+            on_error=self._job_failed,
+        )
+        handle.finished.connect(self._predict_finished)
+        self._predict_handle = handle
+        return handle
+
+    def _predict_finished(self) -> None:
+        if self._precompute_pending and (self._predict_handle is None or self._predict_handle.done):
+            self.precompute()
+
+    def _show_slices(self, output: Any, image: Any, axis: int, generation: int) -> None:
+        if generation != self._generation or image is not self.image_layer:
+            return
+        self._notes(output.notes)
+        self.results.apply_slices(self.preview_layer(image), output.value, axis)
+        self.results.show_candidates(self._plane_or_none(image))
+        self.status.setText(self.results.describe_slices(output.value, axis))
+
+    def choose_candidate(self, position: int) -> None:
+        """Use candidate mask ``position`` (of the ambiguous click) on the displayed slice."""
+        image = self.image_layer
+        plane = self._plane_or_none(image) if image is not None else None
+        if plane is not None:
+            self.results.choose(self.preview_layer(image), plane, position)
+
+    def _restart_object_prompts(self, *_: Any) -> None:
+        """Model or window changed: forget refinement state and re-segment the prompted slices."""
+        self.results.applied.clear()
+        self.results.feedback.clear()
+        if self._layer(sp.POINTS_LAYER) is not None or self._layer(sp.BOXES_LAYER) is not None:
+            self._timer.start()
+
+    # ----------------------------------------------------------------------------------- long jobs
+    def precompute(self, *_: Any) -> Any:
+        """Embed every slice of the displayed plane (progress, Cancel; already cached slices are skipped)."""
+        choice = self.model_choice
+        try:
+            image, data = self._checked_image()
+            plane = sp.current_plane(self.viewer, image)
+        except MedAdaptError as err:
+            self._report(err)
+            return None
+        if choice is None or (self._long_handle is not None and not self._long_handle.done):
+            return None
+        if self._predict_handle is not None and not self._predict_handle.done:
+            self._precompute_pending = True  # starts after the click being segmented
+            return None
+        self._precompute_pending = False
+        self.status.setText(f"Embedding {data.shape[plane.axis]} slices...")
+        # same key as clicks: a click interrupts it (no message), and it resumes afterwards
+        handle = get_worker(self.viewer).submit(
+            self.session.precompute,
+            choice,
+            data,
+            self._window_spec(image),
+            plane.axis,
+            description="Segment Anything: precompute",
+            interactive_key="sam",
+            on_result=self.results.show_precompute,
+            on_error=self._job_failed,
+        )
+        return self._track_long(handle, resume_when_superseded=True)
+
+    def propagate(self, *_: Any) -> Any:
+        """Propagate the object from its annotated slice(s) through the volume into the preview."""
+        choice = self.model_choice
+        try:
+            image, plane, prompts, data = self._prompts()
+        except MedAdaptError as err:
+            self._report(err)
+            return None
+        preview = self._layer(sp.PREVIEW_LAYER)
+        seeds = {
+            i: np.asarray(preview.data[sp.Plane(plane.axis, i).slicer()] > 0)
+            for (a, i) in self.results.applied
+            if a == plane.axis and preview is not None and prompts.get(i) is not None and not prompts[i].negative_only
+        }
+        seeds = {i: m for i, m in seeds.items() if m.any()}
+        if choice is None or not seeds:
+            self._report(MedAdaptError("Segment the object on at least one slice of this plane, then propagate."))
+            return None
+        stops = sorted(i for i, p in prompts.items() if p.negative_only)
+        generation = self._generation
+        self.status.setText(f"Propagating from slice(s) {', '.join(map(str, sorted(seeds)))}...")
+        handle = get_worker(self.viewer).submit(
+            self.session.propagate,
+            choice,
+            data,
+            self._window_spec(image),
+            plane.axis,
+            seeds,
+            stop_slices=stops,
+            **self.propagation_panel.options(seeds, data.shape[plane.axis]),
+            description="Segment Anything: propagation",
+            on_result=lambda output: self._show_propagation(output, image, plane.axis, generation),
+            on_error=self._job_failed,
+        )
+        return self._track_long(handle)
+
+    def _track_long(self, handle: Any, resume_when_superseded: bool = False) -> Any:
+        self._long_handle = handle
+        self.cancel_button.setEnabled(True)
+
+        def finished() -> None:
+            if resume_when_superseded and handle.superseded:
+                self._precompute_pending = True
+            if self._long_handle is handle:
+                self.cancel_button.setEnabled(False)
+                if handle.state.value == "cancelled":
+                    self.status.setText("Cancelled; the preview and labels are unchanged.")
+
+        handle.finished.connect(finished)
+        return handle
+
+    def cancel(self, *_: Any) -> None:
+        """Cancel the running precomputation or propagation."""
+        self._precompute_pending = False
+        if self._long_handle is not None:
+            self._long_handle.cancel()
+
+    def _show_propagation(self, output: Any, image: Any, axis: int, generation: int) -> None:
+        if generation != self._generation or image is not self.image_layer:
+            return
+        self._notes(output.notes)
+        self.results.show_propagation(self.preview_layer(image), output.value, axis)
+
+    # ---------------------------------------------------------------------------------- commit/clear
+    def commit(self, *_: Any) -> int:
+        """Write the preview object with the chosen label id into the target Labels layer (undoable)."""
+        image = self.image_layer
+        preview = self._layer(sp.PREVIEW_LAYER)
+        if image is None or preview is None or not np.any(preview.data):
+            self._report(MedAdaptError("Nothing to commit: segment an object first."))
+            return 0
+        try:
+            target, changed = self.commit_panel.commit(self.viewer, image, np.asarray(preview.data) > 0)
+        except MedAdaptError as err:
+            self._report(err)
+            return 0
+        label = self.commit_panel.label_spin.value()
+        self.status.setText(f"Committed {changed} voxels as label {label} into {target.name!r} (Ctrl+Z undoes).")
+        show_info(self.status.text())
+        return changed
+
+    def clear(self, *_: Any) -> None:
+        """Start a new object: remove all prompts and empty the preview (committed labels stay)."""
+        self._reset_object()
+        image = self.image_layer
+        points, boxes = self._layer(sp.POINTS_LAYER), self._layer(sp.BOXES_LAYER)
+        for layer in (points, boxes):
+            if layer is None:
+                continue
+            layer.events.data.disconnect(self._schedule_update)
+            layer.data = np.zeros((0, 3)) if layer is points else []
+            if image is not None and getattr(image, "ndim", 0) == 3:
+                sp.regrid(layer, image)
+            layer.events.data.connect(self._schedule_update)
+        self._apply_point_defaults()
+        self._timer.stop()
+        self.status.setText("New object: add prompts.")
+
+    def _reset_object(self) -> None:
+        self._generation += 1
+        self._predict_request = None
+        self.results.reset()
+        preview = self._layer(sp.PREVIEW_LAYER)
+        if preview is not None:
+            preview.data = np.zeros_like(preview.data)
+
+    # -------------------------------------------------------------------------------------- messages
+    def _report(self, err: BaseException) -> None:
+        """Show a problem in the dock and as a notification (once, not again for the same event)."""
+        self.status.setText(str(err))
+        if str(err) != self._last_error:
+            show_error(str(err))
+        self._last_error = str(err)
+
+    def _job_failed(self, err: BaseException) -> None:
+        """A job failed: the worker already notified the user; keep the message in the dock."""
+        self.status.setText(str(err))
+
+    def _notes(self, notes: list[str]) -> None:
+        for note in notes:
+            show_warning(note)

@@ -1,0 +1,215 @@
+"""Compute-thread side of the SAM dock: the loaded model, resolved windows, and the jobs it submits.
+
+Everything here runs in the viewer's compute worker (``napari_medadapt._worker``) and only calls the
+engine's public API (``napari_medadapt.core.sam``); results go back to the dock on the Qt main thread.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_medadapt.widgets.sam_prompts import Plane, SlicePrompts
+
+if TYPE_CHECKING:
+    from napari_medadapt.core.jobs import JobContext
+    from napari_medadapt.core.sam import MaskPrediction, PrecomputeStats, PropagationResult, SamPredictor
+
+#: Window choice meaning "the image layer's contrast limits".
+LAYER_LIMITS = "layer contrast limits"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A registry name (``"sam-small"``, ``"sam-vit-b"``, ...) or a local checkpoint path (+ encoder size)."""
+
+    name: str
+    architecture: str | None = None
+
+
+@dataclass(frozen=True)
+class SliceRequest:
+    """One slice to segment: its index, 2D image, prompts and the previous low-res logits to refine."""
+
+    index: int
+    image: np.ndarray
+    prompts: SlicePrompts
+    mask_input: np.ndarray | None = None
+
+
+@dataclass
+class SliceOutcome:
+    """The prediction for a requested slice (``None``: no positive prompt there, the slice is emptied)."""
+
+    index: int
+    signature: tuple
+    prediction: MaskPrediction | None
+
+
+@dataclass
+class JobOutput:
+    """A job's result plus notes for the user (fallback to CPU, unverified checkpoint, ...)."""
+
+    value: Any
+    window: tuple[float, float]
+    notes: list[str] = field(default_factory=list)
+
+
+class SamSession:
+    """The model (one at a time) with its embedding cache, and resolved intensity windows.
+
+    Used only from the compute thread; the dock keeps one per dock.
+    """
+
+    def __init__(self) -> None:
+        self._predictor: SamPredictor | None = None
+        self._choice: ModelChoice | None = None
+        self._windows: dict[tuple, tuple[float, float]] = {}
+        self._reported_fallback: str | None = None
+
+    @property
+    def loaded(self) -> ModelChoice | None:
+        """The model currently loaded."""
+        return self._choice
+
+    def use(self, choice: ModelChoice, predictor: SamPredictor) -> None:
+        """Use an already built predictor (e.g. one shared with a script) whenever ``choice`` is asked for."""
+        self._predictor, self._choice = predictor, choice
+
+    def predictor(self, choice: ModelChoice, ctx: JobContext, notes: list[str]) -> SamPredictor:
+        """The predictor for ``choice``, loading (and for registry models downloading) it when needed."""
+        from napari_medadapt.core.sam import (
+            REGISTRY,
+            SamPredictor,
+            checkpoint_path,
+            fetch_checkpoint,
+            load_sam,
+        )
+
+        if self._predictor is not None and self._choice == choice:
+            return self._predictor
+        entry = REGISTRY.get(choice.name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if entry is not None and entry.url and not checkpoint_path(choice.name).is_file():
+                ctx.progress(0, 0, f"downloading {entry.title} ({entry.size_mb:.0f} MB)")
+                fetch_checkpoint(choice.name)
+            ctx.progress(0, 0, f"loading {entry.title if entry else choice.name}")
+            model = load_sam(choice.name, architecture=choice.architecture)
+        notes.extend(str(w.message) for w in caught if issubclass(w.category, UserWarning))
+        self._predictor, self._choice = SamPredictor(model), choice
+        return self._predictor
+
+    def window(self, volume: np.ndarray, spec: str | tuple[float, float]) -> tuple[float, float]:
+        """``(low, high)`` for a window spec: contrast limits as given, presets resolved once per volume."""
+        from napari_medadapt.core.sam import resolve_window
+
+        if not isinstance(spec, str):
+            return resolve_window(volume, tuple(spec))
+        key = (id(volume), volume.shape, spec)
+        if key not in self._windows:
+            self._windows = {k: v for k, v in self._windows.items() if k[0] == id(volume)}
+            self._windows[key] = resolve_window(volume, spec)
+        return self._windows[key]
+
+    def _fallback_notes(self, notes: list[str]) -> None:
+        reason = None if self._predictor is None else self._predictor.model.fallback_reason
+        if reason and reason != self._reported_fallback:
+            self._reported_fallback = reason
+            notes.append(reason)
+
+    # ------------------------------------------------------------------------------------------ jobs
+    def predict_slices(
+        self,
+        choice: ModelChoice,
+        volume: np.ndarray,
+        window_spec: str | tuple[float, float],
+        requests: list[SliceRequest],
+        multimask: bool | None = None,
+        *,
+        ctx: JobContext,
+    ) -> JobOutput:
+        """Segment the requested slices from their prompts (slices without a positive prompt: ``None``)."""
+        notes: list[str] = []
+        predictor = self.predictor(choice, ctx, notes)
+        window = self.window(volume, window_spec)
+        outcomes = []
+        for step, request in enumerate(requests):
+            ctx.progress(step, len(requests), f"segmenting slice {request.index}")
+            prompts = request.prompts
+            if prompts.is_empty or prompts.negative_only:
+                outcomes.append(SliceOutcome(request.index, prompts.signature, None))
+                continue
+            prediction = predictor.predict(
+                request.image,
+                window,
+                points=prompts.points,
+                labels=prompts.labels,
+                box=prompts.box,
+                mask_input=request.mask_input,
+                multimask=multimask,
+            )
+            outcomes.append(SliceOutcome(request.index, prompts.signature, prediction))
+        ctx.progress(len(requests), len(requests), "done")
+        self._fallback_notes(notes)
+        return JobOutput(outcomes, window, notes)
+
+    def precompute(
+        self, choice: ModelChoice, volume: np.ndarray, window_spec: str | tuple[float, float], axis: int, *,
+        ctx: JobContext,
+    ) -> JobOutput:
+        """Embed every slice along ``axis`` into the cache (cached slices are skipped: resumes)."""
+        notes: list[str] = []
+        predictor = self.predictor(choice, ctx, notes)
+        window = self.window(volume, window_spec)
+        stats: PrecomputeStats = predictor.precompute(np.moveaxis(volume, axis, 0), window, ctx=ctx)
+        self._fallback_notes(notes)
+        return JobOutput(stats, window, notes)
+
+    def propagate(
+        self,
+        choice: ModelChoice,
+        volume: np.ndarray,
+        window_spec: str | tuple[float, float],
+        axis: int,
+        seeds: dict[int, np.ndarray],
+        *,
+        mode: str,
+        iou_threshold: float,
+        index_range: tuple[int, int],
+        stop_slices: list[int],
+        ctx: JobContext,
+    ) -> JobOutput:
+        """3D propagation of the seed masks along ``axis`` (engine's ``propagate``)."""
+        from napari_medadapt.core.sam import propagate
+
+        notes: list[str] = []
+        predictor = self.predictor(choice, ctx, notes)
+        window = self.window(volume, window_spec)
+        result: PropagationResult = propagate(
+            predictor,
+            volume,
+            seeds,
+            window,
+            axis=axis,
+            mode=mode,
+            iou_threshold=iou_threshold,
+            index_range=index_range,
+            stop_slices=stop_slices,
+            ctx=ctx,
+        )
+        self._fallback_notes(notes)
+        return JobOutput(result, window, notes)
+
+
+def slice_requests(
+    volume: np.ndarray, axis: int, prompts: dict[int, SlicePrompts], feedback: dict[int, np.ndarray]
+) -> list[SliceRequest]:
+    """Requests for the given slices' prompts, with each slice's previous logits where given."""
+    return [
+        SliceRequest(index, Plane(axis, index).take(volume), p, feedback.get(index))
+        for index, p in sorted(prompts.items())
+    ]

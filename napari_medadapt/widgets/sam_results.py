@@ -1,0 +1,155 @@
+"""The SAM dock's current object: slice predictions (refinement state), candidates, propagation statistics."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox, QTableWidget, QTableWidgetItem
+
+from napari_medadapt.widgets.sam_prompts import Plane, SlicePrompts
+
+if TYPE_CHECKING:
+    from napari_medadapt.core.sam import MaskPrediction, PropagationResult
+    from napari_medadapt.widgets.sam import SamWidget
+    from napari_medadapt.widgets.sam_engine import JobOutput, SliceOutcome
+
+PLANE_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
+STOP_REASONS = {
+    "empty": "the object ended",
+    "iou": "overlap with the previous slice fell below the threshold",
+    "area": "the area jumped",
+    "stop-slice": "a slice with only negative clicks",
+    "range": "the maximum range",
+    "edge": "the edge of the volume",
+}
+
+
+class SamResults:
+    """The current object: per-slice predictions, the prompt signature each slice was segmented from
+    (``applied``), its low-res logits for refinement (``feedback``), propagated slices; shows candidates
+    and propagation statistics."""
+
+    def __init__(self, dock: SamWidget) -> None:
+        self.dock = dock
+        self.predictions: dict[tuple[int, int], MaskPrediction] = {}
+        self.applied: dict[tuple[int, int], tuple] = {}
+        self.feedback: dict[tuple[int, int], np.ndarray] = {}
+        self.propagated: set[tuple[int, int]] = set()
+        self.last_propagation: PropagationResult | None = None
+        self.table = QTableWidget(0, 5)
+        self.table.setHorizontalHeaderLabels(["slice", "voxels", "IoU prev", "pred. IoU", "from"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMaximumHeight(160)
+        self.table.setVisible(False)
+        self.candidate_combo = QComboBox()
+        self.candidate_combo.setToolTip("Masks the model proposes for an ambiguous click, with their predicted IoU")
+        self.candidate_combo.setEnabled(False)
+
+    def reset(self) -> None:
+        """Forget the object (new object / other image)."""
+        self.predictions.clear()
+        self.applied.clear()
+        self.feedback.clear()
+        self.propagated.clear()
+        self.last_propagation = None
+        self.table.setRowCount(0)
+        self.table.setVisible(False)
+        self.show_candidates(None)
+
+    def show_candidates(self, plane: Plane | None) -> None:
+        """Fill the candidate selector with the displayed slice's masks and their predicted IoU."""
+        combo = self.candidate_combo
+        combo.clear()
+        prediction = None if plane is None else self.predictions.get((plane.axis, plane.index))
+        if prediction is None:
+            combo.setEnabled(False)
+            return
+        for k, score in enumerate(prediction.scores):
+            combo.addItem(f"mask {k + 1}: IoU {score:.2f} ({int(prediction.masks[k].sum())} voxels)")
+        combo.setCurrentIndex(prediction.best)
+        combo.setEnabled(len(prediction.masks) > 1)
+
+    def apply_slices(self, preview: Any, outcomes: list[SliceOutcome], axis: int) -> None:
+        """Paste segmented slices into the preview (only those slices) and remember them for refinement."""
+        empty = SlicePrompts().signature
+        for outcome in outcomes:
+            key, prediction = (axis, outcome.index), outcome.prediction
+            preview.data[Plane(*key).slicer()] = 0 if prediction is None else prediction.mask
+            self.predictions.pop(key, None)
+            self.feedback.pop(key, None)
+            self.propagated.discard(key)
+            if outcome.signature == empty:
+                self.applied.pop(key, None)
+            else:
+                self.applied[key] = outcome.signature
+            if prediction is not None:
+                self.predictions[key] = prediction
+                self.feedback[key] = prediction.feedback
+        preview.refresh()
+
+    def choose(self, preview: Any, plane: Plane, position: int) -> None:
+        """Show candidate ``position`` of the slice's ambiguous prediction; refine from it from now on."""
+        key = (plane.axis, plane.index)
+        prediction = self.predictions.get(key)
+        if prediction is None or not 0 <= position < len(prediction.masks):
+            return
+        chosen = replace(prediction, mask=prediction.masks[position], best=position)
+        self.predictions[key], self.feedback[key] = chosen, chosen.feedback
+        preview.data[plane.slicer()] = chosen.mask
+        preview.refresh()
+        self.show_candidates(plane)
+
+    @staticmethod
+    def describe_slices(outcomes: list[SliceOutcome], axis: int) -> str:
+        """Status text for segmented slices."""
+        parts = []
+        for outcome in outcomes:
+            prediction = outcome.prediction
+            if prediction is None:
+                parts.append(f"slice {outcome.index}: no positive prompt, emptied")
+                continue
+            choice = f" (best of {len(prediction.masks)})" if len(prediction.masks) > 1 else ""
+            parts.append(
+                f"slice {outcome.index}: {int(prediction.mask.sum())} voxels, predicted IoU "
+                f"{prediction.scores[prediction.best]:.2f}{choice}"
+            )
+        return f"{PLANE_NAMES.get(axis, f'axis {axis}')} " + "; ".join(parts)
+
+    def show_precompute(self, output: JobOutput) -> None:
+        """Report a finished precomputation."""
+        self.dock._notes(output.notes)
+        stats = output.value
+        self.dock.status.setText(
+            f"Embeddings ready: {stats.computed} computed, {stats.cached} already cached. Clicks are now instant."
+        )
+
+    def show_propagation(self, preview: Any, result: PropagationResult, axis: int) -> None:
+        """Paste a propagation into the preview (replacing the previous one) and list per-slice statistics."""
+        annotated = {key for key in self.applied if key[0] == axis}
+        filled = {(axis, s.index) for s in result.stats if s.source != "seed"}
+        for key in self.propagated - filled - annotated:
+            preview.data[Plane(*key).slicer()] = 0
+        mask = np.moveaxis(result.mask, axis, 0)
+        for key in filled - annotated:
+            preview.data[Plane(*key).slicer()] = mask[key[1]]
+        preview.refresh()
+        self.propagated = filled - annotated
+        self.last_propagation = result
+        self.table.setRowCount(0)
+        for stat in result.stats:
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            cells = (str(stat.index), str(stat.area), f"{stat.neighbour_iou:.2f}", f"{stat.score:.2f}", stat.source)
+            for column, text in enumerate(cells):
+                self.table.setItem(row, column, QTableWidgetItem(text))
+        self.table.setVisible(True)
+        indices = result.slices
+        stops = "; ".join(
+            f"{'below' if d == 'down' else 'above'}: {STOP_REASONS.get(r, r)}" for d, r in result.stopped.items()
+        )
+        self.dock.status.setText(
+            f"Propagated to {len(filled)} slice(s), object spans slices {indices[0]}-{indices[-1]}. Stopped {stops}. "
+            "Check the preview, then Commit."
+        )

@@ -1,0 +1,269 @@
+"""SAM dock: prompts on the displayed slice (axial and coronal), refinement, candidates, box, commit/undo,
+clear, propagation with a stop slice, precompute/resume, and clear messages for unusable inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_medadapt._reader import medadapt_metadata
+from napari_medadapt.core.sam import MaskPrediction, SamPredictor, make_prompts
+from napari_medadapt.core.volume import Geometry, load_volume
+from napari_medadapt.widgets import sam_prompts as sp
+from napari_medadapt.widgets.sam import SamWidget
+
+pytestmark = pytest.mark.gui
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "glioma_tcga_fg6692"
+CROP = (slice(78, 94), slice(33, 133), slice(30, 130))  # around the tumour; slice 10 = display z 88
+
+
+@pytest.fixture(scope="module")
+def flair():
+    volume = load_volume(DATA / "flair.nii.gz")
+    crop = np.ascontiguousarray(volume.data[0][CROP])
+    geometry = Geometry.from_display_grid(crop.shape, volume.geometry.spacing, (0.0, 0.0, 0.0))
+    return crop, geometry
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return SamPredictor("sam-small", device="cpu")
+
+
+def _add_flair(viewer, flair):
+    crop, geometry = flair
+    return viewer.add_image(
+        crop, name="flair", scale=geometry.spacing, metadata=medadapt_metadata(geometry, "flair"),
+        contrast_limits=(float(np.percentile(crop, 0.5)), float(np.percentile(crop, 99.5))),
+    )
+
+
+def _dock(viewer, qtbot):
+    dock = SamWidget(viewer)
+    qtbot.addWidget(dock)
+    return dock
+
+
+def _wait(qtbot, handle):
+    assert handle is not None
+    if not handle.done:
+        with qtbot.waitSignal(handle.finished, timeout=60_000):
+            pass
+    assert handle.state.value == "done", handle.error
+
+
+def _settle(qtbot, dock):
+    """Let the dock react to layer events (its 20 ms timer) and wait for the job it submits."""
+    qtbot.wait(40)
+    _wait(qtbot, dock.update_preview() or dock._predict_handle)
+
+
+def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, flair, predictor):
+    viewer = make_napari_viewer()
+    image = _add_flair(viewer, flair)
+    dock = _dock(viewer, qtbot)
+    assert dock.image_combo.currentText() == "flair" and dock.model_choice.name == "sam-small"
+    points, boxes = dock.ensure_prompt_layers()
+    viewer.dims.set_point(0, 10 * image.scale[0])
+
+    points.add([10, 50, 50])
+    _settle(qtbot, dock)
+    preview = viewer.layers[sp.PREVIEW_LAYER]
+    window = tuple(float(v) for v in image.contrast_limits)
+    expected = predictor.predict(flair[0][10], window, points=[[50, 50]])
+    assert preview.data[10].any()
+    assert not np.delete(preview.data, 10, axis=0).any()  # that slice only
+    np.testing.assert_array_equal(preview.data[10] > 0, expected.mask)
+    # an ambiguous single click: three candidates with their predicted IoU; choosing one shows it
+    assert dock.candidate_combo.isEnabled() and dock.candidate_combo.count() == 3
+    other = (expected.best + 1) % 3
+    dock.choose_candidate(other)
+    np.testing.assert_array_equal(preview.data[10] > 0, expected.masks[other])
+    dock.choose_candidate(expected.best)
+
+    # commit: a new Labels layer on the image's grid, one undo step
+    dock.commit_panel.label_spin.setValue(3)
+    written = dock.commit()
+    labels = viewer.layers["SAM labels"]
+    assert written == int((preview.data > 0).sum()) > 0
+    np.testing.assert_array_equal(labels.data == 3, preview.data > 0)
+    assert labels.metadata["medadapt"]["geometry"].matches(flair[1])
+    labels.undo()
+    assert not labels.data.any()
+    # only background: existing labels are kept
+    r, c = np.argwhere(preview.data[10])[0]
+    labels.data[10, r, c] = 7
+    dock.commit_panel.target_combo.setCurrentText("SAM labels")
+    dock.commit_panel.background_check.setChecked(True)
+    dock.commit()
+    assert labels.data[10, r, c] == 7 and np.count_nonzero(labels.data == 3) == written - 1
+
+    # 'T' on the points layer toggles the next point's polarity; a negative click refines the mask
+    toggle = next(binding for key, binding in points.keymap.items() if str(key) == "T")
+    toggle(points)
+    assert dock.negative_radio.isChecked()
+    before = preview.data[10].copy()
+    points.add([10, int(np.argwhere(before)[0][0]), int(np.argwhere(before)[0][1])])
+    _settle(qtbot, dock)
+    assert points.features["positive"].tolist() == [True, False]
+    assert [s.value for s in points.symbol] == ["disc", "x"]
+    refined = predictor.predict(
+        flair[0][10], window, points=[[50, 50], points.data[1, 1:]], labels=[1, 0],
+        mask_input=expected.feedback,
+    )
+    np.testing.assert_array_equal(preview.data[10] > 0, refined.mask)
+    assert not np.array_equal(preview.data[10], before)
+
+    # a box on another slice
+    viewer.dims.set_point(0, 12 * image.scale[0])
+    boxes.add_rectangles(np.array([[12, 30, 30], [12, 30, 70], [12, 70, 70], [12, 70, 30]], float))
+    _settle(qtbot, dock)
+    boxed = predictor.predict(flair[0][12], window, box=(30, 30, 70, 70))
+    np.testing.assert_array_equal(preview.data[12] > 0, boxed.mask)
+    assert dock.results.predictions[(0, 12)].masks.shape[0] == 1  # a box is not ambiguous: one mask
+
+    dock.clear()
+    assert len(points.data) == 0 and len(boxes.data) == 0 and not preview.data.any()
+    assert not dock.candidate_combo.isEnabled()
+    assert labels.data[10, r, c] == 7  # committed labels stay
+
+
+def test_coronal_plane_prompts_map_to_the_coronal_slice(make_napari_viewer, qtbot, flair, predictor):
+    viewer = make_napari_viewer()
+    image = _add_flair(viewer, flair)
+    dock = _dock(viewer, qtbot)
+    viewer.dims.order = (1, 0, 2)  # coronal: rows = z, cols = x; slider on y
+    viewer.dims.set_point(1, 40 * image.scale[1])
+    points, _boxes = dock.ensure_prompt_layers()
+    points.add([9, 40, 45])
+    _settle(qtbot, dock)
+    assert points.features["plane"].tolist() == [1]
+    preview = viewer.layers[sp.PREVIEW_LAYER].data
+    window = tuple(float(v) for v in image.contrast_limits)
+    expected = predictor.predict(flair[0][:, 40, :], window, points=[[9, 45]])
+    np.testing.assert_array_equal(preview[:, 40, :] > 0, expected.mask)
+    assert expected.mask.any() and not np.delete(preview, 40, axis=1).any()
+    # back to axial: the coronal point is not a prompt of the axial slice through it
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.set_point(0, 9 * image.scale[0])
+    assert dock.update_preview() is None
+
+
+class BrightPredictor:
+    """Test double of ``SamPredictor`` (to test the dock's propagation wiring without relying on a model's
+    quality): the bright voxels inside the box, or connected to the positive clicks."""
+
+    model = SimpleNamespace(fallback_reason=None)
+
+    def predict(self, image, window, prompts=None, *, points=None, labels=None, box=None, mask_input=None,
+                multimask=None):
+        from scipy import ndimage
+
+        if prompts is None:
+            prompts = make_prompts(points, labels, box, mask_input, shape=image.shape)
+        bright = image > (window[0] + window[1]) / 2
+        if prompts.box is not None:
+            r0, c0, r1, c1 = (int(v) for v in prompts.box)
+            mask = np.zeros_like(bright)
+            mask[r0 : r1 + 1, c0 : c1 + 1] = bright[r0 : r1 + 1, c0 : c1 + 1]
+        else:
+            regions, _ = ndimage.label(bright)
+            positive = prompts.points[prompts.labels == 1].astype(int)
+            mask = np.isin(regions, [regions[r, c] for r, c in positive if regions[r, c]])
+        return MaskPrediction(mask, mask[None], np.array([0.9]), 0, np.zeros((1, 16, 16), np.float32))
+
+
+def _sphere_volume() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    z, y, x = np.ogrid[:24, :64, :64]
+    ball = (z - 12) ** 2 / 36 + (y - 32) ** 2 / 144 + (x - 32) ** 2 / 144 <= 1.0
+    return (np.where(ball, 600.0, 100.0) + rng.normal(0, 10, ball.shape)).astype(np.float32)
+
+
+def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(make_napari_viewer, qtbot):
+    volume = _sphere_volume()
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="sphere", contrast_limits=(0.0, 800.0))
+    dock = _dock(viewer, qtbot)
+    _wait(qtbot, dock.precompute())
+    assert "24 computed, 0 already cached" in dock.status.text()
+    _wait(qtbot, dock.precompute())  # resumes: nothing left to embed
+    assert "0 computed, 24 already cached" in dock.status.text()
+
+    dock.session.use(dock.model_choice, BrightPredictor())
+    dock.propagation_panel.mode_combo.setCurrentText("box")
+    points, boxes = dock.ensure_prompt_layers()
+    viewer.dims.set_point(0, 12)
+    boxes.add_rectangles(np.array([[12, 16, 16], [12, 16, 48], [12, 48, 48], [12, 48, 16]], float))
+    _settle(qtbot, dock)
+    preview = viewer.layers[sp.PREVIEW_LAYER]
+    assert preview.data[12].any() and not np.delete(preview.data, 12, axis=0).any()
+    # a negative-only click on slice 15 marks where the object must stop going up
+    dock.toggle_polarity()
+    viewer.dims.set_point(0, 15)
+    points.add([15, 32, 32])
+    _settle(qtbot, dock)
+    assert not preview.data[15].any()
+    dock.propagation_panel.range_spin.setValue(4)
+    _wait(qtbot, dock.propagate())
+    result = dock.results.last_propagation
+    assert result.stopped == {"down": "range", "up": "stop-slice"}
+    assert result.slices == list(range(8, 15))
+    np.testing.assert_array_equal(preview.data > 0, result.mask)
+    assert dock.results.table.rowCount() == len(result.stats) == 7
+
+    # without the stop mark and the range, it stops where the ball ends
+    points.data = np.zeros((0, 3))
+    _settle(qtbot, dock)
+    dock.propagation_panel.range_spin.setValue(0)
+    _wait(qtbot, dock.propagate())
+    result = dock.results.last_propagation
+    assert set(result.stopped.values()) <= {"empty", "iou", "area"}
+    filled = [z for z in range(24) if preview.data[z].any()]
+    assert filled == result.slices and 6 <= filled[0] < 10 and 14 < filled[-1] <= 18
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "words"),
+    [
+        (np.zeros((40, 50), np.float32), {}, "2D data"),
+        (np.zeros((40, 50, 3), np.uint8), {"rgb": True}, "RGB"),
+        (np.zeros((2, 6, 40, 50), np.float32), {}, "4D data"),
+    ],
+)
+def test_unusable_images_give_a_message_and_change_nothing(make_napari_viewer, qtbot, data, kwargs, words):
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="picture", **kwargs)
+    dock = _dock(viewer, qtbot)
+    names = [layer.name for layer in viewer.layers]
+    assert dock.ensure_prompt_layers() is None
+    assert dock.precompute() is None and dock.propagate() is None
+    assert words in dock.status.text()
+    assert [layer.name for layer in viewer.layers] == names
+
+
+def test_points_outside_or_from_another_grid(make_napari_viewer, qtbot, flair):
+    viewer = make_napari_viewer()
+    image = _add_flair(viewer, flair)
+    dock = _dock(viewer, qtbot)
+    points, _boxes = dock.ensure_prompt_layers()
+    viewer.dims.set_point(0, 10 * image.scale[0])
+    points.add([10, 50, 50])
+    _settle(qtbot, dock)
+    preview = viewer.layers[sp.PREVIEW_LAYER].data.copy()
+    points.add([10, 50, 180])  # beyond the 100 columns
+    qtbot.wait(40)
+    assert dock.update_preview() is None
+    assert "outside image 'flair'" in dock.status.text()
+    np.testing.assert_array_equal(viewer.layers[sp.PREVIEW_LAYER].data, preview)
+
+    small = viewer.add_image(np.ones((8, 30, 30), np.float32), name="other")
+    dock.image_combo.setCurrentText(small.name)
+    assert dock.update_preview() is None
+    assert "another volume" in dock.status.text()
+    dock.clear()  # starts over on the chosen image's grid
+    assert points.metadata["medadapt"]["shape"] == (8, 30, 30)
