@@ -18,6 +18,7 @@ Conventions
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -74,9 +75,11 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = No
     pred_c = torch.from_numpy(np.ascontiguousarray(pred[tuple(box)]))[None, None]
     ref_c = torch.from_numpy(np.ascontiguousarray(ref[tuple(box)]))[None, None]
     spacing_list = [float(s) for s in spacing] if spacing is not None else None
-    value = compute_hausdorff_distance(
-        pred_c, ref_c, include_background=True, percentile=95, spacing=spacing_list
-    )
+    with warnings.catch_warnings():  # MONAI deprecation notices about its own internal arguments
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_hausdorff_distance(
+            pred_c, ref_c, include_background=True, percentile=95, spacing=spacing_list
+        )
     return float(value.reshape(-1)[0])
 
 
