@@ -124,6 +124,7 @@ def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, flai
     _settle(qtbot, dock)
     boxed = predictor.predict(flair[0][12], window, box=(30, 30, 70, 70))
     np.testing.assert_array_equal(preview.data[12] > 0, boxed.mask)
+    assert preview.data[12].any()
     assert dock.results.predictions[(0, 12)].masks.shape[0] == 1  # a box is not ambiguous: one mask
 
     dock.clear()
