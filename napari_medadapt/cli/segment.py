@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
             ) from err
         result = adapt(model, volume, method=args.tta, ctx=JobContext(on_progress=text_progress(f"adapt ({args.tta})")))
         model = result.model
+        before, after = getattr(result, "shift_score_before", None), getattr(result, "shift_score_after", None)
+        if before is not None and after is not None:
+            print(f"adapted ({args.tta}): shift score {before:.4g} -> {after:.4g}", file=sys.stderr)
         for warning in getattr(result, "warnings", []):
             print(f"warning: {warning}", file=sys.stderr)
     prediction = predict_volume(
