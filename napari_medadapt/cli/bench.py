@@ -11,6 +11,7 @@ BENCH_TARGETS: dict[str, str] = {
     "engine": "napari_medadapt.bench.engine",
     "sam": "napari_medadapt.bench.sam",
     "tts": "napari_medadapt.bench.tts",
+    "tta": "napari_medadapt.bench.tta",
 }
 
 

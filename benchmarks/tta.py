@@ -1,0 +1,27 @@
+"""Test-time adaptation benchmark (thin wrapper of ``medadapt bench tta``).
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/tta.py [--threads 1] [--methods bn_affine,tent,normalizer] [--shifts N]
+
+Writes ``docs/benchmarks/tta.json`` and ``docs/benchmarks/tta.md``; see :mod:`napari_medadapt.bench.tta`
+for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from napari_medadapt.bench import tta
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the benchmark's options and run it."""
+    parser = argparse.ArgumentParser(description=tta.HELP)
+    tta.add_arguments(parser)
+    return tta.run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
