@@ -127,6 +127,14 @@ def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, flai
     assert preview.data[12].any()
     assert dock.results.predictions[(0, 12)].masks.shape[0] == 1  # a box is not ambiguous: one mask
 
+    # propagation with the real model: between the annotated slices 10 and 12, and 2 slices beyond them
+    dock.propagation_panel.range_spin.setValue(2)
+    _wait(qtbot, dock.propagate())
+    result = dock.results.last_propagation
+    assert set(result.slices) <= set(range(8, 15)) and {10, 12} <= set(result.slices)
+    assert {s.source for s in result.stats if s.index in (10, 12)} == {"seed"}
+    np.testing.assert_array_equal(preview.data > 0, result.mask)
+
     dock.clear()
     assert len(points.data) == 0 and len(boxes.data) == 0 and not preview.data.any()
     assert not dock.candidate_combo.isEnabled()
@@ -268,3 +276,48 @@ def test_points_outside_or_from_another_grid(make_napari_viewer, qtbot, flair):
     assert "another volume" in dock.status.text()
     dock.clear()  # starts over on the chosen image's grid
     assert points.metadata["medadapt"]["shape"] == (8, 30, 30)
+
+
+def test_click_interrupts_precompute_which_resumes(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(_sphere_volume(), name="sphere", contrast_limits=(0.0, 800.0))
+    dock = _dock(viewer, qtbot)
+    points, _boxes = dock.ensure_prompt_layers()
+    viewer.dims.set_point(0, 12)
+    precompute = dock.precompute()
+    points.add([12, 32, 32])
+    _settle(qtbot, dock)
+    assert precompute.superseded  # the click went first ...
+    assert viewer.layers[sp.PREVIEW_LAYER].data[12].any()
+    qtbot.waitUntil(lambda: "Embeddings ready" in dock.status.text(), timeout=60_000)  # ... then it resumed
+    stats = dock._long_handle.result.value
+    assert stats.computed + stats.cached == 24 and stats.cached >= 1
+
+
+def test_missing_checkpoint_and_gpu_fallback_messages(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path))
+    warnings = []
+    monkeypatch.setattr("napari_medadapt.widgets.sam.show_warning", warnings.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(_sphere_volume(), name="sphere", contrast_limits=(0.0, 800.0))
+    dock = _dock(viewer, qtbot)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("medsam-vit-b"))
+    assert "put the file in place first" in dock.model_combo.currentText()
+    points, _boxes = dock.ensure_prompt_layers()
+    viewer.dims.set_point(0, 12)
+    points.add([12, 32, 32])
+    qtbot.wait(40)
+    handle = dock.update_preview() or dock._predict_handle
+    with qtbot.waitSignal(handle.finished, timeout=60_000):
+        pass
+    assert handle.state.value == "failed"
+    assert "medsam_vit_b.pth" in dock.status.text() and str(tmp_path) in dock.status.text()
+    assert sp.PREVIEW_LAYER not in viewer.layers or not viewer.layers[sp.PREVIEW_LAYER].data.any()
+
+    fallback = BrightPredictor()
+    fallback.model = SimpleNamespace(fallback_reason="The GPU ran out of memory; continuing on the CPU.")
+    dock.session.use(dock.model_choice, fallback)
+    points.add([12, 30, 30])
+    _settle(qtbot, dock)
+    assert warnings == ["The GPU ran out of memory; continuing on the CPU."]
+    assert viewer.layers[sp.PREVIEW_LAYER].data[12].any()
