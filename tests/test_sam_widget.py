@@ -259,11 +259,15 @@ def test_points_outside_or_from_another_grid(make_napari_viewer, qtbot, flair):
     viewer = make_napari_viewer()
     image = _add_flair(viewer, flair)
     dock = _dock(viewer, qtbot)
-    points, _boxes = dock.ensure_prompt_layers()
+    points, boxes = dock.ensure_prompt_layers()
     viewer.dims.set_point(0, 10 * image.scale[0])
     points.add([10, 50, 50])
     _settle(qtbot, dock)
     preview = viewer.layers[sp.PREVIEW_LAYER].data.copy()
+    shown = dock.status.text()
+    boxes.add_rectangles(np.array([[10, 20, 20]] * 4, float))  # what a box is at the press of the mouse
+    qtbot.wait(40)
+    assert dock.update_preview() is None and dock.status.text() == shown
     points.add([10, 50, 180])  # beyond the 100 columns
     qtbot.wait(40)
     assert dock.update_preview() is None

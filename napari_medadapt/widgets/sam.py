@@ -309,11 +309,12 @@ class SamWidget(QWidget):
         layer = self._layer(sp.PREVIEW_LAYER)
         shape = image.data.shape
         if layer is None:
+            active = self.viewer.layers.selection.active  # keep adding points / drawing boxes
             layer = self.viewer.add_labels(
                 np.zeros(shape, np.uint8), name=sp.PREVIEW_LAYER, opacity=0.5,
                 scale=tuple(image.scale), translate=tuple(image.translate),
             )
-            self.viewer.layers.selection.active = self._layer(sp.POINTS_LAYER) or layer
+            self.viewer.layers.selection.active = active or layer
         elif layer.data.shape != shape:
             layer.data = np.zeros(shape, np.uint8)
             layer.scale, layer.translate = tuple(image.scale), tuple(image.translate)
@@ -324,9 +325,16 @@ class SamWidget(QWidget):
         if not str(getattr(event, "action", "")).endswith("ing"):
             self._timer.start()
 
+    def _drawing(self) -> bool:
+        """Whether a box is being drawn or dragged (its final shape arrives with the release)."""
+        boxes = self._layer(sp.BOXES_LAYER)
+        return bool(getattr(boxes, "_is_creating", False) or getattr(boxes, "_is_moving", False))
+
     def update_preview(self, *_: Any) -> Any:
         """Segment every slice of the displayed plane whose prompts changed; returns the job handle."""
         self._timer.stop()
+        if self._drawing():
+            return None
         choice = self.model_choice
         try:
             image, plane, prompts, data = self._prompts()

@@ -201,7 +201,9 @@ def box_prompts(layer: Any, image: Any) -> list[tuple[int, int, tuple[float, flo
         voxels = to_image_voxels(layer, image, vertices)
         _check_inside(np.clip(voxels, -0.5, np.asarray(image.data.shape) - 0.5), image, "Box")
         flat = np.flatnonzero(np.ptp(voxels, axis=0) < 1e-6)
-        if flat.size != 1:
+        if flat.size > 1:
+            continue  # a box without area (the first moment of drawing one) is no prompt yet
+        if flat.size == 0:
             raise PromptError(f"Box #{number + 1} is not drawn on one slice; draw rectangles in the 2D view.")
         plane = Plane(int(flat[0]), int(np.rint(voxels[0, flat[0]])))
         if not 0 <= plane.index < image.data.shape[plane.axis]:
