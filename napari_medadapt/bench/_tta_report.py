@@ -24,19 +24,21 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
     shifted = records[1:]
     summary: dict[str, Any] = {"methods": {}}
     clean_wt = clean["before"]["WT"]
-    lost = np.array([clean_wt - r["before"]["WT"] for r in shifted], dtype=float)
     for method in methods:
-        gained = np.array([r["methods"][method]["after"]["WT"] - r["before"]["WT"] for r in shifted], dtype=float)
-        seconds = [r["methods"][method]["seconds"] for r in records]
+        adapted = [r for r in shifted if method in r["methods"]]
+        lost = np.array([clean_wt - r["before"]["WT"] for r in adapted], dtype=float)
+        gained = np.array([r["methods"][method]["after"]["WT"] - r["before"]["WT"] for r in adapted], dtype=float)
+        seconds = [r["methods"][method]["seconds"] for r in records if method in r["methods"]]
         entry = {
+            "adapted_shifted_volumes": len(adapted),
             "clean_wt_change": clean["methods"][method]["after"]["WT"] - clean_wt,
-            "mean_before": {k: float(np.mean([r["before"][k] for r in shifted])) if shifted else None
+            "mean_before": {k: float(np.mean([r["before"][k] for r in adapted])) if adapted else None
                             for k in REGIONS},
-            "mean_after": {k: float(np.mean([r["methods"][method]["after"][k] for r in shifted])) if shifted else None
+            "mean_after": {k: float(np.mean([r["methods"][method]["after"][k] for r in adapted])) if adapted else None
                            for k in REGIONS},
-            "mean_wt_lost": float(lost.mean()) if shifted else None,
-            "mean_wt_recovered": float(gained.mean()) if shifted else None,
-            "recovery_fraction": float(gained.mean() / lost.mean()) if shifted and lost.mean() > 0 else None,
+            "mean_wt_lost": float(lost.mean()) if adapted else None,
+            "mean_wt_recovered": float(gained.mean()) if adapted else None,
+            "recovery_fraction": float(gained.mean() / lost.mean()) if adapted and lost.mean() > 0 else None,
             "median_seconds": float(np.median(seconds)),
             "max_seconds": float(np.max(seconds)),
         }
@@ -52,7 +54,7 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
     goals["clean_no_loss"] = all(e["clean_wt_change"] >= -MAX_CLEAN_LOSS for e in summary["methods"].values())
     rec = summary["methods"][default]["recovery_fraction"]
     goals["default_recovers_half"] = rec is not None and rec >= MIN_RECOVERY
-    if "tent" in methods and default != "tent" and shifted:
+    if "tent" in methods and default != "tent" and summary["methods"][default]["adapted_shifted_volumes"]:
         goals["default_beats_tent"] = (
             summary["methods"][default]["mean_after"]["WT"] > summary["methods"]["tent"]["mean_after"]["WT"]
         )
@@ -92,19 +94,20 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
     ]
     for goal, met in summary["goals"].items():
         lines.append(f"| {goal.replace('_', ' ')} | {'yes' if met else 'NO'} |")
-    lines += ["", "## Per method (shifted volumes: means)", ""]
+    lines += ["", "## Per method (means over the adapted shifted volumes)", ""]
     lines.append(
         "| method | clean WT change | WT before | WT after | TC before | TC after | ET before | ET after | "
-        "WT lost to shift | WT recovered | recovery | median s | max s |"
+        "WT lost to shift | WT recovered | recovery | shifted volumes | median s | max s |"
     )
-    lines.append("|---" * 13 + "|")
+    lines.append("|---" * 14 + "|")
     for method in methods:
         e = summary["methods"][method]
         lines.append(
             f"| {method} | {e['clean_wt_change']:+.3f} | {_fmt(e['mean_before']['WT'])} | {_fmt(e['mean_after']['WT'])} "
             f"| {_fmt(e['mean_before']['TC'])} | {_fmt(e['mean_after']['TC'])} | {_fmt(e['mean_before']['ET'])} "
             f"| {_fmt(e['mean_after']['ET'])} | {_fmt(e['mean_wt_lost'])} | {_fmt(e['mean_wt_recovered'])} "
-            f"| {_fmt(e['recovery_fraction'], 2)} | {e['median_seconds']:.1f} | {e['max_seconds']:.1f} |"
+            f"| {_fmt(e['recovery_fraction'], 2)} | {e['adapted_shifted_volumes']} | {e['median_seconds']:.1f} "
+            f"| {e['max_seconds']:.1f} |"
         )
     if "spearman_score_vs_wt" in summary:
         s = summary["spearman_score_vs_wt"]
@@ -114,12 +117,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
             f"(p = {s['p']:.3f}); with the unshifted volume included: {s['rho_with_unshifted']:.2f}.",
         ]
     lines += ["", "## Per volume (WT / TC / ET Dice)", ""]
-    header = "| volume | shift score | source | " + " | ".join(methods) + " |"
-    lines += [header, "|---" * (3 + len(methods)) + "|"]
+    header = "| volume | shift score | rating | source | " + " | ".join(methods) + " |"
+    lines += [header, "|---" * (4 + len(methods)) + "|"]
     for r in report["records"]:
-        cells = [" / ".join(f"{r['methods'][m]['after'][k]:.2f}" for k in REGIONS) for m in methods]
+        cells = [
+            " / ".join(f"{r['methods'][m]['after'][k]:.2f}" for k in REGIONS) if m in r["methods"] else "not adapted"
+            for m in methods
+        ]
         source = " / ".join(f"{r['before'][k]:.2f}" for k in REGIONS)
-        lines.append(f"| {r['volume']} | {r['shift_score']:.4f} | {source} | " + " | ".join(cells) + " |")
+        rating = r.get("category") or "n/a"
+        lines.append(f"| {r['volume']} | {r['shift_score']:.4f} | {rating} | {source} | " + " | ".join(cells) + " |")
     if report["tolerance"]:
         sizes = [k for k in report["tolerance"][0] if k.startswith("rel_error_")]
         lines += [

@@ -42,7 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--md", type=Path, default=root / "docs" / "benchmarks" / "tta.md")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--methods", default="bn_affine,tent,normalizer", help="comma-separated methods")
-    parser.add_argument("--shifts", type=int, default=None, help="only the first N standard shifts (default all)")
+    parser.add_argument(
+        "--shifts", default=None, help="comma-separated indices into STANDARD_SHIFTS to include (default: all)"
+    )
+    parser.add_argument(
+        "--adapt-shifts",
+        default=None,
+        help="comma-separated indices into STANDARD_SHIFTS whose volumes are also adapted (default: all "
+        "included; the unshifted volume always is). The others only get the source Dice and the shift score.",
+    )
     parser.add_argument("--eval-every", type=int, default=3, help="Dice on every k-th brain slice")
     parser.add_argument("--lr", type=float, default=None, help="learning rate for every method (default: adapt's)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations for every method (default: adapt's)")
@@ -53,6 +61,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tolerance-volumes", type=int, default=3, help="volumes (unshifted first) for the tolerance check"
     )
+    parser.add_argument(
+        "--distribution-phantoms",
+        type=int,
+        default=0,
+        help="compute the training-domain shift-score distribution from N phantom volumes plus the training "
+        "case glioma_tcga_du7294 first (0: use the card's)",
+    )
+    parser.add_argument(
+        "--store-distribution",
+        action="store_true",
+        help="write that distribution into the model card (field shift_score) via the card API",
+    )
+
+
+def training_distribution(model, data_dir: Path, phantoms: int) -> dict:
+    """Shift-score distribution over ``phantoms`` phantom volumes (seeds 0..N-1) and the training real case."""
+    from napari_medadapt.core.adapt.tta_score import shift_score_distribution
+    from napari_medadapt.core.synth import MODALITIES, make_phantom_volume
+    from napari_medadapt.core.volume import Geometry, Volume, load_case
+
+    def volumes():
+        training_case, _ = load_case(data_dir / "glioma_tcga_du7294")
+        yield "glioma_tcga_du7294", training_case.subset(model.card.modalities)
+        for seed in range(phantoms):
+            images, _ = make_phantom_volume(seed)
+            yield f"phantom {seed}", Volume(images, Geometry.from_display_grid(images.shape[1:]), MODALITIES)
+
+    return shift_score_distribution(model, volumes(), device="cpu")
 
 
 def _dice_row(labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -92,7 +128,12 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_medadapt.core.adapt.tta import DEFAULT_ITERATIONS, DEFAULT_LR, adapt
     from napari_medadapt.core.adapt.tta_samples import DEFAULT_SLICES
-    from napari_medadapt.core.adapt.tta_score import shift_score
+    from napari_medadapt.core.adapt.tta_score import (
+        classify_shift,
+        shift_score,
+        store_shift_distribution,
+        typical_range,
+    )
     from napari_medadapt.core.inference import predict_volume
     from napari_medadapt.core.models import load_model
     from napari_medadapt.core.synth.shifts import STANDARD_SHIFTS, apply_shift
@@ -103,19 +144,32 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("lr", args.lr), ("iterations", args.iterations), ("optimizer", args.optimizer))
                  if v is not None}
     model = load_model(args.model, device="cpu")
+    distribution = None
+    if args.distribution_phantoms > 0:
+        distribution = training_distribution(model, args.data, args.distribution_phantoms)
+        model.card.shift_score = distribution
+        print(f"training-domain shift scores: {distribution['scores']}", flush=True)
+        if args.store_distribution:
+            print(f"stored in {store_shift_distribution(model.card.path, distribution)}", flush=True)
+    rated = typical_range(model.card) is not None
     case, labels = load_case(args.data / args.case)
     case = case.subset(model.card.modalities)
     reference = next(iter(labels.values()))
     brain = np.flatnonzero(np.any(case.data != 0, axis=(0, 2, 3)))
     eval_slices = brain[:: args.eval_every]
     eval_geometry = Geometry.from_display_grid((len(eval_slices), *case.data.shape[2:]), case.geometry.spacing)
-    shifts = STANDARD_SHIFTS if args.shifts is None else STANDARD_SHIFTS[: args.shifts]
+    def indices(text: str | None) -> list[int]:
+        return list(range(len(STANDARD_SHIFTS))) if text is None else [int(i) for i in text.split(",") if i.strip()]
+
+    shift_ids = indices(args.shifts)
+    adapt_ids = set(indices(args.adapt_shifts))
     started = time.perf_counter()
     records = []
     tolerance = []
     sizes = [int(s) for s in args.tolerance_slices.split(",") if s.strip()]
-    for index, (name, kind, params) in enumerate([("unshifted", None, {}), *shifts]):
-        data = case.data if kind is None else apply_shift(case.data, kind, seed=index, **params)
+    for index, shift_id in enumerate([None, *shift_ids]):
+        name, kind, params = ("unshifted", None, {}) if shift_id is None else STANDARD_SHIFTS[shift_id]
+        data = case.data if kind is None else apply_shift(case.data, kind, seed=shift_id, **params)
         volume = Volume(data, case.geometry, case.channels)
         eval_volume = Volume(np.ascontiguousarray(data[:, eval_slices]), eval_geometry, case.channels)
         before = predict_volume(model, eval_volume, device="cpu", return_probabilities=False)
@@ -126,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
             "before": _dice_row(before.labels, reference[eval_slices]),
             "methods": {},
         }
-        for method in methods:
+        record["category"] = classify_shift(record["shift_score"], model.card) if rated else None
+        for method in methods if shift_id is None or shift_id in adapt_ids else []:
             result = adapt(model, volume, method, device="cpu", **overrides)
             after = predict_volume(result.model, eval_volume, device="cpu", return_probabilities=False)
             record["methods"][method] = {
@@ -157,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             "optimizer": overrides.get("optimizer", "adam"),
             "slices": DEFAULT_SLICES,
         },
+        "shift_distribution": model.card.shift_score,
         "records": records,
         "tolerance": tolerance,
         "summary": summarise(records, methods),

@@ -16,7 +16,7 @@ training-domain scores), ``"far"`` from ``far_min`` (``FAR_FACTOR`` times ``typi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,19 +102,21 @@ def shift_score_distribution(
         As in :func:`shift_score`; progress counts volumes.
     """
     ctx = ensure_context(ctx)
-    items = [item if isinstance(item, tuple) else (f"volume {i}", item) for i, item in enumerate(volumes)]
-    if not items:
-        raise ValueError("give at least one training-domain volume")
-    scores = []
-    for index, (name, volume) in enumerate(items):
-        ctx.progress(index, len(items), f"shift score of {name}")
+    total = len(volumes) if isinstance(volumes, Sized) else 0
+    names, scores = [], []
+    for index, item in enumerate(volumes):  # one volume in memory at a time
+        name, volume = item if isinstance(item, tuple) else (f"volume {index}", item)
+        ctx.progress(index, max(total, index + 1), f"shift score of {name}")
+        names.append(name)
         scores.append(shift_score(model, volume, slices=slices, device=device))
-    ctx.progress(len(items), len(items), "shift score distribution done")
+    if not scores:
+        raise ValueError("give at least one training-domain volume")
+    ctx.progress(len(scores), len(scores), "shift score distribution done")
     values = np.asarray(scores, dtype=float)
     typical_max = float(np.percentile(values, 95))
     return {
         "scores": [float(v) for v in values],
-        "volumes": [name for name, _ in items],
+        "volumes": names,
         "quantiles": {
             "p50": float(np.percentile(values, 50)),
             "p90": float(np.percentile(values, 90)),
