@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=500, help="optimisation steps")
     parser.add_argument("--batch", type=int, default=8, help="slices per step")
     parser.add_argument("--crop", type=int, default=112, help="training crop size (pixels)")
-    parser.add_argument("--phantoms", type=int, default=100, help="phantoms rendered (8 slices each)")
+    parser.add_argument("--phantoms", type=int, default=60, help="phantoms rendered (8 slices each)")
     parser.add_argument("--real-fraction", type=float, default=0.35, help="share of real-case slices per batch")
     parser.add_argument("--data", type=Path, default=default_data_dir(), help="folder of the real cases")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
@@ -168,12 +168,16 @@ def train(args: argparse.Namespace, log=print):
     history = []
     model.train()
     step = 0
+    train_start = time.monotonic()
     for step in range(args.steps):
         if time.monotonic() > deadline:
             log(f"wall-time cap of {args.minutes} min reached after {step} steps")
             break
+        # polynomial decay over the steps, compressed when the wall-time cap would cut training short
+        train_budget = max(deadline - train_start, 1.0)
+        progress = min(max(step / args.steps, (time.monotonic() - train_start) / train_budget), 0.999)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = base * (1 - step / args.steps) ** 0.9
+            group["lr"] = base * (1 - progress) ** 0.9
         if step % 100 == 0:
             cluster.reset()
         real_pick = np.where(
@@ -250,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             "optimizer": "Adam lr 2e-3 (prototypes 1e-2), weight decay 1e-5, poly decay 0.9",
             **info,
         },
-        "command": f"medadapt train glioma2d --seed {args.seed} --steps {args.steps}",
+        "command": f"medadapt train glioma2d --seed {args.seed} --steps {args.steps} --minutes {args.minutes:g}",
     }
     card.license = "Weights: same terms as napari-medadapt. Training case: TCGA (TCIA), CC BY 3.0."
     save_model(model, args.out / "glioma2d.safetensors", card)
