@@ -12,6 +12,7 @@ import torch
 from napari_medadapt.core.adapt.tts import (
     KeypointError,
     TTSWarning,
+    lost_target_message,
     score_channels,
     select_channels,
     tts,
@@ -55,6 +56,16 @@ def test_score_formula_hand_example():
     assert select_channels(scores, 0.5).tolist() == [1, 0]
     only_negatives = score_channels(features, np.zeros((0, 2)), neg, alpha=0.2)
     np.testing.assert_allclose(only_negatives, [-0.8 * 2, 0.0, -0.8 * 6])
+
+
+def test_lost_target_warning():
+    baseline = np.zeros((4, 4), dtype=int)
+    baseline[1, 1] = 1
+    assert "no longer segmented as target" in lost_target_message(
+        np.zeros_like(baseline), baseline, np.array([[1, 1]])
+    )
+    assert lost_target_message(baseline, baseline, np.array([[1, 1]])) is None
+    assert lost_target_message(np.zeros_like(baseline), baseline, np.array([[2, 2]])) is None
 
 
 def test_keep_count_rounds_up_and_keeps_one():

@@ -101,7 +101,7 @@ def write_reports(report: dict[str, Any], json_path: Path, md_path: Path) -> Non
         "",
         "## All settings",
         "",
-        "| layer | set | slices | keypoints | alpha | keep | Dice before | Dice after | change | FP before mL | FP after mL | FP reduction |",
+        "| layer | set | version | keypoints | alpha | keep | Dice before | Dice after | change | FP before mL | FP after mL | FP reduction |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
@@ -114,6 +114,23 @@ def write_reports(report: dict[str, Any], json_path: Path, md_path: Path) -> Non
             f"| {row['layer']} | {row['set']} | {row['version']} | {row['keypoints']} | {row['alpha']} | "
             f"{row['keep']:.0%} | {row['dice_before']:.3f} | {row['dice_after']:.3f} | {row['dice_change']:+.3f} | {fp} |"
         )
+    profile = report.get("decoder_profile") or []
+    active = [
+        row for row in profile if max(abs(row["tumour"]), abs(row["artifact"]), abs(row["brain"])) >= 0.1
+    ]
+    lines += [
+        "",
+        "## Decoder channels: mean activation on tumour, artifact and other brain (real artifact slices)",
+        "",
+        f"{len(active)} of {len(profile)} channels have a mean activation >= 0.1 anywhere; the others are "
+        "(nearly) silent. A channel that is high on the tumour and low on the artifact is what TTS needs to keep.",
+        "",
+        "| channel | tumour | artifact | other brain |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['channel']} | {r['tumour']:.2f} | {r['artifact']:.2f} | {r['brain']:.2f} |" for r in active
+    ]
     lines.append("")
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(lines), encoding="utf-8")

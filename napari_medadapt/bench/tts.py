@@ -29,6 +29,8 @@ KEYPOINTS = (1, 5, 20)
 ALPHAS = (0.4, 0.2)
 KEEPS = (0.05, 0.10, 0.25)
 MIN_TUMOUR_VOXELS = 250
+#: Taps muted by forward hook (the rest of the network runs again), at alpha 0.2 and keep 10 %.
+OTHER_TAPS = ("bottleneck", "up1", "up2")
 
 
 def _repo_root() -> Path:
@@ -155,7 +157,8 @@ def _fp_region(item: dict[str, Any]) -> np.ndarray:
 class _Tally:
     """Pooled counts over slices: Dice and artifact false-positive voxels, before and after."""
 
-    def __init__(self) -> None:
+    def __init__(self, draws: int) -> None:
+        self.draws = draws
         self.counts = {k: 0 for k in ("inter_b", "pred_b", "inter_a", "pred_a", "ref", "fp_b", "fp_a")}
 
     def add(self, item: dict[str, Any], before: np.ndarray, after: np.ndarray, artifact: bool) -> None:
@@ -182,8 +185,8 @@ class _Tally:
             "dice_change": round(dice_a - dice_b, 4),
         }
         if c["fp_b"] or c["fp_a"]:
-            out["fp_ml_before"] = round(c["fp_b"] * voxel_ml, 3)
-            out["fp_ml_after"] = round(c["fp_a"] * voxel_ml, 3)
+            out["fp_ml_before"] = round(c["fp_b"] * voxel_ml / self.draws, 3)
+            out["fp_ml_after"] = round(c["fp_a"] * voxel_ml / self.draws, 3)
             out["fp_reduction"] = round(1 - c["fp_a"] / c["fp_b"], 3) if c["fp_b"] else 0.0
         return out
 
@@ -204,7 +207,7 @@ def _sweep(
             for setting in settings:
                 n, alpha, keep = setting
                 key = f"{group['set']}|{version}|{n}+{n}|{alpha}|{keep}"
-                tally = results.setdefault(key, {"tally": _Tally()})["tally"]
+                tally = results.setdefault(key, {"tally": _Tally(draws)})["tally"]
                 for draw in range(draws):
                     rng = np.random.default_rng([seed, draw, n])
                     for item in group["slices"]:
@@ -258,6 +261,26 @@ def _latency(model: Any, group: dict[str, Any], rng: np.random.Generator) -> dic
     }
 
 
+def _decoder_profile(model: Any, case: dict[str, Any]) -> list[dict[str, float]]:
+    """Mean activation of every decoder channel on tumour, artifact and other brain (real artifact slices)."""
+    from napari_medadapt.core.adapt.tts_session import TTSSession
+
+    session = TTSSession(model, case["artifact"])
+    sums: dict[str, Any] = {}
+    for item in case["slices"]:
+        features = session.features(item["z"])
+        brain = (case["clean"].data[:, item["z"]] != 0).any(axis=0) & ~item["target"] & ~item["artifact"]
+        for name, mask in (("tumour", item["target"]), ("artifact", item["artifact"]), ("brain", brain)):
+            values = features[:, mask]
+            total, count = sums.get(name, (0.0, 0))
+            sums[name] = (total + values.sum(axis=1), count + values.shape[1])
+    means = {name: total / max(1, count) for name, (total, count) in sums.items()}
+    return [
+        {"channel": c, **{name: round(float(means[name][c]), 3) for name in means}}
+        for c in range(len(means["tumour"]))
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -281,13 +304,15 @@ def run(args: argparse.Namespace) -> int:
     settings = [(n, a, k) for n in KEYPOINTS for a in ALPHAS for k in KEEPS]
     decoder = _sweep(model, groups, "decoder", settings, args.draws, args.seed)
     print(f"decoder sweep done after {time.time() - started:.0f} s", flush=True)
-    bottleneck_settings = [(n, 0.2, 0.10) for n in KEYPOINTS]
-    bottleneck = _sweep(model, groups, "bottleneck", bottleneck_settings, 1, args.seed)
-    print(f"bottleneck sweep done after {time.time() - started:.0f} s", flush=True)
+    sweeps = [("decoder", decoder)]
+    for tap in OTHER_TAPS:
+        sweeps.append((tap, _sweep(model, groups, tap, [(n, 0.2, 0.10) for n in (1, 5)], 1, args.seed)))
+        print(f"{tap} sweep done after {time.time() - started:.0f} s", flush=True)
     latency = _latency(model, case, rng)
+    profile = _decoder_profile(model, case)
     voxel_ml = float(np.prod(case["clean"].geometry.spacing)) / 1000.0
     rows = []
-    for layer, results in (("decoder", decoder), ("bottleneck", bottleneck)):
+    for layer, results in sweeps:
         for key, value in results.items():
             test_set, version, keypoints, alpha, keep = key.split("|")
             rows.append(
@@ -310,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "torch_threads": 1,
         "latency": latency,
+        "decoder_profile": profile,
         "rows": rows,
         "seconds": round(time.time() - started, 1),
     }

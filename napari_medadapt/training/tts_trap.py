@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", type=Path, default=default_data_dir(), help="folder of the real cases")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--iterations", type=int, default=360, help="optimizer steps (default 360)")
+    parser.add_argument("--iterations", type=int, default=240, help="optimizer steps (default 240)")
     parser.add_argument("--batch", type=int, default=8, help="slices per step (default 8)")
-    parser.add_argument("--phantoms", type=int, default=96, help="phantom slices generated (default 96)")
+    parser.add_argument("--phantoms", type=int, default=64, help="phantom slices generated (default 64)")
 
 
 def trap_card(description: str = "", training_data: dict[str, Any] | None = None) -> Any:

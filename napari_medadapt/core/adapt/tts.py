@@ -263,6 +263,21 @@ def one_sided_message(n_positive: int, n_negative: int, where: str) -> str | Non
     return None
 
 
+def lost_target_message(labels: np.ndarray, baseline_labels: np.ndarray, positives: np.ndarray) -> str | None:
+    """A warning when muting turned every positive keypoint the baseline called target into background."""
+    if len(positives) == 0:
+        return None
+    index = tuple(positives[:, d] for d in range(positives.shape[1]))
+    was_target = baseline_labels[index] != 0
+    if was_target.any() and np.all(labels[index][was_target] == 0):
+        return (
+            "TTS: after muting, the positive keypoints are no longer segmented as target; the kept channels do "
+            "not carry the target on their own here. Keep more channels, use alpha 0.4, or mute another "
+            "feature map."
+        )
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- input
 def prepare_tts_input(model: Any, image: Volume | np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     """The model's input ``(C, z, y, x)`` float32 for ``image`` and the display shape ``(Z, Y, X)``.
@@ -378,12 +393,17 @@ def tts(
         model.train(was_training)
     out = _to_display(out, shape)
     label_ids = label_ids_for(model, out["probabilities"].shape[0])
+    labels = label_ids[out["probabilities"].argmax(axis=0)]
+    baseline_labels = label_ids[out["baseline"].argmax(axis=0)]
+    lost = lost_target_message(labels, baseline_labels, positives)
+    if lost:
+        messages.append(lost)
     for message in messages:
         warnings.warn(message, TTSWarning, stacklevel=2)
     return TTSResult(
-        labels=label_ids[out["probabilities"].argmax(axis=0)],
+        labels=labels,
         probabilities=out["probabilities"],
-        baseline_labels=label_ids[out["baseline"].argmax(axis=0)],
+        baseline_labels=baseline_labels,
         baseline_probabilities=out["baseline"],
         selections=out["selections"],
         slice_selection=out["slice_selection"],

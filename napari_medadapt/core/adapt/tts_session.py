@@ -25,6 +25,7 @@ from napari_medadapt.core.adapt.tts import (
     combine_scores,
     keypoint_sums,
     label_ids_for,
+    lost_target_message,
     one_sided_message,
     prepare_tts_input,
     select_channels,
@@ -118,6 +119,11 @@ class TTSSession:
     def clear(self) -> None:
         """Drop every cached slice."""
         self._cache.clear()
+
+    def features(self, z: int) -> np.ndarray:
+        """``(C, Y, X)`` float32 tap features of display slice ``z``, resampled to the display grid (cached)."""
+        entry = self._cached(self._grid_slice(int(z)))
+        return engine.resize_to(entry.grid_features[0].cpu().numpy(), self.shape[1:])
 
     def _grid_slice(self, z: int) -> int:
         return int(engine.points_to_grid(np.array([[z]]), self.shape[:1], self._grid[:1])[0, 0])
@@ -216,17 +222,25 @@ class TTSSession:
         attention_after = (
             entry.grid_features[0, torch.from_numpy(kept).to(self._device)].mean(dim=0).cpu().numpy()
         )
-        message = one_sided_message(len(positives), len(negatives), f"TTS on slice {int(z)}")
-        if message:
+        labels = label_ids[probabilities.argmax(axis=0)]
+        messages = [
+            m
+            for m in (
+                one_sided_message(len(positives), len(negatives), f"TTS on slice {int(z)}"),
+                lost_target_message(labels, baseline_labels, positives[:, 1:]),
+            )
+            if m
+        ]
+        for message in messages:
             warnings.warn(message, TTSWarning, stacklevel=2)
         return SliceTTSResult(
             z=int(z),
-            labels=label_ids[probabilities.argmax(axis=0)],
+            labels=labels,
             probabilities=probabilities,
             baseline_labels=baseline_labels,
             baseline_probabilities=entry.baseline,
             selection=selection,
             attention_before=entry.attention_before,
             attention_after=engine.resize_to(attention_after, self.shape[1:]),
-            warnings=(message,) if message else (),
+            warnings=tuple(messages),
         )
