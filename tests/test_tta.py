@@ -300,3 +300,24 @@ def test_shift_score_cli(model, tmp_path):
     report = json.loads(out.read_text())
     assert report["shift_score"] > 0 and report["category"] is None and report["slices"] == 2
     assert main(["shift-score", "--model", str(card_path), "--slices", "zero", "--image", images[0]]) == 2
+
+
+def test_bench_summary_recovery_and_correlation():
+    from napari_medadapt.bench._tta_report import summarise
+
+    def record(name, score, wt_before, wt_after=None):
+        methods = {} if wt_after is None else {
+            "bn_affine": {"after": {"WT": wt_after, "TC": 0.0, "ET": 0.0}, "seconds": 10.0}}
+        return {"volume": name, "shift_score": score, "before": {"WT": wt_before, "TC": 0.0, "ET": 0.0},
+                "methods": methods}
+
+    records = [record("clean", 0.1, 0.80, 0.795), record("a", 0.5, 0.60, 0.75), record("b", 0.9, 0.40, 0.50),
+               record("c", 0.7, 0.50)]
+    summary = summarise(records, ["bn_affine"])
+    entry = summary["methods"]["bn_affine"]
+    assert entry["adapted_shifted_volumes"] == 2
+    assert entry["mean_wt_lost"] == pytest.approx(0.3) and entry["mean_wt_recovered"] == pytest.approx(0.125)
+    assert entry["recovery_fraction"] == pytest.approx(0.125 / 0.3)
+    assert summary["spearman_score_vs_wt"]["rho"] == pytest.approx(-1.0)
+    assert summary["goals"] == {"clean_no_loss": True, "default_recovers_half": False, "score_correlates": True,
+                                "default_within_60s": True}
