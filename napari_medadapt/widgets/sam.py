@@ -245,7 +245,7 @@ class SamWidget(QWidget):
     def ensure_prompt_layers(self, *_: Any) -> tuple[Any, Any] | None:
         """The points and box layers, created on the image's grid when absent; selects the points layer."""
         try:
-            image, _data = self._checked_image()
+            image, data = self._checked_image()
         except MedAdaptError as err:
             self._report(err)
             return None
@@ -257,6 +257,11 @@ class SamWidget(QWidget):
         self._connect_prompt_layers()
         self.viewer.layers.selection.active = points
         points.mode = "add"
+        if self.model_choice is not None:  # load the model and embed this slice while the user aims
+            get_worker(self.viewer).submit(
+                self.session.prepare, self.model_choice, data, self._window_spec(image), plane,
+                description="Segment Anything: loading the model", on_result=self._notes, on_error=self._job_failed,
+            )
         return points, boxes
 
     def _connect_prompt_layers(self) -> None:

@@ -103,6 +103,19 @@ class SamSession:
         self._predictor, self._choice = SamPredictor(model), choice
         return self._predictor
 
+    def prepare(
+        self, choice: ModelChoice, volume: np.ndarray, window_spec: str | tuple[float, float], plane: Plane | None,
+        *, ctx: JobContext,
+    ) -> list[str]:
+        """Load (or download) the model and embed the displayed slice ahead of the first click; returns notes."""
+        notes: list[str] = []
+        predictor = self.predictor(choice, ctx, notes)
+        if plane is not None:
+            ctx.progress(0, 1, f"embedding slice {plane.index}")
+            predictor.embedding(plane.take(volume), self.window(volume, window_spec))
+        self._fallback_notes(notes)
+        return notes
+
     def window(self, volume: np.ndarray, spec: str | tuple[float, float]) -> tuple[float, float]:
         """``(low, high)`` for a window spec: contrast limits as given, presets resolved once per volume."""
         from napari_medadapt.core.sam import resolve_window

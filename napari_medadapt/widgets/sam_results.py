@@ -147,7 +147,8 @@ class SamResults:
         self.table.setVisible(True)
         indices = result.slices
         stops = "; ".join(
-            f"{'below' if d == 'down' else 'above'}: {STOP_REASONS.get(r, r)}" for d, r in result.stopped.items()
+            f"{'below' if d == 'down' else 'above'}: {STOP_REASONS.get(r or 'edge', r)}"
+            for d, r in result.stopped.items()
         )
         self.dock.status.setText(
             f"Propagated to {len(filled)} slice(s), object spans slices {indices[0]}-{indices[-1]}. Stopped {stops}. "
