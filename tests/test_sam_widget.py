@@ -133,6 +133,7 @@ def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, flai
     result = dock.results.last_propagation
     assert set(result.slices) <= set(range(8, 15)) and {10, 12} <= set(result.slices)
     assert {s.source for s in result.stats if s.index in (10, 12)} == {"seed"}
+    assert [s.source for s in result.stats if s.index == 11] == ["interpolated"]
     np.testing.assert_array_equal(preview.data > 0, result.mask)
 
     dock.clear()
@@ -160,6 +161,9 @@ def test_coronal_plane_prompts_map_to_the_coronal_slice(make_napari_viewer, qtbo
     viewer.dims.order = (0, 1, 2)
     viewer.dims.set_point(0, 9 * image.scale[0])
     assert dock.update_preview() is None
+    viewer.dims.ndisplay = 3
+    points.add([9, 20, 20])
+    assert dock.update_preview() is None and "2D view" in dock.status.text()
 
 
 class BrightPredictor:
