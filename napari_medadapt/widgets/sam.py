@@ -419,10 +419,15 @@ class SamWidget(QWidget):
         except MedAdaptError as err:
             self._report(err)
             return None
-        if choice is None or (self._long_handle is not None and not self._long_handle.done):
+        if choice is None:
+            self._report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
+            return None
+        if self._long_handle is not None and not self._long_handle.done:
+            self.status.setText("Another precomputation or propagation is running; wait for it or Cancel it.")
             return None
         if self._predict_handle is not None and not self._predict_handle.done:
-            self._precompute_pending = True  # starts after the click being segmented
+            self._precompute_pending = True
+            self.status.setText("Precomputation starts after the slice being segmented.")
             return None
         self._precompute_pending = False
         self.status.setText(f"Embedding {data.shape[plane.axis]} slices...")
