@@ -19,14 +19,14 @@ def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
 
 
 def goal_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (set, alpha, keep) with 1+1 decoder keypoints: artifact FP reduction and clean Dice change."""
+    """Per (layer, set, alpha, keep) with 1+1 keypoints: artifact FP reduction and clean Dice change."""
     out = []
     for row in rows:
-        if row["layer"] != "decoder" or row["keypoints"] != "1+1" or row["version"] != "artifact":
+        if row["keypoints"] != "1+1" or row["version"] != "artifact":
             continue
         clean = _find(
             rows,
-            layer="decoder",
+            layer=row["layer"],
             set=row["set"],
             version="clean",
             keypoints="1+1",
@@ -38,6 +38,7 @@ def goal_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fp = row.get("fp_reduction", 0.0)
         out.append(
             {
+                "layer": row["layer"],
                 "set": row["set"],
                 "alpha": row["alpha"],
                 "keep": row["keep"],
@@ -88,15 +89,21 @@ def write_reports(report: dict[str, Any], json_path: Path, md_path: Path) -> Non
         "- 1+1 keypoints: artifact FP volume must drop by >= 50 % while the tumour Dice drops by <= 0.02 on "
         "clean slices:",
         "",
-        "| set | alpha | keep | FP before mL | FP after mL | FP reduction | Dice change (artifact) | clean Dice | clean Dice change | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | set | alpha | keep | FP before mL | FP after mL | FP reduction | Dice change (artifact) | clean Dice | clean Dice change | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["goals"]["one_plus_one"]:
         lines.append(
-            f"| {row['set']} | {row['alpha']} | {row['keep']:.0%} | {row['fp_ml_before']:.3f} | {row['fp_ml_after']:.3f} "
+            f"| {row['layer']} | {row['set']} | {row['alpha']} | {row['keep']:.0%} | {row['fp_ml_before']:.3f} | {row['fp_ml_after']:.3f} "
             f"| {row['fp_reduction']:.0%} | {row['artifact_dice_change']:+.3f} | {row['clean_dice_before']:.3f} "
             f"| {row['clean_dice_change']:+.3f} | {'met' if row['met'] else 'missed'} |"
         )
+    goals = report["goals"]["one_plus_one"]
+    met = [f"{r['layer']}/{r['set']}/alpha {r['alpha']}/keep {r['keep']:.0%}" for r in goals if r["met"]]
+    lines += [
+        "",
+        f"Settings meeting the 1+1 goal: {len(met)} of {len(goals)}" + (f" ({'; '.join(met)})." if met else "."),
+    ]
     lines += [
         "",
         "## All settings",

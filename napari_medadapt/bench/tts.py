@@ -29,8 +29,9 @@ KEYPOINTS = (1, 5, 20)
 ALPHAS = (0.4, 0.2)
 KEEPS = (0.05, 0.10, 0.25)
 MIN_TUMOUR_VOXELS = 250
-#: Taps muted by forward hook (the rest of the network runs again), at alpha 0.2 and keep 10 %.
+#: Taps muted by forward hook (the rest of the network runs again): 1+1 and 5+5 keypoints, one draw.
 OTHER_TAPS = ("bottleneck", "up1", "up2")
+OTHER_TAP_KEEPS = (0.10, 0.25)
 
 
 def _repo_root() -> Path:
@@ -306,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"decoder sweep done after {time.time() - started:.0f} s", flush=True)
     sweeps = [("decoder", decoder)]
     for tap in OTHER_TAPS:
-        sweeps.append((tap, _sweep(model, groups, tap, [(n, 0.2, 0.10) for n in (1, 5)], 1, args.seed)))
+        tap_settings = [(n, a, k) for n in (1, 5) for a in ALPHAS for k in OTHER_TAP_KEEPS]
+        sweeps.append((tap, _sweep(model, groups, tap, tap_settings, 1, args.seed)))
         print(f"{tap} sweep done after {time.time() - started:.0f} s", flush=True)
     latency = _latency(model, case, rng)
     profile = _decoder_profile(model, case)

@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -27,6 +26,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QLabeledDoubleSlider
 
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
@@ -129,8 +129,9 @@ class TTSWidget(QWidget):
         self.model_box.setEditable(True)
         self.browse_button = QPushButton("...")
         self.browse_button.setToolTip("choose a model card (.json) or weight file")
-        self.alpha_box = QDoubleSpinBox()
+        self.alpha_box = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.alpha_box.setRange(0.0, 1.0)
+        self.alpha_box.setDecimals(2)
         self.alpha_box.setSingleStep(0.05)
         self.alpha_box.setValue(0.4)
         self.alpha_box.setToolTip("weight of the positive keypoints; negatives weigh 1 - alpha")
@@ -141,7 +142,11 @@ class TTSWidget(QWidget):
         self.keep_box.setSuffix(" %")
         self.keep_box.setToolTip("share of feature channels kept (at least one)")
         self.layer_box = QComboBox()
-        self.layer_box.addItems(["decoder", "bottleneck"])
+        self.layer_box.addItems(["decoder", "bottleneck", "up1", "up2"])
+        self.layer_box.setToolTip(
+            "feature map to mute: decoder (input of the last layer, fastest), bottleneck (deepest), "
+            "up1/up2 (decoder blocks after the bottleneck; the rest of the network runs again)"
+        )
         self.per_slice_check = QCheckBox("one mask per slice (slices without keypoints stay unmuted)")
         self.per_slice_check.setChecked(True)
         self.live_check = QCheckBox("re-predict the current slice live")
