@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def read_points(path: Path, source_shape: tuple[int, int, int]) -> tuple[np.ndar
 def run(args: argparse.Namespace) -> int:
     from napari_medadapt.cli import CLIError
     from napari_medadapt.cli.segment import load_images, parse_images, text_progress
-    from napari_medadapt.core.adapt.tts import tts
+    from napari_medadapt.core.adapt.tts import TTSWarning, tts
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.metrics import label_volumes_ml
@@ -130,18 +131,20 @@ def run(args: argparse.Namespace) -> int:
         f"keypoints; alpha {args.alpha}, keep {args.keep:.0%} of the {args.layer} channels",
         file=sys.stderr,
     )
-    result = tts(
-        model,
-        volume,
-        positives,
-        negatives,
-        alpha=args.alpha,
-        keep_fraction=args.keep,
-        layer=args.layer,
-        per_slice=not args.whole_volume,
-        tta_flips=args.tta_flips,
-        ctx=JobContext(on_progress=text_progress("tts")),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TTSWarning)  # printed below as "warning: ..." lines
+        result = tts(
+            model,
+            volume,
+            positives,
+            negatives,
+            alpha=args.alpha,
+            keep_fraction=args.keep,
+            layer=args.layer,
+            per_slice=not args.whole_volume,
+            tta_flips=args.tta_flips,
+            ctx=JobContext(on_progress=text_progress("tts")),
+        )
     for message in result.warnings:
         print(f"warning: {message}", file=sys.stderr)
     written = save_labels(result.labels.astype(np.uint8), geometry, args.out)
