@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from napari_medadapt._reader import medadapt_metadata
-from napari_medadapt.core.sam import MaskPrediction, SamPredictor, make_prompts
+from napari_medadapt.core.sam import MaskPrediction, PromptableModel, SamPredictor, make_prompts
+from napari_medadapt.core.sam.small_model import SMALL_WEIGHTS
 from napari_medadapt.core.volume import Geometry, load_volume
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets.sam import SamWidget
@@ -30,8 +31,34 @@ def flair():
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    return SamPredictor("sam-small", device="cpu")
+def untrained_model():
+    """``None`` when the bundled sam-small weights are in the checkout (the docks load them as users do);
+    otherwise a randomly initialised model of that architecture, which the docks are given instead."""
+    if SMALL_WEIGHTS.is_file():
+        return None
+    import torch
+
+    from napari_medadapt.core.sam.small_model import build_small_sam
+
+    torch.manual_seed(0)
+    return PromptableModel(build_small_sam(), "sam-small", "untrained-test-model", dense_prompts=True)
+
+
+@pytest.fixture(scope="module")
+def predictor(untrained_model):
+    return SamPredictor(untrained_model or "sam-small", device="cpu")
+
+
+@pytest.fixture
+def make_dock(qtbot, untrained_model):
+    def make(viewer):
+        dock = SamWidget(viewer)
+        qtbot.addWidget(dock)
+        if untrained_model is not None:
+            dock.session.use(dock.model_choice, SamPredictor(untrained_model))
+        return dock
+
+    return make
 
 
 def _add_flair(viewer, flair):
@@ -40,12 +67,6 @@ def _add_flair(viewer, flair):
         crop, name="flair", scale=geometry.spacing, metadata=medadapt_metadata(geometry, "flair"),
         contrast_limits=(float(np.percentile(crop, 0.5)), float(np.percentile(crop, 99.5))),
     )
-
-
-def _dock(viewer, qtbot):
-    dock = SamWidget(viewer)
-    qtbot.addWidget(dock)
-    return dock
 
 
 def _wait(qtbot, handle):
@@ -62,10 +83,10 @@ def _settle(qtbot, dock):
     _wait(qtbot, dock.update_preview() or dock._predict_handle)
 
 
-def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, flair, predictor):
+def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, make_dock, flair, predictor):
     viewer = make_napari_viewer()
     image = _add_flair(viewer, flair)
-    dock = _dock(viewer, qtbot)
+    dock = make_dock(viewer)
     assert dock.image_combo.currentText() == "flair" and dock.model_choice.name == "sam-small"
     points, boxes = dock.ensure_prompt_layers()
     viewer.dims.set_point(0, 10 * image.scale[0])
@@ -142,10 +163,10 @@ def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, flai
     assert labels.data[10, r, c] == 7  # committed labels stay
 
 
-def test_coronal_plane_prompts_map_to_the_coronal_slice(make_napari_viewer, qtbot, flair, predictor):
+def test_coronal_plane_prompts_map_to_the_coronal_slice(make_napari_viewer, qtbot, make_dock, flair, predictor):
     viewer = make_napari_viewer()
     image = _add_flair(viewer, flair)
-    dock = _dock(viewer, qtbot)
+    dock = make_dock(viewer)
     viewer.dims.order = (1, 0, 2)  # coronal: rows = z, cols = x; slider on y
     viewer.dims.set_point(1, 40 * image.scale[1])
     points, _boxes = dock.ensure_prompt_layers()
@@ -197,11 +218,11 @@ def _sphere_volume() -> np.ndarray:
     return (np.where(ball, 600.0, 100.0) + rng.normal(0, 10, ball.shape)).astype(np.float32)
 
 
-def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(make_napari_viewer, qtbot):
+def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(make_napari_viewer, qtbot, make_dock):
     volume = _sphere_volume()
     viewer = make_napari_viewer()
     viewer.add_image(volume, name="sphere", contrast_limits=(0.0, 800.0))
-    dock = _dock(viewer, qtbot)
+    dock = make_dock(viewer)
     _wait(qtbot, dock.precompute())
     assert "24 computed, 0 already cached" in dock.status.text()
     _wait(qtbot, dock.precompute())  # resumes: nothing left to embed
@@ -248,10 +269,10 @@ def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(make_napa
         (np.zeros((2, 6, 40, 50), np.float32), {}, "4D data"),
     ],
 )
-def test_unusable_images_give_a_message_and_change_nothing(make_napari_viewer, qtbot, data, kwargs, words):
+def test_unusable_images_give_a_message_and_change_nothing(make_napari_viewer, qtbot, make_dock, data, kwargs, words):
     viewer = make_napari_viewer()
     viewer.add_image(data, name="picture", **kwargs)
-    dock = _dock(viewer, qtbot)
+    dock = make_dock(viewer)
     names = [layer.name for layer in viewer.layers]
     assert dock.ensure_prompt_layers() is None
     assert dock.precompute() is None and dock.propagate() is None
@@ -259,10 +280,10 @@ def test_unusable_images_give_a_message_and_change_nothing(make_napari_viewer, q
     assert [layer.name for layer in viewer.layers] == names
 
 
-def test_points_outside_or_from_another_grid(make_napari_viewer, qtbot, flair):
+def test_points_outside_or_from_another_grid(make_napari_viewer, qtbot, make_dock, flair):
     viewer = make_napari_viewer()
     image = _add_flair(viewer, flair)
-    dock = _dock(viewer, qtbot)
+    dock = make_dock(viewer)
     points, boxes = dock.ensure_prompt_layers()
     viewer.dims.set_point(0, 10 * image.scale[0])
     points.add([10, 50, 50])
@@ -286,10 +307,10 @@ def test_points_outside_or_from_another_grid(make_napari_viewer, qtbot, flair):
     assert points.metadata["medadapt"]["shape"] == (8, 30, 30)
 
 
-def test_click_interrupts_precompute_which_resumes(make_napari_viewer, qtbot):
+def test_click_interrupts_precompute_which_resumes(make_napari_viewer, qtbot, make_dock):
     viewer = make_napari_viewer()
     viewer.add_image(_sphere_volume(), name="sphere", contrast_limits=(0.0, 800.0))
-    dock = _dock(viewer, qtbot)
+    dock = make_dock(viewer)
     points, _boxes = dock.ensure_prompt_layers()
     viewer.dims.set_point(0, 12)
     precompute = dock.precompute()
@@ -302,13 +323,13 @@ def test_click_interrupts_precompute_which_resumes(make_napari_viewer, qtbot):
     assert stats.computed + stats.cached == 24 and stats.cached >= 1
 
 
-def test_missing_checkpoint_and_gpu_fallback_messages(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+def test_missing_checkpoint_and_gpu_fallback_messages(make_napari_viewer, qtbot, make_dock, monkeypatch, tmp_path):
     monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path))
     warnings = []
     monkeypatch.setattr("napari_medadapt.widgets.sam.show_warning", warnings.append)
     viewer = make_napari_viewer()
     viewer.add_image(_sphere_volume(), name="sphere", contrast_limits=(0.0, 800.0))
-    dock = _dock(viewer, qtbot)
+    dock = make_dock(viewer)
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("medsam-vit-b"))
     assert "put the file in place first" in dock.model_combo.currentText()
     points, _boxes = dock.ensure_prompt_layers()
