@@ -79,15 +79,18 @@ def test_dock_live_update_and_points_from_another_geometry(make_napari_viewer, q
     viewer = make_napari_viewer()
     for name in ("t1c", "flair"):
         viewer.add_image(np.ones((3, 24, 24), np.float32), name=name)
+    viewer.add_image(np.full((3, 24, 24), 2.0, np.float32), name="second flair")
     dock = TTSWidget(viewer)
     qtbot.addWidget(dock)
     dock.model_box.setCurrentText(str(model_path))
+    dock._modality_boxes["flair"].setCurrentText("second flair")
     positive, negative = dock.ensure_points_layers()
     viewer.dims.set_point(0, 1.0)
     positive.data = np.array([[1, 5, 5]])
     negative.data = np.array([[1, 20, 20]])
     qtbot.waitUntil(lambda: dock.last_result is not None, timeout=60_000)
     assert dock.last_result.z == 1
+    assert dock._modality_boxes["flair"].currentText() == "second flair"  # kept while result layers were added
 
     viewer.layers.remove(NEGATIVE_LAYER)
     viewer.add_points(np.array([[1, 60, 60]]), name=NEGATIVE_LAYER, ndim=3)

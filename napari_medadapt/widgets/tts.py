@@ -268,6 +268,7 @@ class TTSWidget(QWidget):
     def _rebuild_modality_rows(self) -> None:
         from napari.layers import Image
 
+        previous = {m: box.currentText() for m, box in self._modality_boxes.items()}
         while self._modality_form.rowCount():
             self._modality_form.removeRow(0)
         self._modality_boxes = {}
@@ -280,7 +281,9 @@ class TTSWidget(QWidget):
         for modality in self._model_modalities:
             box = QComboBox()
             box.addItems([_NO_LAYER, *images])
-            if matched.get(modality) in images:
+            if previous.get(modality) in images:  # keep the user's choice when layers come and go
+                box.setCurrentText(previous[modality])
+            elif matched.get(modality) in images:
                 box.setCurrentText(matched[modality])
             box.currentTextChanged.connect(self._engine_reset)
             self._modality_form.addRow(modality, box)
