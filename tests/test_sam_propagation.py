@@ -62,6 +62,11 @@ def test_stop_slices_range_axis_and_cancel() -> None:
     sideways = propagate(ThresholdPredictor(), np.moveaxis(volume, 0, 2), {24: sphere[:, :, 24].T},
                          (0.0, 1.0), axis=0, mode="box")
     assert sideways.mask.shape == (48, 48, 40)
+    column = np.zeros((12, 30, 30), np.float32)
+    column[:, 10:20, 10:20] = 1.0  # an object that runs through the whole volume
+    through = propagate(ThresholdPredictor(), column, {6: column[6] > 0}, (0.0, 1.0), mode="box")
+    assert through.stopped == {"down": "edge", "up": "edge"} and through.mask[:, 10:20, 10:20].all()
+    assert len(through.slices) == 12
     ctx = JobContext()
     ctx.cancel()
     with pytest.raises(JobCancelled):

@@ -121,19 +121,21 @@ def run(args: argparse.Namespace) -> int:
     predictor.precompute(image[slice_ids], window)
 
     click_times: list[float] = []
+    click_cpu: list[float] = []
 
     def sam_factory(feedback: bool) -> Any:
         def factory(k: int) -> Any:
             state: dict[str, Any] = {"feedback": None}
 
             def segment(points: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 pred = predictor.predict(
                     image[slice_ids[k]],
                     window,
                     make_prompts(points, point_labels, mask_input=state["feedback"]),
                 )
                 click_times.append(time.perf_counter() - t0)
+                click_cpu.append(time.thread_time() - c0)
                 if feedback:
                     state["feedback"] = pred.feedback
                 return pred.mask
@@ -147,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     sessions = _click_sessions(sam_factory(True), targets, args.max_clicks)
     methods[f"{model.name} + mask feedback"] = summarize_sessions(sessions, args.max_clicks)
     methods[f"{model.name} + mask feedback"]["median_s_per_click"] = float(np.median(click_times))
+    cpu_click = float(np.median(click_cpu))
     print("with feedback", methods[f"{model.name} + mask feedback"], time.perf_counter() - t0, flush=True)
     click_times.clear()
     sessions = _click_sessions(sam_factory(False), targets, args.max_clicks)
@@ -186,9 +189,10 @@ def run(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         result = propagate(fresh, image, {mid: target3d[mid]}, window, mode=mode)
         uncached = time.perf_counter() - t1
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         propagate(fresh, image, {mid: target3d[mid]}, window, mode=mode)
         cached = time.perf_counter() - t1
+        cached_cpu = time.thread_time() - c1
         pred3d = result.mask
         dice = 2 * np.logical_and(pred3d, target3d).sum() / max(1, pred3d.sum() + target3d.sum())
         n_prop = max(1, len(result.stats) - 1)
@@ -198,19 +202,23 @@ def run(args: argparse.Namespace) -> int:
             "stopped": result.stopped,
             "s_per_100_slices_uncached": uncached / n_prop * 100,
             "s_per_100_slices_cached": cached / n_prop * 100,
+            "cpu_s_per_100_slices_cached": cached_cpu / n_prop * 100,
         }
         print("propagation", mode, propagation[mode], flush=True)
 
     seconds: dict[str, Any] = {}
     slices155 = [image[i % image.shape[0]] for i in range(155)]
     rgb = [predictor_slice_rgb(s, window) for s in slices155]
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.thread_time()
     for start in range(0, 155, 8):
         model.embed(rgb[start : start + 8])
     seconds["embed_155_slices_s"] = time.perf_counter() - t1
+    seconds["embed_155_slices_cpu_s"] = time.thread_time() - c1
+    seconds["click_to_mask_cpu_s_median"] = cpu_click
     seconds["click_to_mask_s_median_cached"] = methods[f"{model.name} + mask feedback"]["median_s_per_click"]
     seconds["propagation_100_slices_s_cached"] = propagation["mask"]["s_per_100_slices_cached"]
     seconds["propagation_100_slices_s_uncached"] = propagation["mask"]["s_per_100_slices_uncached"]
+    seconds["propagation_100_slices_cpu_s_cached"] = propagation["mask"]["cpu_s_per_100_slices_cached"]
     if not args.skip_vit:
         _time_vit_b(seconds)
     print("timing", seconds, flush=True)

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="folder of the real cases")
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-time budget for training")
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
             recent = np.array(history[-args.log_every :])
             print(
                 f"step {step} t={recent[-1, 2]:.0f}s lr={lr:.2e} loss={recent[:, 0].mean():.4f} "
-                f"final-round IoU={recent[:, 1].mean():.3f}",
+                f"last-round IoU={recent[:, 1].mean():.3f}",
                 flush=True,
             )
         if step % 200 == 0:
@@ -310,8 +310,8 @@ def run(args: argparse.Namespace) -> int:
         "name": "sam-small",
         "description": (
             "Small promptable model in Segment Anything's architecture: SAM's PromptEncoder and "
-            "MaskDecoder (TwoWayTransformer) on a small CNN image encoder; 256 px input, 128-channel "
-            "32x32 embedding, 128x128 mask logits."
+            "MaskDecoder (TwoWayTransformer) on a small CNN image encoder; 256 px input, "
+            f"{DEFAULT_CONFIG['embed_dim']}-channel 32x32 embedding, 128x128 mask logits."
         ),
         "architecture": DEFAULT_CONFIG,
         "preprocess": "sam",
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
             "predicts a residual on that map (core.sam.decoding.dense_prior)",
             "augmentation": "flips, 90-degree rotations, +-20 degree rotation (p=0.3), window and gamma jitter",
             "final_train_loss": float(np.mean([h[0] for h in history[-50:]])) if history else None,
-            "final_train_iou_after_3_prompts": float(np.mean([h[1] for h in history[-50:]])) if history else None,
+            "final_train_iou_last_round": float(np.mean([h[1] for h in history[-50:]])) if history else None,
             "command": f"medadapt train sam-small --minutes {args.minutes:g} --seed {args.seed}",
         },
         "evaluation": previous.get("evaluation", "run `medadapt bench sam` (docs/benchmarks/sam.md)"),

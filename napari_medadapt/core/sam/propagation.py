@@ -222,6 +222,7 @@ def propagate(
             tick(f"propagated to slice {i}")
             prev, prev_logits = pred.mask, pred.feedback
             i += step
+            reason = "edge"
         result.stopped[direction] = reason
     result.stats.sort(key=lambda s: s.index)
     result.mask = np.moveaxis(out, 0, axis)
