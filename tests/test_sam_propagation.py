@@ -82,3 +82,15 @@ def test_interpolation_between_two_annotated_slices() -> None:
     assert sources[15] == sources[25] == "seed"
     mid = interpolate_masks(sphere[15], sphere[25], 0.5)
     assert abs(int(mid.sum()) - int(sphere[15].sum())) < 0.2 * sphere[15].sum()
+
+
+def test_propagation_stops_where_the_tissue_changes() -> None:
+    volume = np.zeros((30, 32, 32), np.float32)
+    volume[5:20, 10:22, 10:22] = 1.0  # the object
+    volume[20:28, 10:22, 10:22] = 0.7  # different tissue the box prompt would happily follow
+    result = propagate(ThresholdPredictor(), volume, {12: volume[12] > 0.5}, (0.0, 1.0), mode="box")
+    assert result.stopped["up"] == "intensity" and result.slices[-1] == 19
+    assert result.stopped["down"] in ("empty", "iou")
+    unchecked = propagate(ThresholdPredictor(), volume, {12: volume[12] > 0.5}, (0.0, 1.0), mode="box",
+                          intensity_tolerance=None)
+    assert unchecked.slices[-1] == 27

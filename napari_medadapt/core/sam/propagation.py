@@ -43,7 +43,7 @@ class PropagationResult:
     """3D mask (same shape as the volume) plus per-slice statistics and why each direction stopped.
 
     ``stopped`` maps ``"down"`` / ``"up"`` to a reason: ``"empty"``, ``"iou"``, ``"area"``,
-    ``"stop-slice"``, ``"range"`` or ``"edge"``.
+    ``"intensity"``, ``"stop-slice"``, ``"range"`` or ``"edge"``.
     """
 
     mask: np.ndarray
@@ -107,6 +107,7 @@ def propagate(
     min_area: int = 4,
     index_range: tuple[int, int] | None = None,
     stop_slices: Iterable[int] = (),
+    intensity_tolerance: float | None = 2.0,
     ctx: JobContext | None = None,
 ) -> PropagationResult:
     """Propagate annotated 2D masks through a 3D volume.
@@ -136,6 +137,10 @@ def propagate(
         ``(first, last)`` inclusive slice range to stay within; default the whole axis.
     stop_slices
         Slices (e.g. where the user gave only a negative click) where propagation halts, unfilled.
+    intensity_tolerance
+        Stop when the mean intensity inside the new mask differs from the annotated slices' mean by
+        more than this many of their standard deviations (the mask left the object's tissue);
+        ``None`` disables the check.
     ctx
         Progress (one step per slice) and cancellation.
     """
@@ -168,6 +173,14 @@ def propagate(
     def tick(message: str) -> None:
         steps[0] += 1
         ctx.progress(min(steps[0], total), total, message)
+
+    seed_values = np.concatenate([vol[k][m] for k, m in seeds.items()]).astype(np.float64)
+    seed_mean, seed_std = float(seed_values.mean()), float(seed_values.std()) + 1e-6
+
+    def left_tissue(index: int, mask: np.ndarray) -> bool:
+        if intensity_tolerance is None:
+            return False
+        return abs(float(vol[index][mask].mean()) - seed_mean) > intensity_tolerance * seed_std
 
     logits_of: dict[int, np.ndarray] = {}
     if mode == "mask":
@@ -213,6 +226,8 @@ def propagate(
                 reason = "iou"
             elif area > prev_area * max_area_ratio or area * max_area_ratio < prev_area:
                 reason = "area"
+            elif left_tissue(i, pred.mask):
+                reason = "intensity"
             else:
                 reason = ""
             if reason:
