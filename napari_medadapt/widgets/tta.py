@@ -20,20 +20,17 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.core.models import ModelCard, list_models
+from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable, load_cached_model
 
 if TYPE_CHECKING:
     import napari
@@ -41,9 +38,9 @@ if TYPE_CHECKING:
     from napari_medadapt.core.adapt.tta import AdaptationResult
     from napari_medadapt.core.inference import Prediction
     from napari_medadapt.core.jobs import JobContext
+    from napari_medadapt.core.models import ModelCard
     from napari_medadapt.core.volume import Volume
 
-NONE_CHOICE = "none"
 METHOD_LABELS = {"bn_affine": "BN affine (KL)", "normalizer": "Normalizer (KL)", "tent": "Tent (entropy)"}
 
 
@@ -58,23 +55,11 @@ class AdaptOutcome:
     rating_after: str
 
 
-def _load(card_path: str, cache: dict[str, Any], ctx: JobContext):
-    from napari_medadapt.core.models import load_model
-
-    model = cache.get(card_path)
-    if model is None:
-        ctx.progress(0, 1, "loading the model")
-        model = load_model(card_path)
-        cache.clear()
-        cache[card_path] = model
-    return model
-
-
 def measure_job(card_path: str, volume: Volume, cache: dict[str, Any], *, ctx: JobContext) -> tuple[float, str]:
     """Shift score of ``volume`` for the model of ``card_path`` and its rating line (compute thread)."""
     from napari_medadapt.core.adapt.tta_score import describe_shift, shift_score
 
-    model = _load(card_path, cache, ctx)
+    model = load_cached_model(card_path, cache, ctx)
     score = shift_score(model, volume, ctx=ctx)
     return score, describe_shift(score, model.card)
 
@@ -93,7 +78,7 @@ def adapt_job(
     from napari_medadapt.core.adapt.tta_score import describe_shift
     from napari_medadapt.core.inference import predict_volume
 
-    model = _load(card_path, cache, ctx)
+    model = load_cached_model(card_path, cache, ctx)
     before = predict_volume(model, volume, ctx=ctx, return_probabilities=False)
     result = adapt(model, volume, ctx=ctx, on_loss=on_loss, **settings)
     after = predict_volume(result.model, volume, ctx=ctx, return_probabilities=False)
@@ -157,8 +142,6 @@ class TTAWidget(QWidget):
         from napari_medadapt.core.adapt.tta import METHODS, OPTIMIZERS
 
         self.viewer = napari_viewer
-        self._cards: list[ModelCard] = []
-        self._modality_boxes: dict[str, QComboBox] = {}
         self._model_cache: dict[str, Any] = {}
         self._handle = None
         self.last_outcome: AdaptOutcome | None = None
@@ -167,12 +150,11 @@ class TTAWidget(QWidget):
         self._relay.loss.connect(self._on_loss)
 
         layout = QVBoxLayout(self)
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("Segmentation model to adapt (bundled or registered)")
-        layout.addWidget(self.model_combo)
-        self.inputs_box = QGroupBox("Model inputs")
-        self.inputs_form = QFormLayout(self.inputs_box)
-        layout.addWidget(self.inputs_box)
+        self.inputs = ModelInputsPanel(
+            self.viewer, tooltip="Segmentation model to adapt (bundled or registered)", allow_files=False
+        )
+        self.model_combo = self.inputs.model_combo
+        layout.addWidget(self.inputs)
 
         settings = QFormLayout()
         self.method_combo = QComboBox()
@@ -217,65 +199,40 @@ class TTAWidget(QWidget):
         layout.addWidget(self.shift_label)
         self.loss_plot = LossPlot()
         layout.addWidget(self.loss_plot)
-        self.volume_table = QTableWidget(0, 4)
-        self.volume_table.setHorizontalHeaderLabels(["Label", "Class", "Before (mL)", "After (mL)"])
-        self.volume_table.verticalHeader().setVisible(False)
+        self.volume_table = VolumeTable(["Before (mL)", "After (mL)"])
         layout.addWidget(self.volume_table)
         self.status = QLabel()
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.inputs.model_changed.connect(self._on_model_changed)
         self.method_combo.currentIndexChanged.connect(self._on_method_changed)
         self.measure_button.clicked.connect(self.measure)
         self.adapt_button.clicked.connect(self.adapt)
         self.reset_button.clicked.connect(self.reset)
         self.cancel_button.clicked.connect(self.cancel)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
         self._on_method_changed()
-        self.refresh_models()
+        self._on_model_changed()
 
     # ------------------------------------------------------------------------------------------ models
     def refresh_models(self) -> None:
         """Fill the model list from the registry."""
-        try:
-            self._cards = list_models()
-        except MedAdaptError as err:
-            show_error(str(err))
-            self._cards = []
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for card in self._cards:
-            self.model_combo.addItem(card.name, card.path)
-        self.model_combo.blockSignals(False)
-        self._on_model_changed()
+        self.inputs.refresh_models()
 
     @property
     def card(self) -> ModelCard | None:
         """Card of the selected model."""
-        index = self.model_combo.currentIndex()
-        return self._cards[index] if 0 <= index < len(self._cards) else None
+        return self.inputs.card
 
-    def _on_model_changed(self, *_: Any) -> None:
-        while self.inputs_form.rowCount():
-            self.inputs_form.removeRow(0)
-        self._modality_boxes = {}
+    def _on_model_changed(self) -> None:
         card = self.card
         for button in (self.measure_button, self.adapt_button):
             button.setEnabled(card is not None)
         if card is None:
             self.status.setText("No model found. Add one in the Segment dock or to MEDADAPT_MODEL_PATH.")
             return
-        optional = set(card.optional_modalities)
-        for modality in card.modalities:
-            box = QComboBox()
-            box.setToolTip(f"Image layer for the model's {modality.upper()} input")
-            self.inputs_form.addRow(f"{modality.upper()}{' (optional)' if modality in optional else ''}", box)
-            self._modality_boxes[modality] = box
         self.reset()
-        self._refresh_layers()
 
     def _on_method_changed(self, *_: Any) -> None:
         from napari_medadapt.core.adapt.tta import DEFAULT_ITERATIONS, DEFAULT_LR
@@ -284,28 +241,10 @@ class TTAWidget(QWidget):
         self.iterations_spin.setValue(DEFAULT_ITERATIONS)
         self.blocks_edit.setEnabled(self.method_combo.currentData() != "normalizer")
 
-    # ------------------------------------------------------------------------------------------ layers
-    def _refresh_layers(self, *_: Any) -> None:
-        from napari.layers import Image
-
-        from napari_medadapt.widgets._layers import image_layers_by_modality
-
-        images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-        matched = image_layers_by_modality(self.viewer)
-        for modality, box in self._modality_boxes.items():
-            previous = box.currentText()
-            box.blockSignals(True)
-            box.clear()
-            box.addItems([NONE_CHOICE, *images])
-            if previous in images:
-                box.setCurrentText(previous)
-            elif modality in matched:
-                box.setCurrentText(matched[modality].name)
-            box.blockSignals(False)
-
+    # ------------------------------------------------------------------------------------------ inputs
     def input_mapping(self) -> dict[str, str | None]:
         """Model modality -> chosen image layer name (``None`` for "none")."""
-        return {m: (None if b.currentText() == NONE_CHOICE else b.currentText()) for m, b in self._modality_boxes.items()}
+        return self.inputs.input_mapping()
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments for :func:`napari_medadapt.core.adapt.tta.adapt` from the form."""
@@ -320,15 +259,10 @@ class TTAWidget(QWidget):
         }
 
     def _volume(self) -> Volume | None:
-        from napari_medadapt.widgets._layers import volume_from_layers
-
-        card = self.card
-        if card is None:
+        if self.card is None:
             return None
-        chosen = {m: self.viewer.layers[name] for m, name in self.input_mapping().items() if name is not None}
         try:
-            card.check_modalities(chosen)
-            return volume_from_layers(chosen, list(chosen))
+            return self.inputs.volume()
         except MedAdaptError as err:
             show_error(str(err))
             self.status.setText(str(err))
@@ -407,12 +341,12 @@ class TTAWidget(QWidget):
             self.viewer.add_labels(prediction.labels, opacity=0.6, **labels_layer_kwargs(prediction.geometry, name=name))
         self.shift_label.setText(f"Before: {outcome.rating_before}.\nAfter: {outcome.rating_after}.")
         after = dict((label_id, ml) for label_id, _, ml in outcome.after.volume_rows())
-        self.volume_table.setRowCount(0)
-        for label_id, name, ml in outcome.before.volume_rows():
-            row = self.volume_table.rowCount()
-            self.volume_table.insertRow(row)
-            for column, text in enumerate((str(label_id), name, f"{ml:.2f}", f"{after.get(label_id, 0.0):.2f}")):
-                self.volume_table.setItem(row, column, QTableWidgetItem(text))
+        self.volume_table.show_rows(
+            [
+                (str(label_id), name, f"{ml:.2f}", f"{after.get(label_id, 0.0):.2f}")
+                for label_id, name, ml in outcome.before.volume_rows()
+            ]
+        )
         for warning in result.warnings:
             show_warning(warning)
         message = (

@@ -16,7 +16,6 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -31,12 +30,12 @@ from superqt import QLabeledDoubleSlider
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
 from napari_medadapt.widgets._layers import (
-    image_layers_by_modality,
     labels_layer_kwargs,
     layer_geometry,
     set_labels_undoable,
     volume_from_layers,
 )
+from napari_medadapt.widgets._model_inputs import ModelInputsPanel
 
 if TYPE_CHECKING:
     import napari
@@ -50,7 +49,6 @@ ATTENTION_AFTER_LAYER = "TTS attention after"
 POSITIVE_STYLE = {"symbol": "disc", "face_color": "lime", "border_color": "white", "size": 6}
 NEGATIVE_STYLE = {"symbol": "x", "face_color": "magenta", "border_color": "magenta", "size": 6}
 DEFAULT_MODEL_NAME = "glioma2d"
-_NO_LAYER = "(none)"
 
 
 class _Engine:
@@ -119,16 +117,18 @@ class TTSWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._engine = _Engine()
-        self._modality_boxes: dict[str, QComboBox] = {}
-        self._model_modalities: list[str] = []
         self._connected_points: list[Any] = []
         self._volume_cache: tuple[tuple, Any] | None = None
         self.last_result: Any = None
 
-        self.model_box = QComboBox()
-        self.model_box.setEditable(True)
-        self.browse_button = QPushButton("...")
-        self.browse_button.setToolTip("choose a model card (.json) or weight file")
+        self.inputs = ModelInputsPanel(
+            self.viewer,
+            tooltip="Segmentation model: a registered name, or type a model card/weight file path",
+            editable=True,
+            default_model=DEFAULT_MODEL_NAME,
+            skip_prefix="TTS ",
+        )
+        self.model_box = self.inputs.model_combo
         self.alpha_box = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.alpha_box.setRange(0.0, 1.0)
         self.alpha_box.setDecimals(2)
@@ -159,21 +159,15 @@ class TTSWidget(QWidget):
         self.kept_list.setMaximumHeight(120)
         self.status = QLabel("Add keypoints: positives on the target, negatives on the artifact.")
         self.status.setWordWrap(True)
-        self._modality_form = QFormLayout()
 
         form = QFormLayout()
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_box, 1)
-        model_row.addWidget(self.browse_button)
-        form.addRow("model", model_row)
         form.addRow("alpha", self.alpha_box)
         form.addRow("", self.artifact_check)
         form.addRow("keep", self.keep_box)
         form.addRow("feature map", self.layer_box)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.inputs)
         layout.addLayout(form)
-        layout.addWidget(QLabel("inputs (model modality -> image layer)"))
-        layout.addLayout(self._modality_form)
         layout.addWidget(self.points_button)
         layout.addWidget(self.per_slice_check)
         layout.addWidget(self.live_check)
@@ -191,9 +185,8 @@ class TTSWidget(QWidget):
         self._live_timer.setInterval(30)
         self._live_timer.timeout.connect(self.predict_current_slice)
 
-        self._fill_models()
-        self.model_box.currentTextChanged.connect(self._on_model_changed)
-        self.browse_button.clicked.connect(self._browse)
+        self.inputs.model_changed.connect(self._engine_reset)
+        self.inputs.inputs_changed.connect(self._engine_reset)
         self.artifact_check.toggled.connect(self._on_artifact_toggled)
         self.points_button.clicked.connect(self.ensure_points_layers)
         self.slice_button.clicked.connect(self.predict_current_slice)
@@ -202,34 +195,23 @@ class TTSWidget(QWidget):
         for widget in (self.alpha_box, self.keep_box):
             widget.valueChanged.connect(self._schedule_live)
         self.layer_box.currentTextChanged.connect(self._schedule_live)
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.layers.events.inserted.connect(self._connect_points)
         self.viewer.dims.events.current_step.connect(self._schedule_live)
-        self._on_model_changed(self.model_box.currentText())
+        self._engine_reset()
 
     # ------------------------------------------------------------------------------ settings
-    def _fill_models(self) -> None:
-        from napari_medadapt.core.models import list_models
-
-        names = [card.name for card in list_models()]
-        self.model_box.addItems(names)
-        if DEFAULT_MODEL_NAME in names:
-            self.model_box.setCurrentText(DEFAULT_MODEL_NAME)
-
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Model card or weights", "", "Models (*.json *.safetensors *.pt)"
-        )
-        if path:
-            self.model_box.setCurrentText(path)
-
     def _on_artifact_toggled(self, checked: bool) -> None:
         self.alpha_box.setValue(0.2 if checked else 0.4)
 
     @property
     def model_name(self) -> str:
-        """The model name or path chosen."""
-        return self.model_box.currentText().strip()
+        """The card path (or name) of the chosen model; empty when none is chosen."""
+        card = self.inputs.card
+        return "" if card is None else card.path or card.name
+
+    @property
+    def _modality_boxes(self) -> dict[str, QComboBox]:
+        return self.inputs.modality_boxes
 
     @property
     def alpha(self) -> float:
@@ -243,58 +225,8 @@ class TTSWidget(QWidget):
     def tap(self) -> str:
         return self.layer_box.currentText()
 
-    def _on_model_changed(self, name: str) -> None:
-        from pathlib import Path
-
-        from napari_medadapt.core.models import ModelCard, find_card
-
-        self._model_modalities = []
-        path = Path(name.strip())
-        try:
-            if path.suffix.lower() in (".json", ".safetensors", ".pt", ".pth"):
-                card = ModelCard.load(path.with_suffix(".json"))
-            else:
-                card = ModelCard.load(find_card(name.strip()))
-            self._model_modalities = list(card.modalities)
-        except MedAdaptError as err:
-            self._set_status(f"model: {err}")
-        self._rebuild_modality_rows()
-        self._engine_reset()
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        self._rebuild_modality_rows()
-        self._connect_points()
-
-    def _rebuild_modality_rows(self) -> None:
-        from napari.layers import Image
-
-        previous = {m: box.currentText() for m, box in self._modality_boxes.items()}
-        while self._modality_form.rowCount():
-            self._modality_form.removeRow(0)
-        self._modality_boxes = {}
-        images = [
-            layer.name
-            for layer in self.viewer.layers
-            if isinstance(layer, Image) and not layer.name.startswith("TTS ")
-        ]
-        matched = {m: layer.name for m, layer in image_layers_by_modality(self.viewer).items()}
-        for modality in self._model_modalities:
-            box = QComboBox()
-            box.addItems([_NO_LAYER, *images])
-            if previous.get(modality) in images:  # keep the user's choice when layers come and go
-                box.setCurrentText(previous[modality])
-            elif matched.get(modality) in images:
-                box.setCurrentText(matched[modality])
-            box.currentTextChanged.connect(self._engine_reset)
-            self._modality_form.addRow(modality, box)
-            self._modality_boxes[modality] = box
-
     def _mapping(self) -> dict[str, Any]:
-        layers = {}
-        for modality, box in self._modality_boxes.items():
-            name = box.currentText()
-            if name != _NO_LAYER and name in self.viewer.layers:
-                layers[modality] = self.viewer.layers[name]
+        layers = self.inputs.chosen_layers()
         if not layers:
             raise VolumeError("Assign image layers to the model's inputs (open a case first).")
         return layers
@@ -321,7 +253,7 @@ class TTSWidget(QWidget):
         self._connect_points()
         return layers[0], layers[1]
 
-    def _connect_points(self) -> None:
+    def _connect_points(self, *_: Any) -> None:
         for name in (POSITIVE_LAYER, NEGATIVE_LAYER):
             if name in self.viewer.layers:
                 layer = self.viewer.layers[name]

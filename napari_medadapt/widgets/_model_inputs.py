@@ -1,0 +1,295 @@
+"""Model choice and modality mapping shared by the docks that run a segmentation model.
+
+:class:`ModelInputsPanel` holds the model combobox (filled from the registry, optionally "Load from file..."
+or a typed name/path), the model's description and one combobox per model input, auto-matched to the open
+image layers by name and refreshed when layers come and go. :class:`VolumeTable` shows per-class volumes;
+:func:`load_cached_model` keeps the last loaded model of a dock (compute thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medadapt.core.errors import MedAdaptError
+from napari_medadapt.core.models import ModelCard, list_models
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_medadapt.core.jobs import JobContext
+    from napari_medadapt.core.volume import Volume
+
+NONE_CHOICE = "none"
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth")
+
+
+def load_cached_model(card_path: str, cache: dict[str, Any], ctx: JobContext) -> Any:
+    """The model of ``card_path``, loaded once and kept in ``cache`` (only the last model; compute thread)."""
+    from napari_medadapt.core.models import load_model
+
+    model = cache.get(card_path)
+    if model is None:
+        ctx.progress(0, 1, "loading the model")
+        model = load_model(card_path)
+        cache.clear()
+        cache[card_path] = model
+    return model
+
+
+class VolumeTable(QTableWidget):
+    """Per-class volume table: label, class name and one or more volume columns."""
+
+    def __init__(self, volume_headers: Sequence[str]) -> None:
+        super().__init__(0, 2 + len(volume_headers))
+        self.setHorizontalHeaderLabels(["Label", "Class", *volume_headers])
+        self.verticalHeader().setVisible(False)
+
+    def show_rows(self, rows: Sequence[Sequence[str]]) -> None:
+        """Replace the table content with ``rows`` of cell texts."""
+        self.setRowCount(0)
+        for cells in rows:
+            row = self.rowCount()
+            self.insertRow(row)
+            for column, text in enumerate(cells):
+                self.setItem(row, column, QTableWidgetItem(text))
+
+
+class ModelInputsPanel(QWidget):
+    """Model combobox, model description and the image layer chosen for each model input.
+
+    Parameters
+    ----------
+    viewer
+        The viewer whose image layers feed the model.
+    tooltip
+        Tooltip of the model combobox.
+    allow_files
+        Show a "Load from file..." button (model card or weight file).
+    editable
+        Let the user type a registered model name or a model file path into the combobox.
+    default_model
+        Name of the model selected first when it is registered.
+    skip_prefix
+        Image layers whose name starts with this prefix are not offered as inputs (result layers).
+    """
+
+    model_changed = Signal()
+    inputs_changed = Signal()
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        *,
+        tooltip: str = "Segmentation model (bundled or added from a file)",
+        allow_files: bool = True,
+        editable: bool = False,
+        default_model: str | None = None,
+        skip_prefix: str = "",
+    ) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self._allow_files = allow_files
+        self._skip_prefix = skip_prefix
+        self._cards: list[ModelCard] = []
+        self.modality_boxes: dict[str, QComboBox] = {}
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        model_row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(editable)
+        self.model_combo.setToolTip(tooltip)
+        model_row.addWidget(self.model_combo, 1)
+        self.load_button = QPushButton("Load from file...")
+        self.load_button.setToolTip("Add a model: its .json card, or a .safetensors/.pt file with the card beside it")
+        self.load_button.setVisible(allow_files)
+        model_row.addWidget(self.load_button)
+        layout.addLayout(model_row)
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+        layout.addWidget(self.model_info)
+        self.inputs_box = QGroupBox("Model inputs")
+        self.inputs_form = QFormLayout(self.inputs_box)
+        layout.addWidget(self.inputs_box)
+
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        if editable:
+            self.model_combo.currentTextChanged.connect(self._on_text_typed)
+        self.load_button.clicked.connect(self._choose_model_file)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.changed):
+            event.connect(self.refresh_layers)
+        self.refresh_models(default_model)
+
+    # ------------------------------------------------------------------------------------------ models
+    def refresh_models(self, select: str | None = None) -> None:
+        """Fill the model list from the registry (keeps models added from files); select ``select`` if listed."""
+        try:
+            registered = list_models()
+        except MedAdaptError as err:
+            show_error(str(err))
+            registered = []
+        names = {card.name for card in registered}
+        added = [card for card in self._cards if card.path and card.name not in names]
+        cards = registered + added
+        index = next((i for i, card in enumerate(cards) if card.name == select), None)
+        self._set_cards(cards, select=index)
+
+    def _set_cards(self, cards: list[ModelCard], select: int | None = None) -> None:
+        self._cards = cards
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for card in cards:
+            self.model_combo.addItem(card.name, card.path)
+        if cards:
+            self.model_combo.setCurrentIndex(select if select is not None else 0)
+        self.model_combo.blockSignals(False)
+        self._on_model_changed()
+
+    def add_model_file(self, path: str | Path) -> ModelCard:
+        """Add a model from a card (.json) or weight file (.safetensors/.pt/.pth with its card) and select it."""
+        path = Path(path)
+        card_path = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
+        return self._add_card(ModelCard.load(card_path))
+
+    def _add_card(self, card: ModelCard) -> ModelCard:
+        cards = [c for c in self._cards if c.path != card.path]
+        self._set_cards([*cards, card], select=len(cards))
+        return card
+
+    def _choose_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load a segmentation model", "", "Model card or weights (*.json *.safetensors *.pt *.pth)"
+        )
+        if path:
+            try:
+                self.add_model_file(path)
+            except MedAdaptError as err:
+                show_error(str(err))
+
+    def _on_text_typed(self, text: str) -> None:
+        """Editable combobox: resolve a typed model file path or registered name."""
+        from napari_medadapt.core.models import find_card
+
+        text = text.strip()
+        if self.model_combo.findText(text) >= 0:
+            return
+        try:
+            if Path(text).suffix.lower() in MODEL_FILE_SUFFIXES:
+                self.add_model_file(text)
+            else:
+                self._add_card(ModelCard.load(find_card(text)))
+        except MedAdaptError as err:
+            self._on_model_changed()
+            self.model_info.setText(f"model: {err}")
+
+    @property
+    def card(self) -> ModelCard | None:
+        """Card of the selected model (``None`` when none is selected or the typed text names no model)."""
+        index = self.model_combo.currentIndex()
+        if not 0 <= index < len(self._cards):
+            return None
+        if self.model_combo.isEditable() and self.model_combo.currentText().strip() != self.model_combo.itemText(index):
+            return None
+        return self._cards[index]
+
+    def _on_model_changed(self, *_: Any) -> None:
+        card = self.card
+        while self.inputs_form.rowCount():
+            self.inputs_form.removeRow(0)
+        self.modality_boxes = {}
+        if card is None:
+            self.model_info.setText(
+                "No model found. Load one from a file."
+                if self._allow_files
+                else "No model found. Add one in the Segment dock or to MEDADAPT_MODEL_PATH."
+            )
+        else:
+            classes = ", ".join(f"{i} {n}" for i, n in zip(card.labels, card.class_names, strict=True))
+            self.model_info.setText(f"{card.description or card.name} Classes: {classes}.")
+            optional = set(card.optional_modalities)
+            for modality in card.modalities:
+                box = QComboBox()
+                box.setToolTip(f"Image layer for the model's {modality.upper()} input")
+                box.currentTextChanged.connect(self.inputs_changed)
+                self.inputs_form.addRow(f"{modality.upper()}{' (optional)' if modality in optional else ''}", box)
+                self.modality_boxes[modality] = box
+            self.refresh_layers()
+        self.model_changed.emit()
+
+    # ------------------------------------------------------------------------------------------ layers
+    def refresh_layers(self, *_: Any) -> None:
+        """Offer the current image layers; keep the user's choices, else match layers by modality name."""
+        from napari.layers import Image
+
+        from napari_medadapt.widgets._layers import image_layers_by_modality
+
+        images = [
+            layer.name
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and not (self._skip_prefix and layer.name.startswith(self._skip_prefix))
+        ]
+        matched = image_layers_by_modality(self.viewer)
+        for modality, box in self.modality_boxes.items():
+            previous = box.currentText()
+            box.blockSignals(True)
+            box.clear()
+            box.addItems([NONE_CHOICE, *images])
+            if previous in images:
+                box.setCurrentText(previous)
+            elif modality in matched and matched[modality].name in images:
+                box.setCurrentText(matched[modality].name)
+            box.blockSignals(False)
+
+    def set_input(self, modality: str, layer_name: str) -> None:
+        """Assign an image layer (or ``"none"``) to one of the model's inputs."""
+        box = self.modality_boxes[modality]
+        if box.findText(layer_name) < 0:
+            raise MedAdaptError(f"there is no image layer called {layer_name!r}.")
+        box.setCurrentText(layer_name)
+
+    def input_mapping(self) -> dict[str, str | None]:
+        """Model modality -> chosen image layer name (``None`` for "none")."""
+        return {m: (None if b.currentText() == NONE_CHOICE else b.currentText()) for m, b in self.modality_boxes.items()}
+
+    def chosen_layers(self) -> dict[str, Any]:
+        """Model modality -> chosen image layer, for the inputs that have one."""
+        return {
+            modality: self.viewer.layers[name]
+            for modality, name in self.input_mapping().items()
+            if name is not None and name in self.viewer.layers
+        }
+
+    def volume(self) -> Volume:
+        """The selected model's input volume from the chosen layers.
+
+        Raises
+        ------
+        MedAdaptError
+            When no model is selected, a required input has no layer, or the layers do not form one volume.
+        """
+        from napari_medadapt.widgets._layers import volume_from_layers
+
+        card = self.card
+        if card is None:
+            raise MedAdaptError("Choose a segmentation model first.")
+        chosen = self.chosen_layers()
+        card.check_modalities(chosen)
+        return volume_from_layers(chosen, list(chosen))
