@@ -13,22 +13,21 @@ import json
 import sys
 from pathlib import Path
 
+from napari_medadapt.cli._common import (
+    add_device_argument,
+    add_model_arguments,
+    load_checked_model,
+    load_images,
+    parse_images,
+    text_progress,
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     help_text = "measure a volume's domain shift against a model's training data (BN-KL shift score)"
     parser = subparsers.add_parser("shift-score", help=help_text, description=help_text)
-    parser.add_argument(
-        "--model",
-        default=None,
-        metavar="NAME_OR_PATH",
-        help="bundled model name, model card (.json) or weight file; default: the bundled model glioma2d",
-    )
-    parser.add_argument(
-        "--image",
-        action="append",
-        required=True,
-        metavar="MODALITY=PATH",
-        help="an input image and its modality, e.g. flair=case/flair.nii.gz (repeat per modality)",
+    add_model_arguments(
+        parser, "bundled model name, model card (.json) or weight file; default: the bundled model glioma2d"
     )
     parser.add_argument(
         "--slices",
@@ -38,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: the same subsample test-time adaptation uses)",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write the result as JSON")
-    parser.add_argument("--device", default=None, help="compute device: auto, cpu, cuda, cuda:N or mps")
+    add_device_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -57,15 +56,12 @@ def _slice_policy(text: str | None) -> int | str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_medadapt.cli.segment import load_images, parse_images, text_progress
     from napari_medadapt.core.adapt.tta_score import classify_shift, shift_score, typical_range
     from napari_medadapt.core.jobs import JobContext
-    from napari_medadapt.core.models import DEFAULT_MODEL, load_model
 
     policy = _slice_policy(args.slices)
     volume = load_images(parse_images(args.image))
-    model = load_model(args.model or DEFAULT_MODEL)
-    model.card.check_modalities(volume.channels)
+    model = load_checked_model(args.model, volume.channels)
     score = shift_score(
         model, volume, slices=policy, device=args.device, ctx=JobContext(on_progress=text_progress("shift score"))
     )

@@ -19,24 +19,24 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_medadapt.cli._common import (
+    add_device_argument,
+    add_model_arguments,
+    check_nifti_out,
+    load_checked_model,
+    load_images,
+    parse_images,
+    text_progress,
+)
+
 KINDS = ("positive", "negative")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     help_text = "segment with feature channels chosen by positive/negative keypoints (TTS)"
     parser = subparsers.add_parser("tts", help=help_text, description=help_text)
-    parser.add_argument(
-        "--model",
-        default=None,
-        metavar="NAME_OR_PATH",
-        help="bundled model name, model card (.json) or weight file with its card beside it; default: glioma2d",
-    )
-    parser.add_argument(
-        "--image",
-        action="append",
-        required=True,
-        metavar="MODALITY=PATH",
-        help="an input image and its modality, e.g. flair=case/flair.nii.gz (repeat per modality)",
+    add_model_arguments(
+        parser, "bundled model name, model card (.json) or weight file with its card beside it; default: glioma2d"
     )
     parser.add_argument(
         "--points",
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", required=True, metavar="OUT.nii.gz", help="where to write the muted label map"
     )
-    parser.add_argument("--device", default=None, help="compute device: auto, cpu, cuda, cuda:N or mps")
+    add_device_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -108,22 +108,17 @@ def read_points(path: Path, source_shape: tuple[int, int, int]) -> tuple[np.ndar
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_medadapt.cli import CLIError
-    from napari_medadapt.cli.segment import load_images, parse_images, text_progress
     from napari_medadapt.core.adapt.tts import TTSWarning, tts
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.metrics import label_volumes_ml
-    from napari_medadapt.core.models import DEFAULT_MODEL, load_model
-    from napari_medadapt.core.volume import is_nifti_path, save_labels
+    from napari_medadapt.core.volume import save_labels
 
-    if not is_nifti_path(args.out):
-        raise CLIError(f"--out {args.out}: the output must be a .nii.gz or .nii file.")
+    check_nifti_out(args.out)
     volume = load_images(parse_images(args.image))
     geometry = volume.geometry
     positives_ijk, negatives_ijk = read_points(Path(args.points), tuple(geometry.source_shape))
-    model = load_model(args.model or DEFAULT_MODEL, device=select_device(args.device))
-    model.card.check_modalities(volume.channels)
+    model = load_checked_model(args.model, volume.channels, device=select_device(args.device))
     positives = geometry.source_index_to_display(positives_ijk) if len(positives_ijk) else positives_ijk
     negatives = geometry.source_index_to_display(negatives_ijk) if len(negatives_ijk) else negatives_ijk
     print(
