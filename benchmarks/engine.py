@@ -10,17 +10,15 @@ Writes ``docs/benchmarks/engine.json`` and ``docs/benchmarks/engine.md``; see
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from napari_medadapt.bench import engine
+from napari_medadapt.bench._common import standalone_main
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the benchmark's options and run it."""
-    parser = argparse.ArgumentParser(description=engine.HELP)
-    engine.add_arguments(parser)
-    return engine.run(parser.parse_args(argv))
+    return standalone_main(engine, argv)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,15 @@ for what is measured.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from napari_medadapt.bench import tta
+from napari_medadapt.bench._common import standalone_main
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the benchmark's options and run it."""
-    parser = argparse.ArgumentParser(description=tta.HELP)
-    tta.add_arguments(parser)
-    return tta.run(parser.parse_args(argv))
+    return standalone_main(tta, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
 """Thin wrapper: ``python benchmarks/tts.py ARGS`` is ``medadapt bench tts ARGS``."""
 
-import argparse
 import sys
 
 from napari_medadapt.bench import tts
+from napari_medadapt.bench._common import standalone_main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=tts.HELP)
-    tts.add_arguments(parser)
-    sys.exit(tts.run(parser.parse_args()))
+    sys.exit(standalone_main(tts))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from napari_medadapt.bench._common import write_json
 
 FP_GOAL = 0.5
 DICE_GOAL = -0.02
@@ -61,8 +62,7 @@ def write_reports(report: dict[str, Any], json_path: Path, md_path: Path) -> Non
         "one_plus_one": goal_rows(report["rows"]),
         "latency_met": bool(report["latency"]["cached_median_ms"] <= LATENCY_GOAL_MS),
     }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report, json_path)
     lat = report["latency"]
     lines = [
         "# TTS keypoint feature muting: trap-set benchmark",

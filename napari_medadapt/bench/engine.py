@@ -17,12 +17,13 @@ Measures, with ``torch.set_num_threads(--threads)`` (default 1: the CPU is share
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from napari_medadapt.bench._common import add_data_argument, add_report_arguments, write_json
 
 HELP = "engine benchmark: throughput, peak memory and Dice (clean and simulated shifts) of the bundled model"
 
@@ -34,17 +35,11 @@ SUBSETS: dict[str, tuple[str, ...]] = {
 REGIONS = ("WT", "TC", "ET")
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``medadapt bench engine``."""
-    root = _repo_root()
     parser.add_argument("--model", default="glioma2d", help="bundled model name or card path")
-    parser.add_argument("--data", type=Path, default=root.parent / "shared" / "data" / "real")
-    parser.add_argument("--json", type=Path, default=root / "docs" / "benchmarks" / "engine.json")
-    parser.add_argument("--md", type=Path, default=root / "docs" / "benchmarks" / "engine.md")
+    add_data_argument(parser)
+    add_report_arguments(parser, "engine")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--batch", type=int, default=8, help="slices per inference batch")
     parser.add_argument(
@@ -255,8 +250,7 @@ def run(args: argparse.Namespace) -> int:
         "shifts": shift_table(model, volume, fusion, args.shifts, args.batch),
     }
     report["seconds"] = round(time.perf_counter() - start, 1)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_json(report, args.json, indent=1)
     args.md.parent.mkdir(parents=True, exist_ok=True)
     args.md.write_text(_markdown(report), encoding="utf-8")
     print(f"wrote {args.json} and {args.md}")

@@ -17,29 +17,23 @@ sees the whole volume. Writes ``docs/benchmarks/tta.json`` and ``tta.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from napari_medadapt.bench._common import add_data_argument, add_report_arguments, write_json
 from napari_medadapt.bench._tta_report import REGIONS, summarise, write_markdown
 
 HELP = "test-time adaptation on a real case and its simulated shifts: Dice before/after, time, shift score vs Dice"
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``medadapt bench tta``."""
-    root = _repo_root()
     parser.add_argument("--model", default="glioma2d", help="bundled model name or card path")
-    parser.add_argument("--data", type=Path, default=root.parent / "shared" / "data" / "real")
+    add_data_argument(parser)
     parser.add_argument("--case", default="glioma_tcga_fg6692", help="case folder under --data")
-    parser.add_argument("--json", type=Path, default=root / "docs" / "benchmarks" / "tta.json")
-    parser.add_argument("--md", type=Path, default=root / "docs" / "benchmarks" / "tta.md")
+    add_report_arguments(parser, "tta")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--methods", default="bn_affine,tent,normalizer", help="comma-separated methods")
     parser.add_argument(
@@ -218,8 +212,7 @@ def run(args: argparse.Namespace) -> int:
         "summary": summarise(records, methods),
         "total_seconds": time.perf_counter() - started,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report, args.json)
     write_markdown(report, args.md)
     print(f"wrote {args.json} and {args.md} in {report['total_seconds']:.0f} s")
     return 0

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_medadapt.bench._common import add_data_argument, add_report_arguments
+
 HELP = "TTS benchmark: artifact false positives and Dice before/after keypoint muting, re-prediction latency"
 
 TEST_CASE = "glioma_tcga_fg6692"
@@ -34,17 +36,11 @@ OTHER_TAPS = ("bottleneck", "up1", "up2")
 OTHER_TAP_KEEPS = (0.10, 0.25)
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``medadapt bench tts``."""
-    root = _repo_root()
     parser.add_argument("--model", default="tts_trap", help="model name or card path (default: tts_trap)")
-    parser.add_argument("--data", type=Path, default=root.parent / "shared" / "data" / "real")
-    parser.add_argument("--json", type=Path, default=root / "docs" / "benchmarks" / "tts.json")
-    parser.add_argument("--md", type=Path, default=root / "docs" / "benchmarks" / "tts.md")
+    add_data_argument(parser)
+    add_report_arguments(parser, "tts")
     parser.add_argument("--real-slices", type=int, default=12, help="tumour slices of the test case")
     parser.add_argument("--phantom-slices", type=int, default=12, help="phantom test slices")
     parser.add_argument("--draws", type=int, default=3, help="random keypoint draws per setting")
