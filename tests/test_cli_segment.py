@@ -13,24 +13,19 @@ import pytest
 import torch
 
 from napari_medadapt.cli import main
-from napari_medadapt.core.models import ModelCard, build_model, default_architecture, save_model
+from napari_medadapt.core.models import ModelCard, default_architecture
 from napari_medadapt.core.volume import load_labels, read_geometry
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "glioma_tcga_du7294"
 MODALITIES = ["t1", "t1c", "t2", "flair"]
 CROP = (slice(72, 120), slice(64, 112), slice(100, 110))  # source (i, j, k) axes
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("case")
-    for name in [*MODALITIES, "seg_fusion"]:
-        image = nib.load(str(REAL / f"{name}.nii.gz"))
-        nib.save(image.slicer[CROP], str(folder / f"{name}.nii.gz"))
+def case(tmp_path_factory, real_data, write_crops, save_tiny_model) -> Path:
+    folder = write_crops(tmp_path_factory.mktemp("case"), [*MODALITIES, "seg_fusion"], CROP)
     # a second algorithm's labels as a "prediction" to evaluate
-    algo = nib.load(str(REAL / "seg_algorithms" / "isen-20.nii.gz"))
+    algo = nib.load(str(real_data / "glioma_tcga_du7294" / "seg_algorithms" / "isen-20.nii.gz"))
     nib.save(algo.slicer[CROP], str(folder / "algo.nii.gz"))
-    torch.manual_seed(0)
     card = ModelCard(
         name="tinycli",
         architecture=default_architecture(2, 4, 4, filters=(4, 8, 16)),
@@ -38,7 +33,7 @@ def case(tmp_path_factory) -> Path:
         labels=[0, 1, 2, 4],
         supported_subsets=[MODALITIES],
     )
-    save_model(build_model(card).eval(), folder / "tinycli.safetensors")
+    save_tiny_model(folder, card)
     return folder
 
 

@@ -4,30 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from napari_medadapt._reader import read_paths
-from napari_medadapt.core.models import ModelCard, build_model, default_architecture, save_model
+from napari_medadapt.core.models import ModelCard, default_architecture
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "glioma_tcga_du7294"
 MODALITIES = ["t1", "t1c", "t2", "flair"]
 CROP = (slice(72, 120), slice(64, 112), slice(90, 114))
 
 
 @pytest.fixture(scope="module")
-def crop_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("glioma")
-    for name in [*MODALITIES, "seg_fusion"]:
-        nib.save(nib.load(str(REAL / f"{name}.nii.gz")).slicer[CROP], str(folder / f"{name}.nii.gz"))
-    return folder
+def crop_folder(tmp_path_factory, write_crops) -> Path:
+    return write_crops(tmp_path_factory.mktemp("glioma"), [*MODALITIES, "seg_fusion"], CROP)
 
 
 @pytest.fixture
-def model_dir(tmp_path, monkeypatch) -> Path:
-    torch.manual_seed(0)
+def model_dir(register_tiny_model) -> Path:
     card = ModelCard(
         name="tinywidget",
         architecture=default_architecture(2, 4, 4, filters=(4, 8, 16)),
@@ -36,24 +28,14 @@ def model_dir(tmp_path, monkeypatch) -> Path:
         class_names=["background", "necrosis", "edema", "enhancing"],
         supported_subsets=[MODALITIES, ["t1c", "t2", "flair"]],
     )
-    save_model(build_model(card).eval(), tmp_path / "tinywidget.safetensors")
-    monkeypatch.setenv("MEDADAPT_MODEL_PATH", str(tmp_path))
-    return tmp_path
+    return register_tiny_model(card)
 
 
 @pytest.fixture
-def dock(make_napari_viewer, crop_folder, model_dir):
+def dock(open_dock, crop_folder, model_dir):
     from napari_medadapt.widgets.segment import SegmentWidget
 
-    viewer = make_napari_viewer()
-    for data, kwargs, kind in read_paths(str(crop_folder)):
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    index = widget.model_combo.findText("tinywidget")
-    assert index >= 0
-    widget.model_combo.setCurrentIndex(index)
-    return viewer, widget
+    return open_dock(crop_folder, SegmentWidget, "tinywidget")
 
 
 def _run(qtbot, widget):

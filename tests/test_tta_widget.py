@@ -4,29 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import pytest
 import torch
 
-from napari_medadapt._reader import read_paths
-from napari_medadapt.core.models import ModelCard, build_model, default_architecture, save_model
+from napari_medadapt.core.models import ModelCard, default_architecture
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "glioma_tcga_du7294"
 MODALITIES = ["t1", "t1c", "t2", "flair"]
 CROP = (slice(72, 136), slice(64, 128), slice(80, 96))
 
 
 @pytest.fixture(scope="module")
-def crop_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("glioma_tta")
-    for name in MODALITIES:
-        nib.save(nib.load(str(REAL / f"{name}.nii.gz")).slicer[CROP], str(folder / f"{name}.nii.gz"))
-    return folder
+def crop_folder(tmp_path_factory, write_crops) -> Path:
+    return write_crops(tmp_path_factory.mktemp("glioma_tta"), MODALITIES, CROP)
 
 
 @pytest.fixture
-def model_dir(tmp_path, monkeypatch) -> Path:
-    torch.manual_seed(0)
+def model_dir(register_tiny_model) -> Path:
     card = ModelCard(
         name="tinytta",
         architecture=default_architecture(2, 4, 4, filters=(4, 8, 16), res_block=False),
@@ -35,24 +28,14 @@ def model_dir(tmp_path, monkeypatch) -> Path:
         class_names=["background", "necrosis", "edema", "enhancing"],
         shift_score={"typical_max": 0.5, "far_min": 1.5},
     )
-    save_model(build_model(card).eval(), tmp_path / "tinytta.safetensors")
-    monkeypatch.setenv("MEDADAPT_MODEL_PATH", str(tmp_path))
-    return tmp_path
+    return register_tiny_model(card)
 
 
 @pytest.fixture
-def dock(make_napari_viewer, crop_folder, model_dir):
+def dock(open_dock, crop_folder, model_dir):
     from napari_medadapt.widgets.tta import TTAWidget
 
-    viewer = make_napari_viewer()
-    for data, kwargs, kind in read_paths(str(crop_folder)):
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
-    widget = TTAWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    index = widget.model_combo.findText("tinytta")
-    assert index >= 0
-    widget.model_combo.setCurrentIndex(index)
-    return viewer, widget
+    return open_dock(crop_folder, TTAWidget, "tinytta")
 
 
 def test_inputs_are_matched_and_settings_read(dock):

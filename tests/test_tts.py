@@ -24,8 +24,7 @@ from napari_medadapt.core.adapt.tts_session import TTSSession
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.models import build_model, default_architecture
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-CASE = REAL / "glioma_tcga_fg6692"
+TEST_CASE = "glioma_tcga_fg6692"
 
 
 def tiny_model(dims: int = 2, seed: int = 0, in_channels: int = 2):
@@ -215,12 +214,12 @@ def test_tts_classify_mutes_the_artifact_channel():
 
 # ---------------------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
-def crop_case(tmp_path_factory) -> dict[str, Path]:
+def crop_case(tmp_path_factory, real_data) -> dict[str, Path]:
     """t1c and flair crops of the real test case around its tumour, written as NIfTI with their affine."""
     out = tmp_path_factory.mktemp("tts_case")
     paths = {}
     for modality in ("t1c", "flair"):
-        image = nib.load(str(CASE / f"{modality}.nii.gz"))
+        image = nib.load(str(real_data / TEST_CASE / f"{modality}.nii.gz"))
         crop = image.slicer[100:140, 90:126, 80:84]
         paths[modality] = out / f"{modality}.nii.gz"
         nib.save(nib.Nifti1Image(np.asarray(crop.dataobj), crop.affine, crop.header), str(paths[modality]))
@@ -228,10 +227,9 @@ def crop_case(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model_file(tmp_path_factory) -> Path:
-    from napari_medadapt.core.models import ModelCard, SegModel, save_model
+def tiny_model_file(tmp_path_factory, save_tiny_model) -> Path:
+    from napari_medadapt.core.models import ModelCard
 
-    torch.manual_seed(1)
     card = ModelCard(
         name="tiny_tts",
         architecture=default_architecture(2, 2, 2, filters=(8, 16, 32), res_block=False),
@@ -239,7 +237,7 @@ def tiny_model_file(tmp_path_factory) -> Path:
         labels=[0, 1],
         voxel_size=[None, 2.0, 2.0],
     )
-    return save_model(SegModel(card), tmp_path_factory.mktemp("tts_model") / "tiny_tts")
+    return save_tiny_model(tmp_path_factory.mktemp("tts_model"), card, seed=1)
 
 
 def test_cli_writes_muted_labels_on_the_source_grid(crop_case, tiny_model_file, tmp_path, capsys):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from napari_medadapt.core.models import ModelCard, SegModel, default_architecture, save_model
+from napari_medadapt.core.models import ModelCard, default_architecture
 from napari_medadapt.widgets.tts import (
     AFTER_LAYER,
     ATTENTION_AFTER_LAYER,
@@ -20,15 +19,14 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def model_path(tmp_path):
-    torch.manual_seed(0)
+def model_path(tmp_path, save_tiny_model):
     card = ModelCard(
         name="tiny_tts_widget",
         architecture=default_architecture(2, 2, 2, filters=(8, 16, 32), res_block=False),
         modalities=["t1c", "flair"],
         labels=[0, 1],
     )
-    return save_model(SegModel(card), tmp_path / "tiny_tts_widget")
+    return save_tiny_model(tmp_path, card)
 
 
 def _wait(qtbot, handle):
