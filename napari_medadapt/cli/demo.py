@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 PLUGIN_NAME = "napari-medadapt"
 
@@ -38,8 +39,14 @@ def plugin_widget_names() -> list[str]:
     return [widget.display_name for widget in (manifest.contributions.widgets or [])]
 
 
-def open_demo_viewer(case: Path | None = None):
-    """Create a napari viewer with the case (default: the bundled sample) and every plugin dock."""
+def open_demo_viewer(case: Path | None = None) -> tuple[Any, dict[str, tuple[Any, Any]]]:
+    """Create a napari viewer with the case (default: the bundled sample) and every plugin dock.
+
+    Returns
+    -------
+    viewer, docks
+        The viewer, and for each dock's display name its ``(dock widget, dock contents)`` pair.
+    """
     import napari
 
     from napari_medadapt._sample_data import sample_case_dir
@@ -47,21 +54,21 @@ def open_demo_viewer(case: Path | None = None):
     viewer = napari.Viewer(title="napari-medadapt demo")
     case_dir = case if case is not None else sample_case_dir()
     viewer.open(str(case_dir), plugin=PLUGIN_NAME)
-    docks = [
-        viewer.window.add_plugin_dock_widget(PLUGIN_NAME, widget_name, tabify=index > 0)[0]
+    docks = {
+        widget_name: viewer.window.add_plugin_dock_widget(PLUGIN_NAME, widget_name, tabify=index > 0)
         for index, widget_name in enumerate(plugin_widget_names())
-    ]
+    }
     if docks:
-        docks[0].raise_()  # tabified docks: show the first one (Segment volume) on top
+        next(iter(docks.values()))[0].raise_()  # tabified docks: show the first one (Segment volume) on top
     viewer.dims.set_point(0, viewer.dims.range[0].stop / 2 if viewer.dims.ndim else 0)
-    return viewer
+    return viewer, docks
 
 
 def run(args: argparse.Namespace) -> int:
     import napari
     from qtpy.QtCore import QTimer
 
-    viewer = open_demo_viewer(args.case)
+    viewer, _ = open_demo_viewer(args.case)
     if args.screenshot is not None:
         screenshot_path = args.screenshot
 
