@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError
+from napari_medadapt.core.sam.prompts import Prompts
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets.sam_engine import LAYER_LIMITS, ModelChoice, SamSession, slice_requests
 from napari_medadapt.widgets.sam_panels import CommitPanel, PropagationPanel, model_items
@@ -293,7 +294,7 @@ class SamWidget(QWidget):
         image = self.image_layer
         return image, sp.check_image_layer(image)
 
-    def _prompts(self) -> tuple[Any, sp.Plane, dict[int, sp.SlicePrompts], np.ndarray]:
+    def _prompts(self) -> tuple[Any, sp.Plane, dict[int, Prompts], np.ndarray]:
         """Image, displayed plane, prompts per slice of that plane, image array (checked)."""
         image, data = self._checked_image()
         layers = [self._layer(name) for name in (sp.POINTS_LAYER, sp.BOXES_LAYER)]
@@ -353,7 +354,7 @@ class SamWidget(QWidget):
         changed = {i: p for i, p in prompts.items() if self.results.applied.get((axis, i)) != p.signature}
         for a, i in self.results.applied:
             if a == axis and i not in prompts:
-                changed[i] = sp.SlicePrompts()
+                changed[i] = Prompts()
         request = (self._generation, axis, tuple(sorted((i, p.signature) for i, p in changed.items())))
         if self._predict_handle is not None and not self._predict_handle.done and request == self._predict_request:
             return self._predict_handle

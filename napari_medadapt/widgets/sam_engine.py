@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medadapt.widgets.sam_prompts import Plane, SlicePrompts
+from napari_medadapt.core.sam.prompts import Prompts
+from napari_medadapt.widgets.sam_prompts import Plane
 
 if TYPE_CHECKING:
     from napari_medadapt.core.jobs import JobContext
@@ -36,7 +37,7 @@ class SliceRequest:
 
     index: int
     image: np.ndarray
-    prompts: SlicePrompts
+    prompts: Prompts
     mask_input: np.ndarray | None = None
 
 
@@ -219,7 +220,7 @@ class SamSession:
 
 
 def slice_requests(
-    volume: np.ndarray, axis: int, prompts: dict[int, SlicePrompts], feedback: dict[int, np.ndarray]
+    volume: np.ndarray, axis: int, prompts: dict[int, Prompts], feedback: dict[int, np.ndarray]
 ) -> list[SliceRequest]:
     """Requests for the given slices' prompts, with each slice's previous logits where given."""
     return [

@@ -12,13 +12,14 @@ embeddings are shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.sam import PromptError
+from napari_medadapt.core.sam.prompts import Prompts
 from napari_medadapt.widgets._layers import layer_geometry
 
 POINTS_LAYER = "SAM prompts"
@@ -52,41 +53,6 @@ class Plane:
     def take(self, volume: np.ndarray) -> np.ndarray:
         """The 2D slice of ``volume`` (a copy)."""
         return np.array(volume[self.slicer()])
-
-
-@dataclass(frozen=True)
-class SlicePrompts:
-    """Prompts of one slice in slice coordinates: points ``(N, 2)`` (row, col), labels (1/0), box."""
-
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-    box: tuple[float, float, float, float] | None = None
-
-    @property
-    def is_empty(self) -> bool:
-        """No point and no box."""
-        return len(self.points) == 0 and self.box is None
-
-    @property
-    def negative_only(self) -> bool:
-        """Only negative clicks (the user's 'the object is not here' / stop mark)."""
-        return len(self.labels) > 0 and not np.any(self.labels == 1) and self.box is None
-
-    @property
-    def signature(self) -> tuple:
-        """Hashable summary: equal signatures mean the same prompts."""
-        pts = tuple(
-            (round(float(r), 2), round(float(c), 2), int(lab)) for (r, c), lab in zip(self.points, self.labels, strict=True)
-        )
-        box = None if self.box is None else tuple(round(float(v), 2) for v in self.box)
-        return pts, box
-
-    def extends(self, previous: tuple | None) -> bool:
-        """Whether these prompts are ``previous`` (a signature) plus more clicks, same box."""
-        if previous is None:
-            return False
-        pts, box = self.signature
-        return box == previous[1] and len(pts) > len(previous[0]) and pts[: len(previous[0])] == previous[0]
 
 
 def check_image_layer(layer: Any) -> np.ndarray:
@@ -214,8 +180,8 @@ def box_prompts(layer: Any, image: Any) -> list[tuple[int, int, tuple[float, flo
     return boxes
 
 
-def collect_prompts(points: Any | None, boxes: Any | None, image: Any, axis: int) -> dict[int, SlicePrompts]:
-    """``{slice index: SlicePrompts}`` for every slice along ``axis`` that holds prompts placed in that plane.
+def collect_prompts(points: Any | None, boxes: Any | None, image: Any, axis: int) -> dict[int, Prompts]:
+    """``{slice index: Prompts}`` for every slice along ``axis`` that holds prompts placed in that plane.
 
     Only the most recently drawn box of a slice counts (SAM takes one box per object).
     """
@@ -235,7 +201,7 @@ def collect_prompts(points: Any | None, boxes: Any | None, image: Any, axis: int
                 pts, labs, _ = by_slice.get(index, ([], [], None))
                 by_slice[index] = (pts, labs, box)
     return {
-        index: SlicePrompts(np.asarray(pts, float).reshape(-1, 2), np.asarray(labs, np.int64), box)
+        index: Prompts(np.asarray(pts, float).reshape(-1, 2), np.asarray(labs, np.int64), box)
         for index, (pts, labs, box) in by_slice.items()
     }
 

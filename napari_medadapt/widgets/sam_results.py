@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QTableWidget, QTableWidgetItem
 
-from napari_medadapt.widgets.sam_prompts import Plane, SlicePrompts
+from napari_medadapt.core.sam.prompts import Prompts
+from napari_medadapt.widgets.sam_prompts import Plane
 
 if TYPE_CHECKING:
     from napari_medadapt.core.sam import MaskPrediction, PropagationResult
@@ -73,7 +74,7 @@ class SamResults:
 
     def apply_slices(self, preview: Any, outcomes: list[SliceOutcome], axis: int) -> None:
         """Paste segmented slices into the preview (only those slices) and remember them for refinement."""
-        empty = SlicePrompts().signature
+        empty = Prompts().signature
         for outcome in outcomes:
             key, prediction = (axis, outcome.index), outcome.prediction
             preview.data[Plane(*key).slicer()] = 0 if prediction is None else prediction.mask

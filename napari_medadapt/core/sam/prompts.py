@@ -63,6 +63,22 @@ class Prompts:
         """True when there are clicks, all negative, and no box (a user 'stop here' prompt)."""
         return len(self.labels) > 0 and not np.any(self.labels == 1) and self.box is None
 
+    @property
+    def signature(self) -> tuple:
+        """Hashable summary of the clicks and box (not the mask input): equal signatures, same prompts."""
+        pts = tuple(
+            (round(float(r), 2), round(float(c), 2), int(lab)) for (r, c), lab in zip(self.points, self.labels, strict=True)
+        )
+        box = None if self.box is None else tuple(round(float(v), 2) for v in self.box)
+        return pts, box
+
+    def extends(self, previous: tuple | None) -> bool:
+        """Whether these prompts are ``previous`` (a :attr:`signature`) plus more clicks, same box."""
+        if previous is None:
+            return False
+        pts, box = self.signature
+        return box == previous[1] and len(pts) > len(previous[0]) and pts[: len(previous[0])] == previous[0]
+
     def with_click(self, row: float, col: float, positive: bool) -> Prompts:
         """Return a copy with one more click."""
         return Prompts(
