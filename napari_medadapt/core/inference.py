@@ -339,7 +339,7 @@ def _predict_3d(
     return np.asarray(probs[0].float().numpy(), dtype=np.float32)
 
 
-def _input_box(data: np.ndarray, spatial_dims: int, divisor: tuple[int, ...]) -> tuple[slice, slice, slice] | None:
+def input_box(data: np.ndarray, spatial_dims: int, divisor: tuple[int, ...]) -> tuple[slice, slice, slice] | None:
     """Bounding box (+ margin) of the voxels where any channel is non-zero; None when it is the whole grid.
 
     Box starts are multiples of the network's total stride so the crop sees the same stride grid.
@@ -445,7 +445,7 @@ def predict_volume(
     was_training = model.training
     model.to(torch_device)
     model.eval()
-    box = _input_box(prepared.data, model.spatial_dims, model.size_divisor) if crop_to_input and model.card.labels[0] == 0 else None
+    box = input_box(prepared.data, model.spatial_dims, model.size_divisor) if crop_to_input and model.card.labels[0] == 0 else None
     data = prepared.data if box is None else np.ascontiguousarray(prepared.data[(slice(None), *box)])
     # Without resampling a 2D model needs no full float32 probability volume: index and confidence are
     # reduced per batch. Resampling back (and 3D stitching) work on float32 probabilities.

@@ -100,11 +100,11 @@ def network_inputs(
     """
     import torch
 
-    from napari_medadapt.core.inference import _input_box, prepare_input
+    from napari_medadapt.core.inference import input_box, prepare_input
 
     prepared = prepare_input(model, volume)
     indices = select_slices(prepared, slices)
-    box = _input_box(prepared, model.spatial_dims, model.size_divisor) if model.card.labels[0] == 0 else None
+    box = input_box(prepared, model.spatial_dims, model.size_divisor) if model.card.labels[0] == 0 else None
     if box is not None:  # as predict_volume: y, x (and z for 3D models) cropped to the non-zero input
         z_box = slice(None) if model.spatial_dims == 2 else box[0]
         prepared = prepared[:, z_box, box[1], box[2]]
