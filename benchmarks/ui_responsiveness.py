@@ -305,7 +305,7 @@ Date: {report["date_utc"]} UTC.
 **Max stall, main thread / worker: {report["max_stall_ratio_main_over_worker"]}x.**
 Goal (max stall <= {report["goal_max_stall_ms"]:.0f} ms in the worker run): **{"met" if report["goal_met"] else "missed"}**.
 
-Machine: {machine["cpu_cores"]} CPU cores shared with other engineers' jobs ({machine["platform"]}), Python
+Machine: {machine["cpu_cores"]} CPU cores shared with other jobs ({machine["platform"]}), Python
 {machine["python"]}, torch {machine["torch"]}, napari {machine["napari"]}, Xvfb with software OpenGL
 (Mesa llvmpipe). 1-minute load average {machine["load_average_1min_before"]} before and
 {machine["load_average_1min_after"]} after the run; the last column is the CPU other processes used
