@@ -48,6 +48,7 @@ def open_demo_viewer(case: Path | None = None) -> tuple[Any, dict[str, tuple[Any
         The viewer, and for each dock's display name its ``(dock widget, dock contents)`` pair.
     """
     import napari
+    from qtpy.QtCore import QTimer
 
     from napari_medadapt._sample_data import sample_case_dir
 
@@ -59,7 +60,8 @@ def open_demo_viewer(case: Path | None = None) -> tuple[Any, dict[str, tuple[Any
         for index, widget_name in enumerate(plugin_widget_names())
     }
     if docks:
-        next(iter(docks.values()))[0].raise_()  # tabified docks: show the first one (Segment volume) on top
+        # tabified docks: once the window is shown, put the first one (Segment volume) on top
+        QTimer.singleShot(0, next(iter(docks.values()))[0].raise_)
     viewer.dims.set_point(0, viewer.dims.range[0].stop / 2 if viewer.dims.ndim else 0)
     return viewer, docks
 

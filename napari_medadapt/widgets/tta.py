@@ -105,7 +105,8 @@ class LossPlot(QWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(3.2, 2.0), tight_layout=True)
+        # constrained layout adapts to any dock size without warning when the canvas is briefly tiny
+        self.figure = Figure(figsize=(3.2, 2.0), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.axes = self.figure.add_subplot(111)
         self.iterations: list[int] = []
