@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from napari_medadapt.core.errors import ModelError
+from napari_medadapt.core.jobs import JobCancelled, JobContext
 from napari_medadapt.core.sam import registry
 
 PAYLOAD = b"not really a checkpoint, but bytes with a known sha256\n" * 50
@@ -53,6 +54,22 @@ def test_download_verifies_sha256(cache: Path, server: str, monkeypatch: pytest.
     cached = {row["name"]: row["cached"] for row in registry.list_checkpoints()}
     assert cached["tiny-test"] is True
     assert cached["sam-vit-h"] is False
+
+
+def test_download_reports_progress_and_can_be_cancelled(
+    cache: Path, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _entry(monkeypatch, server + "/tiny.pth", hashlib.sha256(PAYLOAD).hexdigest())
+    steps: list[tuple[int, int]] = []
+    path = registry.fetch_checkpoint(name, ctx=JobContext(on_progress=lambda d, t, _m: steps.append((d, t))))
+    assert path.read_bytes() == PAYLOAD and steps and steps[-1][0] == steps[-1][1]
+
+    path.unlink()
+    cancelled = JobContext()
+    cancelled.cancel()
+    with pytest.raises(JobCancelled):
+        registry.fetch_checkpoint(name, ctx=cancelled)
+    assert not any(p.is_file() for p in path.parent.iterdir()), "a cancelled download leaves no file"
 
 
 def test_hash_mismatch_is_a_clear_error(cache: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:

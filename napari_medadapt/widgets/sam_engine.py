@@ -97,7 +97,7 @@ class SamSession:
             warnings.simplefilter("always")
             if entry is not None and entry.url and not checkpoint_path(choice.name).is_file():
                 ctx.progress(0, 0, f"downloading {entry.title} ({entry.size_mb:.0f} MB)")
-                fetch_checkpoint(choice.name)
+                fetch_checkpoint(choice.name, ctx=ctx)
             ctx.progress(0, 0, f"loading {entry.title if entry else choice.name}")
             model = load_sam(choice.name, architecture=choice.architecture)
         notes.extend(str(w.message) for w in caught if issubclass(w.category, UserWarning))

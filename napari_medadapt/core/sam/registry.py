@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_medadapt.core.errors import ModelError
+from napari_medadapt.core.jobs import JobCancelled, JobContext
 from napari_medadapt.core.sam.small_model import SMALL_MODEL_NAME, SMALL_WEIGHTS, file_sha256
 
 _UNSET: Any = object()
@@ -174,11 +175,41 @@ def _where_message(entry: CheckpointEntry, path: Path, problem: str) -> str:
     )
 
 
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+
+
+class _DownloadProgress:
+    """pooch's progress-bar protocol (``total``, ``update``, ``reset``, ``close``) reported to a JobContext.
+
+    Steps are MiB; ``update`` raises :class:`JobCancelled` once the job is cancelled, which aborts the
+    download (pooch writes to a temporary file, so nothing partial is left in the cache).
+    """
+
+    def __init__(self, ctx: JobContext, label: str) -> None:
+        self.total = 0
+        self._ctx = ctx
+        self._label = label
+        self._done = 0
+
+    def update(self, n_bytes: int) -> None:
+        self._done += n_bytes
+        total_mib = max(1, -(-int(self.total or 0) // DOWNLOAD_CHUNK_BYTES))
+        done_mib = -(-self._done // DOWNLOAD_CHUNK_BYTES)  # ceil: pooch ends with reset() + update(total)
+        self._ctx.progress(min(done_mib, total_mib), total_mib, self._label)
+
+    def reset(self) -> None:
+        self._done = 0
+
+    def close(self) -> None:
+        """Nothing to release (pooch's protocol)."""
+
+
 def fetch_checkpoint(
     name: str,
     known_hash: str | None = _UNSET,
     url: str | None = None,
     progressbar: bool = False,
+    ctx: JobContext | None = None,
 ) -> Path:
     """Return the local path of a registry checkpoint, downloading and verifying it when needed.
 
@@ -192,7 +223,9 @@ def fetch_checkpoint(
     url
         Override the download URL (a mirror).
     progressbar
-        Show pooch's download progress bar (needs tqdm).
+        Show pooch's download progress bar (needs tqdm); ignored when ``ctx`` is given.
+    ctx
+        Receives download progress in MiB and can cancel the download (:class:`JobCancelled`).
 
     Raises
     ------
@@ -228,6 +261,12 @@ def fetch_checkpoint(
                 "a different file). Delete it to download again."
             )
         )
+    downloader = None
+    if ctx is not None:
+        label = f"downloading {entry.filename} (MiB)"
+        downloader = pooch.HTTPDownloader(
+            progressbar=_DownloadProgress(ctx, label), chunk_size=DOWNLOAD_CHUNK_BYTES
+        )
     try:
         fetched = pooch.retrieve(
             source_url,
@@ -235,7 +274,10 @@ def fetch_checkpoint(
             fname=entry.filename,
             path=str(path.parent),
             progressbar=progressbar,
+            downloader=downloader,
         )
+    except JobCancelled:
+        raise
     except ValueError as exc:
         raise ModelError(
             _where_message(entry, path, f"The download of {entry.filename} did not match its sha256 ({exc}).")
