@@ -19,7 +19,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from napari_medadapt.core.errors import MedAdaptError
+from .errors import MedAdaptError
 
 if TYPE_CHECKING:
     import torch

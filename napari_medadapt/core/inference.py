@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_medadapt.core.errors import ModelError, VolumeError
-from napari_medadapt.core.intensity import ct_window, robust_scale, zscore
-from napari_medadapt.core.jobs import JobContext, ensure_context
-from napari_medadapt.core.metrics import label_volumes_ml
-from napari_medadapt.core.volume import Geometry, Volume, canonical_modality
+from .errors import ModelError, VolumeError
+from .intensity import ct_window, robust_scale, zscore
+from .jobs import JobContext, ensure_context
+from .metrics import label_volumes_ml
+from .volume import Geometry, Volume, canonical_modality
 
 if TYPE_CHECKING:
     import torch
 
-    from napari_medadapt.core.models import ModelCard, SegModel
+    from .models import ModelCard, SegModel
 
 #: Relative spacing difference above which the volume is resampled to the model's voxel size.
 SPACING_TOLERANCE = 0.02
@@ -435,7 +435,7 @@ def predict_volume(
     """
     import torch
 
-    from napari_medadapt.core.device import select_device
+    from .device import select_device
 
     ctx = ensure_context(ctx)
     if batch_size < 1:

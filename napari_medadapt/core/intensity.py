@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_medadapt.core.errors import VolumeError
+from .errors import VolumeError
 
 __all__ = [
     "CT_WINDOWS",

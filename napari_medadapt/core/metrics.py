@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from napari_medadapt.core.errors import MedAdaptError
+from .errors import MedAdaptError
 
 REGION_SCHEMES: dict[str, dict[str, tuple[int, ...]]] = {
     "brats": {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},

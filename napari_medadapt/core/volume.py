@@ -32,7 +32,7 @@ import nibabel.orientations as orientations
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from napari_medadapt.core.errors import VolumeError
+from .errors import VolumeError
 
 __all__ = [
     "CANONICAL_MODALITIES", "LABEL_KEYWORDS", "MODALITY_ALIASES", "Geometry", "Volume", "VolumeWarning",

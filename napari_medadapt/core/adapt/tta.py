@@ -41,8 +41,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from napari_medadapt.core.adapt.tta_samples import SlicePolicy, network_inputs
-from napari_medadapt.core.adapt.tta_stats import (
+from ..errors import ModelError
+from ..jobs import JobContext, ensure_context
+from .tta_samples import SlicePolicy, network_inputs
+from .tta_stats import (
     FeatureStatistics,
     ReferenceStatistics,
     SampleSums,
@@ -50,12 +52,10 @@ from napari_medadapt.core.adapt.tta_stats import (
     bn_kl_loss,
     reference_statistics,
 )
-from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.jobs import JobContext, ensure_context
 
 if TYPE_CHECKING:
-    from napari_medadapt.core.models import SegModel
-    from napari_medadapt.core.volume import Volume
+    from ..models import SegModel
+    from ..volume import Volume
 
 METHODS: tuple[str, ...] = ("bn_affine", "normalizer", "tent")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -274,7 +274,7 @@ def adapt(
     -------
     AdaptationResult
     """
-    from napari_medadapt.core.device import select_device
+    from ..device import select_device
 
     if method not in METHODS:
         raise ValueError(f"unknown adaptation method {method!r}; choose one of {', '.join(METHODS)}")

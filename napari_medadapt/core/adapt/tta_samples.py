@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_medadapt.core.errors import VolumeError
+from ..errors import VolumeError
 
 if TYPE_CHECKING:
     import torch
 
-    from napari_medadapt.core.models import SegModel
-    from napari_medadapt.core.volume import Volume
+    from ..models import SegModel
+    from ..volume import Volume
 
 #: Default number of evenly spread foreground slices per volume (see the module docstring).
 DEFAULT_SLICES = 8
@@ -100,7 +100,7 @@ def network_inputs(
     """
     import torch
 
-    from napari_medadapt.core.inference import input_box, prepare_input
+    from ..inference import input_box, prepare_input
 
     prepared = prepare_input(model, volume)
     indices = select_slices(prepared, slices)

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.jobs import JobContext, ensure_context
+from ..errors import ModelError
+from ..jobs import JobContext, ensure_context
 
 if TYPE_CHECKING:
-    from napari_medadapt.core.adapt.tta_samples import SlicePolicy
-    from napari_medadapt.core.models import ModelCard, SegModel
-    from napari_medadapt.core.volume import Volume
+    from ..models import ModelCard, SegModel
+    from ..volume import Volume
+    from .tta_samples import SlicePolicy
 
 #: ``far_min = FAR_FACTOR * typical_max``.
 FAR_FACTOR = 3.0
@@ -61,10 +61,10 @@ def shift_score(
     """
     import torch
 
-    from napari_medadapt.core.adapt.tta import record_statistics, require_batchnorm
-    from napari_medadapt.core.adapt.tta_samples import network_inputs
-    from napari_medadapt.core.adapt.tta_stats import bn_kl_loss, reference_statistics
-    from napari_medadapt.core.device import select_device
+    from ..device import select_device
+    from .tta import record_statistics, require_batchnorm
+    from .tta_samples import network_inputs
+    from .tta_stats import bn_kl_loss, reference_statistics
 
     ctx = ensure_context(ctx)
     require_batchnorm(model, "shift score")
@@ -161,7 +161,7 @@ def typical_range(card: ModelCard) -> tuple[float, float] | None:
 
 def store_shift_distribution(card_path: str | Path, distribution: dict[str, Any]) -> Path:
     """Write ``distribution`` into the ``shift_score`` field of the model card at ``card_path``."""
-    from napari_medadapt.core.models import ModelCard
+    from ..models import ModelCard
 
     card = ModelCard.load(card_path)
     card.shift_score = dict(distribution)

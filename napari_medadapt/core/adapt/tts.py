@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medadapt.core.adapt import tts_engine as engine
-from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.core.jobs import JobContext, ensure_context
+from ..errors import MedAdaptError
+from ..jobs import JobContext, ensure_context
+from . import tts_engine as engine
 
 if TYPE_CHECKING:
     import torch
 
-    from napari_medadapt.core.volume import Volume
+    from ..volume import Volume
 
 DEFAULT_ALPHA = 0.4
 ARTIFACT_ALPHA = 0.2
@@ -299,7 +299,7 @@ def prepare_tts_input(model: Any, image: Volume | np.ndarray) -> tuple[np.ndarra
                 f"the image has {array.shape[0]}."
             )
         return array, tuple(array.shape[1:])
-    from napari_medadapt.core.inference import prepare_model_input
+    from ..inference import prepare_model_input
 
     prepared = prepare_model_input(model, image)
     return prepared.data, tuple(int(s) for s in prepared.source_shape)
@@ -380,7 +380,7 @@ def tts(
     was_training = model.training
     model.eval()
     try:
-        from napari_medadapt.core.adapt.tts_runner import Runner, to_display
+        from .tts_runner import Runner, to_display
 
         runner = Runner(model, layer, dims, engine.flip_sets(dims, tta_flips), alpha, keep_fraction, device)
         grid = x_all.shape[1:]

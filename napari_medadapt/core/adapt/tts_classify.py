@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medadapt.core.adapt import tts_engine as engine
-from napari_medadapt.core.adapt.tts import (
+from ..errors import MedAdaptError
+from . import tts_engine as engine
+from .tts import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FRACTION,
     ChannelSelection,
@@ -29,7 +30,6 @@ from napari_medadapt.core.adapt.tts import (
     select_channels,
     validate_keypoints,
 )
-from napari_medadapt.core.errors import MedAdaptError
 
 if TYPE_CHECKING:
     import torch

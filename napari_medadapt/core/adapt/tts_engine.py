@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medadapt.core.errors import ModelError
+from ..errors import ModelError
 
 if TYPE_CHECKING:
     import torch

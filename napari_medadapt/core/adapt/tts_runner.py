@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medadapt.core.adapt import tts_engine as engine
-from napari_medadapt.core.adapt.tts import ChannelSelection, combine_scores, keypoint_sums, select_channels
-from napari_medadapt.core.jobs import JobContext
+from ..jobs import JobContext
+from . import tts_engine as engine
+from .tts import ChannelSelection, combine_scores, keypoint_sums, select_channels
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medadapt.core.adapt import tts_engine as engine
-from napari_medadapt.core.adapt.tts import (
+from ..errors import ModelError
+from . import tts_engine as engine
+from .tts import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FRACTION,
     ChannelSelection,
@@ -31,12 +32,11 @@ from napari_medadapt.core.adapt.tts import (
     select_channels,
     validate_keypoints,
 )
-from napari_medadapt.core.errors import ModelError
 
 if TYPE_CHECKING:
     import torch
 
-    from napari_medadapt.core.volume import Volume
+    from ..volume import Volume
 
 
 @dataclass

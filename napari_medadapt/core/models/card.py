@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from napari_medadapt.core.errors import ModelError
+from ..errors import ModelError
 
 CARD_FORMAT_VERSION = 1
 

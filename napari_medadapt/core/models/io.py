@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.models.card import ModelCard
-from napari_medadapt.core.models.network import SegModel
-from napari_medadapt.core.models.registry import find_card
+from ..errors import ModelError
+from .card import ModelCard
+from .network import SegModel
+from .registry import find_card
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 

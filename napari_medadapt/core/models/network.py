@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.models.card import ModelCard, default_card
-from napari_medadapt.core.models.normalizer import ModalityNormalizer
-from napari_medadapt.core.models.prototypes import PrototypeHead
+from ..errors import ModelError
+from .card import ModelCard, default_card
+from .normalizer import ModalityNormalizer
+from .prototypes import PrototypeHead
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 

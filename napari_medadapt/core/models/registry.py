@@ -12,8 +12,8 @@ import os
 import warnings
 from pathlib import Path
 
-from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.models.card import ModelCard
+from ..errors import ModelError
+from .card import ModelCard
 
 #: Name of the default bundled model (brain-tumour MRI, 2D).
 DEFAULT_MODEL = "glioma2d"

@@ -4,7 +4,7 @@ Importing this package does not import torch or segment_anything; they load when
 See docs/architecture.md, section "Segment Anything (core/sam)".
 """
 
-from napari_medadapt.core.sam.clicks import (
+from .clicks import (
     ClickSession,
     first_click,
     iou,
@@ -13,9 +13,9 @@ from napari_medadapt.core.sam.clicks import (
     simulate_clicks,
     summarize_sessions,
 )
-from napari_medadapt.core.sam.model import MaskPrediction, PromptableModel
-from napari_medadapt.core.sam.predictor import EmbeddingCache, PrecomputeStats, SamPredictor, slice_key
-from napari_medadapt.core.sam.prompts import (
+from .model import MaskPrediction, PromptableModel
+from .predictor import EmbeddingCache, PrecomputeStats, SamPredictor, slice_key
+from .prompts import (
     AUTO_WINDOW,
     WINDOW_PRESETS,
     PromptError,
@@ -25,17 +25,17 @@ from napari_medadapt.core.sam.prompts import (
     resolve_window,
     slice_to_rgb,
 )
-from napari_medadapt.core.sam.propagation import (
+from .propagation import (
     MODES as PROPAGATION_MODES,
 )
-from napari_medadapt.core.sam.propagation import (
+from .propagation import (
     PropagationResult,
     SliceStat,
     interpolate_masks,
     mask_to_logits,
     propagate,
 )
-from napari_medadapt.core.sam.registry import (
+from .registry import (
     REGISTRY,
     CheckpointEntry,
     checkpoint_path,
@@ -44,7 +44,7 @@ from napari_medadapt.core.sam.registry import (
     list_checkpoints,
     load_sam,
 )
-from napari_medadapt.core.sam.small_model import SMALL_MODEL_NAME
+from .small_model import SMALL_MODEL_NAME
 
 __all__ = [
     "AUTO_WINDOW",

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medadapt.core.errors import ModelError
+from ..errors import ModelError
 
 PACKAGE = "segment_anything"
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.sam._compat import ResizeLongestSide
-from napari_medadapt.core.sam.decoding import decode, dense_prior
-from napari_medadapt.core.sam.prompts import Prompts, check_inside, clip_box
+from ..errors import ModelError
+from ._compat import ResizeLongestSide
+from .decoding import decode, dense_prior
+from .prompts import Prompts, check_inside, clip_box
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_medadapt.core.jobs import JobContext, ensure_context
-from napari_medadapt.core.sam.model import MaskPrediction, PromptableModel
-from napari_medadapt.core.sam.prompts import Prompts, make_prompts, resolve_window, slice_to_rgb
+from ..jobs import JobContext, ensure_context
+from .model import MaskPrediction, PromptableModel
+from .prompts import Prompts, make_prompts, resolve_window, slice_to_rgb
 
 DEFAULT_CACHE_BYTES = 512 * 1024**2
 
@@ -46,7 +46,7 @@ class EmbeddingCache:
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, disk_dir: str | Path | bool | None = None) -> None:
         self.max_bytes = int(max_bytes)
         if disk_dir is True:
-            from napari_medadapt.core.paths import embedding_cache_dir
+            from ..paths import embedding_cache_dir
 
             disk_dir = embedding_cache_dir()
         self.disk_dir = Path(disk_dir) if disk_dir else None
@@ -152,7 +152,7 @@ class SamPredictor:
         device: Any = None,
     ) -> None:
         if not isinstance(model, PromptableModel):
-            from napari_medadapt.core.sam.registry import load_sam
+            from .registry import load_sam
 
             model = load_sam(model, device=device)
         self.model = model

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_medadapt.core.errors import MedAdaptError
+from ..errors import MedAdaptError
 
 # Named windows (low, high) in the image's units. CT presets are in Hounsfield units
 # (width/level pairs from common radiology practice); "mri-auto" is resolved from the data.

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.core.jobs import JobContext, ensure_context
-from napari_medadapt.core.sam.clicks import interior_point, iou
-from napari_medadapt.core.sam.predictor import SamPredictor
-from napari_medadapt.core.sam.prompts import Prompts, box_from_mask, make_prompts, resolve_window
+from ..errors import MedAdaptError
+from ..jobs import JobContext, ensure_context
+from .clicks import interior_point, iou
+from .predictor import SamPredictor
+from .prompts import Prompts, box_from_mask, make_prompts, resolve_window
 
 MODES = ("box", "points", "mask")
 

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.jobs import JobCancelled, JobContext
-from napari_medadapt.core.sam.small_model import SMALL_MODEL_NAME, SMALL_WEIGHTS, file_sha256
+from ..errors import ModelError
+from ..jobs import JobCancelled, JobContext
+from .small_model import SMALL_MODEL_NAME, SMALL_WEIGHTS, file_sha256
 
 _UNSET: Any = object()
 
@@ -151,7 +151,7 @@ def checkpoint_path(name: str) -> Path:
     entry = get_entry(name)
     if entry.architecture == "small":
         return SMALL_WEIGHTS
-    from napari_medadapt.core.paths import checkpoint_dir
+    from ..paths import checkpoint_dir
 
     return checkpoint_dir() / entry.filename
 
@@ -342,9 +342,9 @@ def load_sam(
     -------
     PromptableModel
     """
-    from napari_medadapt.core.sam import _compat
-    from napari_medadapt.core.sam.model import PromptableModel
-    from napari_medadapt.core.sam.small_model import load_small_sam
+    from . import _compat
+    from .model import PromptableModel
+    from .small_model import load_small_sam
 
     device = _default_device(device)
     key = str(name_or_path)
@@ -395,7 +395,7 @@ def _default_device(device: Any) -> Any:
     if device is not None:
         return device
     try:
-        from napari_medadapt.core.device import select_device
+        from ..device import select_device
     except ImportError:
         return "cpu"
     return select_device()

@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.sam import _compat
+from ..errors import ModelError
+from . import _compat
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 SMALL_MODEL_NAME = "sam-small"

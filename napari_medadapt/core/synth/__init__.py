@@ -1,6 +1,6 @@
 """Synthetic training and test data: phantom brain MRI with tumours, simulated acquisition shifts."""
 
-from napari_medadapt.core.synth.phantom import (
+from .phantom import (
     GRID_SHAPE,
     MODALITIES,
     TISSUE_CONTRAST,
@@ -9,7 +9,7 @@ from napari_medadapt.core.synth.phantom import (
     random_phantom_params,
     render_clean,
 )
-from napari_medadapt.core.synth.shifts import KINDS, STANDARD_SHIFTS, apply_shift, shift_volume
+from .shifts import KINDS, STANDARD_SHIFTS, apply_shift, shift_volume
 
 __all__ = [
     "GRID_SHAPE",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from napari_medadapt.core.synth.shifts import apply_shift
+from .shifts import apply_shift
 
 MODALITIES: tuple[str, ...] = ("t1", "t1c", "t2", "flair")
 GRID_SHAPE: tuple[int, int, int] = (155, 240, 240)

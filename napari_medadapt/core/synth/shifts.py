@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 if TYPE_CHECKING:
-    from napari_medadapt.core.volume import Volume
+    from ..volume import Volume
 
 KINDS: tuple[str, ...] = (
     "intensity_scale",
@@ -243,7 +243,7 @@ def apply_shift(
 def shift_volume(volume: Volume, kind: str, severity: float = 1.0, seed: int = 0, **params: object) -> Volume:
     """:func:`apply_shift` on all channels of a :class:`~napari_medadapt.core.volume.Volume` (brain mask:
     voxels where any channel is nonzero); returns a new Volume on the same grid."""
-    from napari_medadapt.core.volume import Volume as _Volume
+    from ..volume import Volume as _Volume
 
     data = apply_shift(volume.data, kind, severity, seed, mask=default_mask(volume.data), **params)
     return _Volume(data, volume.geometry, volume.channels, volume.source_paths)

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_medadapt.core.intensity import robust_scale
-from napari_medadapt.core.jobs import JobContext
-from napari_medadapt.core.synth.phantom import (
+from ..intensity import robust_scale
+from ..jobs import JobContext
+from .phantom import (
     GRID_SHAPE,
     MODALITIES,
     make_phantom_slice,
@@ -92,7 +92,7 @@ def real_slice_bank(case_dir: str | Path, label_name: str = "seg_fusion") -> tup
     images, labels
         float16 ``(N, 4, Y, X)`` in :data:`MODALITIES` order and uint8 ``(N, Y, X)`` BraTS ids.
     """
-    from napari_medadapt.core.volume import load_case
+    from ..volume import load_case
 
     volume, label_maps = load_case(case_dir)
     data = np.stack([volume.channel(m) for m in MODALITIES])
