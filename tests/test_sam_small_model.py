@@ -10,7 +10,7 @@ import pytest
 
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.sam import SamPredictor, box_from_mask, iou, load_sam, resolve_window
-from napari_medadapt.core.sam.small_model import SMALL_CARD, SMALL_WEIGHTS, file_sha256, load_small_sam
+from napari_medadapt.core.sam.small_model import SMALL_CARD, SMALL_WEIGHTS, load_small_sam, sha256_file
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 CASE = REAL / "glioma_tcga_fg6692"
@@ -18,7 +18,7 @@ CASE = REAL / "glioma_tcga_fg6692"
 
 def test_bundled_weights_match_their_card() -> None:
     card = json.loads(SMALL_CARD.read_text())
-    assert file_sha256(SMALL_WEIGHTS) == card["weights_sha256"]
+    assert sha256_file(SMALL_WEIGHTS) == card["weights_sha256"]
     assert "glioma_tcga_fg6692" not in " ".join(card["training_data"]["cases"])
 
 

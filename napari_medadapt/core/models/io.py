@@ -6,26 +6,18 @@ Nothing is ever unpickled: weights are read with safetensors, or with ``torch.lo
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelError
+from ..hashing import sha256_file
 from .card import ModelCard
 from .network import SegModel
 from .registry import find_card
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(model: SegModel, path: str | Path, card: ModelCard | None = None) -> Path:

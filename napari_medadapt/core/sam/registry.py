@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ModelError
 from ..jobs import JobCancelled, JobContext
-from .small_model import SMALL_MODEL_NAME, SMALL_WEIGHTS, file_sha256
+from .small_model import SMALL_MODEL_NAME, SMALL_WEIGHTS, sha256_file
 
 _UNSET: Any = object()
 
@@ -254,7 +254,7 @@ def fetch_checkpoint(
         if expected is not None:
             _verify(entry, path, expected)
         return path
-    if path.is_file() and expected is not None and file_sha256(path) != expected:
+    if path.is_file() and expected is not None and sha256_file(path) != expected:
         raise ModelError(
             _where_message(
                 entry, path, f"The cached file {path} does not match the expected sha256 (corrupt or "
@@ -290,7 +290,7 @@ def fetch_checkpoint(
 
 
 def _verify(entry: CheckpointEntry, path: Path, expected: str) -> None:
-    actual = file_sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ModelError(
             _where_message(entry, path, f"{path} has sha256 {actual}, which is not the expected file.")
@@ -368,7 +368,7 @@ def load_sam(
         if known_hash not in (_UNSET, None):
             _verify(CheckpointEntry(label, label, arch, path.name, None, known_hash, 0, prep, str(path), ""),
                     path, known_hash)
-    sha = file_sha256(path)
+    sha = sha256_file(path)
     state = load_state_dict(path)
     sam = _compat.build_sam_vit(arch)
     try:

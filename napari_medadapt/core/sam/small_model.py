@@ -10,13 +10,13 @@ ship in ``napari_medadapt/weights/``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from ..hashing import sha256_file
 from . import _compat
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
@@ -121,14 +121,6 @@ def build_small_sam(config: dict[str, Any] | None = None) -> Any:
     ).eval()
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def read_small_card(card_path: str | Path = SMALL_CARD) -> dict[str, Any]:
     """Read the bundled model's card (JSON)."""
@@ -160,7 +152,7 @@ def load_small_sam(
             "recreate them with `medadapt train sam-small`."
         )
     card = read_small_card(card_path)
-    sha = file_sha256(weights_path)
+    sha = sha256_file(weights_path)
     expected = card.get("weights_sha256")
     if verify and expected and sha != expected:
         raise ModelError(
@@ -185,4 +177,4 @@ def save_small_sam(model: Any, weights_path: str | Path) -> str:
         value = value.detach().cpu().contiguous()
         state[key] = value.half() if value.is_floating_point() else value
     save_file(state, str(weights_path))
-    return file_sha256(weights_path)
+    return sha256_file(weights_path)
