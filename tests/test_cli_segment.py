@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -116,3 +117,20 @@ def test_evaluate_prints_and_writes_json(case, tmp_path, capsys):
     assert main(["evaluate", "--pred", str(case / "seg_fusion.nii.gz"), "--ref", str(case / "seg_fusion.nii.gz"),
                  "--regions", "labels"]) == 0
     assert "1.0000" in capsys.readouterr().out
+
+
+def test_segment_follows_card_postprocess_and_all_components_switches_it_off(case, tmp_path, capsys):
+    from napari_medadapt.core.inference import keep_largest_component
+
+    card = json.loads((case / "tinycli.json").read_text())
+    card["postprocess"] = {"largest_component": True}
+    shutil.copy(case / card["weights_file"], tmp_path / card["weights_file"])
+    (tmp_path / "largest.json").write_text(json.dumps(card))
+    geometry = read_geometry(case / "t1.nii.gz")
+    outputs = {}
+    for name, extra in (("largest", []), ("every", ["--all-components"])):
+        out = tmp_path / f"{name}.nii.gz"
+        argv = ["segment", "--model", str(tmp_path / "largest.json"), *images(case), "--out", str(out), *extra]
+        assert main(argv) == 0, capsys.readouterr().err
+        outputs[name] = load_labels(out, geometry)
+    np.testing.assert_array_equal(outputs["largest"], keep_largest_component(outputs["every"])[0])

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.inference import predict_volume, prepare_input, prepare_model_input
+from napari_medadapt.core.inference import (
+    keep_largest_component,
+    predict_volume,
+    prepare_input,
+    prepare_model_input,
+)
 from napari_medadapt.core.jobs import JobCancelled, JobContext
 from napari_medadapt.core.models import ModelCard, build_model, default_architecture
 from napari_medadapt.core.volume import Geometry, Volume, load_case
@@ -129,3 +134,33 @@ def test_crop_to_input_skips_empty_border(crop, dims):
     assert (fast.probabilities[0][outside] == 1).all()
     inside = fast.labels[:, 20:68, 30:78] == full.labels[:, 20:68, 30:78]
     assert inside.mean() > 0.97
+
+
+def test_keep_largest_component_removes_islands_and_keeps_label_ids():
+    labels = np.zeros((6, 20, 20), np.uint8)
+    labels[1:4, 2:9, 2:9] = 2
+    labels[2, 4:6, 4:6] = 4  # inside the big region: kept with its own id
+    labels[4:6, 15:18, 15:18] = 1  # a separate island
+    cleaned, removed = keep_largest_component(labels)
+    assert removed == 2 * 3 * 3
+    assert (cleaned[4:6, 15:18, 15:18] == 0).all()
+    np.testing.assert_array_equal(cleaned[:4], labels[:4])
+    assert keep_largest_component(np.zeros((2, 3, 3), np.uint8))[1] == 0
+
+
+def test_card_postprocess_applies_unless_switched_off(crop):
+    model = tiny_model()
+    plain = predict_volume(model, crop, device="cpu", largest_component=False)
+    assert plain.labels.any()
+    model.card.postprocess = {"largest_component": True}
+    cleaned = predict_volume(model, crop, device="cpu")
+    expected, removed = keep_largest_component(plain.labels)
+    np.testing.assert_array_equal(cleaned.labels, expected)
+    assert any("largest connected component" in note for note in cleaned.notes) == (removed > 0)
+    switched_off = predict_volume(model, crop, device="cpu", largest_component=False)
+    np.testing.assert_array_equal(switched_off.labels, plain.labels)
+
+
+def test_card_rejects_unknown_postprocess_step():
+    with pytest.raises(ModelError, match="unknown 'postprocess'"):
+        ModelCard(name="x", architecture={}, modalities=["t1"], labels=[0, 1], postprocess={"fill_holes": True})

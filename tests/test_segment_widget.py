@@ -94,3 +94,15 @@ def test_cancel_leaves_layers_untouched(dock, qtbot):
     assert "Cancelled" in widget.status.text()
     assert [layer.name for layer in viewer.layers] == names
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_largest_region_option_follows_card_and_cleans_islands(dock, qtbot):
+    from napari_medadapt.core.inference import keep_largest_component
+
+    viewer, widget = dock
+    assert not widget.largest_check.isChecked()  # this card asks for no post-processing
+    _run(qtbot, widget)
+    every_region = widget.last_prediction.labels
+    widget.largest_check.setChecked(True)
+    _run(qtbot, widget)
+    np.testing.assert_array_equal(widget.last_prediction.labels, keep_largest_component(every_region)[0])

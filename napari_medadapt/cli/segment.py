@@ -1,7 +1,7 @@
 """``medadapt segment``: segment a volume with a model (optionally adapted at test time) and save the labels.
 
     medadapt segment --model NAME_OR_PATH --image MODALITY=PATH [--image MODALITY=PATH ...] --out OUT.nii.gz
-                     [--tta none|bn_affine|normalizer|tent] [--device DEV]
+                     [--tta none|bn_affine|normalizer|tent] [--all-components] [--device DEV]
 
 The labels are written on the source grid of the first image, with its affine. Progress goes to stderr,
 the per-class volumes (mL) to stdout.
@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="OUT.nii.gz", help="where to write the label map")
     parser.add_argument(
         "--tta", choices=TTA_METHODS, default="none", help="test-time adaptation before segmenting (default: none)"
+    )
+    parser.add_argument(
+        "--all-components",
+        action="store_true",
+        help="keep every connected region (the bundled model's card keeps only the largest one by default)",
     )
     add_device_argument(parser)
     parser.set_defaults(func=run)
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         ctx=JobContext(on_progress=text_progress("segment")),
         device=device,
         return_probabilities=False,
+        largest_component=False if args.all_components else None,
     )
     for note in prediction.notes:
         print(f"note: {note}", file=sys.stderr)

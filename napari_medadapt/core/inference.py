@@ -16,6 +16,8 @@ Pipeline (:func:`prepare_model_input` / :func:`prepare_input`, then :func:`predi
    margin (the air around a skull-stripped brain is labelled background with confidence 1 directly).
 6. 2D models run on batches of axial slices (axis 0 of the LPS display array); 3D models run with MONAI
    sliding-window inference (Gaussian blending). Progress is reported per batch and cancellation honoured.
+7. The card's ``postprocess`` steps run on the labels (``largest_component``: only the largest connected
+   component of the whole foreground is kept), unless the caller switches them off.
 """
 
 from __future__ import annotations
@@ -397,6 +399,7 @@ def predict_volume(
     probability_dtype: type | np.dtype = np.float16,
     overlap: float = 0.25,
     crop_to_input: bool = True,
+    largest_component: bool | None = None,
 ) -> Prediction:
     """Segment a whole volume.
 
@@ -425,6 +428,9 @@ def predict_volume(
         Run the network only on the bounding box of the non-zero network input plus a margin of
         :data:`CROP_MARGIN` voxels; everything outside (all-zero input, e.g. the air around a skull-stripped
         brain) is background (class 0) with confidence 1. Set False to run on the whole grid.
+    largest_component
+        Keep only the largest 3D connected component of the foreground; ``None`` follows the card's
+        ``postprocess`` (the bundled brain-tumour model switches it on).
 
     Raises
     ------
@@ -473,6 +479,13 @@ def predict_volume(
         probs = probs.astype(keep_dtype, copy=False) if keep_dtype is not None else None
     labels = np.asarray(model.card.labels, dtype=np.uint8)[index]
     ids = [i for i in model.card.labels if i != 0]
+    notes = list(prepared.notes)
+    if largest_component is None:
+        largest_component = bool(model.card.postprocess.get("largest_component", False))
+    if largest_component:
+        labels, removed = keep_largest_component(labels)
+        if removed:
+            notes.append(f"Kept the largest connected component: removed {removed} voxels of smaller islands.")
     return Prediction(
         labels=labels,
         probabilities=probs,
@@ -482,5 +495,27 @@ def predict_volume(
         geometry=volume.geometry,
         present=prepared.present,
         missing=prepared.missing,
-        notes=prepared.notes,
+        notes=notes,
     )
+
+
+def keep_largest_component(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Zero every foreground voxel outside the largest face-connected component of ``labels != 0``.
+
+    Uses ``scipy.ndimage.label`` (0.14 s on a 240 x 240 x 155 volume; MONAI's
+    ``KeepLargestConnectedComponent`` took 6 s on the same volume through its tensor conversions).
+
+    Returns
+    -------
+    labels, removed
+        The cleaned labels (same dtype; a new array) and the number of voxels set to background.
+    """
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels != 0)
+    if count <= 1:
+        return labels.copy(), 0
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    kept = components == int(np.argmax(sizes))
+    return np.where(kept, labels, 0).astype(labels.dtype), int(sizes.sum() - sizes.max())

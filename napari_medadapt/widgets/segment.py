@@ -39,12 +39,16 @@ NEW_LAYER_CHOICE = "new Labels layer"
 CONFIDENCE_LAYER = "confidence"
 
 
-def segment_job(card_path: str, volume: Volume, cache: dict[str, Any], *, ctx: JobContext) -> Prediction:
+def segment_job(
+    card_path: str, volume: Volume, cache: dict[str, Any], largest_component: bool, *, ctx: JobContext
+) -> Prediction:
     """Load the model of ``card_path`` (cached per path) and segment ``volume`` (runs in the compute thread)."""
     from napari_medadapt.core.inference import predict_volume
 
     model = load_cached_model(card_path, cache, ctx)
-    return predict_volume(model, volume, ctx=ctx, return_probabilities=False)
+    return predict_volume(
+        model, volume, ctx=ctx, return_probabilities=False, largest_component=largest_component
+    )
 
 
 class SegmentWidget(QWidget):
@@ -65,6 +69,12 @@ class SegmentWidget(QWidget):
         self.confidence_check = QCheckBox("Show model confidence")
         self.confidence_check.setToolTip("Add the highest class probability per voxel as an Image layer")
         output_form.addRow(self.confidence_check)
+        self.largest_check = QCheckBox("Keep the largest connected region only")
+        self.largest_check.setToolTip(
+            "Remove islands outside the largest connected foreground region (set by the model card; "
+            "switch off for multifocal disease)"
+        )
+        output_form.addRow(self.largest_check)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Segment")
@@ -112,7 +122,9 @@ class SegmentWidget(QWidget):
         return self.inputs.card
 
     def _on_model_changed(self) -> None:
-        self.run_button.setEnabled(self.card is not None)
+        card = self.card
+        self.run_button.setEnabled(card is not None)
+        self.largest_check.setChecked(bool(card is not None and card.postprocess.get("largest_component", False)))
 
     # ------------------------------------------------------------------------------------------ layers
     def _refresh_outputs(self, *_: Any) -> None:
@@ -156,6 +168,7 @@ class SegmentWidget(QWidget):
             card.path,
             volume,
             self._model_cache,
+            self.largest_check.isChecked(),
             description=f"Segment ({card.name})",
             on_result=lambda prediction: self._show_result(prediction, target, card),
             on_error=lambda err: self.status.setText(str(err)),

@@ -28,6 +28,10 @@ DEFAULT_INTENSITY: dict[str, Any] = {
 }
 
 
+#: Post-processing steps a card may switch on (see :attr:`ModelCard.postprocess`).
+POSTPROCESS_STEPS: tuple[str, ...] = ("largest_component",)
+
+
 @dataclass
 class ModelCard:
     """Everything needed to rebuild, feed and trust a segmentation model.
@@ -58,6 +62,10 @@ class ModelCard:
         Hex sha256 of the weight file; checked on load when set.
     weights_file
         File name of the weights relative to the card (default: card stem + ``.safetensors``).
+    postprocess
+        Label post-processing applied by :func:`napari_medadapt.core.inference.predict_volume` unless the
+        caller overrides it: ``{"largest_component": true}`` keeps only the largest 3D connected component
+        of the foreground (all non-zero labels together, face connectivity), for models of a single lesion.
     shift_score
         Optional distribution of the test-time-adaptation shift score on the training/validation data
         (e.g. ``{"mean": ..., "std": ..., "quantiles": {...}}``).
@@ -79,6 +87,7 @@ class ModelCard:
     license: str = ""
     weights_sha256: str | None = None
     weights_file: str | None = None
+    postprocess: dict[str, Any] = field(default_factory=dict)
     shift_score: dict[str, Any] | None = None
     format_version: int = CARD_FORMAT_VERSION
     path: str | None = field(default=None, repr=False, compare=False)
@@ -128,6 +137,11 @@ class ModelCard:
         if int(n_out) != len(self.labels):
             raise ModelError(
                 f"{where}: the network outputs {n_out} classes but the card maps {len(self.labels)} labels."
+            )
+        unknown_steps = sorted(set(self.postprocess) - set(POSTPROCESS_STEPS))
+        if unknown_steps:
+            raise ModelError(
+                f"{where}: unknown 'postprocess' step(s) {unknown_steps}; known: {list(POSTPROCESS_STEPS)}."
             )
         if self.voxel_size is not None and len(self.voxel_size) != 3:
             raise ModelError(f"{where}: 'voxel_size' must be [z, y, x] in mm (entries may be null).")
