@@ -13,7 +13,19 @@ from napari_medadapt.core.sam.propagation import interpolate_masks, propagate
 
 class ThresholdPredictor:
     """Stand-in for SamPredictor: the bright voxels inside the prompt box (grown by 3 px), or those
-    connected to the prompt points. Lets the propagation logic be tested without a trained model."""
+    connected to the prompt points. Lets the propagation logic be tested without a trained model.
+    Records the embedding batches propagation asks for (slices are keyed by their bytes)."""
+
+    def __init__(self) -> None:
+        self.embedded: set[bytes] = set()
+        self.batches: list[int] = []
+
+    def is_cached(self, image: np.ndarray, window) -> bool:
+        return image.tobytes() in self.embedded
+
+    def precompute(self, slices, window, batch_size: int = 8) -> None:
+        self.batches.append(len(slices))
+        self.embedded.update(s.tobytes() for s in slices)
 
     def predict(self, image: np.ndarray, window, prompts: Prompts) -> MaskPrediction:
         from scipy import ndimage
@@ -94,3 +106,17 @@ def test_propagation_stops_where_the_tissue_changes() -> None:
     unchecked = propagate(ThresholdPredictor(), volume, {12: volume[12] > 0.5}, (0.0, 1.0), mode="box",
                           intensity_tolerance=None)
     assert unchecked.slices[-1] == 27
+
+
+def test_slices_ahead_are_embedded_in_batches_once() -> None:
+    sphere = _sphere()
+    volume = sphere.astype(np.float32) + np.random.default_rng(0).uniform(0, 0.1, sphere.shape).astype(np.float32)
+    predictor = ThresholdPredictor()
+    result = propagate(predictor, volume, {20: sphere[20]}, (0.0, 1.0), mode="box", prefetch=4)
+    propagated = len(result.slices) - 1
+    assert all(1 <= size <= 4 for size in predictor.batches)
+    assert len(predictor.batches) <= propagated // 4 + 4  # a few short batches near the ends
+    assert len(predictor.embedded) == sum(predictor.batches)  # no slice embedded twice
+    single = ThresholdPredictor()
+    propagate(single, volume, {20: sphere[20]}, (0.0, 1.0), mode="box", prefetch=1)
+    assert single.batches == []  # prefetch 1: the predictor embeds each slice itself
