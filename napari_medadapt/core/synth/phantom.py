@@ -12,7 +12,8 @@ Each phantom draws (seeded):
   (label 4), wrapped in edema (label 2), with mass effect pushing the anatomy outward. Types:
   ``"gbm"`` (necrosis + enhancing rim + edema), ``"solid"`` (enhancing, little or no necrosis) and
   ``"lgg"`` (non-enhancing core, label 1, in edema; no enhancement). Labels are nested by construction;
-- tissue intensities per modality (:data:`TISSUE_CONTRAST`, jittered +-10%), partial-volume mixing and
+- tissue intensities per modality (:data:`TISSUE_CONTRAST`, jittered +-10% for normal tissue and +-30%
+  for tumour tissue, whose appearance varies far more between real tumours), partial-volume mixing and
   fine texture;
 - an institution: raw intensity scale per modality, gamma, bias field, Rician noise, blur and resolution
   (slab thickness for slices, through-plane/in-plane down-sampling for volumes), applied with
@@ -46,6 +47,9 @@ TISSUE_CONTRAST: dict[str, tuple[float, float, float, float]] = {
     "necrosis": (0.35, 0.40, 1.50, 0.80),
     "non_enhancing": (0.55, 0.58, 1.30, 1.35),
 }
+#: Relative jitter of the tissue contrasts per phantom and modality (normal tissue, tumour tissue).
+CONTRAST_JITTER: dict[str, float] = {"normal": 0.10, "tumour": 0.30}
+NORMAL_TISSUES: frozenset[str] = frozenset({"wm", "gm", "csf"})
 TUMOUR_TYPES: tuple[tuple[str, float], ...] = (("gbm", 0.5), ("solid", 0.15), ("lgg", 0.35))
 
 
@@ -183,7 +187,9 @@ def random_phantom_params(seed: int) -> PhantomParams:
     rim = {"gbm": rng.uniform(0.45, 0.8), "solid": rng.uniform(0.0, 0.3), "lgg": 0.0}[tumour_type]
     contrast = {}
     for tissue, values in TISSUE_CONTRAST.items():
-        contrast[tissue] = np.asarray(values, dtype=np.float32) * rng.uniform(0.9, 1.1, 4).astype(np.float32)
+        jitter = CONTRAST_JITTER["normal" if tissue in NORMAL_TISSUES else "tumour"]
+        factor = rng.uniform(1 - jitter, 1 + jitter, 4).astype(np.float32)
+        contrast[tissue] = np.asarray(values, dtype=np.float32) * factor
     return PhantomParams(
         seed=seed,
         tumour_type=tumour_type,
