@@ -180,6 +180,8 @@ def test_bn_affine_adapts_only_the_chosen_bn_parameters(model, shifted):
     assert result.shift_score_before == pytest.approx(history[0])
     assert result.shift_score_after == pytest.approx(history[result.best_iteration])
     assert shift_score(adapted, shifted, device="cpu") == pytest.approx(result.shift_score_after, rel=1e-5)
+    before, after = result.params["foreground_voxels_sampled"]
+    assert before >= 0 and after >= 0
     assert result.params["trained_parameters"] == sum(p.numel() for name in resolve_blocks(adapted, ("input", "down"))
                                                       for bn in groups[name] for p in (bn.weight, bn.bias))
 
@@ -210,9 +212,9 @@ def test_nan_divergence_stops_and_keeps_the_best_iteration(model, shifted):
     calls = {"n": 0}
     conv = model.network.input_block.conv1.conv
 
-    def poison(module, args, output):  # from the 4th forward pass on, the features are NaN
+    def poison(module, args, output):  # NaN features from the 5th forward pass on (1st: foreground count)
         calls["n"] += 1
-        return output * float("nan") if calls["n"] > 3 else output
+        return output * float("nan") if calls["n"] > 4 else output
 
     handle = conv.register_forward_hook(poison)
     try:
@@ -321,3 +323,13 @@ def test_bench_summary_recovery_and_correlation():
     assert summary["spearman_score_vs_wt"]["rho"] == pytest.approx(-1.0)
     assert summary["goals"] == {"clean_no_loss": True, "default_recovers_half": False, "score_correlates": True,
                                 "default_within_60s": True}
+
+
+def test_drastic_foreground_change_is_flagged():
+    from napari_medadapt.core.adapt.tta import foreground_change_warning
+
+    assert foreground_change_warning(1000, 900) is None
+    assert foreground_change_warning(10, 0) is None  # too few voxels to judge
+    assert "collapsed" in foreground_change_warning(1000, 0)
+    assert "1000 to 6000" in foreground_change_warning(1000, 6000)
+    assert foreground_change_warning(0, 400) is not None

@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated indices into STANDARD_SHIFTS whose volumes are also adapted (default: all "
         "included; the unshifted volume always is). The others only get the source Dice and the shift score.",
     )
-    parser.add_argument("--eval-every", type=int, default=3, help="Dice on every k-th brain slice")
+    parser.add_argument(
+        "--eval-every", type=int, default=1, help="Dice on every k-th brain slice of the whole-volume prediction"
+    )
     parser.add_argument("--lr", type=float, default=None, help="learning rate for every method (default: adapt's)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations for every method (default: adapt's)")
     parser.add_argument("--optimizer", default=None, help="optimizer for every method (default: adapt's)")
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.inference import predict_volume
     from napari_medadapt.core.models import load_model
     from napari_medadapt.core.synth.shifts import STANDARD_SHIFTS, apply_shift
-    from napari_medadapt.core.volume import Geometry, Volume, load_case
+    from napari_medadapt.core.volume import Volume, load_case
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -151,7 +153,6 @@ def run(args: argparse.Namespace) -> int:
     reference = next(iter(labels.values()))
     brain = np.flatnonzero(np.any(case.data != 0, axis=(0, 2, 3)))
     eval_slices = brain[:: args.eval_every]
-    eval_geometry = Geometry.from_display_grid((len(eval_slices), *case.data.shape[2:]), case.geometry.spacing)
     def indices(text: str | None) -> list[int]:
         return list(range(len(STANDARD_SHIFTS))) if text is None else [int(i) for i in text.split(",") if i.strip()]
 
@@ -165,21 +166,22 @@ def run(args: argparse.Namespace) -> int:
         name, kind, params = ("unshifted", None, {}) if shift_id is None else STANDARD_SHIFTS[shift_id]
         data = case.data if kind is None else apply_shift(case.data, kind, seed=shift_id, **params)
         volume = Volume(data, case.geometry, case.channels)
-        eval_volume = Volume(np.ascontiguousarray(data[:, eval_slices]), eval_geometry, case.channels)
-        before = predict_volume(model, eval_volume, device="cpu", return_probabilities=False)
+        # whole-volume predictions (the card's 3D post-processing needs the real slice neighbourhood); Dice on
+        # the evaluation slices
+        before = predict_volume(model, volume, device="cpu", return_probabilities=False)
         record = {
             "volume": name,
             "kind": kind or "none",
             "shift_score": shift_score(model, volume, device="cpu"),
-            "before": _dice_row(before.labels, reference[eval_slices]),
+            "before": _dice_row(before.labels[eval_slices], reference[eval_slices]),
             "methods": {},
         }
         record["category"] = classify_shift(record["shift_score"], model.card) if rated else None
         for method in methods if shift_id is None or shift_id in adapt_ids else []:
             result = adapt(model, volume, method, device="cpu", **overrides)
-            after = predict_volume(result.model, eval_volume, device="cpu", return_probabilities=False)
+            after = predict_volume(result.model, volume, device="cpu", return_probabilities=False)
             record["methods"][method] = {
-                "after": _dice_row(after.labels, reference[eval_slices]),
+                "after": _dice_row(after.labels[eval_slices], reference[eval_slices]),
                 "seconds": result.seconds,
                 "shift_score_after": result.shift_score_after,
                 "best_iteration": result.best_iteration,

@@ -70,6 +70,8 @@ DEFAULT_ITERATIONS = 20
 SGD_MOMENTUM = 0.9
 
 LossCallback = Callable[[int, float], None]
+#: Warn when adaptation changes the foreground on the sampled slices by more than this factor either way.
+COLLAPSE_FACTOR = 5.0
 
 
 @dataclass
@@ -295,6 +297,7 @@ def adapt(
     layers = batchnorm_layers(adapted)
     indices, inputs = network_inputs(adapted, volume, slices)
     total_steps = iterations + 1
+    foreground_before = _foreground_voxels(adapted, inputs, batch_size)
     for parameter in trainable:
         parameter.requires_grad_(True)
     opt = _make_optimizer(optimizer, trainable, lr)
@@ -349,6 +352,10 @@ def adapt(
     finally:
         _use_batch_statistics(layers, False)
         adapted.eval()
+    foreground_after = _foreground_voxels(adapted, inputs, batch_size)
+    drastic = foreground_change_warning(foreground_before, foreground_after)
+    if drastic:
+        warnings.append(drastic)
     ctx.progress(total_steps, total_steps, f"adapting ({method}): done")
     return AdaptationResult(
         model=adapted,
@@ -367,10 +374,36 @@ def adapt(
             "trained_parameters": int(sum(p.numel() for p in trainable)),
             "device": str(target),
             "seed": int(seed),
+            "foreground_voxels_sampled": [foreground_before, foreground_after],
         },
         seconds=time.perf_counter() - started,
         warnings=warnings,
     )
+
+
+def _foreground_voxels(model: SegModel, inputs: torch.Tensor, batch_size: int) -> int:
+    """Voxels of the sampled slices that ``model`` labels as anything but its first class (background)."""
+    with torch.no_grad():
+        return int(sum(int((model(inputs[i : i + batch_size]).argmax(dim=1) != 0).sum())
+                       for i in range(0, len(inputs), batch_size)))
+
+
+def foreground_change_warning(before: int, after: int, factor: float = COLLAPSE_FACTOR) -> str | None:
+    """A message when the adapted model's foreground on the sampled slices shrank or grew ``factor``-fold.
+
+    The BN-KL loss can be lowered by feature statistics that no longer mean anything to the rest of the
+    network (a normaliser that maps the whole image to a constant matches many statistics); the segmentation
+    then collapses. The result is still returned, so the user can compare it with the source model.
+    """
+    if before == after or max(before, after) < 50:
+        return None
+    if after * factor < before or after > factor * max(before, 1):
+        return (
+            f"adaptation changed the segmented foreground on the sampled slices from {before} to {after} "
+            f"voxels; it may have collapsed. Compare with the source result, then Reset or try another method "
+            f"or a lower learning rate."
+        )
+    return None
 
 
 def _restore(parameters: Sequence[nn.Parameter], values: Sequence[torch.Tensor]) -> None:
