@@ -193,6 +193,9 @@ class BrightPredictor:
 
     model = SimpleNamespace(fallback_reason=None)
 
+    def is_cached(self, image, window) -> bool:
+        return True  # it has no embeddings to compute, so propagation never prefetches
+
     def predict(self, image, window, prompts=None, *, points=None, labels=None, box=None, mask_input=None,
                 multimask=None):
         from scipy import ndimage

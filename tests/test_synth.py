@@ -75,7 +75,8 @@ def test_relative_contrasts_per_modality(gbm_slice):
     assert mean(wm, T1) > mean(gm, T1) > mean(csf, T1)  # T1: WM brightest, CSF dark
     assert mean(csf, T2) > mean(gm, T2) > mean(wm, T2)  # T2: CSF brightest
     assert mean(edema, FLAIR) > mean(gm, FLAIR) > mean(wm, FLAIR) > mean(csf, FLAIR)  # FLAIR: CSF suppressed
-    assert mean(enhancing, T1C) > 1.3 * mean(wm, T1C)  # contrast uptake
+    # contrast uptake: 1.6 x WM before jitter; tumour +-30 % and WM +-10 % leave at least 1.6 * 0.7 / 1.1 = 1.02
+    assert mean(enhancing, T1C) > 1.0 * mean(wm, T1C)
     assert mean(enhancing, T1C) / mean(wm, T1C) > 1.5 * mean(enhancing, T1) / mean(wm, T1)
     assert mean(necrosis, T1C) < mean(enhancing, T1C)
     assert mean(necrosis, T2) > mean(wm, T2)
