@@ -6,7 +6,8 @@ ct_abdomen_totalseg_example (each organ). glioma_tcga_fg6692 is never used: it i
 benchmark case. Prompts are simulated as in interactive use: a box (0-10 px jitter) or one click,
 then corrective clicks in the largest error region with the previous mask fed back (SAM-style
 iterative training). Augmentation: flips, 90-degree and small rotations, intensity window and gamma
-jitter. Training is seeded and bounded by wall time; weights go to
+jitter. Training is seeded; with ``--max-steps`` the learning-rate schedule follows the step count
+(reproducible), and ``--minutes`` is a wall-time cap; weights go to
 ``napari_medadapt/weights/sam_small.safetensors`` with the card ``sam_small.json``.
 """
 
@@ -36,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options."""
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="folder of the real cases")
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-time budget for training")
-    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
+    parser.add_argument(
+        "--max-steps", type=int, default=0,
+        help="number of steps; the learning-rate schedule follows it (0: time only, schedule over the wall time)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -192,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.time() - start
         if elapsed > budget or (args.max_steps and step >= args.max_steps):
             break
-        frac = elapsed / budget
+        # cosine over the step count when one is given, so the weights do not depend on machine load
+        frac = step / args.max_steps if args.max_steps else elapsed / budget
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -342,7 +347,10 @@ def run(args: argparse.Namespace) -> int:
             "augmentation": "flips, 90-degree rotations, +-20 degree rotation (p=0.3), window and gamma jitter",
             "final_train_loss": float(np.mean([h[0] for h in history[-50:]])) if history else None,
             "final_train_iou_last_round": float(np.mean([h[1] for h in history[-50:]])) if history else None,
-            "command": f"medadapt train sam-small --minutes {args.minutes:g} --seed {args.seed}",
+            "command": (
+                f"medadapt train sam-small --max-steps {args.max_steps} --minutes {args.minutes:g} "
+                f"--rounds {args.rounds} --threads {args.threads} --seed {args.seed}"
+            ),
         },
         "evaluation": previous.get("evaluation", "run `medadapt bench sam` (docs/benchmarks/sam.md)"),
         "licence": "same as napari-medadapt; trained on CC BY 3.0 (TCGA) and Apache-2.0 (TotalSegmentator) data",
