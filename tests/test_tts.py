@@ -19,7 +19,7 @@ from napari_medadapt.core.adapt.tts import (
     validate_keypoints,
 )
 from napari_medadapt.core.adapt.tts_classify import tts_classify
-from napari_medadapt.core.adapt.tts_engine import keep_count
+from napari_medadapt.core.adapt.tts_engine import background_channels, keep_count
 from napari_medadapt.core.adapt.tts_session import TTSSession
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.models import build_model, default_architecture
@@ -53,6 +53,8 @@ def test_score_formula_hand_example():
     np.testing.assert_allclose(scores, [0.4 - 1.2, 2.0, -3.6])
     assert select_channels(scores, 0.10).tolist() == [1]
     assert select_channels(scores, 0.5).tolist() == [1, 0]
+    # an excluded (background) channel is no candidate; the count still follows all C channels
+    assert select_channels(scores, 0.5, exclude=np.array([1])).tolist() == [0, 2]
     only_negatives = score_channels(features, np.zeros((0, 2)), neg, alpha=0.2)
     np.testing.assert_allclose(only_negatives, [-0.8 * 2, 0.0, -0.8 * 6])
 
@@ -105,17 +107,41 @@ def test_keeping_every_channel_reproduces_the_baseline(image, layer):
     np.testing.assert_allclose(result.probabilities, result.baseline_probabilities, atol=1e-5)
 
 
-def test_decoder_muting_is_the_head_on_masked_features(image):
+@pytest.mark.parametrize("keep_background", [True, False])
+def test_decoder_muting_is_the_head_on_masked_features(image, keep_background):
     model = tiny_model()
-    result = tts(model, image, [[2, 5, 5]], [[2, 20, 20]], keep_fraction=0.25)
-    kept = result.kept_channels[0]
+    result = tts(model, image, [[2, 5, 5]], [[2, 20, 20]], keep_fraction=0.25, keep_background=keep_background)
+    selection = result.selections[0]
+    kept = np.union1d(selection.kept, selection.background)
     with torch.no_grad():
         decoder = model.forward_features(torch.from_numpy(image[:, 2][None])).features["decoder"]
         mask = torch.zeros(decoder.shape[1])
         mask[torch.from_numpy(kept)] = 1
         expected = torch.softmax(model.head(decoder * mask[None, :, None, None]), dim=1)[0].numpy()
+    np.testing.assert_array_equal(np.flatnonzero(selection.mask), kept)
     np.testing.assert_allclose(result.probabilities[:, 2], expected, atol=1e-5)
     assert not np.allclose(result.probabilities[:, 2], result.baseline_probabilities[:, 2])
+    if keep_background:
+        assert np.array_equal(selection.background, background_channels(model, "decoder"))
+        assert not np.isin(selection.kept, selection.background).any()
+    else:
+        assert selection.background.size == 0
+
+
+def test_background_channels_follow_the_head_weights():
+    model = tiny_model()
+    weight = model.head.conv.conv.weight
+    with torch.no_grad():
+        weight[:] = 0.0
+        weight[0, [1, 4, 6], 0, 0] = 1.0  # these channels vote for class 0 (background)
+        weight[1, [0, 2, 3, 5, 7], 0, 0] = 1.0
+    assert background_channels(model, "decoder").tolist() == [1, 4, 6]
+    assert background_channels(model, "bottleneck").size == 0  # no linear head after that tap
+    # they stay on with keep_background, whatever their score
+    image = np.ones((2, 3, 16, 16), np.float32)
+    result = tts(model, image, [[1, 5, 5]], [[1, 12, 12]], keep_fraction=0.1)
+    assert result.selections[0].mask[[1, 4, 6]].tolist() == [1.0, 1.0, 1.0]
+    assert result.selections[0].mask.sum() == 4  # 1 scored channel (10 % of 8, rounded up) + 3 background
 
 
 def test_per_slice_versus_whole_volume_mask(image):
@@ -268,7 +294,38 @@ def test_cli_writes_muted_labels_on_the_source_grid(crop_case, tiny_model_file, 
     np.testing.assert_array_equal(load_labels(out, geometry), expected.labels)
     assert expected.labels.shape == geometry.display_shape  # resampled to 2 mm and back
     assert sorted(expected.slice_selection.tolist()).count(-1) == 2
+    assert "background channels never muted" in capsys.readouterr().err
+
+    assert main([*args, "--mute-background"]) == 0  # the published rule
+    published = tts(
+        load_model(tiny_model_file),
+        volume,
+        geometry.source_index_to_display(np.array([[20, 18, 2]])),
+        geometry.source_index_to_display(np.array([[5, 30, 2], [30, 6, 1]])),
+        alpha=0.2,
+        keep_fraction=0.25,
+        keep_background=False,
+    )
+    np.testing.assert_array_equal(load_labels(out, geometry), published.labels)
+    assert "background channels never muted" not in capsys.readouterr().err
 
     points.write_text("i,j,k,kind\n20,18,2,positive\n50,3,2,negative\n")
     assert main(args) == 2
     assert "line 3: negative point (i=50, j=3, k=2) lies outside" in capsys.readouterr().err
+
+
+def test_bench_goal_rows_pair_artifact_and_clean_rows_of_the_same_rule():
+    from napari_medadapt.bench._tts_report import goal_rows
+
+    def row(rule, version, change, fp=None):
+        out = {"layer": "decoder", "rule": rule, "set": "real", "version": version, "keypoints": "1+1",
+               "alpha": 0.2, "keep": 0.1, "dice_before": 0.8, "dice_change": change}  # fmt: skip
+        if fp is not None:
+            out.update(fp_ml_before=2.0, fp_ml_after=2.0 * (1 - fp), fp_reduction=fp)
+        return out
+
+    rows = [row("keep background", "artifact", -0.1, 0.6), row("published", "artifact", -0.1, 0.6),
+            row("published", "clean", -0.08), row("keep background", "clean", -0.01)]  # fmt: skip
+    goals = {g["rule"]: g for g in goal_rows(rows)}
+    assert goals["keep background"]["met"] and goals["keep background"]["clean_dice_change"] == -0.01
+    assert not goals["published"]["met"] and goals["published"]["clean_dice_change"] == -0.08

@@ -54,7 +54,11 @@ def test_dock_live_slice_apply_and_reset(make_napari_viewer, qtbot, model_path):
     negative.data = np.array([[2, 25, 30]])
     _wait(qtbot, dock.predict_current_slice())
     assert dock.last_result.z == 2
-    assert dock.last_result.selection is not None and dock.kept_list.count() == 1  # 10 % of 8 channels -> 1
+    selection = dock.last_result.selection
+    assert selection is not None and len(selection.kept) == 1  # 10 % of 8 channels -> 1
+    # one row per kept channel, plus one line for the background channels that are never muted
+    assert dock.kept_list.count() == 1 + (len(selection.background) > 0)
+    assert dock.kept_list.item(0).text().startswith(f"channel {int(selection.kept[0])}")
     for name in (BEFORE_LAYER, AFTER_LAYER, ATTENTION_AFTER_LAYER):
         assert name in viewer.layers
     np.testing.assert_array_equal(viewer.layers[AFTER_LAYER].data[2], dock.last_result.labels)
@@ -68,6 +72,11 @@ def test_dock_live_slice_apply_and_reset(make_napari_viewer, qtbot, model_path):
     assert len(result.selections[0].kept) == 2
     np.testing.assert_array_equal(viewer.layers[AFTER_LAYER].data, result.labels)
     np.testing.assert_array_equal(viewer.layers[BEFORE_LAYER].data, result.baseline_labels)
+
+    dock.background_check.setChecked(False)  # the published rule: nothing outside the top 25 % stays on
+    _wait(qtbot, dock.apply_to_volume())
+    assert dock.last_result.selections[0].background.size == 0
+    assert dock.last_result.selections[0].mask.sum() == 2
 
     dock.reset()
     assert len(viewer.layers[POSITIVE_LAYER].data) == 0 and dock.kept_list.count() == 0

@@ -20,7 +20,7 @@ def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
 
 
 def goal_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (layer, set, alpha, keep) with 1+1 keypoints: artifact FP reduction and clean Dice change."""
+    """Per (layer, rule, set, alpha, keep) with 1+1 keypoints: artifact FP reduction and clean Dice change."""
     out = []
     for row in rows:
         if row["keypoints"] != "1+1" or row["version"] != "artifact":
@@ -28,6 +28,7 @@ def goal_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         clean = _find(
             rows,
             layer=row["layer"],
+            rule=row.get("rule"),
             set=row["set"],
             version="clean",
             keypoints="1+1",
@@ -40,6 +41,7 @@ def goal_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 "layer": row["layer"],
+                "rule": row.get("rule"),
                 "set": row["set"],
                 "alpha": row["alpha"],
                 "keep": row["keep"],
@@ -89,17 +91,19 @@ def write_reports(report: dict[str, Any], json_path: Path, md_path: Path) -> Non
         "- 1+1 keypoints: artifact FP volume must drop by >= 50 % while the tumour Dice drops by <= 0.02 on "
         "clean slices:",
         "",
-        "| layer | set | alpha | keep | FP before mL | FP after mL | FP reduction | Dice change (artifact) | clean Dice | clean Dice change | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | channels | set | alpha | keep | FP before mL | FP after mL | FP reduction | Dice change (artifact) | clean Dice | clean Dice change | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["goals"]["one_plus_one"]:
         lines.append(
-            f"| {row['layer']} | {row['set']} | {row['alpha']} | {row['keep']:.0%} | {row['fp_ml_before']:.3f} | {row['fp_ml_after']:.3f} "
+            f"| {row['layer']} | {row['rule']} | {row['set']} | {row['alpha']} | {row['keep']:.0%} | {row['fp_ml_before']:.3f} | {row['fp_ml_after']:.3f} "
             f"| {row['fp_reduction']:.0%} | {row['artifact_dice_change']:+.3f} | {row['clean_dice_before']:.3f} "
             f"| {row['clean_dice_change']:+.3f} | {'met' if row['met'] else 'missed'} |"
         )
     goals = report["goals"]["one_plus_one"]
-    met = [f"{r['layer']}/{r['set']}/alpha {r['alpha']}/keep {r['keep']:.0%}" for r in goals if r["met"]]
+    met = [
+        f"{r['layer']}/{r['rule']}/{r['set']}/alpha {r['alpha']}/keep {r['keep']:.0%}" for r in goals if r["met"]
+    ]
     lines += [
         "",
         f"Settings meeting the 1+1 goal: {len(met)} of {len(goals)}" + (f" ({'; '.join(met)})." if met else "."),
@@ -108,8 +112,8 @@ def write_reports(report: dict[str, Any], json_path: Path, md_path: Path) -> Non
         "",
         "## All settings",
         "",
-        "| layer | set | version | keypoints | alpha | keep | Dice before | Dice after | change | FP before mL | FP after mL | FP reduction |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | channels | set | version | keypoints | alpha | keep | Dice before | Dice after | change | FP before mL | FP after mL | FP reduction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         fp = (
@@ -118,7 +122,7 @@ def write_reports(report: dict[str, Any], json_path: Path, md_path: Path) -> Non
             else "- | - | -"
         )
         lines.append(
-            f"| {row['layer']} | {row['set']} | {row['version']} | {row['keypoints']} | {row['alpha']} | "
+            f"| {row['layer']} | {row['rule']} | {row['set']} | {row['version']} | {row['keypoints']} | {row['alpha']} | "
             f"{row['keep']:.0%} | {row['dice_before']:.3f} | {row['dice_after']:.3f} | {row['dice_change']:+.3f} | {fp} |"
         )
     profile = report.get("decoder_profile") or []
@@ -130,13 +134,16 @@ def write_reports(report: dict[str, Any], json_path: Path, md_path: Path) -> Non
         "## Decoder channels: mean activation on tumour, artifact and other brain (real artifact slices)",
         "",
         f"{len(active)} of {len(profile)} channels have a mean activation >= 0.1 anywhere; the others are "
-        "(nearly) silent. A channel that is high on the tumour and low on the artifact is what TTS needs to keep.",
+        "(nearly) silent. A channel that is high on the tumour and low on the artifact is what TTS needs to keep. "
+        "*Background*: the head weight of the channel favours the background class (never muted by default).",
         "",
-        "| channel | tumour | artifact | other brain |",
-        "|---|---|---|---|",
+        "| channel | tumour | artifact | other brain | background |",
+        "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['channel']} | {r['tumour']:.2f} | {r['artifact']:.2f} | {r['brain']:.2f} |" for r in active
+        f"| {r['channel']} | {r['tumour']:.2f} | {r['artifact']:.2f} | {r['brain']:.2f} | "
+        f"{'yes' if r.get('favours_background') else ''} |"
+        for r in active
     ]
     lines.append("")
     md_path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ with new seeds, each twice: with the artifact painted *away from* the tumour (>=
 
 A simulated user clicks positives uniformly inside the reference tumour and negatives on the artifact
 (artifact slices) or on brain tissue >= 10 mm from the tumour (clean slices): 1+1, 5+5 and 20+20
-keypoints, alpha 0.4 and 0.2, keep 5/10/25 %, several random draws each. Reported per setting: the
+keypoints, alpha 0.4 and 0.2, keep 5/10/25 %, several random draws each; at the decoder tap both with the
+background channels kept (the default segmentation extension) and with the published rule (every channel
+outside the top fraction zeroed). Reported per setting: the
 false-positive volume on the artifact (predicted tumour within 3 mm of the artifact, outside the reference)
 and the whole-tumour Dice (pooled over the slices), before and after muting; plus the latency of
 re-predicting the current slice after a keypoint change with cached features (:class:`TTSSession`)
@@ -34,6 +36,9 @@ MIN_TUMOUR_VOXELS = 250
 #: Taps muted by forward hook (the rest of the network runs again): 1+1 and 5+5 keypoints, one draw.
 OTHER_TAPS = ("bottleneck", "up1", "up2")
 OTHER_TAP_KEEPS = (0.10, 0.25)
+#: Channel rules compared at the decoder tap (other taps have no head to attribute channels: published only).
+RULE_BACKGROUND = "keep background"
+RULE_PUBLISHED = "published"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,7 +195,13 @@ class _Tally:
 
 # ---------------------------------------------------------------------------------------------- run
 def _sweep(
-    model: Any, groups: list[dict[str, Any]], layer: str, settings: list[tuple], draws: int, seed: int
+    model: Any,
+    groups: list[dict[str, Any]],
+    layer: str,
+    settings: list[tuple],
+    draws: int,
+    seed: int,
+    keep_background: bool = True,
 ) -> dict:
     """Every setting on every slice of every group, both versions; pooled per (set, version, setting)."""
     from napari_medadapt.core.adapt.tts_session import TTSSession
@@ -209,7 +220,9 @@ def _sweep(
                     rng = np.random.default_rng([seed, draw, n])
                     for item in group["slices"]:
                         pos, neg = _keypoints(item, version, n, rng)
-                        out = session.predict_slice(item["z"], pos, neg, alpha=alpha, keep_fraction=keep)
+                        out = session.predict_slice(
+                            item["z"], pos, neg, alpha=alpha, keep_fraction=keep, keep_background=keep_background
+                        )
                         tally.add(item, out.baseline_labels, out.labels, version == "artifact")
     return results
 
@@ -258,10 +271,13 @@ def _latency(model: Any, group: dict[str, Any], rng: np.random.Generator) -> dic
     }
 
 
-def _decoder_profile(model: Any, case: dict[str, Any]) -> list[dict[str, float]]:
-    """Mean activation of every decoder channel on tumour, artifact and other brain (real artifact slices)."""
+def _decoder_profile(model: Any, case: dict[str, Any]) -> list[dict[str, Any]]:
+    """Mean activation of every decoder channel on tumour, artifact and other brain (real artifact slices),
+    and whether its head weight favours the background."""
+    from napari_medadapt.core.adapt.tts_engine import background_channels
     from napari_medadapt.core.adapt.tts_session import TTSSession
 
+    background = set(background_channels(model, "decoder").tolist())
     session = TTSSession(model, case["artifact"])
     sums: dict[str, Any] = {}
     for item in case["slices"]:
@@ -273,7 +289,11 @@ def _decoder_profile(model: Any, case: dict[str, Any]) -> list[dict[str, float]]
             sums[name] = (total + values.sum(axis=1), count + values.shape[1])
     means = {name: total / max(1, count) for name, (total, count) in sums.items()}
     return [
-        {"channel": c, **{name: round(float(means[name][c]), 3) for name in means}}
+        {
+            "channel": c,
+            **{name: round(float(means[name][c]), 3) for name in means},
+            "favours_background": c in background,
+        }
         for c in range(len(means["tumour"]))
     ]
 
@@ -299,23 +319,26 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     settings = [(n, a, k) for n in KEYPOINTS for a in ALPHAS for k in KEEPS]
-    decoder = _sweep(model, groups, "decoder", settings, args.draws, args.seed)
-    print(f"decoder sweep done after {time.time() - started:.0f} s", flush=True)
-    sweeps = [("decoder", decoder)]
+    sweeps = []
+    for rule, keep_background in ((RULE_BACKGROUND, True), (RULE_PUBLISHED, False)):
+        results = _sweep(model, groups, "decoder", settings, args.draws, args.seed, keep_background)
+        sweeps.append(("decoder", rule, results))
+        print(f"decoder sweep ({rule}) done after {time.time() - started:.0f} s", flush=True)
     for tap in OTHER_TAPS:
         tap_settings = [(n, a, k) for n in (1, 5) for a in ALPHAS for k in OTHER_TAP_KEEPS]
-        sweeps.append((tap, _sweep(model, groups, tap, tap_settings, 1, args.seed)))
+        sweeps.append((tap, RULE_PUBLISHED, _sweep(model, groups, tap, tap_settings, 1, args.seed)))
         print(f"{tap} sweep done after {time.time() - started:.0f} s", flush=True)
     latency = _latency(model, case, rng)
     profile = _decoder_profile(model, case)
     voxel_ml = float(np.prod(case["clean"].geometry.spacing)) / 1000.0
     rows = []
-    for layer, results in sweeps:
+    for layer, rule, results in sweeps:
         for key, value in results.items():
             test_set, version, keypoints, alpha, keep = key.split("|")
             rows.append(
                 {
                     "layer": layer,
+                    "rule": rule,
                     "set": test_set,
                     "version": version,
                     "keypoints": keypoints,

@@ -61,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--tta-flips", action="store_true", help="average over flipped replicas")
     parser.add_argument(
+        "--mute-background",
+        action="store_true",
+        help="published rule: also mute the decoder channels that favour the background (default: keep them)",
+    )
+    parser.add_argument(
         "--out", required=True, metavar="OUT.nii.gz", help="where to write the muted label map"
     )
     add_device_argument(parser)
@@ -138,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             layer=args.layer,
             per_slice=not args.whole_volume,
             tta_flips=args.tta_flips,
+            keep_background=not args.mute_background,
             ctx=JobContext(on_progress=text_progress("tts")),
         )
     for message in result.warnings:
@@ -155,5 +161,7 @@ def run(args: argparse.Namespace) -> int:
             else "slice(s) " + ",".join(str(z) for z in selection.slices[:8])
         )
         print(f"{where}: kept channels {', '.join(str(c) for c in selection.kept)}", file=sys.stderr)
+        if len(selection.background):
+            print(f"{where}: {len(selection.background)} background channels never muted", file=sys.stderr)
     print(f"muted labels written to {written}", file=sys.stderr)
     return 0

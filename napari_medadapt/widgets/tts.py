@@ -67,7 +67,7 @@ class _Engine:
         return self.models[name]
 
     def predict_slice(
-        self, name: str, key: tuple, volume: Any, layer: str, z: int, pos, neg, alpha, keep, ctx=None
+        self, name: str, key: tuple, volume: Any, layer: str, z: int, pos, neg, alpha, keep, background, ctx=None
     ):
         from napari_medadapt.core.adapt.tts_session import TTSSession
 
@@ -80,11 +80,15 @@ class _Engine:
         if self.session is None or self.session_key != (name, key, layer):
             self.session = TTSSession(model, volume, layer=layer)
             self.session_key = (name, key, layer)
-        result = self.session.predict_slice(z, pos, neg, alpha=alpha, keep_fraction=keep)
+        result = self.session.predict_slice(
+            z, pos, neg, alpha=alpha, keep_fraction=keep, keep_background=background
+        )
         ctx.progress(2, 2, "TTS: slice done")
         return result
 
-    def apply_volume(self, name: str, volume: Any, layer: str, pos, neg, alpha, keep, per_slice, ctx=None):
+    def apply_volume(
+        self, name: str, volume: Any, layer: str, pos, neg, alpha, keep, background, per_slice, ctx=None
+    ):
         from napari_medadapt.core.adapt.tts import tts
 
         return tts(
@@ -96,6 +100,7 @@ class _Engine:
             keep_fraction=keep,
             layer=layer,
             per_slice=per_slice,
+            keep_background=background,
             ctx=ctx,
         )
 
@@ -147,6 +152,12 @@ class TTSWidget(QWidget):
             "feature map to mute: decoder (input of the last layer, fastest), bottleneck (deepest), "
             "up1/up2 (decoder blocks after the bottleneck; the rest of the network runs again)"
         )
+        self.background_check = QCheckBox("never mute background channels (decoder map)")
+        self.background_check.setChecked(True)
+        self.background_check.setToolTip(
+            "segmentation extension: decoder channels whose head weight favours the background keep the "
+            "'not target' evidence; unchecked = the published rule (zero every channel outside the top keep %)"
+        )
         self.per_slice_check = QCheckBox("one mask per slice (slices without keypoints stay unmuted)")
         self.per_slice_check.setChecked(True)
         self.live_check = QCheckBox("re-predict the current slice live")
@@ -165,6 +176,7 @@ class TTSWidget(QWidget):
         form.addRow("", self.artifact_check)
         form.addRow("keep", self.keep_box)
         form.addRow("feature map", self.layer_box)
+        form.addRow("", self.background_check)
         layout = QVBoxLayout(self)
         layout.addWidget(self.inputs)
         layout.addLayout(form)
@@ -195,6 +207,7 @@ class TTSWidget(QWidget):
         for widget in (self.alpha_box, self.keep_box):
             widget.valueChanged.connect(self._schedule_live)
         self.layer_box.currentTextChanged.connect(self._schedule_live)
+        self.background_check.toggled.connect(self._schedule_live)
         self.viewer.layers.events.inserted.connect(self._connect_points)
         self.viewer.dims.events.current_step.connect(self._schedule_live)
         self._engine_reset()
@@ -355,6 +368,7 @@ class TTSWidget(QWidget):
             negatives,
             self.alpha,
             self.keep_fraction,
+            self.background_check.isChecked(),
             description="TTS slice",
             interactive_key="tts",
             on_result=lambda result: self._show_slice(result, reference),
@@ -379,6 +393,7 @@ class TTSWidget(QWidget):
             negatives,
             self.alpha,
             self.keep_fraction,
+            self.background_check.isChecked(),
             self.per_slice_check.isChecked(),
             description="TTS volume",
             interactive_key="tts",
@@ -436,6 +451,8 @@ class TTSWidget(QWidget):
             return
         for channel in selection.kept:
             self.kept_list.addItem(f"channel {int(channel)}  ({selection.scores[int(channel)]:.3g})")
+        if len(selection.background):
+            self.kept_list.addItem(f"+ {len(selection.background)} background channel(s), never muted")
 
     def _show_slice(self, result: Any, reference: Any) -> None:
         self.last_result = result

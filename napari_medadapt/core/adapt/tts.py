@@ -16,6 +16,14 @@ with keypoints gets its own mask from its own keypoints and slices without keypo
 (``per_slice=True``); with ``per_slice=False`` the keypoints of all slices build one mask used for every
 slice. A 3D model is muted on its 3D feature maps with one mask for the volume.
 
+Segmentation extension (``keep_background=True``, the default): at the ``decoder`` tap, channels whose head
+weight favours the background class (:func:`~napari_medadapt.core.adapt.tts_engine.background_channels`) are
+never muted; the top ``keep_fraction`` is chosen among the other channels. In the published classifier the
+muted channels only carried evidence for the classes; in a segmentation head the background channels carry the
+evidence for "not target" at every pixel, and zeroing them moved every boundary outwards (on the training case
+of the trap model, clean-slice Dice fell by 0.04 at keep 10 % and by 0.12 at keep 25 %; with them kept, 0.013
+and 0.000). ``keep_background=False`` is the published rule: every channel outside the top fraction is zeroed.
+
 With only positives (or only negatives) the method still runs: the score is then
 ``alpha * S_pos`` (or ``-(1 - alpha) * S_neg``, i.e. the channels least active on the negatives are
 kept). The published method always had both kinds, so a :class:`TTSWarning` says so.
@@ -67,6 +75,9 @@ class ChannelSelection:
         Number of keypoints of each kind that built the mask.
     slices
         Slice indices (axis 0) whose keypoints built the mask; ``None`` for a 3D model.
+    background
+        Channels kept regardless of their score because their head weight favours the background class
+        (``keep_background=True``); empty with the published rule.
     """
 
     scores: np.ndarray
@@ -74,12 +85,14 @@ class ChannelSelection:
     n_positive: int
     n_negative: int
     slices: tuple[int, ...] | None
+    background: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def mask(self) -> np.ndarray:
-        """``(C,)`` float32: 1 for kept channels, 0 for muted ones."""
+        """``(C,)`` float32: 1 for kept (and background) channels, 0 for muted ones."""
         mask = np.zeros(self.scores.shape[0], dtype=np.float32)
         mask[self.kept] = 1.0
+        mask[self.background] = 1.0
         return mask
 
 
@@ -186,10 +199,18 @@ def combine_scores(pos_sum: np.ndarray, neg_sum: np.ndarray, alpha: float) -> np
     )
 
 
-def select_channels(scores: np.ndarray, keep_fraction: float = DEFAULT_KEEP_FRACTION) -> np.ndarray:
-    """Indices of the top ``ceil(keep_fraction * C)`` scores (at least one), highest first (stable on ties)."""
+def select_channels(
+    scores: np.ndarray, keep_fraction: float = DEFAULT_KEEP_FRACTION, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of the top ``ceil(keep_fraction * C)`` scores (at least one), highest first (stable on ties).
+
+    Channels in ``exclude`` (the background channels kept anyway) are not candidates; ``C`` counts all
+    channels, so the number chosen does not depend on how many are excluded.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
+    if exclude is not None and len(exclude):
+        order = order[~np.isin(order, exclude)]
     return order[: engine.keep_count(scores.shape[0], keep_fraction)]
 
 
@@ -328,6 +349,7 @@ def tts(
     layer: str = "decoder",
     per_slice: bool = True,
     tta_flips: bool = False,
+    keep_background: bool = True,
     ctx: JobContext | None = None,
 ) -> TTSResult:
     """Predict ``image`` with the feature channels chosen by the keypoints, and the baseline.
@@ -352,6 +374,9 @@ def tts(
     tta_flips
         Average over flip replicas (every combination of in-plane axis flips, or of the 3 axes for 3D);
         each replica gets its own mask, reported scores are those of the unflipped replica.
+    keep_background
+        Never mute the decoder channels whose head weight favours the background (segmentation extension,
+        see the module docstring); False applies the published rule. No effect on other taps.
     ctx
         Progress and cancellation.
 
@@ -382,7 +407,10 @@ def tts(
     try:
         from .tts_runner import Runner, to_display
 
-        runner = Runner(model, layer, dims, engine.flip_sets(dims, tta_flips), alpha, keep_fraction, device)
+        background = engine.background_channels(model, layer) if keep_background else None
+        runner = Runner(
+            model, layer, dims, engine.flip_sets(dims, tta_flips), alpha, keep_fraction, device, background
+        )
         grid = x_all.shape[1:]
         pos_grid = engine.points_to_grid(positives, shape, grid)
         neg_grid = engine.points_to_grid(negatives, shape, grid)

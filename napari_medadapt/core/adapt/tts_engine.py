@@ -147,6 +147,32 @@ def muted_logits(
             return model(x)
 
 
+def background_channels(model: Any, layer: str) -> np.ndarray:
+    """Channels of the ``decoder`` tap whose head weight favours the background class (sorted indices).
+
+    The head must be one 1x1 convolution (a linear map of the decoder channels) and the model's first class
+    the background (card label 0): a channel *favours the background* when its largest head weight is the
+    background's (for a single sigmoid output: a negative weight). Empty for any other tap or head, where no
+    channel can be attributed to a class.
+    """
+    import torch
+
+    if layer != HEAD_LAYER or not hasattr(model, "head"):
+        return np.zeros(0, dtype=np.int64)
+    card = getattr(model, "card", None)
+    if card is not None and list(getattr(card, "labels", [0]))[:1] != [0]:
+        return np.zeros(0, dtype=np.int64)
+    weighted = [m for m in model.head.modules() if any(True for _ in m.parameters(recurse=False))]
+    if len(weighted) != 1 or not isinstance(weighted[0], torch.nn.modules.conv._ConvNd):
+        return np.zeros(0, dtype=np.int64)
+    conv = weighted[0]
+    if any(k != 1 for k in conv.kernel_size) or conv.groups != 1:
+        return np.zeros(0, dtype=np.int64)
+    weight = conv.weight.detach().reshape(conv.out_channels, conv.in_channels).cpu().numpy()
+    favours = weight[0] < 0 if weight.shape[0] == 1 else weight.argmax(axis=0) == 0
+    return np.flatnonzero(favours).astype(np.int64)
+
+
 def padded_shape(model: Any, shape: Sequence[int]) -> tuple[int, ...]:
     """The grid the network computes on for an input of spatial ``shape`` (padded to its total stride)."""
     divisor = getattr(model, "size_divisor", None) or (1,) * len(shape)

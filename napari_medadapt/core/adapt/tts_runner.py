@@ -47,9 +47,11 @@ class Runner:
         alpha: float,
         keep_fraction: float,
         device: torch.device,
+        background: np.ndarray | None = None,
     ) -> None:
         self.model, self.layer, self.dims, self.replicas = model, layer, dims, replicas
         self.alpha, self.keep_fraction, self.device = alpha, keep_fraction, device
+        self.background = np.zeros(0, dtype=np.int64) if background is None else np.asarray(background)
 
     def _features(self, x: torch.Tensor, flips: tuple[int, ...]) -> tuple[engine.TapPass, torch.Tensor]:
         """Tap pass on the flipped input, and its features on the (unflipped) input grid."""
@@ -64,7 +66,8 @@ class Runner:
         scores = np.stack([combine_scores(p, n, self.alpha) for p, n in sums])
         masks = np.zeros(scores.shape, dtype=np.float32)
         for row, item_scores in enumerate(scores):
-            masks[row, select_channels(item_scores, self.keep_fraction)] = 1.0
+            masks[row, select_channels(item_scores, self.keep_fraction, self.background)] = 1.0
+            masks[row, self.background] = 1.0
         return torch.from_numpy(masks).to(self.device), scores
 
     def _selection(
@@ -72,10 +75,11 @@ class Runner:
     ) -> ChannelSelection:
         return ChannelSelection(
             scores=scores,
-            kept=select_channels(scores, self.keep_fraction),
+            kept=select_channels(scores, self.keep_fraction, self.background),
             n_positive=n_pos,
             n_negative=n_neg,
             slices=slices,
+            background=self.background,
         )
 
     def run_volume(

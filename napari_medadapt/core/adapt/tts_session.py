@@ -110,6 +110,7 @@ class TTSSession:
         self._grid = tuple(self._x.shape[1:])
         self._cache: OrderedDict[int, _CachedSlice] = OrderedDict()
         self._device = next(model.parameters()).device
+        self._background = engine.background_channels(model, layer)
 
     @property
     def cached_slices(self) -> list[int]:
@@ -162,6 +163,7 @@ class TTSSession:
         negative_points: Any,
         alpha: float = DEFAULT_ALPHA,
         keep_fraction: float = DEFAULT_KEEP_FRACTION,
+        keep_background: bool = True,
     ) -> SliceTTSResult:
         """Muted and baseline prediction of display slice ``z``.
 
@@ -171,7 +173,7 @@ class TTSSession:
             Display slice index (axis 0).
         positive_points, negative_points
             ``(N, 3)`` ``(z, y, x)`` keypoints of the whole volume; only those on slice ``z`` are used.
-        alpha, keep_fraction
+        alpha, keep_fraction, keep_background
             As in :func:`~napari_medadapt.core.adapt.tts.tts`.
         """
         import torch
@@ -201,13 +203,15 @@ class TTSSession:
         neg_grid = engine.points_to_grid(negatives, self.shape, self._x.shape[1:])[:, 1:]
         pos_sum, neg_sum = keypoint_sums(entry.grid_features[0], pos_grid, neg_grid)
         scores = combine_scores(pos_sum, neg_sum, alpha)
-        kept = select_channels(scores, keep_fraction)
+        background = self._background if keep_background else np.zeros(0, dtype=np.int64)
+        kept = select_channels(scores, keep_fraction, background)
         selection = ChannelSelection(
             scores=scores,
             kept=kept,
             n_positive=len(positives),
             n_negative=len(negatives),
             slices=(self._grid_slice(int(z)),),
+            background=background,
         )
         mask = torch.from_numpy(selection.mask[None]).to(self._device)
         was_training = self.model.training
