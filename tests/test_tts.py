@@ -283,29 +283,17 @@ def test_cli_writes_muted_labels_on_the_source_grid(crop_case, tiny_model_file, 
     np.testing.assert_allclose(written.affine, nib.load(str(crop_case["t1c"])).affine)
     volume, _ = load_case(crop_case)
     geometry = volume.geometry
-    expected = tts(
-        load_model(tiny_model_file),
-        volume,
-        geometry.source_index_to_display(np.array([[20, 18, 2]])),
-        geometry.source_index_to_display(np.array([[5, 30, 2], [30, 6, 1]])),
-        alpha=0.2,
-        keep_fraction=0.25,
-    )
+    positives = geometry.source_index_to_display(np.array([[20, 18, 2]]))
+    negatives = geometry.source_index_to_display(np.array([[5, 30, 2], [30, 6, 1]]))
+    model = load_model(tiny_model_file)
+    expected = tts(model, volume, positives, negatives, alpha=0.2, keep_fraction=0.25)
     np.testing.assert_array_equal(load_labels(out, geometry), expected.labels)
     assert expected.labels.shape == geometry.display_shape  # resampled to 2 mm and back
     assert sorted(expected.slice_selection.tolist()).count(-1) == 2
     assert "background channels never muted" in capsys.readouterr().err
 
     assert main([*args, "--mute-background"]) == 0  # the published rule
-    published = tts(
-        load_model(tiny_model_file),
-        volume,
-        geometry.source_index_to_display(np.array([[20, 18, 2]])),
-        geometry.source_index_to_display(np.array([[5, 30, 2], [30, 6, 1]])),
-        alpha=0.2,
-        keep_fraction=0.25,
-        keep_background=False,
-    )
+    published = tts(model, volume, positives, negatives, alpha=0.2, keep_fraction=0.25, keep_background=False)
     np.testing.assert_array_equal(load_labels(out, geometry), published.labels)
     assert "background channels never muted" not in capsys.readouterr().err
 
