@@ -153,7 +153,8 @@ def background_channels(model: Any, layer: str) -> np.ndarray:
     The head must be one 1x1 convolution (a linear map of the decoder channels) and the model's first class
     the background (card label 0): a channel *favours the background* when its largest head weight is the
     background's (for a single sigmoid output: a negative weight). Empty for any other tap or head, where no
-    channel can be attributed to a class.
+    channel can be attributed to a class. A prototype branch, when the model has one, sees the same kept
+    channels; the attribution uses the linear head only.
     """
     import torch
 
@@ -162,7 +163,7 @@ def background_channels(model: Any, layer: str) -> np.ndarray:
     card = getattr(model, "card", None)
     if card is not None and list(getattr(card, "labels", [0]))[:1] != [0]:
         return np.zeros(0, dtype=np.int64)
-    weighted = [m for m in model.head.modules() if any(True for _ in m.parameters(recurse=False))]
+    weighted = [m for m in model.head.modules() if next(m.parameters(recurse=False), None) is not None]
     if len(weighted) != 1 or not isinstance(weighted[0], torch.nn.modules.conv._ConvNd):
         return np.zeros(0, dtype=np.int64)
     conv = weighted[0]
