@@ -333,3 +333,13 @@ def test_drastic_foreground_change_is_flagged():
     assert "collapsed" in foreground_change_warning(1000, 0)
     assert "1000 to 6000" in foreground_change_warning(1000, 6000)
     assert foreground_change_warning(0, 400) is not None
+
+
+def test_whole_volume_collapse_is_flagged():
+    from napari_medadapt.core.adapt.tta import segmentation_change_warning
+
+    before = np.zeros((4, 32, 32), np.uint8)
+    before[1:3, 8:20, 8:20] = 2  # 288 tumour voxels
+    assert segmentation_change_warning(before, before.copy()) is None
+    message = segmentation_change_warning(before, np.zeros_like(before))
+    assert "in the whole volume from 288 to 0 voxels" in message

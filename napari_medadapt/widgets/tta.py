@@ -74,7 +74,7 @@ def adapt_job(
     ctx: JobContext,
 ) -> AdaptOutcome:
     """Segment with the source model, adapt a copy to ``volume``, segment again (compute thread)."""
-    from napari_medadapt.core.adapt.tta import adapt
+    from napari_medadapt.core.adapt.tta import adapt, segmentation_change_warning
     from napari_medadapt.core.adapt.tta_score import describe_shift
     from napari_medadapt.core.inference import predict_volume
 
@@ -82,6 +82,9 @@ def adapt_job(
     before = predict_volume(model, volume, ctx=ctx, return_probabilities=False)
     result = adapt(model, volume, ctx=ctx, on_loss=on_loss, **settings)
     after = predict_volume(result.model, volume, ctx=ctx, return_probabilities=False)
+    collapse = segmentation_change_warning(before.labels, after.labels)
+    if collapse:
+        result.warnings.append(collapse)
     return AdaptOutcome(
         before,
         after,

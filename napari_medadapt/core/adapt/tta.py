@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -388,8 +389,10 @@ def _foreground_voxels(model: SegModel, inputs: torch.Tensor, batch_size: int) -
                        for i in range(0, len(inputs), batch_size)))
 
 
-def foreground_change_warning(before: int, after: int, factor: float = COLLAPSE_FACTOR) -> str | None:
-    """A message when the adapted model's foreground on the sampled slices shrank or grew ``factor``-fold.
+def foreground_change_warning(
+    before: int, after: int, factor: float = COLLAPSE_FACTOR, where: str = "on the sampled slices"
+) -> str | None:
+    """A message when the adapted model's foreground (``where``) shrank or grew ``factor``-fold.
 
     The BN-KL loss can be lowered by feature statistics that no longer mean anything to the rest of the
     network (a normaliser that maps the whole image to a constant matches many statistics); the segmentation
@@ -399,11 +402,22 @@ def foreground_change_warning(before: int, after: int, factor: float = COLLAPSE_
         return None
     if after * factor < before or after > factor * max(before, 1):
         return (
-            f"adaptation changed the segmented foreground on the sampled slices from {before} to {after} "
+            f"adaptation changed the segmented foreground {where} from {before} to {after} "
             f"voxels; it may have collapsed. Compare with the source result, then Reset or try another method "
             f"or a lower learning rate."
         )
     return None
+
+
+def segmentation_change_warning(before_labels: np.ndarray, after_labels: np.ndarray) -> str | None:
+    """:func:`foreground_change_warning` on two whole-volume label maps (0 = background).
+
+    The check inside :func:`adapt` only sees the sampled slices, which can be tumour-free; wherever both
+    whole-volume segmentations exist (the dock's "Adapt and segment"), this one sees the whole target.
+    """
+    return foreground_change_warning(
+        int(np.count_nonzero(before_labels)), int(np.count_nonzero(after_labels)), where="in the whole volume"
+    )
 
 
 def _restore(parameters: Sequence[nn.Parameter], values: Sequence[torch.Tensor]) -> None:
