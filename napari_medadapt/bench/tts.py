@@ -8,9 +8,9 @@ A simulated user clicks positives uniformly inside the reference tumour and nega
 (artifact slices) or on brain tissue >= 10 mm from the tumour (clean slices): 1+1, 5+5 and 20+20
 keypoints, alpha 0.4 and 0.2, keep 5/10/25 %, several random draws each; at the decoder tap both with the
 background channels kept (the default segmentation extension) and with the published rule (every channel
-outside the top fraction zeroed). Reported per setting: the
-false-positive volume on the artifact (predicted tumour within 3 mm of the artifact, outside the reference)
-and the whole-tumour Dice (pooled over the slices), before and after muting; plus the latency of
+outside the top fraction zeroed). Reported per setting: the false-positive volume on the artifact
+(predicted tumour within 3 mm of the artifact, outside the reference) and the whole-tumour Dice (pooled
+over the slices), before and after muting; plus the latency of
 re-predicting the current slice after a keypoint change with cached features (:class:`TTSSession`)
 against re-running the whole network for that slice.
 """
