@@ -19,7 +19,6 @@ from .registry import find_card
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
-
 def save_model(model: SegModel, path: str | Path, card: ModelCard | None = None) -> Path:
     """Write ``<stem>.safetensors`` and its card ``<stem>.json``; returns the card path.
 

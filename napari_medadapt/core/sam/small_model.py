@@ -121,7 +121,6 @@ def build_small_sam(config: dict[str, Any] | None = None) -> Any:
     ).eval()
 
 
-
 def read_small_card(card_path: str | Path = SMALL_CARD) -> dict[str, Any]:
     """Read the bundled model's card (JSON)."""
     try:
