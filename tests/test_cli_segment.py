@@ -79,26 +79,47 @@ def test_segment_bad_inputs_are_clear_errors(case, tmp_path, capsys):
     assert "does not match its model card" in capsys.readouterr().err
 
 
+def _constant_head(model, label_index: int):
+    """A copy of ``model`` whose head predicts class ``label_index`` everywhere."""
+    constant = model.copy()
+    with torch.no_grad():
+        constant.head.conv.conv.weight.zero_()
+        constant.head.conv.conv.bias.zero_()
+        constant.head.conv.conv.bias[label_index] = 5.0
+    return constant
+
+
 def test_segment_with_test_time_adaptation_uses_the_adapted_model(case, tmp_path, capsys, monkeypatch):
+    from napari_medadapt.core.adapt.tta import segmentation_change_warning
+    from napari_medadapt.core.models import load_model, save_model
+
+    # a source model that labels everything as class 2, so the whole-volume collapse check is deterministic
+    source = _constant_head(load_model(case / "tinycli.json"), 2)
+    card_path = save_model(source, tmp_path / "everywhere.safetensors", ModelCard.load(case / "tinycli.json"))
     calls = []
 
     def adapt(model, volume, method, ctx):
         calls.append((method, volume.channels))
-        adapted = model.copy()
-        with torch.no_grad():  # an "adapted" head that always predicts class 2 (label 2)
-            adapted.head.conv.conv.weight.zero_()
-            adapted.head.conv.conv.bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))
-        return types.SimpleNamespace(model=adapted, warnings=["example warning"])
+        # an "adapted" model that has collapsed to background
+        return types.SimpleNamespace(model=_constant_head(model, 0), warnings=["example warning"])
 
     module = types.ModuleType("napari_medadapt.core.adapt.tta")
     module.adapt = adapt
+    module.segmentation_change_warning = segmentation_change_warning
     monkeypatch.setitem(sys.modules, "napari_medadapt.core.adapt.tta", module)
     out = tmp_path / "adapted.nii.gz"
-    args = ["segment", "--model", str(case / "tinycli.json"), *images(case), "--out", str(out), "--tta", "tent"]
+    args = ["segment", "--model", str(card_path), *images(case), "--out", str(out), "--tta", "tent"]
     assert main(args) == 0, capsys.readouterr().err
     assert calls == [("tent", tuple(MODALITIES))]
-    assert "example warning" in capsys.readouterr().err
-    assert set(np.unique(np.asanyarray(nib.load(str(out)).dataobj))) == {2}
+    err = capsys.readouterr().err
+    assert "example warning" in err
+    assert "source model (before adaptation)" in err
+    assert "in the whole volume" in err and "it may have collapsed" in err
+    assert set(np.unique(np.asanyarray(nib.load(str(out)).dataobj))) == {0}
+    # without the source pass: the adapted result only
+    assert main([*args, "--no-source-check"]) == 0
+    err = capsys.readouterr().err
+    assert "source model (before adaptation)" not in err and "in the whole volume" not in err
     monkeypatch.setitem(sys.modules, "napari_medadapt.core.adapt.tta", None)
     assert main(args) == 2
     assert "test-time adaptation is not available" in capsys.readouterr().err

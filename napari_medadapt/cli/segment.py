@@ -1,10 +1,13 @@
 """``medadapt segment``: segment a volume with a model (optionally adapted at test time) and save the labels.
 
     medadapt segment --model NAME_OR_PATH --image MODALITY=PATH [--image MODALITY=PATH ...] --out OUT.nii.gz
-                     [--tta none|bn_affine|normalizer|tent] [--all-components] [--device DEV]
+                     [--tta none|bn_affine|normalizer|tent [--no-source-check]] [--all-components]
+                     [--device DEV]
 
 The labels are written on the source grid of the first image, with its affine. Progress goes to stderr,
-the per-class volumes (mL) to stdout.
+the per-class volumes (mL) to stdout. With ``--tta`` the volume is also segmented by the source model, and a
+warning goes to stderr when adaptation shrank or grew the whole-volume segmentation five-fold (a collapse the
+check on the sampled slices inside ``adapt`` can miss); ``--no-source-check`` skips that extra pass.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep every connected region (the bundled model's card keeps only the largest one by default)",
     )
+    parser.add_argument(
+        "--no-source-check",
+        action="store_true",
+        help="with --tta: do not also segment with the source model (saves one pass; the collapse check then "
+        "sees only the slices sampled for adaptation)",
+    )
     add_device_argument(parser)
     parser.set_defaults(func=run)
 
@@ -59,14 +68,24 @@ def run(args: argparse.Namespace) -> int:
     model = load_checked_model(args.model, volume.channels)
     print(f"model {model.card.name} ({model.spatial_dims}D) on {device}; inputs {', '.join(volume.channels)}",
           file=sys.stderr)
+    segment_options = {
+        "device": device,
+        "return_probabilities": False,
+        "largest_component": False if args.all_components else None,
+    }
+    source_prediction = None
     if args.tta != "none":
         try:
-            from napari_medadapt.core.adapt.tta import adapt
+            from napari_medadapt.core.adapt.tta import adapt, segmentation_change_warning
         except ImportError as err:
             raise CLIError(
                 f"--tta {args.tta}: test-time adaptation is not available in this installation ({err}); "
                 f"run with --tta none."
             ) from err
+        if not args.no_source_check:
+            source_prediction = predict_volume(
+                model, volume, ctx=JobContext(on_progress=text_progress("segment (source model)")), **segment_options
+            )
         result = adapt(model, volume, method=args.tta, ctx=JobContext(on_progress=text_progress(f"adapt ({args.tta})")))
         model = result.model
         before, after = getattr(result, "shift_score_before", None), getattr(result, "shift_score_after", None)
@@ -75,13 +94,13 @@ def run(args: argparse.Namespace) -> int:
         for warning in getattr(result, "warnings", []):
             print(f"warning: {warning}", file=sys.stderr)
     prediction = predict_volume(
-        model,
-        volume,
-        ctx=JobContext(on_progress=text_progress("segment")),
-        device=device,
-        return_probabilities=False,
-        largest_component=False if args.all_components else None,
+        model, volume, ctx=JobContext(on_progress=text_progress("segment")), **segment_options
     )
+    if source_prediction is not None:
+        print(f"source model (before adaptation):\n{source_prediction.format_volumes()}", file=sys.stderr)
+        collapse = segmentation_change_warning(source_prediction.labels, prediction.labels)
+        if collapse:
+            print(f"warning: {collapse}", file=sys.stderr)
     for note in prediction.notes:
         print(f"note: {note}", file=sys.stderr)
     written = save_labels(prediction.labels, volume.geometry, args.out)
