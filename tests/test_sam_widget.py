@@ -196,6 +196,9 @@ class BrightPredictor:
     def is_cached(self, image, window) -> bool:
         return True  # it has no embeddings to compute, so propagation never prefetches
 
+    def embedding(self, image, window) -> None:
+        """Nothing to embed; the dock calls this to prepare the displayed slice ahead of the first click."""
+
     def predict(self, image, window, prompts=None, *, points=None, labels=None, box=None, mask_input=None,
                 multimask=None):
         from scipy import ndimage
