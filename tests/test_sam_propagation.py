@@ -120,3 +120,17 @@ def test_slices_ahead_are_embedded_in_batches_once() -> None:
     single = ThresholdPredictor()
     propagate(single, volume, {20: sphere[20]}, (0.0, 1.0), mode="box", prefetch=1)
     assert single.batches == []  # prefetch 1: the predictor embeds each slice itself
+
+
+def test_bench_report_says_which_propagation_run_the_timing_comes_from(tmp_path) -> None:
+    from napari_medadapt.bench._sam_report import write_markdown
+
+    timing = {"propagation_timed_mode": "box", "propagation_timed_slices": 30, "propagation_100_slices_s_cached": 3.7}
+    case = {"image": "ct.nii.gz", "label_values": [5], "model": "sam-small", "model_sha256": "0" * 64, "axis": 0,
+            "window": (-100.0, 200.0), "slices_with_target": 30, "baseline_slices": 15, "methods": {},
+            "box_iou_mean": 0.4, "box_iou_median": 0.4, "timing": timing,
+            "propagation": {"target_slices": 30, "mask": {"dice_3d": 0.3, "slices_filled": 5, "stopped": {}}}}  # fmt: skip
+    write_markdown({"cases": [case]}, tmp_path / "sam.md")
+    text = (tmp_path / "sam.md").read_text()
+    assert "scaled to 100 slices from the box-mode run (30 slices" in text
+    assert "| propagation through 100 slices (embeddings cached, wall) | 3.700 | <= 5 | yes |" in text

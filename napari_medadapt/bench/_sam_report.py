@@ -66,10 +66,18 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     f"{p['stopped'].get('down', '')} / {p['stopped'].get('up', '')} |"
                 )
         threads = case.get("torch_threads", 1)
+        timing = case["timing"]
+        timed = (
+            f" Propagation times are scaled to 100 slices from the {timing['propagation_timed_mode']}-mode run "
+            f"({timing['propagation_timed_slices']} slices, the longest of the three)."
+            if "propagation_timed_mode" in timing
+            else ""
+        )
         lines += [
             "",
             f"Timings use {threads} torch thread(s). Wall time includes waiting for the CPU when the machine is",
-            "shared; CPU time (all threads of the process) is what the computation itself needs on this CPU.",
+            "shared; CPU time (all threads of the process) is what the computation itself needs on this CPU."
+            + timed,
             "",
             f"| timing ({threads} torch thread(s)) | seconds | goal | met |",
             "|---|---|---|---|",
