@@ -108,9 +108,11 @@ class LossPlot(QWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        # constrained layout adapts to any dock size without warning when the canvas is briefly tiny
+        # constrained layout adapts to the dock's size; the minimum size keeps the axes from collapsing to
+        # zero (matplotlib then warns, and napari shows that warning as a notification)
         self.figure = Figure(figsize=(3.2, 2.0), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumSize(200, 140)
         self.axes = self.figure.add_subplot(111)
         self.iterations: list[int] = []
         self.losses: list[float] = []
