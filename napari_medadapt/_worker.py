@@ -3,7 +3,7 @@
 Docks never compute on the Qt main thread. They hand a core function to the viewer's
 :class:`ComputeWorker`::
 
-    handle = get_worker(viewer).submit(
+    handle = get_worker(viewer, dock).submit(
         predict_volume, model, volume, description="Segment tumour", on_result=show_labels
     )
 
@@ -39,6 +39,7 @@ from typing import Any
 from napari.utils.notifications import show_error, show_info
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QCoreApplication, QEventLoop, QObject, Qt, QTimer, Signal, Slot
+from qtpy.QtWidgets import QMainWindow, QWidget
 
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.jobs import JobCancelled, JobContext
@@ -433,30 +434,49 @@ def _error_message(description: str, error: BaseException) -> str:
 # viewer id -> (weak reference to the viewer, its worker)
 _WORKERS: dict[int, tuple[weakref.ReferenceType[Any], ComputeWorker]] = {}
 _EXIT_HOOKED = False
+#: viewers (by id) whose main window's ``destroyed`` signal already shuts their worker down
+_WATCHED_WINDOWS: set[int] = set()
 
 
-def get_worker(viewer: Any) -> ComputeWorker:
+def _main_window(widget: QWidget | None) -> QMainWindow | None:
+    """The main window holding ``widget`` (a dock, floating or not), or ``None`` when it is not docked."""
+    while widget is not None and not isinstance(widget, QMainWindow):
+        widget = widget.parentWidget()
+    return widget
+
+
+def get_worker(viewer: Any, dock: QWidget | None = None) -> ComputeWorker:
     """Return the viewer's compute worker, creating it on first use (call on the Qt main thread).
 
-    The worker shuts down when the viewer's window is destroyed, and at application exit.
+    The worker shuts down when the main window holding ``dock`` (the calling dock widget) is destroyed,
+    and at application exit.
     """
     key = id(viewer)
     entry = _WORKERS.get(key)
     if entry is not None and entry[0]() is viewer and entry[1].is_alive():
-        return entry[1]
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("get_worker() must be called on the Qt main thread")
-    worker = ComputeWorker(name=f"medadapt-compute-{key:x}")
-    _WORKERS[key] = (weakref.ref(viewer), worker)
-    qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
-    if qt_window is not None:
-        qt_window.destroyed.connect(lambda *_: _shutdown_worker(key, worker))
-    global _EXIT_HOOKED
-    app = QCoreApplication.instance()
-    if app is not None and not _EXIT_HOOKED:
-        app.aboutToQuit.connect(_shutdown_all_workers)
-        _EXIT_HOOKED = True
+        worker = entry[1]
+    else:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("get_worker() must be called on the Qt main thread")
+        worker = ComputeWorker(name=f"medadapt-compute-{key:x}")
+        _WORKERS[key] = (weakref.ref(viewer), worker)
+        global _EXIT_HOOKED
+        app = QCoreApplication.instance()
+        if app is not None and not _EXIT_HOOKED:
+            app.aboutToQuit.connect(_shutdown_all_workers)
+            _EXIT_HOOKED = True
+    window = _main_window(dock)
+    if window is not None and key not in _WATCHED_WINDOWS:
+        _WATCHED_WINDOWS.add(key)
+        window.destroyed.connect(lambda *_: _window_closed(key))
     return worker
+
+
+def _window_closed(key: int) -> None:
+    _WATCHED_WINDOWS.discard(key)
+    entry = _WORKERS.get(key)
+    if entry is not None:
+        _shutdown_worker(key, entry[1])
 
 
 def _shutdown_worker(key: int, worker: ComputeWorker) -> None:

@@ -216,8 +216,12 @@ def test_torch_threads_are_bounded_in_compute_thread(qtbot):
 
 
 def test_worker_is_per_viewer_and_shuts_down_with_it(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QWidget
+
     viewer = make_napari_viewer()
-    worker = get_worker(viewer)
+    dock = QWidget()
+    viewer.window.add_dock_widget(dock, name="a dock")
+    worker = get_worker(viewer, dock)
     assert get_worker(viewer) is worker
     release = threading.Event()
     started = threading.Event()

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"saved a screenshot of the demo to {screenshot_path}")
             viewer.close()
 
-        viewer.window._qt_window.resize(1600, 1000)
+        viewer.window.resize(1600, 1000)
         QTimer.singleShot(1500, save_and_quit)
     napari.run()
     return 0

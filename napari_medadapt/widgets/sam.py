@@ -259,7 +259,7 @@ class SamWidget(QWidget):
         self.viewer.layers.selection.active = points
         points.mode = "add"
         if self.model_choice is not None:  # load the model and embed this slice while the user aims
-            get_worker(self.viewer).submit(
+            get_worker(self.viewer, self).submit(
                 self.session.prepare, self.model_choice, data, self._window_spec(image), plane,
                 description="Segment Anything: loading the model", on_result=self._notes, on_error=self._job_failed,
             )
@@ -369,7 +369,7 @@ class SamWidget(QWidget):
         self._predict_request = request
         self._last_error = ""
         self.status.setText(f"Segmenting slice {', '.join(str(i) for i in sorted(changed))}...")
-        handle = get_worker(self.viewer).submit(
+        handle = get_worker(self.viewer, self).submit(
             self.session.predict_slices,
             choice,
             data,
@@ -433,7 +433,7 @@ class SamWidget(QWidget):
         self._precompute_pending = False
         self.status.setText(f"Embedding {data.shape[plane.axis]} slices...")
         # same key as clicks: a click interrupts it (no message), and it resumes afterwards
-        handle = get_worker(self.viewer).submit(
+        handle = get_worker(self.viewer, self).submit(
             self.session.precompute,
             choice,
             data,
@@ -467,7 +467,7 @@ class SamWidget(QWidget):
         stops = sorted(i for i, p in prompts.items() if p.negative_only)
         generation = self._generation
         self.status.setText(f"Propagating from slice(s) {', '.join(map(str, sorted(seeds)))}...")
-        handle = get_worker(self.viewer).submit(
+        handle = get_worker(self.viewer, self).submit(
             self.session.propagate,
             choice,
             data,

@@ -163,7 +163,7 @@ class SegmentWidget(QWidget):
         self.status.setText(f"Segmenting with {card.name}...")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self._handle = get_worker(self.viewer).submit(
+        self._handle = get_worker(self.viewer, self).submit(
             segment_job,
             card.path,
             volume,

@@ -281,7 +281,7 @@ class TTAWidget(QWidget):
         for button in (self.measure_button, self.adapt_button, self.reset_button):
             button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self._handle = get_worker(self.viewer).submit(
+        self._handle = get_worker(self.viewer, self).submit(
             fn, *args, description=description, on_result=on_result, on_error=lambda err: self.status.setText(str(err))
         )
         self._handle.finished.connect(self._job_finished)

@@ -357,7 +357,7 @@ class TTSWidget(QWidget):
             self._set_status(str(err))
             return None
         self._set_status(f"slice {z}: re-predicting with {on_slice} keypoint(s)...")
-        return get_worker(self.viewer).submit(
+        return get_worker(self.viewer, self).submit(
             self._engine.predict_slice,
             self.model_name,
             self._layers_key(layers),
@@ -384,7 +384,7 @@ class TTSWidget(QWidget):
             self._set_status(str(err))
             return None
         self._set_status("TTS on the volume...")
-        return get_worker(self.viewer).submit(
+        return get_worker(self.viewer, self).submit(
             self._engine.apply_volume,
             self.model_name,
             volume,
@@ -402,7 +402,7 @@ class TTSWidget(QWidget):
         )
 
     def _engine_reset(self, *args: Any) -> None:
-        get_worker(self.viewer).submit(self._engine.reset, description="TTS reset")
+        get_worker(self.viewer, self).submit(self._engine.reset, description="TTS reset")
 
     def reset(self, *args: Any) -> None:
         """Clear keypoints, kept channels and cached features (result layers stay; undo still works)."""
