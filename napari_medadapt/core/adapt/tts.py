@@ -90,10 +90,15 @@ class ChannelSelection:
     @property
     def mask(self) -> np.ndarray:
         """``(C,)`` float32: 1 for kept (and background) channels, 0 for muted ones."""
-        mask = np.zeros(self.scores.shape[0], dtype=np.float32)
-        mask[self.kept] = 1.0
-        mask[self.background] = 1.0
-        return mask
+        return channel_mask(self.scores.shape[0], self.kept, self.background)
+
+
+def channel_mask(n_channels: int, kept: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """``(n_channels,)`` float32: 1 for the ``kept`` and ``background`` channels, 0 for the muted ones."""
+    mask = np.zeros(n_channels, dtype=np.float32)
+    mask[kept] = 1.0
+    mask[background] = 1.0
+    return mask
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..jobs import JobContext
 from . import tts_engine as engine
-from .tts import ChannelSelection, combine_scores, keypoint_sums, select_channels
+from .tts import ChannelSelection, channel_mask, combine_scores, keypoint_sums, select_channels
 
 if TYPE_CHECKING:
     import torch
@@ -64,10 +64,10 @@ class Runner:
         import torch
 
         scores = np.stack([combine_scores(p, n, self.alpha) for p, n in sums])
-        masks = np.zeros(scores.shape, dtype=np.float32)
-        for row, item_scores in enumerate(scores):
-            masks[row, select_channels(item_scores, self.keep_fraction, self.background)] = 1.0
-            masks[row, self.background] = 1.0
+        masks = np.stack([
+            channel_mask(len(row), select_channels(row, self.keep_fraction, self.background), self.background)
+            for row in scores
+        ])
         return torch.from_numpy(masks).to(self.device), scores
 
     def _selection(
