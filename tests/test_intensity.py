@@ -37,6 +37,20 @@ def test_robust_scale_uses_foreground_percentiles():
     assert unclipped.max() > 1.0
 
 
+def test_robust_scale_keeps_background_at_zero_when_the_brain_has_negative_values():
+    # interpolation undershoot leaves negative voxels inside the brain, so the lower percentile is < 0
+    image = np.zeros((10, 10, 10), np.float32)
+    image[2:8, 2:8, 2:8] = np.linspace(-20.0, 300.0, 216).reshape(6, 6, 6)
+    low, _ = percentile_range(image, 5.0, 95.0)
+    assert low < 0.0
+    scaled = robust_scale(image, 5.0, 95.0)
+    assert np.all(scaled[image == 0] == 0.0)
+    lifted = robust_scale(image, 5.0, 95.0, outside=None)  # plain scaling lifts the background to a grey level
+    assert float(lifted[0, 0, 0]) > 0.0
+    brain = image != 0
+    np.testing.assert_array_equal(scaled[brain], lifted[brain])
+
+
 def test_robust_scale_explicit_mask_and_degenerate_inputs():
     image = np.arange(100, dtype=np.float32).reshape(10, 10)
     mask = np.zeros_like(image, bool)
@@ -94,6 +108,10 @@ def test_real_mri_and_ct():
     assert 0.0 <= inside.min() and inside.max() <= 1.0
     assert 0.005 < float((inside == 0).mean()) < 0.02  # ~0.5 % clipped at each end
     assert 0.005 < float((inside == 1).mean()) < 0.02
+    # this FLAIR has negative voxels inside the brain (lower percentile < 0): its background must stay 0
+    flair = np.asarray(nib.load(str(REAL / "glioma_tcga_fg6692" / "flair.nii.gz")).dataobj, np.float32)
+    assert percentile_range(flair)[0] < 0.0
+    assert np.all(robust_scale(flair)[flair == 0] == 0.0)
     ct = np.asarray(nib.load(str(REAL / "ct_abdomen_totalseg_example" / "ct.nii.gz")).dataobj, np.float32)
     lung = ct_window(ct, "lung")
     soft = ct_window(ct, "abdomen")

@@ -171,6 +171,7 @@ def normalise_channel(image: np.ndarray, spec: Mapping[str, object]) -> np.ndarr
             upper=float(spec.get("upper", 99.5)),
             mask=mask,
             clip=bool(spec.get("clip", True)),
+            outside=0.0 if nonzero else None,
         )
     if method == "zscore":
         return zscore(image, mask=mask, outside=0.0 if nonzero else None)

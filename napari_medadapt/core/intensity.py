@@ -80,6 +80,7 @@ def robust_scale(
     upper: float = 99.5,
     mask: np.ndarray | None = None,
     clip: bool = True,
+    outside: float | None = 0.0,
 ) -> np.ndarray:
     """Scale an MRI so the ``lower``/``upper`` percentiles of the foreground map to 0 and 1 (float32).
 
@@ -93,11 +94,21 @@ def robust_scale(
         Boolean array of the image's shape; default: nonzero voxels.
     clip
         Clip the result to [0, 1].
+    outside
+        Value given to voxels outside the foreground (``None`` keeps their scaled values). The background
+        of a skull-stripped scan must stay at 0 even when the brain's lower percentile is negative
+        (interpolation undershoot); scaling would otherwise lift it to a grey level the model never saw.
     """
-    low, high = percentile_range(image, lower, upper, mask)
-    scaled = (np.asarray(image, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
+    image = np.asarray(image)
+    foreground = foreground_mask(image) if mask is None else np.asarray(mask, dtype=bool)
+    low, high = percentile_range(image, lower, upper, foreground)
+    scaled = (image.astype(np.float32) - np.float32(low)) / np.float32(high - low)
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(scaled, 0.0, 1.0) if clip else scaled
+    if clip:
+        scaled = np.clip(scaled, 0.0, 1.0)
+    if outside is not None:
+        scaled[~foreground] = outside
+    return scaled
 
 
 def zscore(image: np.ndarray, mask: np.ndarray | None = None, outside: float | None = 0.0) -> np.ndarray:

@@ -46,7 +46,7 @@ def normalize_channels(images: np.ndarray, lower: float = 0.5, upper: float = 99
     brain = np.any(images != 0, axis=0)
     out = np.zeros(images.shape, dtype=np.float32)
     for c in range(images.shape[0]):
-        out[c] = robust_scale(images[c], lower, upper, mask=brain, clip=True) * brain
+        out[c] = robust_scale(images[c], lower, upper, mask=brain, clip=True)
     return out
 
 
