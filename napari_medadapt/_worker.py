@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 PROGRESS_MIN_INTERVAL_S = 0.2
 #: A job gets a progress bar once it has run this long (short interactive jobs never flash one).
 PROGRESS_BAR_DELAY_S = 0.3
+#: The same error of consecutive jobs within this many seconds is notified once.
+ERROR_REPEAT_S = 10.0
 
 
 class JobState(str, enum.Enum):
@@ -194,6 +196,7 @@ class ComputeWorker(QObject):
         self._queue: deque[JobHandle] = deque()
         self._running: JobHandle | None = None
         self._stopping = False
+        self._last_error: tuple[str, float] = ("", 0.0)  # text and time of the last error notification
         queued = Qt.ConnectionType.QueuedConnection
         self._started_signal.connect(self._deliver_started, queued)
         self._progress_signal.connect(self._deliver_progress, queued)
@@ -407,13 +410,23 @@ class ComputeWorker(QObject):
         elif outcome is JobState.FAILED:
             job.error = payload
             if notify:
-                show_error(_error_message(job.description, payload))
+                self._notify_error(payload, _error_message(job.description, payload))
             if on_error is not None:
                 self._run_callback(job, on_error, payload)
         elif outcome is JobState.CANCELLED and notify:
             show_info(f"{job.description}: cancelled")
         job._finished_event.set()
         job.finished.emit()
+
+    def _notify_error(self, error: BaseException, message: str) -> None:
+        """Show an error notification, but not again when the same error repeats within a few seconds
+        (e.g. a missing checkpoint met by the model preparation and then by the first click)."""
+        now = time.monotonic()
+        text, shown = self._last_error
+        if str(error) == text and now - shown < ERROR_REPEAT_S:
+            return
+        self._last_error = (str(error), now)
+        show_error(message)
 
     @staticmethod
     def _run_callback(job: JobHandle, callback: Callable[[Any], Any], value: Any) -> None:
@@ -451,6 +464,7 @@ def get_worker(viewer: Any, dock: QWidget | None = None) -> ComputeWorker:
     The worker shuts down when the main window holding ``dock`` (the calling dock widget) is destroyed,
     and at application exit.
     """
+    viewer = getattr(viewer, "__wrapped__", viewer)  # docks get napari's PublicOnlyProxy: one worker per viewer
     key = id(viewer)
     entry = _WORKERS.get(key)
     if entry is not None and entry[0]() is viewer and entry[1].is_alive():

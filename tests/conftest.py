@@ -57,17 +57,96 @@ def register_tiny_model(tmp_path, monkeypatch, save_tiny_model) -> Callable[[Any
     return register
 
 
-@pytest.fixture
-def open_dock(make_napari_viewer) -> Callable[..., tuple[Any, Any]]:
-    """``open(folder, widget_class, model_name)``: a viewer with ``folder``'s case and the dock on that model."""
-    from napari_medadapt._reader import read_paths
+PLUGIN = "napari-medadapt"
 
-    def open_(folder: Path, widget_class: type, model_name: str) -> tuple[Any, Any]:
+
+class Notifications:
+    """Every napari notification of a test, with napari's hooks installed as ``napari.run`` installs them
+    (Python warnings and uncaught exceptions, in any thread, become notifications too).
+
+    A test claims the warnings and errors it provokes with :meth:`take`; any other warning or error fails the
+    test at teardown, as a warning toast would fail a user.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def receive(self, notification: Any) -> None:
+        self.records.append(notification)
+
+    def problems(self) -> list[Any]:
+        """Warnings and errors not claimed yet."""
+        from napari.utils.notifications import NotificationSeverity
+
+        return [n for n in self.records if n.severity >= NotificationSeverity.WARNING]
+
+    def messages(self, severity: str | None = None) -> list[str]:
+        """Texts of the notifications so far (of one severity, e.g. ``"info"``)."""
+        return [str(n.message) for n in self.records if severity is None or str(n.severity) == severity]
+
+    def take(self, words: str, severity: str = "error") -> str:
+        """Remove and return the first ``severity`` notification containing ``words`` (fails when absent)."""
+        for n in self.records:
+            if str(n.severity) == severity and words in str(n.message):
+                self.records.remove(n)
+                return str(n.message)
+        raise AssertionError(f"no {severity} notification containing {words!r}; got {self.messages()}")
+
+
+@pytest.fixture
+def notifications(monkeypatch) -> Any:
+    """:class:`Notifications` of this test (napari's hooks installed; unclaimed warnings/errors fail it)."""
+    from napari.utils.notifications import notification_manager
+
+    monkeypatch.setattr(notification_manager, "_seen_warnings", set())  # every test sees its own warnings
+    monkeypatch.setenv("NAPARI_CATCH_ERRORS", "1")
+    monkeypatch.setattr(notification_manager, "catch_error", True)
+    recorder = Notifications()
+    notification_manager.notification_ready.connect(recorder.receive)
+    notification_manager.install_hooks()
+    try:
+        yield recorder
+    finally:
+        notification_manager.restore_hooks()
+        notification_manager.notification_ready.disconnect(recorder.receive)
+    problems = recorder.problems()
+    assert not problems, "unexpected notifications: " + "; ".join(f"{n.severity}: {n.message}" for n in problems)
+
+
+@pytest.fixture
+def plugin_viewer(make_napari_viewer, notifications, monkeypatch) -> Callable[..., Any]:
+    """``make(folder=None)``: a viewer (with ``folder``'s case opened by the plugin's reader) whose docks
+    are opened as a user opens them: ``open_plugin_dock(viewer, "Segment volume")``."""
+    # docks get napari's PublicOnlyProxy of the viewer; setting attributes off the main thread must fail
+    monkeypatch.setenv("NAPARI_ENSURE_PLUGIN_MAIN_THREAD", "1")
+
+    def make(folder: Path | None = None) -> Any:
         viewer = make_napari_viewer()
-        for data, kwargs, kind in read_paths(str(folder)):
-            getattr(viewer, f"add_{kind}")(data, **kwargs)
-        widget = widget_class(viewer)
-        viewer.window.add_dock_widget(widget)
+        if folder is not None:
+            viewer.open(str(folder), plugin=PLUGIN)
+        return viewer
+
+    return make
+
+
+def _open_plugin_dock(viewer: Any, name: str) -> Any:
+    _dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+@pytest.fixture
+def open_plugin_dock() -> Callable[[Any, str], Any]:
+    """``open(viewer, name)``: open the plugin dock ``name`` as the Plugins menu does; the dock's widget."""
+    return _open_plugin_dock
+
+
+@pytest.fixture
+def open_dock(plugin_viewer, open_plugin_dock) -> Callable[..., tuple[Any, Any]]:
+    """``open(folder, dock_name, model_name)``: a viewer with ``folder``'s case and the dock on that model."""
+
+    def open_(folder: Path, dock_name: str, model_name: str) -> tuple[Any, Any]:
+        viewer = plugin_viewer(folder)
+        widget = open_plugin_dock(viewer, dock_name)
         index = widget.model_combo.findText(model_name)
         assert index >= 0
         widget.model_combo.setCurrentIndex(index)

@@ -14,7 +14,6 @@ from napari_medadapt.core.sam import MaskPrediction, PromptableModel, SamPredict
 from napari_medadapt.core.sam.small_model import SMALL_WEIGHTS
 from napari_medadapt.core.volume import Geometry, load_volume
 from napari_medadapt.widgets import sam_prompts as sp
-from napari_medadapt.widgets.sam import SamWidget
 
 pytestmark = pytest.mark.gui
 
@@ -50,10 +49,9 @@ def predictor(untrained_model):
 
 
 @pytest.fixture
-def make_dock(qtbot, untrained_model):
+def make_dock(untrained_model, open_plugin_dock):
     def make(viewer):
-        dock = SamWidget(viewer)
-        qtbot.addWidget(dock)
+        dock = open_plugin_dock(viewer, "Segment Anything")
         if untrained_model is not None:
             dock.session.use(dock.model_choice, SamPredictor(untrained_model))
         return dock
@@ -83,8 +81,8 @@ def _settle(qtbot, dock):
     _wait(qtbot, dock.update_preview() or dock._predict_handle)
 
 
-def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, make_dock, flair, predictor):
-    viewer = make_napari_viewer()
+def test_points_box_candidates_commit_undo_clear(plugin_viewer, qtbot, make_dock, flair, predictor):
+    viewer = plugin_viewer()
     image = _add_flair(viewer, flair)
     dock = make_dock(viewer)
     assert dock.image_combo.currentText() == "flair" and dock.model_choice.name == "sam-small"
@@ -163,8 +161,10 @@ def test_points_box_candidates_commit_undo_clear(make_napari_viewer, qtbot, make
     assert labels.data[10, r, c] == 7  # committed labels stay
 
 
-def test_coronal_plane_prompts_map_to_the_coronal_slice(make_napari_viewer, qtbot, make_dock, flair, predictor):
-    viewer = make_napari_viewer()
+def test_coronal_plane_prompts_map_to_the_coronal_slice(
+    plugin_viewer, notifications, qtbot, make_dock, flair, predictor
+):
+    viewer = plugin_viewer()
     image = _add_flair(viewer, flair)
     dock = make_dock(viewer)
     viewer.dims.order = (1, 0, 2)  # coronal: rows = z, cols = x; slider on y
@@ -185,6 +185,7 @@ def test_coronal_plane_prompts_map_to_the_coronal_slice(make_napari_viewer, qtbo
     viewer.dims.ndisplay = 3
     points.add([9, 20, 20])
     assert dock.update_preview() is None and "2D view" in dock.status.text()
+    notifications.take("2D view")
 
 
 class BrightPredictor:
@@ -224,9 +225,9 @@ def _sphere_volume() -> np.ndarray:
     return (np.where(ball, 600.0, 100.0) + rng.normal(0, 10, ball.shape)).astype(np.float32)
 
 
-def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(make_napari_viewer, qtbot, make_dock):
+def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(plugin_viewer, qtbot, make_dock):
     volume = _sphere_volume()
-    viewer = make_napari_viewer()
+    viewer = plugin_viewer()
     viewer.add_image(volume, name="sphere", contrast_limits=(0.0, 800.0))
     dock = make_dock(viewer)
     _wait(qtbot, dock.precompute())
@@ -275,8 +276,10 @@ def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(make_napa
         (np.zeros((2, 6, 40, 50), np.float32), {}, "4D data"),
     ],
 )
-def test_unusable_images_give_a_message_and_change_nothing(make_napari_viewer, qtbot, make_dock, data, kwargs, words):
-    viewer = make_napari_viewer()
+def test_unusable_images_give_a_message_and_change_nothing(
+    plugin_viewer, notifications, qtbot, make_dock, data, kwargs, words
+):
+    viewer = plugin_viewer()
     viewer.add_image(data, name="picture", **kwargs)
     dock = make_dock(viewer)
     names = [layer.name for layer in viewer.layers]
@@ -284,10 +287,12 @@ def test_unusable_images_give_a_message_and_change_nothing(make_napari_viewer, q
     assert dock.precompute() is None and dock.propagate() is None
     assert words in dock.status.text()
     assert [layer.name for layer in viewer.layers] == names
+    notifications.take(words)  # shown once, not again for each button
+    assert not notifications.problems()
 
 
-def test_points_outside_or_from_another_grid(make_napari_viewer, qtbot, make_dock, flair):
-    viewer = make_napari_viewer()
+def test_points_outside_or_from_another_grid(plugin_viewer, notifications, qtbot, make_dock, flair):
+    viewer = plugin_viewer()
     image = _add_flair(viewer, flair)
     dock = make_dock(viewer)
     points, boxes = dock.ensure_prompt_layers()
@@ -303,18 +308,20 @@ def test_points_outside_or_from_another_grid(make_napari_viewer, qtbot, make_doc
     qtbot.wait(40)
     assert dock.update_preview() is None
     assert "outside image 'flair'" in dock.status.text()
+    notifications.take("outside image 'flair'")
     np.testing.assert_array_equal(viewer.layers[sp.PREVIEW_LAYER].data, preview)
 
     small = viewer.add_image(np.ones((8, 30, 30), np.float32), name="other")
     dock.image_combo.setCurrentText(small.name)
     assert dock.update_preview() is None
     assert "another volume" in dock.status.text()
+    notifications.take("another volume")
     dock.clear()  # starts over on the chosen image's grid
     assert points.metadata["medadapt"]["shape"] == (8, 30, 30)
 
 
-def test_click_interrupts_precompute_which_resumes(make_napari_viewer, qtbot, make_dock):
-    viewer = make_napari_viewer()
+def test_click_interrupts_precompute_which_resumes(plugin_viewer, qtbot, make_dock):
+    viewer = plugin_viewer()
     viewer.add_image(_sphere_volume(), name="sphere", contrast_limits=(0.0, 800.0))
     dock = make_dock(viewer)
     points, _boxes = dock.ensure_prompt_layers()
@@ -329,11 +336,11 @@ def test_click_interrupts_precompute_which_resumes(make_napari_viewer, qtbot, ma
     assert stats.computed + stats.cached == 24 and stats.cached >= 1
 
 
-def test_missing_checkpoint_and_gpu_fallback_messages(make_napari_viewer, qtbot, make_dock, monkeypatch, tmp_path):
+def test_missing_checkpoint_and_gpu_fallback_messages(
+    plugin_viewer, notifications, qtbot, make_dock, monkeypatch, tmp_path
+):
     monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path))
-    warnings = []
-    monkeypatch.setattr("napari_medadapt.widgets.sam.show_warning", warnings.append)
-    viewer = make_napari_viewer()
+    viewer = plugin_viewer()
     viewer.add_image(_sphere_volume(), name="sphere", contrast_limits=(0.0, 800.0))
     dock = make_dock(viewer)
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("medsam-vit-b"))
@@ -347,6 +354,8 @@ def test_missing_checkpoint_and_gpu_fallback_messages(make_napari_viewer, qtbot,
         pass
     assert handle.state.value == "failed"
     assert "medsam_vit_b.pth" in dock.status.text() and str(tmp_path) in dock.status.text()
+    notifications.take("medsam_vit_b.pth")  # once, although preparing the model and the click both met it
+    assert not notifications.problems()
     assert sp.PREVIEW_LAYER not in viewer.layers or not viewer.layers[sp.PREVIEW_LAYER].data.any()
 
     fallback = BrightPredictor()
@@ -354,5 +363,5 @@ def test_missing_checkpoint_and_gpu_fallback_messages(make_napari_viewer, qtbot,
     dock.session.use(dock.model_choice, fallback)
     points.add([12, 30, 30])
     _settle(qtbot, dock)
-    assert warnings == ["The GPU ran out of memory; continuing on the CPU."]
+    notifications.take("The GPU ran out of memory; continuing on the CPU.", "warning")
     assert viewer.layers[sp.PREVIEW_LAYER].data[12].any()

@@ -33,9 +33,7 @@ def model_dir(register_tiny_model) -> Path:
 
 @pytest.fixture
 def dock(open_dock, crop_folder, model_dir):
-    from napari_medadapt.widgets.segment import SegmentWidget
-
-    return open_dock(crop_folder, SegmentWidget, "tinywidget")
+    return open_dock(crop_folder, "Segment volume", "tinywidget")
 
 
 def _run(qtbot, widget):
@@ -73,11 +71,12 @@ def test_replace_existing_labels_is_undoable(dock, qtbot):
     np.testing.assert_array_equal(target.data, original)
 
 
-def test_missing_input_and_optional_input(dock, qtbot):
+def test_missing_input_and_optional_input(dock, qtbot, notifications):
     viewer, widget = dock
     widget.set_input("flair", "none")
     widget.run()
     assert widget._handle is None and "needs FLAIR" in widget.status.text()
+    notifications.take("needs FLAIR")
     assert "tinywidget labels" not in viewer.layers
     widget.set_input("flair", "flair")
     widget.set_input("t1", "none")

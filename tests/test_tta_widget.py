@@ -33,9 +33,7 @@ def model_dir(register_tiny_model) -> Path:
 
 @pytest.fixture
 def dock(open_dock, crop_folder, model_dir):
-    from napari_medadapt.widgets.tta import TTAWidget
-
-    return open_dock(crop_folder, TTAWidget, "tinytta")
+    return open_dock(crop_folder, "Test-time adaptation", "tinytta")
 
 
 def test_inputs_are_matched_and_settings_read(dock):

@@ -12,7 +12,6 @@ from napari_medadapt.widgets.tts import (
     BEFORE_LAYER,
     NEGATIVE_LAYER,
     POSITIVE_LAYER,
-    TTSWidget,
 )
 
 pytestmark = pytest.mark.gui
@@ -35,13 +34,12 @@ def _wait(qtbot, handle):
         pass
 
 
-def test_dock_live_slice_apply_and_reset(make_napari_viewer, qtbot, model_path):
-    viewer = make_napari_viewer()
+def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot, model_path):
+    viewer = plugin_viewer()
     rng = np.random.default_rng(0)
     for name in ("t1c", "flair"):
         viewer.add_image(rng.random((4, 32, 40)).astype(np.float32) + 0.1, name=name, scale=(2.0, 1.0, 1.0))
-    dock = TTSWidget(viewer)
-    qtbot.addWidget(dock)
+    dock = open_plugin_dock(viewer, "TTS keypoint muting")
     dock.live_check.setChecked(False)
     dock.model_box.setCurrentText(str(model_path))
     assert set(dock._modality_boxes) == {"t1c", "flair"}
@@ -82,13 +80,12 @@ def test_dock_live_slice_apply_and_reset(make_napari_viewer, qtbot, model_path):
     assert len(viewer.layers[POSITIVE_LAYER].data) == 0 and dock.kept_list.count() == 0
 
 
-def test_dock_live_update_and_points_from_another_geometry(make_napari_viewer, qtbot, model_path):
-    viewer = make_napari_viewer()
+def test_dock_live_update_and_points_from_another_geometry(plugin_viewer, open_plugin_dock, qtbot, model_path):
+    viewer = plugin_viewer()
     for name in ("t1c", "flair"):
         viewer.add_image(np.ones((3, 24, 24), np.float32), name=name)
     viewer.add_image(np.full((3, 24, 24), 2.0, np.float32), name="second flair")
-    dock = TTSWidget(viewer)
-    qtbot.addWidget(dock)
+    dock = open_plugin_dock(viewer, "TTS keypoint muting")
     dock.model_box.setCurrentText(str(model_path))
     dock._modality_boxes["flair"].setCurrentText("second flair")
     positive, negative = dock.ensure_points_layers()

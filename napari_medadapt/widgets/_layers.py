@@ -17,6 +17,15 @@ from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.volume import Geometry, Volume, canonical_modality
 
 
+def same_layer(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same napari layer.
+
+    Docks opened from napari's Plugins menu get a proxy viewer whose ``viewer.layers[name]`` returns a new
+    wrapper at every access, so layers are compared by their ``unique_id``, never by identity.
+    """
+    return a is not None and b is not None and a.unique_id == b.unique_id
+
+
 def _medadapt(layer: Any) -> dict[str, Any]:
     return (getattr(layer, "metadata", None) or {}).get("medadapt") or {}
 

@@ -36,6 +36,7 @@ from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.sam.prompts import Prompts
 from napari_medadapt.widgets import sam_prompts as sp
+from napari_medadapt.widgets._layers import same_layer
 from napari_medadapt.widgets.sam_engine import LAYER_LIMITS, ModelChoice, SamSession, slice_requests
 from napari_medadapt.widgets.sam_panels import CommitPanel, PropagationPanel, model_items
 from napari_medadapt.widgets.sam_results import SamResults
@@ -67,7 +68,8 @@ class SamWidget(QWidget):
         self._long_handle: Any = None
         self._precompute_pending = False
         self._generation = 0
-        self._connected: list[Any] = []
+        self._connected: set[Any] = set()  # unique_id of the prompt layers whose events are connected
+        self._boxes_busy = False  # a box is being drawn or dragged (napari sends "adding"/"changing" first)
         self._last_error = ""
         self.results = SamResults(self)
         self.candidate_combo = self.results.candidate_combo
@@ -268,13 +270,15 @@ class SamWidget(QWidget):
     def _connect_prompt_layers(self) -> None:
         for name in (sp.POINTS_LAYER, sp.BOXES_LAYER):
             layer = self._layer(name)
-            if layer is None or any(layer is known for known in self._connected):
+            if layer is None or layer.unique_id in self._connected:
                 continue
             layer.events.data.connect(self._schedule_update)
             if name == sp.POINTS_LAYER:
                 layer.events.features.connect(self._schedule_update)
                 layer.bind_key("t", self.toggle_polarity, overwrite=True)
-            self._connected.append(layer)
+            else:
+                layer.events.data.connect(self._track_boxes)
+            self._connected.add(layer.unique_id)
 
     def _apply_point_defaults(self, *_: Any) -> None:
         points, image = self._layer(sp.POINTS_LAYER), self.image_layer
@@ -331,15 +335,15 @@ class SamWidget(QWidget):
         if not str(getattr(event, "action", "")).endswith("ing"):
             self._timer.start()
 
-    def _drawing(self) -> bool:
-        """Whether a box is being drawn or dragged (its final shape arrives with the release)."""
-        boxes = self._layer(sp.BOXES_LAYER)
-        return bool(getattr(boxes, "_is_creating", False) or getattr(boxes, "_is_moving", False))
+    def _track_boxes(self, event: Any = None) -> None:
+        """Remember whether a box is being drawn or dragged: its final shape arrives with the release."""
+        action = str(getattr(event, "action", ""))
+        self._boxes_busy = action.endswith("ing") and not action.startswith("remov")
 
     def update_preview(self, *_: Any) -> Any:
         """Segment every slice of the displayed plane whose prompts changed; returns the job handle."""
         self._timer.stop()
-        if self._drawing():
+        if self._boxes_busy:
             return None
         choice = self.model_choice
         try:
@@ -389,7 +393,7 @@ class SamWidget(QWidget):
             self.precompute()
 
     def _show_slices(self, output: Any, image: Any, axis: int, generation: int) -> None:
-        if generation != self._generation or image is not self.image_layer:
+        if generation != self._generation or not same_layer(image, self.image_layer):
             return
         self._notes(output.notes)
         self.results.apply_slices(self.preview_layer(image), output.value, axis)
@@ -504,7 +508,7 @@ class SamWidget(QWidget):
             self._long_handle.cancel()
 
     def _show_propagation(self, output: Any, image: Any, axis: int, generation: int) -> None:
-        if generation != self._generation or image is not self.image_layer:
+        if generation != self._generation or not same_layer(image, self.image_layer):
             return
         self._notes(output.notes)
         self.results.show_propagation(self.preview_layer(image), output.value, axis)

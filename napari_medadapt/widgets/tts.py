@@ -122,7 +122,7 @@ class TTSWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._engine = _Engine()
-        self._connected_points: list[Any] = []
+        self._connected_points: set[Any] = set()  # unique_id of the keypoint layers whose events are connected
         self._volume_cache: tuple[tuple, Any] | None = None
         self.last_result: Any = None
 
@@ -270,9 +270,9 @@ class TTSWidget(QWidget):
         for name in (POSITIVE_LAYER, NEGATIVE_LAYER):
             if name in self.viewer.layers:
                 layer = self.viewer.layers[name]
-                if not any(layer is known for known in self._connected_points):
+                if layer.unique_id not in self._connected_points:
                     layer.events.data.connect(self._schedule_live)
-                    self._connected_points.append(layer)
+                    self._connected_points.add(layer.unique_id)
 
     def keypoints(self, reference: Any) -> tuple[np.ndarray, np.ndarray]:
         """Positive and negative keypoints as voxel indices ``(N, 3)`` of ``reference``'s volume."""
@@ -333,7 +333,8 @@ class TTSWidget(QWidget):
         return layers, reference, positives, negatives
 
     def _layers_key(self, layers: dict[str, Any]) -> tuple:
-        return tuple((m, id(layer), id(layer.data)) for m, layer in layers.items())
+        # unique_id, not id(layer): docks get a proxy viewer that wraps every layer anew at each access
+        return tuple((m, layer.unique_id, id(layer.data)) for m, layer in layers.items())
 
     def _volume(self, layers: dict[str, Any]) -> Any:
         """The input volume of the assigned layers (kept while the same layers and arrays are assigned)."""
