@@ -9,21 +9,19 @@ drawn on it can be saved back on the exact source grid. This module never import
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_medadapt.core.cases import case_files, load_case
 from napari_medadapt.core.intensity import CT_WINDOWS, percentile_range
+from napari_medadapt.core.labelmaps import is_label_file, label_class_names, load_labels
 from napari_medadapt.core.volume import (
     Geometry,
     Volume,
-    case_files,
-    is_label_name,
     is_nifti_path,
-    load_case,
-    load_labels,
     load_volume,
     nifti_stem,
     read_geometry,
@@ -41,32 +39,51 @@ def medadapt_metadata(geometry: Geometry, modality: str, source_path: str | os.P
     return {"medadapt": {"geometry": geometry, "modality": modality, "source_path": str(source_path)}}
 
 
-def image_layer_data(volume: Volume) -> list[LayerData]:
-    """One Image layer per channel of ``volume`` (only the first channel is visible)."""
+def image_layer_data(volume: Volume, geometries: Sequence[Geometry] | None = None) -> list[LayerData]:
+    """One Image layer per channel of ``volume`` (only the first channel is visible).
+
+    ``geometries`` gives each channel the exact grid of its own file (members of a case may differ within
+    the grid tolerance, and in qform/sform codes); by default every channel carries ``volume.geometry``.
+    """
     layers = []
+    geometries = list(geometries) if geometries is not None else [volume.geometry] * len(volume.channels)
     for index, (name, path) in enumerate(zip(volume.channels, volume.source_paths, strict=True)):
         data = volume.data[index]
         limits = CT_WINDOWS["abdomen"] if name == "ct" else percentile_range(data, 0.5, 99.5)
         kwargs = {
             "name": name,
-            "scale": volume.geometry.spacing,
+            "scale": geometries[index].spacing,
             "colormap": "gray",
             "contrast_limits": limits,
             "visible": index == 0,
-            "metadata": medadapt_metadata(volume.geometry, name, path),
+            "metadata": medadapt_metadata(geometries[index], name, path),
         }
         layers.append((data, kwargs, "image"))
     return layers
 
 
-def labels_layer_data(labels: np.ndarray, geometry: Geometry, name: str, source_path: str = "") -> LayerData:
-    """A Labels layer tuple for a ``(Z, Y, X)`` label map on ``geometry``."""
-    kwargs = {
+def class_features(class_names: Mapping[int, str]) -> dict[str, list[Any]]:
+    """A Labels layer's ``features`` table naming its classes: hovering a voxel shows ``class: edema``."""
+    ids = sorted(int(i) for i in class_names)
+    return {"index": ids, "class": [str(class_names[i]) for i in ids]}
+
+
+def labels_layer_data(
+    labels: np.ndarray,
+    geometry: Geometry,
+    name: str,
+    source_path: str = "",
+    class_names: Mapping[int, str] | None = None,
+) -> LayerData:
+    """A Labels layer tuple for a ``(Z, Y, X)`` label map on ``geometry`` (class names shown on hover)."""
+    kwargs: dict[str, Any] = {
         "name": name,
         "scale": geometry.spacing,
         "opacity": 0.6,
         "metadata": medadapt_metadata(geometry, LABELS_MODALITY, source_path),
     }
+    if class_names:
+        kwargs["features"] = class_features(class_names)
     return labels, kwargs, "labels"
 
 
@@ -74,17 +91,20 @@ def read_case_layers(folder: str | os.PathLike) -> list[LayerData]:
     """Image layers for every modality of a case folder, then Labels layers for its label maps."""
     volume, labels = load_case(folder)
     _modalities, label_paths = case_files(folder)
-    layers = image_layer_data(volume)
+    # each layer carries its own file's grid, so labels saved from it get that file's affine and codes
+    layers = image_layer_data(volume, [read_geometry(path) for path in volume.source_paths])
     for name, array in labels.items():
-        layers.append(labels_layer_data(array, volume.geometry, name, str(label_paths[name])))
+        path = label_paths[name]
+        layers.append(labels_layer_data(array, read_geometry(path), name, str(path), label_class_names(path)))
     return layers
 
 
 def read_file_layers(path: str | os.PathLike) -> list[LayerData]:
-    """Layers of one NIfTI file: a Labels layer for label-named files, Image layers otherwise."""
-    if is_label_name(path):
+    """Layers of one NIfTI file: a Labels layer for a label map (by header or name), Image layers otherwise."""
+    if is_label_file(path):
         geometry = read_geometry(path)
-        return [labels_layer_data(load_labels(path, geometry), geometry, nifti_stem(path), str(path))]
+        labels = load_labels(path, geometry)
+        return [labels_layer_data(labels, geometry, nifti_stem(path), str(path), label_class_names(path))]
     return image_layer_data(load_volume(path))
 
 
@@ -98,15 +118,20 @@ def read_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[L
     return layers
 
 
+def _holds_nifti(folder: Path) -> bool:
+    return any(p.is_file() and is_nifti_path(p) for p in folder.iterdir())
+
+
 def _readable(path: str | os.PathLike) -> bool:
     path = Path(path)
-    if path.is_dir():
-        return any(p.is_file() and is_nifti_path(p) for p in path.iterdir())
+    if path.is_dir():  # a folder of case folders is taken too, to say which case folder to open
+        return _holds_nifti(path) or any(p.is_dir() and _holds_nifti(p) for p in path.iterdir())
     return is_nifti_path(path)
 
 
 def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
-    """Return :func:`read_paths` when every path is a NIfTI file or a folder holding NIfTI files."""
+    """Return :func:`read_paths` when every path is a NIfTI file or a folder holding NIfTI files (directly,
+    or in sub-folders: reading such a folder explains which case folder to open)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if paths and all(_readable(p) for p in paths):
         return read_paths

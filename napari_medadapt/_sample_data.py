@@ -18,7 +18,17 @@ def sample_case_dir() -> Path:
 
 
 def glioma_sample() -> list[tuple[Any, dict[str, Any], str]]:
-    """Layers of the sample case: four MRI contrasts and the reference labels ``seg_fusion``."""
-    from napari_medadapt._reader import read_case_layers
+    """Layers of the sample case: four MRI contrasts and the reference labels ``seg_fusion``.
 
-    return read_case_layers(sample_case_dir())
+    The reference uses the BraTS label ids, named as the bundled brain-tumour model names them (hovering a
+    voxel shows its class).
+    """
+    from napari_medadapt._reader import class_features, read_case_layers
+    from napari_medadapt.core.models import DEFAULT_MODEL, ModelCard, find_card
+
+    card = ModelCard.load(find_card(DEFAULT_MODEL))
+    layers = read_case_layers(sample_case_dir())
+    for _data, kwargs, kind in layers:
+        if kind == "labels" and "features" not in kwargs:
+            kwargs["features"] = class_features(dict(zip(card.labels, card.class_names, strict=True)))
+    return layers

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from napari_medadapt.core.errors import VolumeError
-from napari_medadapt.core.volume import Geometry, is_nifti_path, save_labels
+from napari_medadapt.core.labelmaps import save_labels
+from napari_medadapt.core.volume import Geometry, is_nifti_path
 
 
 def _metadata_geometry(metadata: dict[str, Any] | None) -> Geometry | None:
@@ -55,8 +56,30 @@ def geometry_from_viewer(shape: tuple[int, ...], viewer: Any) -> Geometry:
     )
 
 
+def _class_names(features: Any) -> dict[int, str]:
+    """``{label id: name}`` from a Labels layer's features table (``index`` and ``class`` columns)."""
+    try:
+        return {int(i): str(n) for i, n in zip(features["index"], features["class"], strict=True)}
+    except (KeyError, TypeError, ValueError):
+        return {}
+
+
+def _open_image_files(viewer: Any) -> list[str]:
+    """Source files of the image layers open in ``viewer`` (a labels file must never replace one)."""
+    from napari.layers import Image
+
+    return [
+        ((layer.metadata or {}).get("medadapt") or {}).get("source_path", "")
+        for layer in getattr(viewer, "layers", ())
+        if isinstance(layer, Image)
+    ]
+
+
 def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Save a Labels layer's data with :func:`~napari_medadapt.core.volume.save_labels`.
+    """Save a Labels layer's data with :func:`~napari_medadapt.core.labelmaps.save_labels`.
+
+    The file is marked as a label map (NIfTI intent) and carries the layer's class names, so it reopens as
+    labels whatever its name. It never replaces a scan open in the viewer or a read-only file.
 
     Parameters
     ----------
@@ -65,18 +88,26 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     data
         The layer's ``(Z, Y, X)`` label array.
     attributes
-        The layer's state (napari passes ``metadata``, ``name``, ...).
+        The layer's state (napari passes ``metadata``, ``name``, ``features``, ...).
 
     Returns
     -------
     list of str
         The written file.
     """
+    import napari
+
     array = np.asarray(data)
+    viewer = napari.current_viewer()
     geometry = _metadata_geometry(attributes.get("metadata"))
     if geometry is None:
-        import napari
-
-        geometry = geometry_from_viewer(array.shape, napari.current_viewer())
+        geometry = geometry_from_viewer(array.shape, viewer)
     target = Path(path) if is_nifti_path(path) else Path(f"{path}.nii.gz")
-    return [str(save_labels(array, geometry, target))]
+    written = save_labels(
+        array,
+        geometry,
+        target,
+        class_names=_class_names(attributes.get("features")),
+        inputs=_open_image_files(viewer) if viewer is not None else (),
+    )
+    return [str(written)]

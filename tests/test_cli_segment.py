@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from napari_medadapt.cli import main
+from napari_medadapt.core.labelmaps import load_labels
 from napari_medadapt.core.models import ModelCard, default_architecture
-from napari_medadapt.core.volume import load_labels, read_geometry
+from napari_medadapt.core.volume import read_geometry
 
 MODALITIES = ["t1", "t1c", "t2", "flair"]
 CROP = (slice(72, 120), slice(64, 112), slice(100, 110))  # source (i, j, k) axes

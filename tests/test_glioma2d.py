@@ -42,7 +42,7 @@ def test_card_and_weights(model):
 
 @pytest.fixture(scope="module")
 def held_out():
-    from napari_medadapt.core.volume import load_case
+    from napari_medadapt.core.cases import load_case
 
     return load_case(HELD_OUT)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_medadapt.core.cases import load_case
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.inference import (
     keep_largest_component,
@@ -17,7 +18,7 @@ from napari_medadapt.core.inference import (
 )
 from napari_medadapt.core.jobs import JobCancelled, JobContext
 from napari_medadapt.core.models import ModelCard, build_model, default_architecture
-from napari_medadapt.core.volume import Geometry, Volume, load_case
+from napari_medadapt.core.volume import Geometry, Volume
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 MODALITIES = ["t1", "t1c", "t2", "flair"]

@@ -68,7 +68,8 @@ def test_volumes_ml():
 
 
 def test_evaluate_real_algorithms_against_fusion():
-    from napari_medadapt.core.volume import load_labels, read_geometry
+    from napari_medadapt.core.labelmaps import load_labels
+    from napari_medadapt.core.volume import read_geometry
 
     case = REAL / "glioma_tcga_du7294"
     geometry = read_geometry(case / "t1.nii.gz")

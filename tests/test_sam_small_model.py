@@ -33,7 +33,8 @@ def test_tampered_weights_are_rejected(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not CASE.is_dir(), reason="real data folder ../shared/data/real not present")
 def test_box_prompt_on_held_out_tumour_beats_chance() -> None:
-    from napari_medadapt.core.volume import load_labels, load_volume
+    from napari_medadapt.core.labelmaps import load_labels
+    from napari_medadapt.core.volume import load_volume
 
     volume = load_volume(CASE / "flair.nii.gz")
     labels = load_labels(CASE / "seg_fusion.nii.gz", volume.geometry)

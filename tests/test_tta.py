@@ -26,11 +26,12 @@ from napari_medadapt.core.adapt.tta_stats import (
     bn_kl_loss,
     gaussian_kl,
 )
+from napari_medadapt.core.cases import load_case
 from napari_medadapt.core.errors import ModelError, VolumeError
 from napari_medadapt.core.jobs import JobCancelled, JobContext
 from napari_medadapt.core.models import build_model, default_architecture, save_model
 from napari_medadapt.core.synth.shifts import apply_shift
-from napari_medadapt.core.volume import Geometry, Volume, load_case
+from napari_medadapt.core.volume import Geometry, Volume
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 CASE = REAL / "glioma_tcga_du7294"

@@ -268,8 +268,9 @@ def tiny_model_file(tmp_path_factory, save_tiny_model) -> Path:
 
 def test_cli_writes_muted_labels_on_the_source_grid(crop_case, tiny_model_file, tmp_path, capsys):
     from napari_medadapt.cli import main
+    from napari_medadapt.core.cases import load_case
+    from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.models import load_model
-    from napari_medadapt.core.volume import load_case, load_labels
 
     points = tmp_path / "points.csv"
     points.write_text("i,j,k,kind\n20,18,2,positive\n5,30,2,negative\n30,6,1,negative\n")

@@ -13,19 +13,17 @@ import numpy as np
 import pytest
 
 from napari_medadapt.core import volume as volume_module
+from napari_medadapt.core.cases import case_files, load_case
 from napari_medadapt.core.errors import VolumeError
+from napari_medadapt.core.files import OutputError
+from napari_medadapt.core.labelmaps import is_label_name, load_labels, save_labels
 from napari_medadapt.core.volume import (
     Geometry,
     Volume,
     VolumeWarning,
     canonical_modality,
-    case_files,
-    is_label_name,
-    load_case,
-    load_labels,
     load_volume,
     read_geometry,
-    save_labels,
 )
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -311,11 +309,11 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(volume_module.nib, "save", broken_save)
-    with pytest.raises(VolumeError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         save_labels(np.ones((2, 3, 4), np.uint8), geometry, target)
     assert target.read_bytes() == b"previous labels"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.nii.gz"]
-    with pytest.raises(VolumeError, match="does not exist"):
+    with pytest.raises(OutputError, match="does not exist"):
         save_labels(np.ones((2, 3, 4), np.uint8), geometry, tmp_path / "missing" / "seg.nii.gz")
 
 

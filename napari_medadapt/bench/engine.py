@@ -88,7 +88,8 @@ def brats_dice(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def load_reference_case(case_dir: Path):
     """(volume, seg_fusion, {algorithm: labels}) of a BraTS-Toolkit case folder."""
-    from napari_medadapt.core.volume import load_case, load_labels
+    from napari_medadapt.core.cases import load_case
+    from napari_medadapt.core.labelmaps import load_labels
 
     volume, labels = load_case(case_dir)
     algorithms = {

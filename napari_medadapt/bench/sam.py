@@ -98,12 +98,13 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_medadapt.bench._sam_baseline import geodesic_segment, gradient_cost
     from napari_medadapt.bench._sam_report import write_markdown
+    from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.sam.clicks import iou, jittered_box, summarize_sessions
     from napari_medadapt.core.sam.predictor import EmbeddingCache, SamPredictor
     from napari_medadapt.core.sam.prompts import make_prompts
     from napari_medadapt.core.sam.propagation import propagate
     from napari_medadapt.core.sam.registry import load_sam
-    from napari_medadapt.core.volume import load_labels, load_volume
+    from napari_medadapt.core.volume import load_volume
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)

@@ -74,8 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def training_distribution(model, data_dir: Path, phantoms: int) -> dict:
     """Shift-score distribution over ``phantoms`` phantom volumes (seeds 0..N-1) and the training real case."""
     from napari_medadapt.core.adapt.tta_score import shift_score_distribution
+    from napari_medadapt.core.cases import load_case
     from napari_medadapt.core.synth import MODALITIES, make_phantom_volume
-    from napari_medadapt.core.volume import Geometry, Volume, load_case
+    from napari_medadapt.core.volume import Geometry, Volume
 
     def volumes():
         training_case, _ = load_case(data_dir / "glioma_tcga_du7294")
@@ -130,10 +131,11 @@ def run(args: argparse.Namespace) -> int:
         store_shift_distribution,
         typical_range,
     )
+    from napari_medadapt.core.cases import load_case
     from napari_medadapt.core.inference import predict_volume
     from napari_medadapt.core.models import load_model
     from napari_medadapt.core.synth.shifts import STANDARD_SHIFTS, apply_shift
-    from napari_medadapt.core.volume import Volume, load_case
+    from napari_medadapt.core.volume import Volume
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

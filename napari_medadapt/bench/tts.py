@@ -74,7 +74,8 @@ def _paint_away(
 
 def _case(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
     """The real test case: clean volume, artifact volume and per-slice targets/artifact masks."""
-    from napari_medadapt.core.volume import Volume, load_case
+    from napari_medadapt.core.cases import load_case
+    from napari_medadapt.core.volume import Volume
 
     volume, labels = load_case(Path(args.data) / TEST_CASE)
     target = labels["seg_fusion"] > 0

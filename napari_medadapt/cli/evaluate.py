@@ -43,8 +43,9 @@ def _json_row(row: dict[str, float]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.metrics import evaluate_labels, format_results
-    from napari_medadapt.core.volume import load_labels, read_geometry
+    from napari_medadapt.core.volume import read_geometry
 
     geometry = read_geometry(args.ref)
     ref = load_labels(args.ref, geometry)

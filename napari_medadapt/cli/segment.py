@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.inference import predict_volume
     from napari_medadapt.core.jobs import JobContext
-    from napari_medadapt.core.volume import save_labels
+    from napari_medadapt.core.labelmaps import save_labels
 
     check_nifti_out(args.out)
     device = select_device(args.device)

@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.adapt.tts import TTSWarning, tts
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.jobs import JobContext
+    from napari_medadapt.core.labelmaps import save_labels
     from napari_medadapt.core.metrics import label_volumes_ml
-    from napari_medadapt.core.volume import save_labels
 
     check_nifti_out(args.out)
     volume = load_images(parse_images(args.image))

@@ -56,7 +56,8 @@ class SliceSampler:
     """Random training slices with a target mask, from volumes along all three axes."""
 
     def __init__(self, data_root: Path, rng: np.random.Generator) -> None:
-        from napari_medadapt.core.volume import load_labels, load_volume
+        from napari_medadapt.core.labelmaps import load_labels
+        from napari_medadapt.core.volume import load_volume
 
         self.rng = rng
         self._volume_windows: dict[int, tuple[float, float]] = {}

@@ -92,8 +92,8 @@ def _phantom_slices(card: Any, count: int, seed: int) -> list[tuple[np.ndarray, 
 
 
 def _real_slices(card: Any, case: Path, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    from napari_medadapt.core.cases import load_case
     from napari_medadapt.core.inference import prepare_model_input
-    from napari_medadapt.core.volume import load_case
 
     volume, label_maps = load_case(case)
     data = prepare_model_input(card, volume).data

@@ -92,7 +92,7 @@ def real_slice_bank(case_dir: str | Path, label_name: str = "seg_fusion") -> tup
     images, labels
         float16 ``(N, 4, Y, X)`` in :data:`MODALITIES` order and uint8 ``(N, Y, X)`` BraTS ids.
     """
-    from ..volume import load_case
+    from ..cases import load_case
 
     volume, label_maps = load_case(case_dir)
     data = np.stack([volume.channel(m) for m in MODALITIES])
