@@ -163,5 +163,6 @@ def test_card_postprocess_applies_unless_switched_off(crop):
 
 
 def test_card_rejects_unknown_postprocess_step():
-    with pytest.raises(ModelError, match="unknown 'postprocess'"):
-        ModelCard(name="x", architecture={}, modalities=["t1"], labels=[0, 1], postprocess={"fill_holes": True})
+    architecture = default_architecture(2, 1, 2, filters=(4, 8, 16))
+    with pytest.raises(ModelError, match="postprocess.fill_holes: unknown setting"):
+        ModelCard(name="x", architecture=architecture, modalities=["t1"], labels=[0, 1], postprocess={"fill_holes": True})

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 # Sub-command modules, in the order ``medadapt --help`` lists them.
@@ -42,12 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind (temporary files are removed on the way), then exit 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medadapt`` console script."""
+    """Entry point of the ``medadapt`` console script.
+
+    User errors print one message and exit 2; Ctrl+C exits 130 and SIGTERM 143, both after unwinding, so an
+    interrupted write leaves neither a partial output nor its temporary file.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     from napari_medadapt.core.errors import MedAdaptError
 
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except (CLIError, MedAdaptError) as err:
@@ -56,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medadapt {args.command}: cancelled", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"medadapt {args.command}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,8 +8,9 @@ inputs and report progress on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -30,13 +31,18 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="compute device: auto, cpu, cuda, cuda:N or mps")
 
 
-def check_nifti_out(path: str) -> None:
-    """Raise :class:`~napari_medadapt.cli.CLIError` unless ``--out`` names a NIfTI file."""
+def check_nifti_out(path: str, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Check ``--out`` before any computation: a NIfTI name, a writable folder, not an input, not read-only.
+
+    Raises :class:`~napari_medadapt.cli.CLIError` or :class:`~napari_medadapt.core.files.OutputError`.
+    """
     from napari_medadapt.cli import CLIError
+    from napari_medadapt.core.files import check_output_path
     from napari_medadapt.core.volume import is_nifti_path
 
     if not is_nifti_path(path):
         raise CLIError(f"--out {path}: the output must be a .nii.gz or .nii file.")
+    check_output_path(path, inputs=inputs, what="--out")
 
 
 def load_checked_model(name_or_path: str | None, channels: tuple[str, ...], device: Any = None) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,10 +42,13 @@ def _json_row(row: dict[str, float]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_medadapt.core.files import check_output_path, write_text_atomic
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.metrics import evaluate_labels, format_results
     from napari_medadapt.core.volume import read_geometry
 
+    if args.json:
+        check_output_path(args.json, inputs=[args.pred, args.ref], what="--json")
     geometry = read_geometry(args.ref)
     ref = load_labels(args.ref, geometry)
     pred = load_labels(args.pred, geometry)
@@ -60,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
             "spacing_mm": [float(s) for s in geometry.spacing],
             "results": {name: _json_row(row) for name, row in results.items()},
         }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(args.json, json.dumps(document, indent=2) + "\n", what="--json")
     return 0

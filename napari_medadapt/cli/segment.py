@@ -62,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import save_labels
 
-    check_nifti_out(args.out)
+    images = parse_images(args.image)
+    check_nifti_out(args.out, inputs=images.values())
     device = select_device(args.device)
-    volume = load_images(parse_images(args.image))
+    volume = load_images(images)
     model = load_checked_model(args.model, volume.channels)
     print(f"model {model.card.name} ({model.spatial_dims}D) on {device}; inputs {', '.join(volume.channels)}",
           file=sys.stderr)
@@ -103,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {collapse}", file=sys.stderr)
     for note in prediction.notes:
         print(f"note: {note}", file=sys.stderr)
-    written = save_labels(prediction.labels, volume.geometry, args.out)
+    written = save_labels(
+        prediction.labels, volume.geometry, args.out, class_names=prediction.class_names, inputs=images.values()
+    )
     print(prediction.format_volumes())
     print(f"labels written to {written}", file=sys.stderr)
     return 0

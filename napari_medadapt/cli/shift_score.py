@@ -57,10 +57,14 @@ def _slice_policy(text: str | None) -> int | str | None:
 
 def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.adapt.tta_score import classify_shift, shift_score, typical_range
+    from napari_medadapt.core.files import check_output_path, write_text_atomic
     from napari_medadapt.core.jobs import JobContext
 
     policy = _slice_policy(args.slices)
-    volume = load_images(parse_images(args.image))
+    images = parse_images(args.image)
+    if args.json is not None:
+        check_output_path(args.json, inputs=images.values(), what="--json")
+    volume = load_images(images)
     model = load_checked_model(args.model, volume.channels)
     score = shift_score(
         model, volume, slices=policy, device=args.device, ctx=JobContext(on_progress=text_progress("shift score"))
@@ -81,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
             "far_min": bounds[1] if bounds else None,
             "slices": policy,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n", what="--json")
         print(f"report written to {args.json}", file=sys.stderr)
     return 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -72,41 +74,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _read_text(path: Path) -> str:
+    """The CSV's text: UTF-8 (with or without the byte-order mark Excel writes), else Latin-1."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def read_points(path: Path, source_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Read ``i,j,k,kind`` rows; returns positive and negative source indices ``(N, 3)``.
 
-    Raises :class:`~napari_medadapt.cli.CLIError` naming the row for a malformed or out-of-image point.
+    Comma, semicolon or tab separated; UTF-8 (with or without a byte-order mark) or Latin-1. Raises
+    :class:`~napari_medadapt.cli.CLIError` naming the line for a malformed or out-of-image point.
     """
     from napari_medadapt.cli import CLIError
 
+    if path.is_dir():
+        raise CLIError(f"--points {path} is a folder; give the CSV file with the i,j,k,kind rows.")
     if not path.is_file():
         raise CLIError(f"--points {path}: file not found.")
+    try:
+        text = _read_text(path)
+    except OSError as err:
+        raise CLIError(f"--points {path} cannot be read ({err.strerror or err}).") from err
+    first = text.splitlines()[0] if text.strip() else ""
+    delimiter = max(",;\t", key=first.count) if first else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    header = [name.strip().lower() for name in (reader.fieldnames or [])]
+    if header[:4] != ["i", "j", "k", "kind"]:
+        raise CLIError(
+            f"--points {path}: the header must be 'i,j,k,kind'; got {','.join(header) or 'nothing'}."
+        )
     points: dict[str, list[list[int]]] = {kind: [] for kind in KINDS}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip().lower() for name in (reader.fieldnames or [])]
-        if header[:4] != ["i", "j", "k", "kind"]:
+    for line, row in enumerate(reader, start=2):
+        row = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+        kind = row["kind"].lower()
+        if kind not in KINDS:
+            raise CLIError(f"--points {path} line {line}: kind must be positive or negative; got {row['kind']!r}.")
+        try:
+            ijk = [float(row[axis]) for axis in "ijk"]
+        except ValueError as err:
+            raise CLIError(f"--points {path} line {line}: i, j, k must be numbers ({err}).") from err
+        if not all(math.isfinite(v) for v in ijk):
+            raise CLIError(f"--points {path} line {line}: i, j, k must be finite numbers; got {ijk}.")
+        index = [int(round(v)) for v in ijk]
+        if any(not 0 <= v < s for v, s in zip(index, source_shape, strict=True)):
+            where = ", ".join(f"{axis}={v:.6g}" for axis, v in zip("ijk", ijk, strict=True))
             raise CLIError(
-                f"--points {path}: the header must be 'i,j,k,kind'; got {','.join(header) or 'nothing'}."
+                f"--points {path} line {line}: {kind} point ({where}) lies outside the image of shape "
+                f"{tuple(source_shape)}; fix or remove it."
             )
-        for line, row in enumerate(reader, start=2):
-            row = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
-            kind = row["kind"].lower()
-            if kind not in KINDS:
-                raise CLIError(
-                    f"--points {path} line {line}: kind must be positive or negative; got {row['kind']!r}."
-                )
-            try:
-                ijk = [float(row[axis]) for axis in "ijk"]
-            except ValueError as err:
-                raise CLIError(f"--points {path} line {line}: i, j, k must be numbers ({err}).") from err
-            index = [int(round(v)) for v in ijk]
-            if any(not 0 <= v < s for v, s in zip(index, source_shape, strict=True)):
-                raise CLIError(
-                    f"--points {path} line {line}: {kind} point (i={index[0]}, j={index[1]}, k={index[2]}) lies "
-                    f"outside the image of shape {tuple(source_shape)}; fix or remove it."
-                )
-            points[kind].append(index)
+        points[kind].append(index)
     if not points["positive"] and not points["negative"]:
         raise CLIError(f"--points {path}: no points; add rows such as '120,96,70,positive'.")
     return tuple(np.asarray(points[k], dtype=np.int64).reshape(-1, 3) for k in KINDS)  # type: ignore[return-value]
@@ -119,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.labelmaps import save_labels
     from napari_medadapt.core.metrics import label_volumes_ml
 
-    check_nifti_out(args.out)
-    volume = load_images(parse_images(args.image))
+    images = parse_images(args.image)
+    check_nifti_out(args.out, inputs=[*images.values(), args.points])
+    volume = load_images(images)
     geometry = volume.geometry
     positives_ijk, negatives_ijk = read_points(Path(args.points), tuple(geometry.source_shape))
     model = load_checked_model(args.model, volume.channels, device=select_device(args.device))
@@ -148,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
         )
     for message in result.warnings:
         print(f"warning: {message}", file=sys.stderr)
-    written = save_labels(result.labels.astype(np.uint8), geometry, args.out)
+    class_names = dict(zip(model.card.labels, model.card.class_names, strict=True))
+    written = save_labels(
+        result.labels.astype(np.uint8), geometry, args.out, class_names=class_names, inputs=images.values()
+    )
     before = label_volumes_ml(result.baseline_labels, geometry.spacing)
     after = label_volumes_ml(result.labels, geometry.spacing)
     print(f"{'label':>5}  {'before mL':>10} {'after mL':>10}")

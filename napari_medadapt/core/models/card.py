@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from ..files import write_text_atomic
+from .card_schema import validate_card
 
 CARD_FORMAT_VERSION = 1
 
@@ -62,6 +64,9 @@ class ModelCard:
         Hex sha256 of the weight file; checked on load when set.
     weights_file
         File name of the weights relative to the card (default: card stem + ``.safetensors``).
+    regions
+        Named groups of label ids whose total volume the docks report beside the classes, e.g.
+        ``{"whole tumour (WT)": [1, 2, 4]}``.
     postprocess
         Label post-processing applied by :func:`napari_medadapt.core.inference.predict_volume` unless the
         caller overrides it: ``{"largest_component": true}`` keeps only the largest 3D connected component
@@ -88,11 +93,13 @@ class ModelCard:
     weights_sha256: str | None = None
     weights_file: str | None = None
     postprocess: dict[str, Any] = field(default_factory=dict)
+    regions: dict[str, list[int]] = field(default_factory=dict)
     shift_score: dict[str, Any] | None = None
     format_version: int = CARD_FORMAT_VERSION
     path: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        validate_card(self.to_dict(), self._where)  # types first: "flair" is not a list
         self.modalities = [str(m).lower() for m in self.modalities]
         self.labels = [int(v) for v in self.labels]
         self.supported_subsets = [[str(m).lower() for m in subset] for subset in self.supported_subsets]
@@ -101,9 +108,15 @@ class ModelCard:
         self.validate()
 
     # ------------------------------------------------------------------ validation
+    @property
+    def _where(self) -> str:
+        return f"model card {self.path}" if self.path else f"model card {self.name!r}"
+
     def validate(self) -> None:
-        """Raise :class:`ModelError` when the card is inconsistent."""
-        where = f"model card {self.name!r}"
+        """Raise :class:`ModelError` when a field has the wrong type (:mod:`.card_schema`) or the card is
+        inconsistent."""
+        where = self._where
+        validate_card(self.to_dict(), where)
         if not self.modalities:
             raise ModelError(f"{where} lists no input modalities; add a 'modalities' list to the card.")
         if len(set(self.modalities)) != len(self.modalities):
@@ -121,7 +134,7 @@ class ModelCard:
             unknown = sorted(set(subset) - set(self.modalities))
             if unknown:
                 raise ModelError(
-                    f"{where}: supported subset {subset} names {unknown}, which are not model modalities "
+                    f"{where}: supported_subsets: {subset} names {unknown}, which are not model modalities "
                     f"{self.modalities}."
                 )
         arch = self.architecture
@@ -145,6 +158,10 @@ class ModelCard:
             )
         if self.voxel_size is not None and len(self.voxel_size) != 3:
             raise ModelError(f"{where}: 'voxel_size' must be [z, y, x] in mm (entries may be null).")
+        for region, ids in self.regions.items():
+            unknown = sorted(set(ids) - set(self.labels))
+            if unknown:
+                raise ModelError(f"{where}: regions: {region!r} names label ids {unknown} the model does not output.")
 
     # ------------------------------------------------------------------ modalities
     def missing_for(self, available: Iterable[str]) -> list[str]:
@@ -190,32 +207,24 @@ class ModelCard:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "model card") -> ModelCard:
-        """Build a card from a parsed JSON object; unknown keys are ignored, missing required ones reported."""
+    def from_dict(cls, data: Mapping[str, Any], source: str = "model card", path: str | None = None) -> ModelCard:
+        """Build a card from a parsed JSON object, checked field by field (:mod:`.card_schema`); unknown
+        top-level keys are ignored. ``path`` is where the card was read from (named in messages)."""
         if not isinstance(data, Mapping):
-            raise ModelError(f"{source} is not a JSON object.")
-        known = {f.name for f in fields(cls)} - {"path"}
-        required = ("name", "architecture", "modalities", "labels")
-        absent = [k for k in required if k not in data]
-        if absent:
-            raise ModelError(f"{source} lacks the required field(s) {absent}; add them to the card.")
-        version = int(data.get("format_version", CARD_FORMAT_VERSION))
-        if version > CARD_FORMAT_VERSION:
+            raise ModelError(f"{source} must be a JSON object ({{...}}), not {type(data).__name__}.")
+        version = data.get("format_version", CARD_FORMAT_VERSION)
+        if isinstance(version, int) and not isinstance(version, bool) and version > CARD_FORMAT_VERSION:
             raise ModelError(
                 f"{source} uses card format {version}, newer than this napari-medadapt understands "
                 f"({CARD_FORMAT_VERSION}); update napari-medadapt."
             )
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (TypeError, ValueError) as err:
-            raise ModelError(f"{source} has a malformed field: {err}") from err
+        validate_card(dict(data), source)
+        known = {f.name for f in fields(cls)} - {"path"}
+        return cls(**{k: v for k, v in data.items() if k in known}, path=path)
 
     def save(self, path: str | Path) -> Path:
         """Write the card as indented JSON; returns the path."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        path = write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n", what="Model card")
         self.path = str(path)
         return path
 
@@ -223,15 +232,17 @@ class ModelCard:
     def load(cls, path: str | Path) -> ModelCard:
         """Read a card from a JSON file (:class:`ModelError` on a missing or malformed file)."""
         path = Path(path)
+        if path.is_dir():
+            raise ModelError(f"model card {path} is a folder; give the card's .json file.")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError as err:
             raise ModelError(f"model card {path} does not exist.") from err
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelError(f"model card {path} is not valid JSON ({err}); restore it from its source.") from err
-        card = cls.from_dict(data, source=f"model card {path}")
-        card.path = str(path)
-        return card
+        except RecursionError as err:
+            raise ModelError(f"model card {path} is nested too deeply to be a model card.") from err
+        return cls.from_dict(data, source=f"model card {path}", path=str(path))
 
 
 def default_card(architecture: Mapping[str, Any], modalities: Sequence[str] | None = None) -> ModelCard:

@@ -6,7 +6,10 @@ Nothing is ever unpickled: weights are read with safetensors, or with ``torch.lo
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,19 +89,40 @@ def _read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
                 f"weight file {weights} is corrupt or not a safetensors file ({err}); copy it again from its "
                 f"source."
             ) from err
-    try:
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refused or a corrupt archive: both are user-fixable file problems
-        raise ModelError(
-            f"weight file {weights} cannot be read as a plain state dict ({type(err).__name__}: {err}). "
-            f"Only tensors are loaded (no pickled objects); export the weights with "
-            f"torch.save(model.state_dict(), path) or as .safetensors."
-        ) from err
+    state = read_torch_weights(weights)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"weight file {weights} does not hold a state dict of tensors.")
     return state
+
+
+def read_torch_weights(path: str | Path, what: str = "weight file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only, never code.
+
+    Raises
+    ------
+    ModelError
+        A file holding pickled objects is refused as untrusted (the message never suggests loading it
+        anyway); a corrupt or truncated file is reported as such.
+    """
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise ModelError(f"{what} {path} is corrupt or not a PyTorch file ({err}); copy it again.") from err
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # only the name: torch's text advises loading it anyway
+        raise ModelError(
+            f"{what} {path} is not a plain weight file: it holds pickled Python objects"
+            f"{' (such as ' + found.group(1) + ')' if found else ''}, which can run code when loaded, so napari-medadapt "
+            "refuses it. Do not trust this file: ask its source for a .safetensors file or a plain state dict "
+            "(saved with torch.save(model.state_dict(), path))."
+        ) from None
+    except Exception as err:  # a damaged archive, a truncated download, another format
+        raise ModelError(
+            f"{what} {path} cannot be read ({type(err).__name__}: {err}); it is corrupt, truncated or not a "
+            "PyTorch file. Copy or download it again."
+        ) from err
 
 
 def load_weights(model: SegModel, weights: str | Path) -> SegModel:

@@ -79,8 +79,8 @@ def default_architecture(
     """
     filters = [int(f) for f in filters]
     levels = len(filters)
-    if levels < 2:
-        raise ModelError("a DynUNet needs at least 2 levels (filters); give a longer 'filters' list.")
+    if levels < 3:
+        raise ModelError("a DynUNet needs at least 3 levels (filters); give a longer 'filters' list.")
     strides = [1] + [2] * (levels - 1)
     if normalizer is True:
         normalizer_cfg: dict[str, Any] | None = {"hidden": 16, "residual": True}

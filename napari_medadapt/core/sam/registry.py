@@ -299,15 +299,9 @@ def _verify(entry: CheckpointEntry, path: Path, expected: str) -> None:
 
 def load_state_dict(path: str | Path) -> dict[str, Any]:
     """Read a plain state dict checkpoint with ``torch.load(weights_only=True)`` onto the CPU."""
-    import torch
+    from ..models.io import read_torch_weights
 
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(
-            f"Cannot read the checkpoint {path}: {exc}. It is corrupt, truncated, or not a plain "
-            "PyTorch state dict; download it again."
-        ) from exc
+    state = read_torch_weights(path, "checkpoint")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):

@@ -1,0 +1,167 @@
+"""The one schema of a segmentation model card, checked whenever a card is read or built.
+
+A card is JSON written by people and by other tools, so every field is checked for its type and range
+before anything is built from it, and a problem is reported as ``field: what is wrong (got ...)``. Types are
+strict (``"2"`` is not the number 2, ``1`` is not ``true``); numbers may be written as integers where a
+decimal is expected. Unknown top-level fields are ignored (documentation); unknown architecture fields are
+refused, because a misspelt setting would otherwise silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ModelError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PerAxis = PositiveInt | list[PositiveInt]
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class NormalizerSchema(_Strict):
+    hidden: PositiveInt = 16
+    residual: bool = True
+
+
+class PrototypeSchema(_Strict):
+    per_class: PositiveInt = 10
+    dim: PositiveInt = 128
+    scale: Annotated[float, Field(gt=0)] = 10.0
+
+
+class ArchitectureSchema(_Strict):
+    """The ``architecture`` object (see ``network.py``)."""
+
+    network: Literal["DynUNet"] = "DynUNet"
+    spatial_dims: Literal[2, 3] = 2
+    in_channels: PositiveInt
+    out_channels: PositiveInt
+    kernel_size: list[PerAxis] = Field(min_length=3)  # MONAI's DynUNet needs at least 3 levels
+    strides: list[PerAxis] = Field(min_length=3)
+    upsample_kernel_size: list[PerAxis] | None = None
+    filters: list[PositiveInt] | None = None
+    res_block: bool = True
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    norm_name: Literal["batch"] = "batch"
+    normalizer: NormalizerSchema | None = None
+    prototypes: PrototypeSchema | None = None
+    roi_size: list[PositiveInt] | None = None
+
+    @model_validator(mode="after")
+    def _levels_agree(self) -> ArchitectureSchema:
+        levels = len(self.strides)
+        checks = [
+            ("kernel_size", self.kernel_size, levels),
+            ("upsample_kernel_size", self.upsample_kernel_size, levels - 1),
+            ("filters", self.filters, levels),
+        ]
+        for name, values, expected in checks:
+            if values is not None and len(values) != expected:
+                raise ValueError(f"{name} needs {expected} entries (one per level, as strides), got {len(values)}")
+        if self.spatial_dims == 3 and self.roi_size is not None and len(self.roi_size) != 3:
+            raise ValueError(f"roi_size (the 3D sliding window) needs 3 entries (z, y, x), got {len(self.roi_size)}")
+        for name in ("kernel_size", "strides", "upsample_kernel_size"):
+            for entry in getattr(self, name) or []:
+                if isinstance(entry, list) and len(entry) != self.spatial_dims:
+                    raise ValueError(f"{name}: a per-axis entry {entry} needs {self.spatial_dims} values")
+        return self
+
+
+class IntensitySchema(BaseModel):
+    """The ``intensity`` object; extra keys are documentation (e.g. ``missing_modality``)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    method: Literal["percentile", "zscore", "ct_window", "none"] = "percentile"
+    lower: Annotated[float, Field(ge=0, le=100)] = 0.5
+    upper: Annotated[float, Field(ge=0, le=100)] = 99.5
+    nonzero: bool = True
+    clip: bool = True
+    window: str | Annotated[list[float], Field(min_length=2, max_length=2)] = "abdomen"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntensitySchema:
+        if self.lower >= self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+
+class PostprocessSchema(_Strict):
+    largest_component: bool = False
+
+
+class CardSchema(BaseModel):
+    """A whole card."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    format_version: Annotated[int, Field(ge=1)] = 1
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    architecture: ArchitectureSchema
+    modalities: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    labels: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=1)]
+    class_names: list[str] = []
+    supported_subsets: list[list[str]] = []
+    intensity: IntensitySchema = IntensitySchema()
+    voxel_size: Annotated[list[Annotated[float, Field(gt=0)] | None], Field(min_length=3, max_length=3)] | None = None
+    regions: dict[str, Annotated[list[Annotated[int, Field(ge=1, le=255)]], Field(min_length=1)]] = {}
+    description: str = ""
+    training_data: dict[str, Any] | str = ""
+    evaluation: dict[str, Any] = {}
+    license: str = ""
+    weights_sha256: str | None = None
+    weights_file: str | None = None
+    postprocess: PostprocessSchema = PostprocessSchema()
+    shift_score: dict[str, Any] | None = None
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.match(value):
+            raise ValueError("must be the 64 hexadecimal digits of the weight file's sha256")
+        return value
+
+    @field_validator("weights_file")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "/" in value or "\\" in value or value in (".", "..")):
+            raise ValueError("must be a file name beside the card, without folders")
+        return value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "the card"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting (check its spelling)"
+    shown = repr(error.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{field}: {message} (got {shown})" if "input" in error and error["type"] != "missing" else f"{field}: {message}"
+
+
+def validate_card(data: Any, source: str = "model card") -> None:
+    """Check a parsed card (a JSON object) against :class:`CardSchema`.
+
+    Raises
+    ------
+    ModelError
+        Naming every wrong field (up to five), what it should be and the value found.
+    """
+    if not isinstance(data, dict):
+        raise ModelError(f"{source} must be a JSON object ({{...}}), not {type(data).__name__}.")
+    try:
+        CardSchema.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(e) for e in err.errors(include_url=False)]
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ModelError(
+            f"{source} has invalid fields: " + "; ".join(problems[:5]) + more
+            + ". Correct them in the card (its format is described in docs/models/README.md)."
+        ) from None
+    except RecursionError:
+        raise ModelError(f"{source} is nested too deeply to be a model card.") from None
