@@ -43,6 +43,7 @@ from qtpy.QtWidgets import QMainWindow, QWidget
 
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.jobs import JobCancelled, JobContext
+from napari_medadapt.core.session import ModelSession
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +83,11 @@ class JobHandle(QObject):
 
     ``finished`` is emitted on the Qt main thread once the job reached a final state (done, failed,
     cancelled or superseded) and its callbacks ran; ``qtbot.waitSignal(handle.finished)`` waits for it.
+    ``progressed(done, total, message)`` is emitted on the main thread with the job's (coalesced) progress.
     """
 
     finished = Signal()
+    progressed = Signal(int, int, str)
 
     def __init__(
         self,
@@ -196,6 +199,8 @@ class ComputeWorker(QObject):
         self._queue: deque[JobHandle] = deque()
         self._running: JobHandle | None = None
         self._stopping = False
+        #: models and segmentations shared by the viewer's docks; used only by jobs (compute thread)
+        self.session = ModelSession()
         self._last_error: tuple[str, float] = ("", 0.0)  # text and time of the last error notification
         queued = Qt.ConnectionType.QueuedConnection
         self._started_signal.connect(self._deliver_started, queued)
@@ -372,6 +377,8 @@ class ComputeWorker(QObject):
     @Slot(object)
     def _deliver_progress(self, job: JobHandle) -> None:
         job._progress_pending = False
+        if not job.done:
+            job.progressed.emit(*job._latest_progress)
         self._update_progress_bar(job)
 
     @staticmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from napari_medadapt._worker import get_worker
 from napari_medadapt.core.models import ModelCard, default_architecture
 
 MODALITIES = ["t1", "t1c", "t2", "flair"]
@@ -84,7 +85,7 @@ def test_cancel_leaves_the_source_model_untouched(dock, qtbot):
     widget.adapt()
     handle = widget._handle
     qtbot.waitUntil(lambda: len(widget.loss_plot.losses) >= 2, timeout=60000)
-    model = next(iter(widget._model_cache.values()))
+    model = get_worker(viewer).session.model(widget.card.path)
     source = {k: v.clone() for k, v in model.state_dict().items()}
     widget.cancel()
     with qtbot.waitSignal(handle.finished, timeout=60000):

@@ -1,11 +1,14 @@
-"""TTS dock: keypoint layers, live slice re-prediction, apply to volume, reset, wrong-geometry points."""
+"""TTS dock opened from the Plugins menu: keypoint layers, live slice re-prediction from cached features,
+"before" equal to the Segment dock's result, apply to volume (only keypoint slices), reset, bad inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_medadapt.core.models import ModelCard, default_architecture
+from napari_medadapt._worker import get_worker
+from napari_medadapt.core.inference import predict_volume
+from napari_medadapt.core.models import ModelCard, default_architecture, load_model
 from napari_medadapt.widgets.tts import (
     AFTER_LAYER,
     ATTENTION_AFTER_LAYER,
@@ -15,6 +18,7 @@ from napari_medadapt.widgets.tts import (
 )
 
 pytestmark = pytest.mark.gui
+DOCK = "TTS keypoint muting"
 
 
 @pytest.fixture
@@ -24,6 +28,8 @@ def model_path(tmp_path, save_tiny_model):
         architecture=default_architecture(2, 2, 2, filters=(8, 16, 32), res_block=False),
         modalities=["t1c", "flair"],
         labels=[0, 1],
+        class_names=["background", "tumour"],
+        postprocess={"largest_component": True},
     )
     return save_tiny_model(tmp_path, card)
 
@@ -32,14 +38,19 @@ def _wait(qtbot, handle):
     assert handle is not None
     with qtbot.waitSignal(handle.finished, timeout=60_000):
         pass
+    assert handle.state.value == "done", handle.error
+
+
+def _images(viewer):
+    rng = np.random.default_rng(0)
+    for name in ("t1c", "flair"):
+        viewer.add_image(rng.random((4, 32, 40)).astype(np.float32) + 0.1, name=name, scale=(2.0, 1.0, 1.0))
 
 
 def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot, model_path):
     viewer = plugin_viewer()
-    rng = np.random.default_rng(0)
-    for name in ("t1c", "flair"):
-        viewer.add_image(rng.random((4, 32, 40)).astype(np.float32) + 0.1, name=name, scale=(2.0, 1.0, 1.0))
-    dock = open_plugin_dock(viewer, "TTS keypoint muting")
+    _images(viewer)
+    dock = open_plugin_dock(viewer, DOCK)
     dock.live_check.setChecked(False)
     dock.model_box.setCurrentText(str(model_path))
     assert set(dock._modality_boxes) == {"t1c", "flair"}
@@ -51,33 +62,80 @@ def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot,
     positive.data = np.array([[2, 10, 12]])
     negative.data = np.array([[2, 25, 30]])
     _wait(qtbot, dock.predict_current_slice())
-    assert dock.last_result.z == 2
-    selection = dock.last_result.selection
-    assert selection is not None and len(selection.kept) == 1  # 10 % of 8 channels -> 1
+    result = dock.last_result
+    assert result.slices == [2]
+    selection = result.selections[2]
+    assert len(selection.kept) == 1  # 10 % of 8 channels -> 1
     # one row per kept channel, plus one line for the background channels that are never muted
     assert dock.kept_list.count() == 1 + (len(selection.background) > 0)
     assert dock.kept_list.item(0).text().startswith(f"channel {int(selection.kept[0])}")
     for name in (BEFORE_LAYER, AFTER_LAYER, ATTENTION_AFTER_LAYER):
         assert name in viewer.layers
-    np.testing.assert_array_equal(viewer.layers[AFTER_LAYER].data[2], dock.last_result.labels)
+    # "before" is the model's ordinary segmentation, post-processed as its card says (what Segment shows)
+    volume = dock._volume(dock.inputs.chosen_layers())
+    segmented = predict_volume(load_model(model_path), volume, return_probabilities=False)
+    np.testing.assert_array_equal(viewer.layers[BEFORE_LAYER].data, segmented.labels)
+    np.testing.assert_array_equal(viewer.layers[AFTER_LAYER].data, result.after)
+    assert viewer.layers[BEFORE_LAYER].features["class"].tolist() == ["background", "tumour"]
+    # the keypoint layers stay above the result layers
+    qtbot.waitUntil(lambda: [layer.name for layer in viewer.layers][-2:] == [POSITIVE_LAYER, NEGATIVE_LAYER])
+    assert viewer.layers.selection.active.name == POSITIVE_LAYER  # still adding keypoints
 
     dock.keep_box.setValue(25)
     dock.artifact_check.setChecked(True)
     assert dock.alpha == pytest.approx(0.2)
     _wait(qtbot, dock.apply_to_volume())
     result = dock.last_result
-    assert result.slice_selection.tolist() == [-1, -1, 0, -1]
-    assert len(result.selections[0].kept) == 2
-    np.testing.assert_array_equal(viewer.layers[AFTER_LAYER].data, result.labels)
-    np.testing.assert_array_equal(viewer.layers[BEFORE_LAYER].data, result.baseline_labels)
+    assert result.slices == [2] and sorted(result.selections) == [2]  # only the slice with keypoints
+    assert len(result.selections[2].kept) == 2
+    # other slices keep "before", except islands the 3D post-processing removes once slice 2 changed
+    others, before = result.after[[0, 1, 3]], segmented.labels[[0, 1, 3]]
+    assert np.all((others == before) | (others == 0))
+    np.testing.assert_array_equal(viewer.layers[AFTER_LAYER].data, result.after)
 
     dock.background_check.setChecked(False)  # the published rule: nothing outside the top 25 % stays on
     _wait(qtbot, dock.apply_to_volume())
-    assert dock.last_result.selections[0].background.size == 0
-    assert dock.last_result.selections[0].mask.sum() == 2
+    assert dock.last_result.selections[2].background.size == 0
+    assert dock.last_result.selections[2].mask.sum() == 2
+
+    dock.per_slice_check.setChecked(False)  # one mask from every keypoint, for every slice
+    _wait(qtbot, dock.apply_to_volume())
+    assert sorted(dock.last_result.selections) == [0, 1, 2, 3]
 
     dock.reset()
     assert len(viewer.layers[POSITIVE_LAYER].data) == 0 and dock.kept_list.count() == 0
+    qtbot.wait(100)
+    assert dock.status.text().startswith("Reset")  # not replaced by a re-prediction
+
+
+def test_live_keypoints_reuse_features_and_the_segment_docks_result(
+    plugin_viewer, open_plugin_dock, qtbot, model_path
+):
+    viewer = plugin_viewer()
+    _images(viewer)
+    segment = open_plugin_dock(viewer, "Segment volume")
+    segment.add_model_file(model_path)
+    segment.run()
+    qtbot.waitUntil(lambda: segment._handle is None, timeout=60_000)
+    session = get_worker(viewer).session
+    assert session.loads == 1
+
+    dock = open_plugin_dock(viewer, DOCK)
+    dock.model_box.setCurrentText(str(model_path))
+    positive, negative = dock.ensure_points_layers()
+    viewer.dims.set_point(0, 2.0)  # slice 1
+    positive.add([1, 10, 12])
+    qtbot.waitUntil(lambda: dock.last_result is not None, timeout=60_000)
+    assert session.loads == 1 and session.hits == 1  # the Segment dock's model and result, reused
+    live = dock._workspace._live
+    negative.add([1, 25, 30])
+    qtbot.waitUntil(lambda: dock.last_result is not None and 1 in dock.last_result.selections
+                    and dock.last_result.selections[1].n_negative == 1, timeout=60_000)
+    assert dock._workspace._live is live and live.session.cached_slices == [1]  # features from the cache
+    assert session.hits == 1  # "before" was not looked up again
+    np.testing.assert_array_equal(
+        viewer.layers[BEFORE_LAYER].data, viewer.layers[f"{segment.card.name} labels"].data
+    )
 
 
 def test_dock_live_update_and_points_from_another_geometry(plugin_viewer, open_plugin_dock, qtbot, model_path):
@@ -85,7 +143,7 @@ def test_dock_live_update_and_points_from_another_geometry(plugin_viewer, open_p
     for name in ("t1c", "flair"):
         viewer.add_image(np.ones((3, 24, 24), np.float32), name=name)
     viewer.add_image(np.full((3, 24, 24), 2.0, np.float32), name="second flair")
-    dock = open_plugin_dock(viewer, "TTS keypoint muting")
+    dock = open_plugin_dock(viewer, DOCK)
     dock.model_box.setCurrentText(str(model_path))
     dock._modality_boxes["flair"].setCurrentText("second flair")
     positive, negative = dock.ensure_points_layers()
@@ -93,10 +151,25 @@ def test_dock_live_update_and_points_from_another_geometry(plugin_viewer, open_p
     positive.data = np.array([[1, 5, 5]])
     negative.data = np.array([[1, 20, 20]])
     qtbot.waitUntil(lambda: dock.last_result is not None, timeout=60_000)
-    assert dock.last_result.z == 1
+    assert dock.last_result.slices == [1]
     assert dock._modality_boxes["flair"].currentText() == "second flair"  # kept while result layers were added
 
     viewer.layers.remove(NEGATIVE_LAYER)
     viewer.add_points(np.array([[1, 60, 60]]), name=NEGATIVE_LAYER, ndim=3)
     assert dock.predict_current_slice() is None
-    assert "outside image" in dock.status.text() and "another shape or geometry" in dock.status.text()
+    assert "outside image" in dock.status.text() and "press Delete" in dock.status.text()
+
+
+def test_unusable_inputs_give_messages(plugin_viewer, open_plugin_dock, notifications, model_path):
+    viewer = plugin_viewer()
+    dock = open_plugin_dock(viewer, DOCK)
+    dock.model_box.setCurrentText(str(model_path))
+    assert dock.ensure_points_layers() is None  # no image open: a message, no traceback
+    notifications.take("Assign image layers")
+    viewer.add_image(np.zeros((40, 50), np.float32), name="flair")  # a 2D picture assigned as FLAIR
+    viewer.add_image(np.zeros((40, 50), np.float32), name="t1c")
+    assert dock.ensure_points_layers() is None
+    notifications.take("2D data")
+    assert dock.apply_to_volume() is None
+    notifications.take("2D data")
+    assert POSITIVE_LAYER not in viewer.layers

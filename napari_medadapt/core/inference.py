@@ -478,15 +478,11 @@ def predict_volume(
         index = np.argmax(probs, axis=0)
         confidence = probs.max(axis=0).astype(np.float32)
         probs = probs.astype(keep_dtype, copy=False) if keep_dtype is not None else None
-    labels = np.asarray(model.card.labels, dtype=np.uint8)[index]
+    labels, postprocess_notes = postprocess_labels(
+        np.asarray(model.card.labels, dtype=np.uint8)[index], model.card, largest_component
+    )
     ids = [i for i in model.card.labels if i != 0]
-    notes = list(prepared.notes)
-    if largest_component is None:
-        largest_component = bool(model.card.postprocess.get("largest_component", False))
-    if largest_component:
-        labels, removed = keep_largest_component(labels)
-        if removed:
-            notes.append(f"Kept the largest connected component: removed {removed} voxels of smaller islands.")
+    notes = list(prepared.notes) + postprocess_notes
     return Prediction(
         labels=labels,
         probabilities=probs,
@@ -498,6 +494,23 @@ def predict_volume(
         missing=prepared.missing,
         notes=notes,
     )
+
+
+def postprocess_labels(
+    labels: np.ndarray, card: ModelCard, largest_component: bool | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """The card's ``postprocess`` steps on a label map (``largest_component``: ``None`` follows the card).
+
+    Every method that produces a whole-volume label map (plain inference, TTS, adaptation) runs this, so
+    their results differ only by the method. Returns the labels (a new array when changed) and notes.
+    """
+    if largest_component is None:
+        largest_component = bool(card.postprocess.get("largest_component", False))
+    if not largest_component:
+        return labels, []
+    labels, removed = keep_largest_component(labels)
+    note = f"Kept the largest connected component: removed {removed} voxels of smaller islands."
+    return labels, [note] if removed else []
 
 
 def keep_largest_component(labels: np.ndarray) -> tuple[np.ndarray, int]:

@@ -114,6 +114,11 @@ def label_volumes_ml(
     return {i: found.get(i, 0) * per_voxel for i in wanted}
 
 
+def region_volumes_ml(volumes_ml: Mapping[int, float], regions: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Total mL of each named region (a group of label ids, e.g. whole tumour = 1, 2, 4) from class volumes."""
+    return {name: float(sum(volumes_ml.get(int(i), 0.0) for i in ids)) for name, ids in regions.items()}
+
+
 def evaluate_labels(
     pred: np.ndarray,
     ref: np.ndarray,

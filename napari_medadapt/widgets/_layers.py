@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_medadapt._reader import LABELS_MODALITY, medadapt_metadata
+from napari_medadapt._reader import LABELS_MODALITY, class_features, medadapt_metadata
+
+__all__ = [
+    "check_volume_layer", "class_features", "class_names_of", "image_layers_by_modality", "keep_on_top",
+    "labels_layer_kwargs", "layer_geometry", "layer_modality", "prompt_metadata", "same_layer",
+    "set_labels_undoable", "volume_from_layers",
+]  # fmt: skip
 from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.volume import Geometry, Volume, canonical_modality
 
@@ -59,7 +65,9 @@ def image_layers_by_modality(viewer: Any) -> dict[str, Any]:
     return found
 
 
-def _check_volume_layer(name: str, layer: Any) -> np.ndarray:
+def check_volume_layer(name: str, layer: Any) -> np.ndarray:
+    """The 3D array of an image layer fed to a model as ``name``; :class:`VolumeError` for multiscale, RGB,
+    2D (a PNG or a screenshot) or 4D data."""
     if getattr(layer, "multiscale", False):
         raise VolumeError(f"Layer {layer.name!r} ({name}) is multiscale; open the volume as a single-scale image.")
     if getattr(layer, "rgb", False):
@@ -97,7 +105,7 @@ def volume_from_layers(layers: Mapping[str, Any], modalities: Sequence[str] | No
             f"Image layers for {', '.join(missing) or 'at least one modality'} are needed "
             f"(available: {', '.join(by_modality) or 'none'}). Open them, or name the layers after their modality."
         )
-    arrays = [_check_volume_layer(m, by_modality[m]) for m in wanted]
+    arrays = [check_volume_layer(m, by_modality[m]) for m in wanted]
     geometries = [layer_geometry(by_modality[m]) for m in wanted]
     reference = next((g for g in geometries if g is not None), None)
     if reference is None:
@@ -114,13 +122,43 @@ def volume_from_layers(layers: Mapping[str, Any], modalities: Sequence[str] | No
     return Volume(np.stack(arrays).astype(np.float32, copy=False), reference, tuple(wanted), paths)
 
 
-def labels_layer_kwargs(geometry: Geometry, name: str = "labels", source_path: str = "") -> dict[str, Any]:
-    """Keyword arguments for ``viewer.add_labels`` that put labels on ``geometry`` (scale and metadata)."""
-    return {
+def labels_layer_kwargs(
+    geometry: Geometry, name: str = "labels", source_path: str = "", class_names: Mapping[int, str] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``viewer.add_labels`` that put labels on ``geometry`` (scale and metadata) and
+    name their classes (hovering a voxel shows ``class: edema``; the writer stores the names in the file)."""
+    kwargs: dict[str, Any] = {
         "name": name,
         "scale": geometry.spacing,
         "metadata": medadapt_metadata(geometry, LABELS_MODALITY, source_path),
     }
+    if class_names:
+        kwargs["features"] = class_features(class_names)
+    return kwargs
+
+
+def class_names_of(card: Any) -> dict[int, str]:
+    """``{label id: class name}`` of a model card (empty for ``None``)."""
+    return {} if card is None else dict(zip(card.labels, card.class_names, strict=True))
+
+
+def prompt_metadata(**entries: Any) -> dict[str, Any]:
+    """``layer.metadata`` of a prompt or keypoint layer: :func:`keep_on_top` keeps such layers on top."""
+    return {"medadapt": {"role": "prompts", **entries}}
+
+
+def keep_on_top(viewer: Any) -> None:
+    """Move the prompt and keypoint layers (:func:`prompt_metadata`) above every other layer, so result
+    layers added later never hide the clicks; the active layer stays active."""
+    layers = viewer.layers
+    prompts = [layer.name for layer in layers if _medadapt(layer).get("role") == "prompts"]
+    if not prompts or [layer.name for layer in layers][-len(prompts):] == prompts:
+        return
+    active = layers.selection.active
+    for name in prompts:
+        layers.move(layers.index(name), len(layers))
+    if active is not None and active.name in layers:
+        layers.selection.active = layers[active.name]
 
 
 def set_labels_undoable(labels_layer: Any, new_data: np.ndarray) -> int:

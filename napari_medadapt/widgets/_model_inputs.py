@@ -3,17 +3,19 @@
 :class:`ModelInputsPanel` holds the model combobox (filled from the registry, optionally "Load from file..."
 or a typed name/path), the model's description and one combobox per model input, auto-matched to the open
 image layers by name and refreshed when layers come and go. :class:`VolumeTable` shows per-class volumes;
-:func:`load_cached_model` keeps the last loaded model of a dock (compute thread).
+models are loaded and cached by the viewer's :class:`~napari_medadapt.core.session.ModelSession`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Signal
+from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -34,42 +36,52 @@ from napari_medadapt.core.models import ModelCard, list_models
 if TYPE_CHECKING:
     import napari
 
-    from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.volume import Volume
 
 NONE_CHOICE = "none"
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth")
 
 
-def load_cached_model(card_path: str, cache: dict[str, Any], ctx: JobContext) -> Any:
-    """The model of ``card_path``, loaded once and kept in ``cache`` (only the last model; compute thread)."""
-    from napari_medadapt.core.models import load_model
-
-    model = cache.get(card_path)
-    if model is None:
-        ctx.progress(0, 1, "loading the model")
-        model = load_model(card_path)
-        cache.clear()
-        cache[card_path] = model
-    return model
-
-
 class VolumeTable(QTableWidget):
-    """Per-class volume table: label, class name and one or more volume columns."""
+    """Per-class volume table: a colour swatch as in the labels layer, label id, class name, one or more
+    volume columns, then the card's named regions (e.g. whole tumour) as totals."""
 
     def __init__(self, volume_headers: Sequence[str]) -> None:
         super().__init__(0, 2 + len(volume_headers))
         self.setHorizontalHeaderLabels(["Label", "Class", *volume_headers])
         self.verticalHeader().setVisible(False)
 
-    def show_rows(self, rows: Sequence[Sequence[str]]) -> None:
-        """Replace the table content with ``rows`` of cell texts."""
+    def show_volumes(
+        self,
+        rows: Sequence[tuple[int, str, Sequence[float]]],
+        regions: Mapping[str, Sequence[float]] | None = None,
+        color_of: Callable[[int], Any] | None = None,
+    ) -> None:
+        """Replace the content: ``(label id, class name, volumes in mL)`` rows, each with the colour
+        ``color_of(label id)`` (RGBA in 0..1, e.g. a Labels layer's ``get_color``), then region totals."""
         self.setRowCount(0)
-        for cells in rows:
-            row = self.rowCount()
-            self.insertRow(row)
-            for column, text in enumerate(cells):
-                self.setItem(row, column, QTableWidgetItem(text))
+        for label_id, name, volumes in rows:
+            first = QTableWidgetItem(str(label_id))
+            if color_of is not None:
+                rgba = np.asarray(color_of(label_id), dtype=float).ravel()
+                if rgba.size >= 3:
+                    swatch = QPixmap(12, 12)
+                    swatch.fill(QColor.fromRgbF(*(float(v) for v in rgba[:3])))
+                    first.setIcon(QIcon(swatch))
+            self._add_row([first, QTableWidgetItem(name), *(QTableWidgetItem(f"{v:.2f}") for v in volumes)])
+        for region, volumes in (regions or {}).items():
+            title = QTableWidgetItem(region)
+            font = title.font()
+            font.setBold(True)
+            title.setFont(font)
+            self._add_row([QTableWidgetItem(""), title, *(QTableWidgetItem(f"{v:.2f}") for v in volumes)])
+        self.resizeColumnsToContents()
+
+    def _add_row(self, items: Sequence[QTableWidgetItem]) -> None:
+        row = self.rowCount()
+        self.insertRow(row)
+        for column, item in enumerate(items):
+            self.setItem(row, column, item)
 
 
 class ModelInputsPanel(QWidget):

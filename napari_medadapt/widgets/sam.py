@@ -28,14 +28,13 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QRadioButton,
-    QVBoxLayout,
-    QWidget,
 )
 
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.sam.prompts import Prompts
 from napari_medadapt.widgets import sam_prompts as sp
+from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._layers import same_layer
 from napari_medadapt.widgets.sam_engine import LAYER_LIMITS, ModelChoice, SamSession, slice_requests
 from napari_medadapt.widgets.sam_panels import CommitPanel, PropagationPanel, model_items
@@ -48,7 +47,19 @@ LOCAL_CHECKPOINT = "Local checkpoint..."
 ENCODERS = ("auto", "vit_b", "vit_l", "vit_h")
 
 
-class SamWidget(QWidget):
+def _default_image(images: list[Any]) -> str:
+    """The image offered first: FLAIR (a brain lesion's whole extent shows best on it), then CT, then the
+    first visible image, then the first."""
+    from napari_medadapt.widgets._layers import layer_modality
+
+    by_modality = {layer_modality(layer): layer.name for layer in reversed(images)}
+    for modality in ("flair", "ct"):
+        if modality in by_modality:
+            return by_modality[modality]
+    return next((layer.name for layer in images if layer.visible), images[0].name)
+
+
+class SamWidget(DockBody):
     """Dock for interactive Segment Anything segmentation of a 3D image layer.
 
     Parameters
@@ -58,10 +69,9 @@ class SamWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
+        super().__init__(napari_viewer)
         from napari_medadapt.core.sam import AUTO_WINDOW, WINDOW_PRESETS
 
-        self.viewer = napari_viewer
         self.session = SamSession()
         self._predict_handle: Any = None
         self._predict_request: tuple | None = None
@@ -98,8 +108,8 @@ class SamWidget(QWidget):
         self.layers_button.setToolTip("Create the points and box layers on the image's grid and start adding points")
         self.precompute_button = QPushButton("Precompute volume")
         self.precompute_button.setToolTip("Embed every slice of the displayed plane now (resumes after Cancel)")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
+        self.job_panel = JobPanel()
+        self.cancel_button = self.job_panel.cancel_button
         self.clear_button = QPushButton("Clear")
         self.clear_button.setToolTip("Start a new object: remove prompts and the preview")
         self.status = QLabel("Choose an image, add prompt layers, click on the object.")
@@ -118,13 +128,14 @@ class SamWidget(QWidget):
         polarity.addWidget(QLabel("(T toggles)"))
         form.addRow("next point", polarity)
         form.addRow("candidates", self.candidate_combo)
-        layout = QVBoxLayout(self)
+        layout = self.layout_
         layout.addLayout(form)
         layout.addWidget(self.layers_button)
         buttons = QHBoxLayout()
-        for button in (self.precompute_button, self.clear_button, self.cancel_button):
+        for button in (self.precompute_button, self.clear_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        layout.addWidget(self.job_panel)
         self.commit_panel = CommitPanel()
         self.propagation_panel = PropagationPanel()
         layout.addWidget(self.commit_panel)
@@ -150,7 +161,7 @@ class SamWidget(QWidget):
         self.layers_button.clicked.connect(self.ensure_prompt_layers)
         self.candidate_combo.activated.connect(self.choose_candidate)
         self.precompute_button.clicked.connect(self.precompute)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.clicked.connect(self.cancel)  # also stops a precomputation waiting to resume
         self.clear_button.clicked.connect(self.clear)
         self.commit_panel.commit_button.clicked.connect(self.commit)
         self.propagation_panel.propagate_button.clicked.connect(self.propagate)
@@ -217,13 +228,16 @@ class SamWidget(QWidget):
     def _refresh_layers(self, *_: Any) -> None:
         from napari.layers import Image, Labels
 
-        images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        names = [layer.name for layer in images]
         previous = self.image_combo.currentText()
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
-        self.image_combo.addItems(images)
-        if previous in images:
+        self.image_combo.addItems(names)
+        if previous in names:
             self.image_combo.setCurrentText(previous)
+        elif images:
+            self.image_combo.setCurrentText(_default_image(images))
         self.image_combo.blockSignals(False)
         self.commit_panel.set_targets(
             [layer.name for layer in self.viewer.layers if isinstance(layer, Labels) and layer.name != sp.PREVIEW_LAYER]
@@ -488,13 +502,12 @@ class SamWidget(QWidget):
 
     def _track_long(self, handle: Any, resume_when_superseded: bool = False) -> Any:
         self._long_handle = handle
-        self.cancel_button.setEnabled(True)
+        self.job_panel.track(handle)
 
         def finished() -> None:
             if resume_when_superseded and handle.superseded:
                 self._precompute_pending = True
             if self._long_handle is handle:
-                self.cancel_button.setEnabled(False)
                 if handle.state.value == "cancelled":
                     self.status.setText("Cancelled; the preview and labels are unchanged.")
 

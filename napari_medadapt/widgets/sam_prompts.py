@@ -20,7 +20,7 @@ import numpy as np
 from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.sam import PromptError
 from napari_medadapt.core.sam.prompts import Prompts
-from napari_medadapt.widgets._layers import layer_geometry
+from napari_medadapt.widgets._layers import layer_geometry, prompt_metadata
 
 POINTS_LAYER = "SAM prompts"
 BOXES_LAYER = "SAM boxes"
@@ -102,7 +102,7 @@ def current_plane(viewer: Any, image: Any) -> Plane:
 
 
 def _prompt_layer_metadata(image: Any) -> dict[str, Any]:
-    return {"medadapt": {"geometry": layer_geometry(image), "shape": tuple(int(s) for s in image.data.shape)}}
+    return prompt_metadata(geometry=layer_geometry(image), shape=tuple(int(s) for s in image.data.shape))
 
 
 def check_prompt_layer(layer: Any, image: Any) -> None:

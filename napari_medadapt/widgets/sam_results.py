@@ -21,6 +21,7 @@ STOP_REASONS = {
     "empty": "the object ended",
     "iou": "overlap with the previous slice fell below the threshold",
     "area": "the area jumped",
+    "intensity": "the brightness inside the mask changed by more than 2 standard deviations of the annotated object",
     "stop-slice": "a slice with only negative clicks",
     "range": "the maximum range",
     "edge": "the edge of the volume",

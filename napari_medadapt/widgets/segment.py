@@ -13,55 +13,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QPushButton
 
 from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable, load_cached_model
+from napari_medadapt.widgets._dock import DockBody, JobPanel
+from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 
 if TYPE_CHECKING:
     import napari
 
     from napari_medadapt.core.inference import Prediction
-    from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.models import ModelCard
-    from napari_medadapt.core.volume import Volume
 
 NEW_LAYER_CHOICE = "new Labels layer"
 CONFIDENCE_LAYER = "confidence"
 
 
-def segment_job(
-    card_path: str, volume: Volume, cache: dict[str, Any], largest_component: bool, *, ctx: JobContext
-) -> Prediction:
-    """Load the model of ``card_path`` (cached per path) and segment ``volume`` (runs in the compute thread)."""
-    from napari_medadapt.core.inference import predict_volume
-
-    model = load_cached_model(card_path, cache, ctx)
-    return predict_volume(
-        model, volume, ctx=ctx, return_probabilities=False, largest_component=largest_component
-    )
-
-
-class SegmentWidget(QWidget):
+class SegmentWidget(DockBody):
     """Dock widget: model choice, modality mapping, run/cancel, labels output, volume table."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self._model_cache: dict[str, Any] = {}
+        super().__init__(napari_viewer)
         self._handle = None
         self.last_prediction: Prediction | None = None
 
-        layout = QVBoxLayout(self)
+        layout = self.layout_
         output_form = QFormLayout()
         self.output_combo = QComboBox()
         self.output_combo.setToolTip("Write into a new Labels layer or replace an existing one (undoable)")
@@ -76,18 +52,16 @@ class SegmentWidget(QWidget):
         )
         output_form.addRow(self.largest_check)
 
-        buttons = QHBoxLayout()
         self.run_button = QPushButton("Segment")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
+        self.job_panel = JobPanel()
+        self.cancel_button = self.job_panel.cancel_button
 
         self.inputs = ModelInputsPanel(self.viewer)
         self.model_combo = self.inputs.model_combo
         layout.addWidget(self.inputs)
         layout.addLayout(output_form)
-        layout.addLayout(buttons)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.job_panel)
         self.status = QLabel()
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -97,7 +71,6 @@ class SegmentWidget(QWidget):
 
         self.inputs.model_changed.connect(self._on_model_changed)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         for event in (
             self.viewer.layers.events.inserted,
             self.viewer.layers.events.removed,
@@ -162,17 +135,17 @@ class SegmentWidget(QWidget):
         target = self.output_combo.currentText()
         self.status.setText(f"Segmenting with {card.name}...")
         self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._handle = get_worker(self.viewer, self).submit(
-            segment_job,
+        worker = get_worker(self.viewer, self)
+        self._handle = worker.submit(
+            worker.session.segment,
             card.path,
             volume,
-            self._model_cache,
-            self.largest_check.isChecked(),
+            largest_component=self.largest_check.isChecked(),
             description=f"Segment ({card.name})",
             on_result=lambda prediction: self._show_result(prediction, target, card),
             on_error=lambda err: self.status.setText(str(err)),
         )
+        self.job_panel.track(self._handle)
         self._handle.finished.connect(self._job_finished)
 
     def cancel(self) -> None:
@@ -185,22 +158,31 @@ class SegmentWidget(QWidget):
         if handle is not None and handle.cancelled:
             self.status.setText("Cancelled; no labels were changed.")
         self.run_button.setEnabled(self.card is not None)
-        self.cancel_button.setEnabled(False)
 
     def _show_result(self, prediction: Prediction, target: str, card: ModelCard) -> None:
-        from napari_medadapt.widgets._layers import labels_layer_kwargs, set_labels_undoable
+        from napari_medadapt.core.metrics import region_volumes_ml
+        from napari_medadapt.widgets._layers import (
+            class_features,
+            class_names_of,
+            labels_layer_kwargs,
+            set_labels_undoable,
+        )
 
         self.last_prediction = prediction
+        names = class_names_of(card)
         if target != NEW_LAYER_CHOICE and target in self.viewer.layers:
+            layer = self.viewer.layers[target]
             try:
-                changed = set_labels_undoable(self.viewer.layers[target], prediction.labels)
+                changed = set_labels_undoable(layer, prediction.labels)
             except MedAdaptError as err:
                 show_error(f"{err} The labels were not written; choose '{NEW_LAYER_CHOICE}'.")
                 return
+            if layer.features.shape[1] == 0:  # name the classes, unless the layer names its own
+                layer.features = class_features(names)
             show_info(f"{target}: {changed} voxels changed (Ctrl+Z to undo).")
         else:
-            kwargs = labels_layer_kwargs(prediction.geometry, name=f"{card.name} labels")
-            self.viewer.add_labels(prediction.labels, opacity=0.6, **kwargs)
+            kwargs = labels_layer_kwargs(prediction.geometry, name=f"{card.name} labels", class_names=names)
+            layer = self.viewer.add_labels(prediction.labels, opacity=0.6, **kwargs)
         if self.confidence_check.isChecked():
             if CONFIDENCE_LAYER in self.viewer.layers:
                 self.viewer.layers.remove(CONFIDENCE_LAYER)
@@ -213,6 +195,10 @@ class SegmentWidget(QWidget):
                 opacity=0.5,
                 blending="additive",
             )
-        self.volume_table.show_rows([(str(label_id), name, f"{ml:.2f}") for label_id, name, ml in prediction.volume_rows()])
+        self.volume_table.show_volumes(
+            [(label_id, name, [ml]) for label_id, name, ml in prediction.volume_rows()],
+            {name: [ml] for name, ml in region_volumes_ml(prediction.volumes_ml, card.regions).items()},
+            layer.get_color,
+        )
         notes = " ".join(prediction.notes)
         self.status.setText(f"Done.{' ' + notes if notes else ''}")

@@ -30,7 +30,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable, load_cached_model
+from napari_medadapt.widgets._dock import DockBody, JobPanel
+from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 
 if TYPE_CHECKING:
     import napari
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from napari_medadapt.core.inference import Prediction
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.models import ModelCard
+    from napari_medadapt.core.session import ModelSession
     from napari_medadapt.core.volume import Volume
 
 METHOD_LABELS = {"bn_affine": "BN affine (KL)", "normalizer": "Normalizer (KL)", "tent": "Tent (entropy)"}
@@ -55,11 +57,11 @@ class AdaptOutcome:
     rating_after: str
 
 
-def measure_job(card_path: str, volume: Volume, cache: dict[str, Any], *, ctx: JobContext) -> tuple[float, str]:
+def measure_job(card_path: str, volume: Volume, session: ModelSession, *, ctx: JobContext) -> tuple[float, str]:
     """Shift score of ``volume`` for the model of ``card_path`` and its rating line (compute thread)."""
     from napari_medadapt.core.adapt.tta_score import describe_shift, shift_score
 
-    model = load_cached_model(card_path, cache, ctx)
+    model = session.model(card_path, ctx)
     score = shift_score(model, volume, ctx=ctx)
     return score, describe_shift(score, model.card)
 
@@ -67,19 +69,20 @@ def measure_job(card_path: str, volume: Volume, cache: dict[str, Any], *, ctx: J
 def adapt_job(
     card_path: str,
     volume: Volume,
-    cache: dict[str, Any],
+    session: ModelSession,
     settings: dict[str, Any],
     on_loss: Any,
     *,
     ctx: JobContext,
 ) -> AdaptOutcome:
-    """Segment with the source model, adapt a copy to ``volume``, segment again (compute thread)."""
+    """Segment with the source model (or reuse that segmentation), adapt a copy to ``volume``, segment again
+    (compute thread)."""
     from napari_medadapt.core.adapt.tta import adapt, segmentation_change_warning
     from napari_medadapt.core.adapt.tta_score import describe_shift
     from napari_medadapt.core.inference import predict_volume
 
-    model = load_cached_model(card_path, cache, ctx)
-    before = predict_volume(model, volume, ctx=ctx, return_probabilities=False)
+    model = session.model(card_path, ctx)
+    before = session.segment(card_path, volume, ctx=ctx)
     result = adapt(model, volume, ctx=ctx, on_loss=on_loss, **settings)
     after = predict_volume(result.model, volume, ctx=ctx, return_probabilities=False)
     collapse = segmentation_change_warning(before.labels, after.labels)
@@ -140,22 +143,20 @@ class LossPlot(QWidget):
         self.canvas.draw_idle()
 
 
-class TTAWidget(QWidget):
+class TTAWidget(DockBody):
     """Dock widget: model and inputs, method and settings, measure / adapt / reset / cancel, results."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
+        super().__init__(napari_viewer)
         from napari_medadapt.core.adapt.tta import METHODS, OPTIMIZERS
 
-        self.viewer = napari_viewer
-        self._model_cache: dict[str, Any] = {}
         self._handle = None
         self.last_outcome: AdaptOutcome | None = None
         self.last_score: float | None = None
         self._relay = _LossRelay()
         self._relay.loss.connect(self._on_loss)
 
-        layout = QVBoxLayout(self)
+        layout = self.layout_
         self.inputs = ModelInputsPanel(
             self.viewer, tooltip="Segmentation model to adapt (bundled or registered)", allow_files=False
         )
@@ -194,11 +195,13 @@ class TTAWidget(QWidget):
         self.measure_button = QPushButton("Measure shift")
         self.adapt_button = QPushButton("Adapt and segment")
         self.reset_button = QPushButton("Reset")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        for button in (self.measure_button, self.adapt_button, self.reset_button, self.cancel_button):
+        self.reset_button.setToolTip("Discard the adapted model and its scores (result layers stay)")
+        for button in (self.measure_button, self.adapt_button, self.reset_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        self.job_panel = JobPanel()
+        self.cancel_button = self.job_panel.cancel_button
+        layout.addWidget(self.job_panel)
 
         self.shift_label = QLabel("Shift score: not measured.")
         self.shift_label.setWordWrap(True)
@@ -217,9 +220,10 @@ class TTAWidget(QWidget):
         self.measure_button.clicked.connect(self.measure)
         self.adapt_button.clicked.connect(self.adapt)
         self.reset_button.clicked.connect(self.reset)
-        self.cancel_button.clicked.connect(self.cancel)
         self._on_method_changed()
         self._on_model_changed()
+        if self.card is not None:
+            self.status.setText("Measure the shift, or adapt and segment.")
 
     # ------------------------------------------------------------------------------------------ models
     def refresh_models(self) -> None:
@@ -238,7 +242,7 @@ class TTAWidget(QWidget):
         if card is None:
             self.status.setText("No model found. Add one in the Segment dock or to MEDADAPT_MODEL_PATH.")
             return
-        self.reset()
+        self._forget()
 
     def _on_method_changed(self, *_: Any) -> None:
         from napari_medadapt.core.adapt.tta import DEFAULT_ITERATIONS, DEFAULT_LR
@@ -275,15 +279,18 @@ class TTAWidget(QWidget):
             return None
 
     # ------------------------------------------------------------------------------------------ jobs
-    def _submit(self, fn: Any, *args: Any, description: str, on_result: Any) -> None:
+    def _submit(self, fn: Any, *args: Any, extra: tuple = (), description: str, on_result: Any) -> None:
+        """Run ``fn(*args, session, *extra)`` in the compute worker with the dock's progress panel."""
         from napari_medadapt._worker import get_worker
 
         for button in (self.measure_button, self.adapt_button, self.reset_button):
             button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._handle = get_worker(self.viewer, self).submit(
-            fn, *args, description=description, on_result=on_result, on_error=lambda err: self.status.setText(str(err))
+        worker = get_worker(self.viewer, self)
+        self._handle = worker.submit(
+            fn, *args, worker.session, *extra, description=description, on_result=on_result,
+            on_error=lambda err: self.status.setText(str(err)),
         )
+        self.job_panel.track(self._handle)
         self._handle.finished.connect(self._job_finished)
 
     def measure(self) -> None:
@@ -292,8 +299,7 @@ class TTAWidget(QWidget):
         if volume is None or self._handle is not None:
             return
         self.status.setText("Measuring the domain shift...")
-        self._submit(measure_job, self.card.path, volume, self._model_cache, description="Measure shift",
-                     on_result=self._show_score)
+        self._submit(measure_job, self.card.path, volume, description="Measure shift", on_result=self._show_score)
 
     def adapt(self) -> None:
         """Start segment -> adapt -> segment with the current settings."""
@@ -304,15 +310,22 @@ class TTAWidget(QWidget):
         self.loss_plot.clear("entropy" if settings["method"] == "tent" else "BN-KL loss")
         self.status.setText(f"Adapting {self.card.name} ({METHOD_LABELS[settings['method']]})...")
         card = self.card
-        self._submit(adapt_job, card.path, volume, self._model_cache, settings, self._relay.loss.emit,
+        self._submit(adapt_job, card.path, volume, extra=(settings, self._relay.loss.emit),
                      description=f"Adapt ({card.name})", on_result=lambda outcome: self._show_outcome(outcome, card))
 
-    def reset(self) -> None:
-        """Discard the adapted model and its results (the source model is never changed)."""
+    def _forget(self) -> None:
+        """Drop the adapted model, scores, loss curve and table (another model was chosen, or Reset)."""
         self.last_outcome = None
+        self.last_score = None
         self.loss_plot.clear()
         self.volume_table.setRowCount(0)
-        self.status.setText("Reset: the next adaptation starts from the source model.")
+        self.shift_label.setText("Shift score: not measured.")
+
+    def reset(self) -> None:
+        """Discard the adapted model and its scores (the source model is never changed; layers stay)."""
+        self._forget()
+        self.status.setText("Reset: the adapted model and its scores are discarded; the next adaptation starts "
+                            "from the source model.")
 
     def cancel(self) -> None:
         """Cancel the running job (the source model and the layers stay as they were)."""
@@ -326,7 +339,6 @@ class TTAWidget(QWidget):
         for button in (self.measure_button, self.adapt_button):
             button.setEnabled(self.card is not None)
         self.reset_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
 
     # ------------------------------------------------------------------------------------------ results
     def _on_loss(self, iteration: int, loss: float) -> None:
@@ -338,20 +350,27 @@ class TTAWidget(QWidget):
         self.status.setText("Shift measured.")
 
     def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard) -> None:
-        from napari_medadapt.widgets._layers import labels_layer_kwargs
+        from napari_medadapt.core.metrics import region_volumes_ml
+        from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs
 
         self.last_outcome = outcome
         result = outcome.result
+        names = class_names_of(card)
+        added = []
         for prediction, suffix in ((outcome.before, "before TTA"), (outcome.after, f"after TTA ({result.method})")):
             name = f"{card.name} {suffix}"  # new layers every run: earlier results (and edits) are kept
-            self.viewer.add_labels(prediction.labels, opacity=0.6, **labels_layer_kwargs(prediction.geometry, name=name))
+            kwargs = labels_layer_kwargs(prediction.geometry, name=name, class_names=names)
+            added.append(self.viewer.add_labels(prediction.labels, opacity=0.6, **kwargs))
         self.shift_label.setText(f"Before: {outcome.rating_before}.\nAfter: {outcome.rating_after}.")
-        after = dict((label_id, ml) for label_id, _, ml in outcome.after.volume_rows())
-        self.volume_table.show_rows(
-            [
-                (str(label_id), name, f"{ml:.2f}", f"{after.get(label_id, 0.0):.2f}")
-                for label_id, name, ml in outcome.before.volume_rows()
-            ]
+        before, after = outcome.before.volumes_ml, outcome.after.volumes_ml
+        regions = {
+            name: [ml, region_volumes_ml(after, card.regions)[name]]
+            for name, ml in region_volumes_ml(before, card.regions).items()
+        }
+        self.volume_table.show_volumes(
+            [(label_id, name, [ml, after.get(label_id, 0.0)]) for label_id, name, ml in outcome.before.volume_rows()],
+            regions,
+            added[0].get_color,
         )
         for warning in result.warnings:
             show_warning(warning)

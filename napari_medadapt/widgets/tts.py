@@ -1,10 +1,12 @@
 """TTS dock: steer a segmentation model with a few positive and negative keypoints (feature muting).
 
 Two Points layers hold the keypoints: "TTS positive" (green discs, on the target) and "TTS negative"
-(magenta crosses, on an artifact or the background). For a 2D model the current slice re-predicts as soon
-as a keypoint changes (latest request wins in the compute worker); "Apply to volume" runs TTS on every slice
-that holds keypoints. Results go to "TTS before"/"TTS after" Labels layers (undoable) and "TTS attention"
-Image layers; the kept channels are listed.
+(magenta crosses, on an artifact or the background); they stay above the result layers. "TTS before" is the
+model's ordinary segmentation of the volume (the same result as the Segment dock's, computed once per viewer
+and reused); "TTS after" is that segmentation with every slice holding keypoints muted, post-processed alike.
+For a 2D model the current slice re-predicts as soon as a keypoint changes (latest request wins);
+"Apply to volume" mutes every slice with keypoints (only those slices are computed) or, with "one mask per
+slice" off, every slice with one mask. The computing is in :mod:`napari_medadapt.core.adapt.tts_live`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -22,16 +25,18 @@ from qtpy.QtWidgets import (
     QListWidget,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
-    QWidget,
 )
 from superqt import QLabeledDoubleSlider
 
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
+from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._layers import (
+    check_volume_layer,
+    class_names_of,
     labels_layer_kwargs,
     layer_geometry,
+    prompt_metadata,
     set_labels_undoable,
     volume_from_layers,
 )
@@ -40,8 +45,11 @@ from napari_medadapt.widgets._model_inputs import ModelInputsPanel
 if TYPE_CHECKING:
     import napari
 
+    from napari_medadapt.core.adapt.tts_live import LiveTTSResult
+
 POSITIVE_LAYER = "TTS positive"
 NEGATIVE_LAYER = "TTS negative"
+KEYPOINT_LAYERS = (POSITIVE_LAYER, NEGATIVE_LAYER)
 BEFORE_LAYER = "TTS before"
 AFTER_LAYER = "TTS after"
 ATTENTION_BEFORE_LAYER = "TTS attention before"
@@ -51,65 +59,7 @@ NEGATIVE_STYLE = {"symbol": "x", "face_color": "magenta", "border_color": "magen
 DEFAULT_MODEL_NAME = "glioma2d"
 
 
-class _Engine:
-    """Models and cached sessions, used only inside the compute thread."""
-
-    def __init__(self) -> None:
-        self.models: dict[str, Any] = {}
-        self.session: Any = None
-        self.session_key: tuple | None = None
-
-    def model(self, name: str) -> Any:
-        if name not in self.models:
-            from napari_medadapt.core.models import load_model
-
-            self.models = {name: load_model(name)}
-        return self.models[name]
-
-    def predict_slice(
-        self, name: str, key: tuple, volume: Any, layer: str, z: int, pos, neg, alpha, keep, background, ctx=None
-    ):
-        from napari_medadapt.core.adapt.tts_session import TTSSession
-
-        ctx.progress(0, 2, "TTS: features of the slice")
-        model = self.model(name)
-        if model.spatial_dims != 2:
-            raise MedAdaptError(
-                f"model {name!r} is 3D: live slice re-prediction needs a 2D model; use 'Apply to volume'."
-            )
-        if self.session is None or self.session_key != (name, key, layer):
-            self.session = TTSSession(model, volume, layer=layer)
-            self.session_key = (name, key, layer)
-        result = self.session.predict_slice(
-            z, pos, neg, alpha=alpha, keep_fraction=keep, keep_background=background
-        )
-        ctx.progress(2, 2, "TTS: slice done")
-        return result
-
-    def apply_volume(
-        self, name: str, volume: Any, layer: str, pos, neg, alpha, keep, background, per_slice, ctx=None
-    ):
-        from napari_medadapt.core.adapt.tts import tts
-
-        return tts(
-            self.model(name),
-            volume,
-            pos,
-            neg,
-            alpha=alpha,
-            keep_fraction=keep,
-            layer=layer,
-            per_slice=per_slice,
-            keep_background=background,
-            ctx=ctx,
-        )
-
-    def reset(self, ctx=None) -> None:
-        self.session = None
-        self.session_key = None
-
-
-class TTSWidget(QWidget):
+class TTSWidget(DockBody):
     """Dock for keypoint-driven feature muting (TTS).
 
     Parameters
@@ -119,12 +69,14 @@ class TTSWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self._engine = _Engine()
+        super().__init__(napari_viewer)
+        from napari_medadapt.core.adapt.tts_live import TTSWorkspace
+
+        self._workspace = TTSWorkspace(get_worker(self.viewer, self).session)
         self._connected_points: set[Any] = set()  # unique_id of the keypoint layers whose events are connected
         self._volume_cache: tuple[tuple, Any] | None = None
-        self.last_result: Any = None
+        self._quiet = False  # Reset empties the keypoint layers without re-predicting
+        self.last_result: LiveTTSResult | None = None
 
         self.inputs = ModelInputsPanel(
             self.viewer,
@@ -166,6 +118,8 @@ class TTSWidget(QWidget):
         self.slice_button = QPushButton("Predict slice")
         self.apply_button = QPushButton("Apply to volume")
         self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip("Remove the keypoints and the muting (result layers stay; Ctrl+Z undoes)")
+        self.job_panel = JobPanel()
         self.kept_list = QListWidget()
         self.kept_list.setMaximumHeight(120)
         self.status = QLabel("Add keypoints: positives on the target, negatives on the artifact.")
@@ -177,7 +131,7 @@ class TTSWidget(QWidget):
         form.addRow("keep", self.keep_box)
         form.addRow("feature map", self.layer_box)
         form.addRow("", self.background_check)
-        layout = QVBoxLayout(self)
+        layout = self.layout_
         layout.addWidget(self.inputs)
         layout.addLayout(form)
         layout.addWidget(self.points_button)
@@ -187,6 +141,7 @@ class TTSWidget(QWidget):
         for button in (self.slice_button, self.apply_button, self.reset_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        layout.addWidget(self.job_panel)
         layout.addWidget(QLabel("kept channels (score)"))
         layout.addWidget(self.kept_list)
         layout.addWidget(self.status)
@@ -197,8 +152,8 @@ class TTSWidget(QWidget):
         self._live_timer.setInterval(30)
         self._live_timer.timeout.connect(self.predict_current_slice)
 
-        self.inputs.model_changed.connect(self._engine_reset)
-        self.inputs.inputs_changed.connect(self._engine_reset)
+        self.inputs.model_changed.connect(self._workspace_reset)
+        self.inputs.inputs_changed.connect(self._workspace_reset)
         self.artifact_check.toggled.connect(self._on_artifact_toggled)
         self.points_button.clicked.connect(self.ensure_points_layers)
         self.slice_button.clicked.connect(self.predict_current_slice)
@@ -210,7 +165,7 @@ class TTSWidget(QWidget):
         self.background_check.toggled.connect(self._schedule_live)
         self.viewer.layers.events.inserted.connect(self._connect_points)
         self.viewer.dims.events.current_step.connect(self._schedule_live)
-        self._engine_reset()
+        self._workspace_reset()
 
     # ------------------------------------------------------------------------------ settings
     def _on_artifact_toggled(self, checked: bool) -> None:
@@ -228,26 +183,42 @@ class TTSWidget(QWidget):
 
     @property
     def alpha(self) -> float:
+        """Weight of the positive keypoints."""
         return float(self.alpha_box.value())
 
     @property
     def keep_fraction(self) -> float:
+        """Share of the feature channels kept."""
         return self.keep_box.value() / 100.0
 
     @property
     def tap(self) -> str:
+        """The feature map muted."""
         return self.layer_box.currentText()
 
     def _mapping(self) -> dict[str, Any]:
+        """The image layers assigned to the model's inputs, checked to be 3D volumes."""
+        if self.inputs.card is None:
+            raise MedAdaptError("Choose a segmentation model first (or type a model card path).")
         layers = self.inputs.chosen_layers()
         if not layers:
             raise VolumeError("Assign image layers to the model's inputs (open a case first).")
+        for modality, layer in layers.items():
+            check_volume_layer(modality, layer)
         return layers
 
+    def _report(self, err: BaseException) -> None:
+        self._set_status(str(err))
+        show_error(str(err))
+
     # ------------------------------------------------------------------------------ keypoints
-    def ensure_points_layers(self) -> tuple[Any, Any]:
+    def ensure_points_layers(self) -> tuple[Any, Any] | None:
         """The positive and negative Points layers, created on the reference image's grid when absent."""
-        reference = next(iter(self._mapping().values()))
+        try:
+            reference = next(iter(self._mapping().values()))
+        except MedAdaptError as err:
+            self._report(err)
+            return None
         layers = []
         for name, style in ((POSITIVE_LAYER, POSITIVE_STYLE), (NEGATIVE_LAYER, NEGATIVE_STYLE)):
             if name not in self.viewer.layers:
@@ -257,7 +228,7 @@ class TTSWidget(QWidget):
                     ndim=3,
                     scale=tuple(reference.scale)[-3:],
                     translate=tuple(reference.translate)[-3:],
-                    metadata={"medadapt": {"geometry": layer_geometry(reference)}},
+                    metadata=prompt_metadata(geometry=layer_geometry(reference)),
                     **style,
                 )
             layers.append(self.viewer.layers[name])
@@ -267,7 +238,7 @@ class TTSWidget(QWidget):
         return layers[0], layers[1]
 
     def _connect_points(self, *_: Any) -> None:
-        for name in (POSITIVE_LAYER, NEGATIVE_LAYER):
+        for name in KEYPOINT_LAYERS:
             if name in self.viewer.layers:
                 layer = self.viewer.layers[name]
                 if layer.unique_id not in self._connected_points:
@@ -276,7 +247,7 @@ class TTSWidget(QWidget):
 
     def keypoints(self, reference: Any) -> tuple[np.ndarray, np.ndarray]:
         """Positive and negative keypoints as voxel indices ``(N, 3)`` of ``reference``'s volume."""
-        return tuple(self._points_in(name, reference) for name in (POSITIVE_LAYER, NEGATIVE_LAYER))  # type: ignore[return-value]
+        return tuple(self._points_in(name, reference) for name in KEYPOINT_LAYERS)  # type: ignore[return-value]
 
     def _points_in(self, name: str, reference: Any) -> np.ndarray:
         if name not in self.viewer.layers:
@@ -297,23 +268,21 @@ class TTSWidget(QWidget):
                 f"Points layer {name!r} was made for another volume ({geometry.describe()}) than "
                 f"{reference.name!r} ({image_geometry.describe()}); press Reset and add keypoints again."
             )
-        world = data * np.asarray(layer.scale)[-3:] + np.asarray(layer.translate)[-3:]
-        voxels = (world - np.asarray(reference.translate)[-3:]) / np.asarray(reference.scale)[-3:]
+        voxels = np.array([reference.world_to_data(layer.data_to_world(point)) for point in data]).reshape(-1, 3)
         shape = np.asarray(reference.data.shape[-3:])
         outside = np.any((np.rint(voxels) < 0) | (np.rint(voxels) >= shape), axis=1)
         if outside.any():
             number = int(np.argmax(outside))
             raise VolumeError(
                 f"Keypoint #{number + 1} of {name!r} (z, y, x = {', '.join(f'{v:.0f}' for v in voxels[number])}) "
-                f"lies outside image {reference.name!r} of shape {tuple(int(s) for s in shape)}: the points "
-                "belong to another shape or geometry. Remove it or press Reset."
+                f"lies outside image {reference.name!r} of shape {tuple(int(s) for s in shape)}. Select it on the "
+                "layer and press Delete (or press Reset to start over)."
             )
         return voxels
 
     def current_slice(self, reference: Any) -> int:
         """Index of the displayed axial slice in ``reference``'s voxels."""
-        world_z = float(self.viewer.dims.point[-3])
-        z = int(round((world_z - float(reference.translate[-3])) / float(reference.scale[-3])))
+        z = int(np.rint(reference.world_to_data(np.asarray(self.viewer.dims.point)[-3:])[-3]))
         return int(np.clip(z, 0, reference.data.shape[-3] - 1))
 
     # ------------------------------------------------------------------------------ compute
@@ -321,16 +290,18 @@ class TTSWidget(QWidget):
         self.status.setText(text)
 
     def _schedule_live(self, *args: Any) -> None:
-        if self.live_check.isChecked() and any(
-            n in self.viewer.layers for n in (POSITIVE_LAYER, NEGATIVE_LAYER)
-        ):
+        if self._quiet or not self.live_check.isChecked():
+            return
+        if any(n in self.viewer.layers and len(self.viewer.layers[n].data) for n in KEYPOINT_LAYERS):
             self._live_timer.start()
 
-    def _inputs(self) -> tuple[dict[str, Any], Any, np.ndarray, np.ndarray]:
+    def _inputs(self) -> tuple[dict[str, Any], Any, Any, np.ndarray, np.ndarray]:
+        """Assigned layers, reference layer, input volume and keypoints (checked)."""
         layers = self._mapping()
+        volume = self._volume(layers)
         reference = next(iter(layers.values()))
         positives, negatives = self.keypoints(reference)
-        return layers, reference, positives, negatives
+        return layers, reference, volume, positives, negatives
 
     def _layers_key(self, layers: dict[str, Any]) -> tuple:
         # unique_id, not id(layer): docks get a proxy viewer that wraps every layer anew at each access
@@ -343,78 +314,65 @@ class TTSWidget(QWidget):
             self._volume_cache = (key, volume_from_layers(layers, list(layers)))
         return self._volume_cache[1]
 
+    def _submit(self, fn: Any, *args: Any, description: str, on_result: Any, interactive: bool) -> Any:
+        handle = get_worker(self.viewer, self).submit(
+            fn, *args, description=description, interactive_key="tts" if interactive else None,
+            on_result=on_result, on_error=lambda err: self._set_status(str(err)),
+        )
+        return self.job_panel.track(handle)
+
     def predict_current_slice(self, *args: Any) -> Any:
         """Re-predict the displayed slice with the current keypoints (live path); returns the job handle."""
         try:
-            layers, reference, positives, negatives = self._inputs()
+            layers, reference, volume, positives, negatives = self._inputs()
         except MedAdaptError as err:
             self._set_status(str(err))
             return None
         z = self.current_slice(reference)
         on_slice = int((np.rint(positives[:, 0]) == z).sum() + (np.rint(negatives[:, 0]) == z).sum())
-        try:
-            volume = self._volume(layers)
-        except MedAdaptError as err:
-            self._set_status(str(err))
-            return None
         self._set_status(f"slice {z}: re-predicting with {on_slice} keypoint(s)...")
-        return get_worker(self.viewer, self).submit(
-            self._engine.predict_slice,
-            self.model_name,
-            self._layers_key(layers),
-            volume,
-            self.tap,
-            z,
-            positives,
-            negatives,
-            self.alpha,
-            self.keep_fraction,
-            self.background_check.isChecked(),
-            description="TTS slice",
-            interactive_key="tts",
-            on_result=lambda result: self._show_slice(result, reference),
-            on_error=lambda err: self._set_status(str(err)),
+        return self._submit(
+            self._workspace.predict_slice, self.model_name, self._layers_key(layers), volume, self.tap, z,
+            positives, negatives, self.alpha, self.keep_fraction, self.background_check.isChecked(),
+            description="TTS slice", interactive=True, on_result=lambda result: self._show(result, reference, z),
         )
 
     def apply_to_volume(self, *args: Any) -> Any:
-        """Run TTS on the whole volume; returns the job handle."""
+        """Mute every slice with keypoints (or the whole volume with one mask); returns the job handle."""
         try:
-            layers, reference, positives, negatives = self._inputs()
-            volume = self._volume(layers)
+            layers, reference, volume, positives, negatives = self._inputs()
         except MedAdaptError as err:
-            self._set_status(str(err))
+            self._report(err)
+            return None
+        if len(positives) + len(negatives) == 0:
+            self._report(MedAdaptError("Place keypoints first: positives on the target, negatives on the artifact."))
             return None
         self._set_status("TTS on the volume...")
-        return get_worker(self.viewer, self).submit(
-            self._engine.apply_volume,
-            self.model_name,
-            volume,
-            self.tap,
-            positives,
-            negatives,
-            self.alpha,
-            self.keep_fraction,
-            self.background_check.isChecked(),
-            self.per_slice_check.isChecked(),
-            description="TTS volume",
-            interactive_key="tts",
-            on_result=lambda result: self._show_volume(result, reference, volume.geometry),
-            on_error=lambda err: self._set_status(str(err)),
+        return self._submit(
+            self._workspace.apply, self.model_name, self._layers_key(layers), volume, self.tap, positives,
+            negatives, self.alpha, self.keep_fraction, self.background_check.isChecked(),
+            self.per_slice_check.isChecked(), description="TTS volume", interactive=True,
+            on_result=lambda result: self._show(result, reference, None),
         )
 
-    def _engine_reset(self, *args: Any) -> None:
-        get_worker(self.viewer, self).submit(self._engine.reset, description="TTS reset")
+    def _workspace_reset(self, *args: Any) -> None:
+        self._volume_cache = None
+        get_worker(self.viewer, self).submit(self._workspace.reset, description="TTS reset")
 
     def reset(self, *args: Any) -> None:
-        """Clear keypoints, kept channels and cached features (result layers stay; undo still works)."""
-        self._volume_cache = None
-        for name in (POSITIVE_LAYER, NEGATIVE_LAYER):
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = np.zeros((0, 3))
+        """Clear keypoints, kept channels and the muting (result layers stay; undo still works)."""
+        self._quiet = True
+        try:
+            for name in KEYPOINT_LAYERS:
+                if name in self.viewer.layers:
+                    self.viewer.layers[name].data = np.zeros((0, 3))
+        finally:
+            self._quiet = False
+        self._live_timer.stop()
         self.kept_list.clear()
         self.last_result = None
-        self._engine_reset()
-        self._set_status("Reset: add keypoints again.")
+        self._workspace_reset()
+        self._set_status("Reset: keypoints and muting removed. Add keypoints again.")
 
     # ------------------------------------------------------------------------------ results
     def _labels_layer(self, name: str, reference: Any) -> Any:
@@ -425,17 +383,16 @@ class TTSWidget(QWidget):
         geometry = layer_geometry(reference) or Geometry.from_display_grid(
             reference.data.shape[-3:], tuple(reference.scale)[-3:], tuple(reference.translate)[-3:]
         )
-        kwargs = labels_layer_kwargs(geometry, name=name)
+        card = self.inputs.card
+        kwargs = labels_layer_kwargs(geometry, name=name, class_names=class_names_of(card))
         kwargs["translate"] = tuple(reference.translate)[-3:]
         return self.viewer.add_labels(np.zeros(reference.data.shape[-3:], dtype=np.uint8), **kwargs)
 
-    def _image_layer(self, name: str, reference: Any, data: np.ndarray) -> Any:
+    def _attention_layer(self, name: str, reference: Any) -> Any:
         if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = data
-            return layer
+            return self.viewer.layers[name]
         return self.viewer.add_image(
-            data,
+            np.zeros(reference.data.shape[-3:], dtype=np.float32),
             name=name,
             scale=tuple(reference.scale)[-3:],
             translate=tuple(reference.translate)[-3:],
@@ -455,47 +412,28 @@ class TTSWidget(QWidget):
         if len(selection.background):
             self.kept_list.addItem(f"+ {len(selection.background)} background channel(s), never muted")
 
-    def _show_slice(self, result: Any, reference: Any) -> None:
+    def _show(self, result: LiveTTSResult, reference: Any, z: int | None) -> None:
+        """Paste a result: both label layers (only changed voxels, undoable), attention of the computed
+        slices, the kept channels of the displayed slice, and what changed."""
         self.last_result = result
-        z = result.z
-        for name, labels in ((BEFORE_LAYER, result.baseline_labels), (AFTER_LAYER, result.labels)):
-            layer = self._labels_layer(name, reference)
-            new = np.array(layer.data, copy=True)
-            new[z] = labels
-            set_labels_undoable(layer, new)
+        active = self.viewer.layers.selection.active  # adding result layers must not end keypoint placing
+        for name, labels in ((BEFORE_LAYER, result.before), (AFTER_LAYER, result.after)):
+            set_labels_undoable(self._labels_layer(name, reference), labels.astype(np.uint8))
         for name, attention in (
             (ATTENTION_BEFORE_LAYER, result.attention_before),
             (ATTENTION_AFTER_LAYER, result.attention_after),
         ):
-            if name in self.viewer.layers:
-                layer = self.viewer.layers[name]
-                layer.data[z] = attention
-                layer.refresh()
-            else:
-                data = np.zeros(reference.data.shape[-3:], dtype=np.float32)
-                data[z] = attention
-                self._image_layer(name, reference, data)
-        self._show_selection(result.selection)
-        changed = int((result.labels != result.baseline_labels).sum())
+            layer = self._attention_layer(name, reference)
+            for index, values in attention.items():
+                layer.data[index] = values
+            layer.refresh()
+        if active is not None and active.name in self.viewer.layers:
+            self.viewer.layers.selection.active = self.viewer.layers[active.name]
+        shown = self.current_slice(reference) if z is None else z
+        self._show_selection(result.selections.get(shown))
+        on_slice = int(np.count_nonzero(result.after[shown] != result.before[shown]))
+        muted = ", ".join(str(s) for s in sorted(result.selections)[:12]) or "none"
         self._set_status(
-            f"slice {z}: {changed} voxel(s) changed by muting." + "".join(" " + w for w in result.warnings)
-        )
-
-    def _show_volume(self, result: Any, reference: Any, geometry: Any) -> None:
-        self.last_result = result
-        set_labels_undoable(
-            self._labels_layer(BEFORE_LAYER, reference), result.baseline_labels.astype(np.uint8)
-        )
-        set_labels_undoable(self._labels_layer(AFTER_LAYER, reference), result.labels.astype(np.uint8))
-        self._image_layer(ATTENTION_BEFORE_LAYER, reference, result.attention_before)
-        self._image_layer(ATTENTION_AFTER_LAYER, reference, result.attention_after)
-        z = self.current_slice(reference)
-        self._show_selection(
-            result.selection_for_slice(z) or (result.selections[0] if len(result.selections) == 1 else None)
-        )
-        muted = int((result.slice_selection >= 0).sum())
-        changed = int((result.labels != result.baseline_labels).sum())
-        self._set_status(
-            f"volume: {muted} slice(s) muted, {changed} voxel(s) changed."
-            + "".join(" " + w for w in result.warnings)
+            f"slice {shown}: {on_slice} voxel(s) changed by muting; volume: {result.changed} voxel(s) changed, "
+            f"muted slices: {muted}." + "".join(" " + w for w in dict.fromkeys(result.warnings))
         )

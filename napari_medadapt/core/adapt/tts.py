@@ -356,6 +356,7 @@ def tts(
     tta_flips: bool = False,
     keep_background: bool = True,
     ctx: JobContext | None = None,
+    warn: bool = True,
 ) -> TTSResult:
     """Predict ``image`` with the feature channels chosen by the keypoints, and the baseline.
 
@@ -384,6 +385,8 @@ def tts(
         see the module docstring); False applies the published rule. No effect on other taps.
     ctx
         Progress and cancellation.
+    warn
+        Also issue the result's messages as :class:`TTSWarning` (they are always in ``result.warnings``).
 
     Returns
     -------
@@ -432,7 +435,7 @@ def tts(
     lost = lost_target_message(labels, baseline_labels, positives)
     if lost:
         messages.append(lost)
-    for message in messages:
+    for message in messages if warn else ():
         warnings.warn(message, TTSWarning, stacklevel=2)
     return TTSResult(
         labels=labels,

@@ -164,6 +164,7 @@ class TTSSession:
         alpha: float = DEFAULT_ALPHA,
         keep_fraction: float = DEFAULT_KEEP_FRACTION,
         keep_background: bool = True,
+        warn: bool = True,
     ) -> SliceTTSResult:
         """Muted and baseline prediction of display slice ``z``.
 
@@ -175,6 +176,8 @@ class TTSSession:
             ``(N, 3)`` ``(z, y, x)`` keypoints of the whole volume; only those on slice ``z`` are used.
         alpha, keep_fraction, keep_background
             As in :func:`~napari_medadapt.core.adapt.tts.tts`.
+        warn
+            Also issue the result's messages as :class:`TTSWarning` (a dock shows them in its status instead).
         """
         import torch
 
@@ -235,7 +238,7 @@ class TTSSession:
             )
             if m
         ]
-        for message in messages:
+        for message in messages if warn else ():
             warnings.warn(message, TTSWarning, stacklevel=2)
         return SliceTTSResult(
             z=int(z),

@@ -44,8 +44,14 @@ def save_model(model: SegModel, path: str | Path, card: ModelCard | None = None)
     return card.save(weights.with_suffix(".json"))
 
 
-def _resolve(name_or_path: str | Path) -> tuple[Path, Path]:
-    """(card path, weights path) for a bundled name, a card path or a weights path."""
+def resolve_model(name_or_path: str | Path) -> tuple[Path, Path]:
+    """``(card path, weights path)`` of a registered model name, a card path or a weight file path.
+
+    Raises
+    ------
+    ModelError
+        Unknown name, missing card or weights, or a path that is not a model file.
+    """
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.suffix.lower() == ".json":
@@ -173,7 +179,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     ModelError
         Unknown name, missing/corrupt file, sha256 mismatch, or weights that do not fit the card.
     """
-    card_path, weights = _resolve(name_or_path)
+    card_path, weights = resolve_model(name_or_path)
     card = ModelCard.load(card_path)
     if card.weights_sha256:
         actual = sha256_file(weights)

@@ -1,0 +1,214 @@
+"""TTS on a whole volume as keypoints arrive, on top of the model's ordinary segmentation of that volume.
+
+"Before" is the segmentation every other method starts from (:func:`~napari_medadapt.core.inference.
+predict_volume`, with the card's post-processing; a :class:`~napari_medadapt.core.session.ModelSession`
+computes it once per volume and model). "After" is "before" with each slice that holds keypoints replaced by
+its muted prediction (its own channel mask, the per-slice rule of :func:`~napari_medadapt.core.adapt.tts.tts`),
+then post-processed the same way. A keypoint change re-predicts only its slice from cached features, and
+applying TTS to the volume computes only the slices with keypoints; every other slice is "before" unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ModelError
+from ..inference import postprocess_labels
+from .tts import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION, ChannelSelection, validate_keypoints
+from .tts_session import TTSSession
+
+if TYPE_CHECKING:
+    from ..inference import Prediction
+    from ..jobs import JobContext
+    from ..session import ModelSession
+    from ..volume import Volume
+
+
+@dataclass
+class LiveTTSResult:
+    """The volume after muting the requested slices.
+
+    Attributes
+    ----------
+    before, after
+        ``(Z, Y, X)`` label ids: the source segmentation and the muted one (both post-processed alike).
+    slices
+        The slices re-predicted by this call.
+    selections
+        ``{slice: channel mask}`` of every muted slice.
+    attention_before, attention_after
+        ``{slice: (Y, X)}`` mean activation of all channels / of the kept ones, for the re-predicted slices.
+    warnings
+        One-sided keypoints, or a target lost by muting.
+    """
+
+    before: np.ndarray
+    after: np.ndarray
+    slices: list[int]
+    selections: dict[int, ChannelSelection]
+    attention_before: dict[int, np.ndarray] = field(default_factory=dict)
+    attention_after: dict[int, np.ndarray] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        """Voxels whose label muting changed."""
+        return int(np.count_nonzero(self.after != self.before))
+
+
+class LiveTTS:
+    """Per-slice TTS of a 2D model on one volume, kept up to date slice by slice.
+
+    Parameters
+    ----------
+    model
+        A 2D :class:`~napari_medadapt.core.models.SegModel` (never changed).
+    volume
+        The input volume.
+    before
+        The model's segmentation of ``volume`` (:func:`~napari_medadapt.core.inference.predict_volume`).
+    layer
+        Feature tap to mute (see :class:`~napari_medadapt.core.adapt.tts_session.TTSSession`).
+    """
+
+    def __init__(self, model: Any, volume: Volume, before: Prediction, layer: str = "decoder") -> None:
+        self.model = model
+        self.session = TTSSession(model, volume, layer=layer)
+        self.before = np.asarray(before.labels)
+        self._raw = self.before.copy()  # before, with the muted slices' raw predictions written in
+        self._selections: dict[int, ChannelSelection] = {}
+
+    @property
+    def layer(self) -> str:
+        """The muted feature tap."""
+        return self.session.layer
+
+    def update(
+        self,
+        slices: list[int],
+        positive_points: Any,
+        negative_points: Any,
+        alpha: float = DEFAULT_ALPHA,
+        keep_fraction: float = DEFAULT_KEEP_FRACTION,
+        keep_background: bool = True,
+        ctx: JobContext | None = None,
+    ) -> LiveTTSResult:
+        """Re-predict ``slices`` from the keypoints on each of them (a slice without keypoints returns to
+        "before"); every other muted slice keeps its last prediction."""
+        shape = self.before.shape
+        positives = validate_keypoints(positive_points, shape, "positive")
+        negatives = validate_keypoints(negative_points, shape, "negative")
+        result = LiveTTSResult(self.before, self.before, sorted(set(int(z) for z in slices)), {})
+        for step, z in enumerate(result.slices):
+            if ctx is not None:
+                ctx.progress(step, len(result.slices), f"TTS on slice {z}")
+            on_slice = [points[points[:, 0] == z] for points in (positives, negatives)]
+            outcome = self.session.predict_slice(
+                z, *on_slice, alpha=alpha, keep_fraction=keep_fraction, keep_background=keep_background, warn=False
+            )
+            if outcome.selection is None:
+                self._raw[z] = self.before[z]
+                self._selections.pop(z, None)
+            else:
+                self._raw[z] = outcome.labels
+                self._selections[z] = outcome.selection
+            result.attention_before[z] = outcome.attention_before
+            result.attention_after[z] = outcome.attention_after
+            result.warnings.extend(outcome.warnings)
+        result.after, _notes = postprocess_labels(self._raw.astype(self.before.dtype), self.model.card)
+        result.selections = dict(self._selections)
+        return result
+
+    def apply(
+        self,
+        positive_points: Any,
+        negative_points: Any,
+        alpha: float = DEFAULT_ALPHA,
+        keep_fraction: float = DEFAULT_KEEP_FRACTION,
+        keep_background: bool = True,
+        ctx: JobContext | None = None,
+    ) -> LiveTTSResult:
+        """Mute every slice that holds keypoints (and only those); slices muted before whose keypoints are
+        gone return to "before"."""
+        shape = self.before.shape
+        keyed = {
+            int(z)
+            for points, kind in ((positive_points, "positive"), (negative_points, "negative"))
+            for z in validate_keypoints(points, shape, kind)[:, 0]
+        }
+        return self.update(
+            sorted(keyed | set(self._selections)), positive_points, negative_points, alpha, keep_fraction,
+            keep_background, ctx,
+        )
+
+
+class TTSWorkspace:
+    """The TTS state of one dock over a :class:`~napari_medadapt.core.session.ModelSession` (compute thread).
+
+    Keeps one :class:`LiveTTS` for the current model, volume and feature map; ``volume_key`` is the
+    caller's cheap identity of the volume (e.g. which layers and arrays it came from), so a keypoint change
+    reuses the cached features and "before" without hashing the volume again.
+    """
+
+    def __init__(self, session: ModelSession) -> None:
+        self.session = session
+        self._live: LiveTTS | None = None
+        self._key: tuple | None = None
+
+    def live(self, model: str, volume_key: Any, volume: Volume, layer: str, ctx: JobContext | None = None) -> LiveTTS:
+        """The live TTS of ``model`` on ``volume`` (created, with "before", on first use)."""
+        key = (model, volume_key, layer)
+        if self._live is None or self._key != key:
+            segmenter = self.session.model(model, ctx)
+            if segmenter.spatial_dims != 2:
+                raise ModelError(
+                    f"model {segmenter.card.name!r} is 3D: slice-by-slice TTS needs a 2D model; use 'Apply to "
+                    "volume' with one mask for the whole volume."
+                )
+            before = self.session.segment(model, volume, ctx=ctx)
+            self._live, self._key = LiveTTS(segmenter, volume, before, layer), key
+        return self._live
+
+    def predict_slice(
+        self, model: str, volume_key: Any, volume: Volume, layer: str, z: int, positives: Any, negatives: Any,
+        alpha: float, keep_fraction: float, keep_background: bool, *, ctx: JobContext,
+    ) -> LiveTTSResult:
+        """Re-predict slice ``z`` with its keypoints (the other muted slices keep theirs)."""
+        live = self.live(model, volume_key, volume, layer, ctx)
+        return live.update([z], positives, negatives, alpha, keep_fraction, keep_background, ctx)
+
+    def apply(
+        self, model: str, volume_key: Any, volume: Volume, layer: str, positives: Any, negatives: Any,
+        alpha: float, keep_fraction: float, keep_background: bool, per_slice: bool, *, ctx: JobContext,
+    ) -> LiveTTSResult:
+        """TTS on the volume: per slice (only slices with keypoints are computed), or one mask from every
+        keypoint for the whole volume (:func:`~napari_medadapt.core.adapt.tts.tts` on every slice)."""
+        from .tts import tts
+
+        segmenter = self.session.model(model, ctx)
+        if per_slice and segmenter.spatial_dims == 2:
+            live = self.live(model, volume_key, volume, layer, ctx)
+            return live.apply(positives, negatives, alpha, keep_fraction, keep_background, ctx)
+        before = self.session.segment(model, volume, ctx=ctx).labels
+        muted = tts(
+            segmenter, volume, positives, negatives, alpha=alpha, keep_fraction=keep_fraction, layer=layer,
+            per_slice=per_slice, keep_background=keep_background, warn=False, ctx=ctx,
+        )
+        after, _notes = postprocess_labels(muted.labels.astype(before.dtype), segmenter.card)
+        depth = before.shape[0]
+        return LiveTTSResult(
+            before,
+            after,
+            list(range(depth)),
+            {z: s for z in range(depth) if (s := muted.selection_for_slice(z)) is not None},
+            {z: muted.attention_before[z] for z in range(depth)},
+            {z: muted.attention_after[z] for z in range(depth)},
+            list(muted.warnings),
+        )
+
+    def reset(self, *, ctx: JobContext | None = None) -> None:
+        """Forget the muted slices and cached features (the session keeps models and segmentations)."""
+        self._live, self._key = None, None

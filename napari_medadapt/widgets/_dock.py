@@ -1,0 +1,211 @@
+"""What every dock shares: a scrollable body, a progress panel for its long jobs, viewer-level set-up.
+
+- :class:`DockBody`: the dock is a scroll area, so all docks opened at once fit a laptop screen (each can
+  shrink and scroll instead of squashing its inputs or growing the window past the screen).
+- :class:`JobPanel`: the dock's own progress bar for its long jobs (1-6 min on a CPU), with the stage, the
+  elapsed time, an estimate of the time left, and Cancel; napari's activity panel is collapsed by default.
+- :func:`prepare_viewer`: once per viewer, NIfTI files open with this plugin by default (napari asks which
+  reader to use otherwise), and coronal/sagittal views show the head upright and centred.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+from napari.utils.notifications import show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medadapt.widgets._layers import keep_on_top
+
+PLUGIN_NAME = "napari-medadapt"
+NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+
+#: A job's progress appears after this long, so instant interactive requests never flash the panel.
+SHOW_AFTER_MS = 400
+
+_PREPARED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class DockBody(QScrollArea):
+    """A dock whose content scrolls: lay widgets out on ``self.body``'s layout (``self.layout_``).
+
+    Parameters
+    ----------
+    viewer
+        The viewer the dock works on (napari hands plugin docks a proxy of it).
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.body = QWidget()
+        self.layout_ = QVBoxLayout(self.body)
+        self.setWidget(self.body)
+        self.setMinimumHeight(120)
+        prepare_viewer(viewer)
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class JobPanel(QWidget):
+    """Progress of the dock's running long job: bar, stage, elapsed time, time left, and Cancel.
+
+    Hidden while no job runs. The estimate of the time left is per stage (a job such as "segment, adapt,
+    segment again" reports each stage from 0 to its own total): time so far in the stage per step, times
+    the steps left.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running job; nothing is changed")
+        self.cancel_button.setEnabled(False)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.label)
+        self._handle: Any = None
+        self._started = 0.0
+        self._stage: tuple[int, float] = (0, 0.0)  # total and start time of the current stage
+        self._last: tuple[int, int, str] = (0, 0, "")
+        self._timer = QTimer(self)
+        self._timer.setInterval(1000)
+        self._timer.timeout.connect(self._refresh)
+        self._show_timer = QTimer(self)
+        self._show_timer.setSingleShot(True)
+        self._show_timer.setInterval(SHOW_AFTER_MS)
+        self._show_timer.timeout.connect(lambda: self.setVisible(self.busy))
+        self.cancel_button.clicked.connect(self.cancel)
+        self.setVisible(False)
+
+    def track(self, handle: Any) -> Any:
+        """Show the progress of ``handle`` (a compute-worker job) until it finishes; returns the handle."""
+        self._handle = handle
+        self._started = time.monotonic()
+        self._stage = (-1, self._started)
+        self._last = (0, 0, "starting")
+        handle.progressed.connect(self._on_progress)
+        handle.finished.connect(lambda: self._on_finished(handle))
+        self.cancel_button.setEnabled(True)
+        self.bar.setRange(0, 0)
+        self._refresh()
+        self._timer.start()
+        self._show_timer.start()
+        return handle
+
+    @property
+    def busy(self) -> bool:
+        """Whether a tracked job is still running."""
+        return self._handle is not None and not self._handle.done
+
+    def cancel(self) -> None:
+        """Cancel the tracked job."""
+        if self.busy:
+            self._handle.cancel()
+            self.label.setText("Cancelling...")
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        if total != self._stage[0] or done < self._last[0]:
+            self._stage = (total, now)
+        self._last = (done, total, message)
+        if total > 0:
+            self.bar.setRange(0, total)
+            self.bar.setValue(min(done, total))
+        else:
+            self.bar.setRange(0, 0)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        done, total, message = self._last
+        now = time.monotonic()
+        text = f"{message} - {_format_seconds(now - self._started)} elapsed"
+        stage_total, stage_start = self._stage
+        if total > 0 and 0 < done < total and stage_total == total:
+            left = (now - stage_start) / done * (total - done)
+            text += f", about {_format_seconds(left)} left in this step"
+        self.label.setText(text)
+
+    def _on_finished(self, handle: Any) -> None:
+        if handle is not self._handle:
+            return
+        self._timer.stop()
+        self._show_timer.stop()
+        self.cancel_button.setEnabled(False)
+        self.setVisible(False)
+        self._handle = None
+
+
+def prepare_viewer(viewer: Any) -> None:
+    """Viewer-level behaviour, set up once per viewer by the first dock (or the demo).
+
+    - ``.nii``/``.nii.gz`` files open with this plugin when the user has not chosen a reader for them, so
+      File > Open does not ask every time (an info notification says how to change it).
+    - Prompt and keypoint layers stay above result layers added later (the clicks stay visible).
+    - When the slider moves to the head's up-down axis (coronal or sagittal view, e.g. after the "roll
+      dimensions" button), superior is shown at the top and the view is re-centred.
+    """
+    real = getattr(viewer, "__wrapped__", viewer)
+    if real in _PREPARED:
+        return
+    _PREPARED.add(real)
+    prefer_plugin_reader()
+    viewer.dims.events.order.connect(lambda *_: _orient_for_plane(viewer))
+    # after napari has finished inserting a layer, put the prompt layers back on top
+    viewer.layers.events.inserted.connect(lambda *_: QTimer.singleShot(0, lambda: keep_on_top(viewer)))
+
+
+def prefer_plugin_reader() -> bool:
+    """Make this plugin the reader of NIfTI files unless the user chose one; True when a choice was added."""
+    from napari.settings import get_settings
+
+    plugins = get_settings().plugins
+    preferences = dict(plugins.extension2reader)
+    missing = [pattern for pattern in NIFTI_PATTERNS if pattern not in preferences]
+    if not missing:
+        return False
+    preferences.update(dict.fromkeys(missing, PLUGIN_NAME))
+    plugins.extension2reader = preferences
+    show_info(
+        "NIfTI files (.nii, .nii.gz) now open with MedAdapt by default. To choose another reader: "
+        "File > Preferences > Plugins > File extension readers."
+    )
+    return True
+
+
+def _orient_for_plane(viewer: Any) -> None:
+    """Superior up in coronal and sagittal views of the LPS (Z, Y, X) volumes, axial as napari shows it."""
+    dims = viewer.dims
+    if dims.ndim < 3 or dims.ndisplay != 2:
+        return
+    rows_axis = dims.order[-2] - (dims.ndim - 3)
+    vertical = "up" if rows_axis == 0 else "down"  # axis 0 runs inferior -> superior
+    camera = viewer.camera
+    if tuple(str(v) for v in camera.orientation2d) != (vertical, "right"):
+        camera.orientation2d = (vertical, "right")
+    viewer.reset_view()
