@@ -55,13 +55,10 @@ def open_demo_viewer(case: Path | None = None) -> tuple[Any, dict[str, tuple[Any
     viewer = napari.Viewer(title="napari-medadapt demo")
     case_dir = case if case is not None else sample_case_dir()
     viewer.open(str(case_dir), plugin=PLUGIN_NAME)
-    docks = {
-        widget_name: viewer.window.add_plugin_dock_widget(PLUGIN_NAME, widget_name, tabify=index > 0)
-        for index, widget_name in enumerate(plugin_widget_names())
-    }
+    docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name) for name in plugin_widget_names()}
     if docks:
-        # tabified docks: once the window is shown, put the first one (Segment volume) on top
-        QTimer.singleShot(0, next(iter(docks.values()))[0].raise_)
+        # the docks join one group of tabs once shown; then put the first one (Segment volume) in front
+        QTimer.singleShot(100, next(iter(docks.values()))[0].raise_)
     viewer.dims.set_point(0, viewer.dims.range[0].stop / 2 if viewer.dims.ndim else 0)
     return viewer, docks
 

@@ -1,7 +1,7 @@
 """What every dock shares: a scrollable body, a progress panel for its long jobs, viewer-level set-up.
 
-- :class:`DockBody`: the dock is a scroll area, so all docks opened at once fit a laptop screen (each can
-  shrink and scroll instead of squashing its inputs or growing the window past the screen).
+- :class:`DockBody`: the docks join each other as tabs and scroll, so all docks opened at once fit a laptop
+  screen (instead of squashing their inputs or growing the window past the screen).
 - :class:`JobPanel`: the dock's own progress bar for its long jobs (1-6 min on a CPU), with the stage, the
   elapsed time, an estimate of the time left, and Cancel; napari's activity panel is collapsed by default.
 - :func:`prepare_viewer`: once per viewer, NIfTI files open with this plugin by default (napari asks which
@@ -17,9 +17,11 @@ from typing import Any
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QDockWidget,
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMainWindow,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -41,6 +43,9 @@ _PREPARED: weakref.WeakSet[Any] = weakref.WeakSet()
 class DockBody(QScrollArea):
     """A dock whose content scrolls: lay widgets out on ``self.body``'s layout (``self.layout_``).
 
+    When it is docked beside another napari-medadapt dock, it joins that dock as a tab (and comes to the
+    front), so every dock gets the full height of the window instead of a squashed share of it.
+
     Parameters
     ----------
     viewer
@@ -56,7 +61,40 @@ class DockBody(QScrollArea):
         self.layout_ = QVBoxLayout(self.body)
         self.setWidget(self.body)
         self.setMinimumHeight(120)
+        self._tabbed = False
         prepare_viewer(viewer)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if not self._tabbed:
+            self._tabbed = True
+            QTimer.singleShot(0, self._join_sibling_docks)
+
+    def _join_sibling_docks(self) -> None:
+        """Tabify this dock with the other napari-medadapt docks of its window area (Qt API only)."""
+        mine = _dock_widget(self)
+        window = mine.parentWidget() if mine is not None else None
+        if not isinstance(window, QMainWindow) or mine.isFloating():
+            return
+        area = window.dockWidgetArea(mine)
+        ours = [
+            dock
+            for dock in window.findChildren(QDockWidget)
+            if dock.findChild(DockBody) is not None
+            and not dock.isFloating()
+            and window.dockWidgetArea(dock) == area
+            and (dock.isVisible() or dock is mine)
+        ]
+        if ours and ours[0] is not mine:  # every dock joins the first one: one group of tabs
+            window.tabifyDockWidget(ours[0], mine)
+            mine.show()
+            mine.raise_()
+
+
+def _dock_widget(widget: QWidget) -> QDockWidget | None:
+    while widget is not None and not isinstance(widget, QDockWidget):
+        widget = widget.parentWidget()
+    return widget
 
 
 def _format_seconds(seconds: float) -> str:
