@@ -1,15 +1,19 @@
-"""Take the user guide's screenshots of the real viewer (run under Xvfb on a headless machine).
+"""Take the user guide's screenshots of the real viewer, each dock after its main workflow (run under Xvfb).
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
 
-Opens the demo (sample glioma case, every dock), segments the volume with the bundled model through the
-Segment dock and saves one PNG per dock into docs/images/.
+Opens the demo (sample glioma case, every dock) and, as a user would: segments the volume with the bundled
+model; clicks once in the tumour for Segment Anything; adapts the model at test time; places a positive and
+a negative keypoint for TTS; then shows the coronal view. One PNG per step goes to docs/images/. Takes a few
+minutes on a CPU (the adaptation is the longest step).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import numpy as np
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "docs" / "images"
 
@@ -20,25 +24,65 @@ def main() -> int:
     from napari_medadapt.cli.demo import open_demo_viewer
 
     viewer, docks = open_demo_viewer()
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
 
-    def settle() -> None:
-        for _ in range(20):
+    def settle(rounds: int = 40) -> None:
+        for _ in range(rounds):
             QApplication.processEvents()
 
-    settle()
-    segment_dock, segment_widget = docks["Segment volume"]
-    segment_widget.run()
-    if segment_widget._handle is not None:
-        segment_widget._handle.wait(timeout=900)
-    settle()
-    for index, (name, (dock, _widget)) in enumerate(docks.items()):
-        dock.raise_()
+    def wait(handle) -> None:
+        if handle is not None:
+            handle.wait(timeout=1800)
         settle()
-        path = OUT_DIR / f"dock_{index + 1}_{name.lower().replace(' ', '_')}.png"
+
+    def shot(index: int, name: str) -> None:
+        path = OUT_DIR / f"dock_{index}_{name}.png"
         viewer.screenshot(str(path), canvas_only=False)
         print(f"saved {path}")
+
+    settle()
+    reference = np.asarray(viewer.layers["seg_fusion"].data)
+    z = int(np.argmax((reference > 0).sum(axis=(1, 2))))
+    tumour = np.argwhere(reference[z] == 2)
+    centre = tumour[len(tumour) // 2]
+    viewer.dims.set_point(0, z * viewer.layers["flair"].scale[0])
+    viewer.layers["seg_fusion"].visible = False
+
+    segment_dock, segment = docks["Segment volume"]
+    segment_dock.raise_()
+    segment.run()
+    wait(segment._handle)
+    shot(1, "segment_volume")
+
+    sam_dock, sam = docks["Segment Anything"]
+    sam_dock.raise_()
+    points, _boxes = sam.ensure_prompt_layers()
+    points.add([z, *centre])
+    settle()
+    wait(sam.update_preview() or sam._predict_handle)
+    shot(2, "segment_anything")
+
+    tta_dock, tta = docks["Test-time adaptation"]
+    tta_dock.raise_()
+    tta.adapt()
+    wait(tta._handle)
+    shot(3, "test-time_adaptation")
+
+    tts_dock, tts = docks["TTS keypoint muting"]
+    tts_dock.raise_()
+    positive, negative = tts.ensure_points_layers()
+    brain = np.argwhere((np.asarray(viewer.layers["flair"].data[z]) > 0) & (reference[z] == 0))
+    positive.add([z, *centre])
+    negative.add([z, *brain[len(brain) // 3]])
+    settle()
+    wait(tts.predict_current_slice())
+    shot(4, "tts_keypoint_muting")
+
+    viewer.dims.order = (1, 0, 2)  # coronal
+    viewer.dims.set_point(1, centre[0] * viewer.layers["flair"].scale[1])
+    settle()
+    shot(5, "coronal_view")
     viewer.close()
     return 0
 

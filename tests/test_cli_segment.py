@@ -142,7 +142,7 @@ def test_evaluate_prints_and_writes_json(case, tmp_path, capsys):
 
 
 def test_segment_follows_card_postprocess_and_all_components_switches_it_off(case, tmp_path, capsys):
-    from napari_medadapt.core.inference import keep_largest_component
+    from napari_medadapt.core.postprocess import keep_largest_component
 
     card = json.loads((case / "tinycli.json").read_text())
     card["postprocess"] = {"largest_component": True}

@@ -11,13 +11,13 @@ import torch
 from napari_medadapt.core.cases import load_case
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.inference import (
-    keep_largest_component,
     predict_volume,
     prepare_input,
     prepare_model_input,
 )
 from napari_medadapt.core.jobs import JobCancelled, JobContext
 from napari_medadapt.core.models import ModelCard, build_model, default_architecture
+from napari_medadapt.core.postprocess import keep_largest_component
 from napari_medadapt.core.volume import Geometry, Volume
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"

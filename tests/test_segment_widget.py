@@ -96,7 +96,7 @@ def test_cancel_leaves_layers_untouched(dock, qtbot):
 
 
 def test_largest_region_option_follows_card_and_cleans_islands(dock, qtbot):
-    from napari_medadapt.core.inference import keep_largest_component
+    from napari_medadapt.core.postprocess import keep_largest_component
 
     viewer, widget = dock
     assert not widget.largest_check.isChecked()  # this card asks for no post-processing

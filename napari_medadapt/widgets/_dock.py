@@ -15,7 +15,7 @@ import weakref
 from typing import Any
 
 from napari.utils.notifications import show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QDockWidget,
     QFrame,
@@ -57,12 +57,18 @@ class DockBody(QScrollArea):
         self.viewer = viewer
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.body = QWidget()
         self.layout_ = QVBoxLayout(self.body)
         self.setWidget(self.body)
         self.setMinimumHeight(120)
         self._tabbed = False
         prepare_viewer(viewer)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        """As wide as the content needs (it scrolls vertically only), but it may be short."""
+        width = self.body.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width, self.minimumHeight())
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)

@@ -22,7 +22,6 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -37,26 +36,12 @@ from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._layers import same_layer
 from napari_medadapt.widgets.sam_engine import LAYER_LIMITS, ModelChoice, SamSession, slice_requests
-from napari_medadapt.widgets.sam_panels import CommitPanel, PropagationPanel, model_items
+from napari_medadapt.widgets.sam_panels import CommitPanel, ModelChoicePanel, PropagationPanel
 from napari_medadapt.widgets.sam_results import SamResults
 
 if TYPE_CHECKING:
     import napari
 
-LOCAL_CHECKPOINT = "Local checkpoint..."
-ENCODERS = ("auto", "vit_b", "vit_l", "vit_h")
-
-
-def _default_image(images: list[Any]) -> str:
-    """The image offered first: FLAIR (a brain lesion's whole extent shows best on it), then CT, then the
-    first visible image, then the first."""
-    from napari_medadapt.widgets._layers import layer_modality
-
-    by_modality = {layer_modality(layer): layer.name for layer in reversed(images)}
-    for modality in ("flair", "ct"):
-        if modality in by_modality:
-            return by_modality[modality]
-    return next((layer.name for layer in images if layer.visible), images[0].name)
 
 
 class SamWidget(DockBody):
@@ -86,11 +71,8 @@ class SamWidget(DockBody):
 
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The 3D grayscale image to segment (one channel)")
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("Bundled small model (offline, CPU), SAM ViT-B/L/H or MedSAM, or a local file")
-        self.encoder_combo = QComboBox()
-        self.encoder_combo.addItems(ENCODERS)
-        self.encoder_combo.setToolTip("Encoder size of a local checkpoint (auto: from its file name)")
+        self.model_panel = ModelChoicePanel()
+        self.model_combo = self.model_panel.model_combo
         self.window_combo = QComboBox()
         self.window_combo.addItems([LAYER_LIMITS, AUTO_WINDOW, *WINDOW_PRESETS])
         self.window_combo.setToolTip(
@@ -117,10 +99,7 @@ class SamWidget(DockBody):
 
         form = QFormLayout()
         form.addRow("image", self.image_combo)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(self.encoder_combo)
-        form.addRow("model", model_row)
+        form.addRow("model", self.model_panel)
         form.addRow("window", self.window_combo)
         polarity = QHBoxLayout()
         polarity.addWidget(self.positive_radio)
@@ -149,12 +128,8 @@ class SamWidget(DockBody):
         self._timer.setInterval(20)
         self._timer.timeout.connect(self.update_preview)
 
-        for text, name in model_items():
-            self.model_combo.addItem(text, name)
-        self.model_combo.addItem(LOCAL_CHECKPOINT, None)
         self._refresh_layers()
-        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        self.encoder_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.model_panel.changed.connect(self._restart_object_prompts)
         self.window_combo.currentIndexChanged.connect(self._restart_object_prompts)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.positive_radio.toggled.connect(self._apply_point_defaults)
@@ -170,43 +145,15 @@ class SamWidget(DockBody):
         for event in (self.viewer.dims.events.current_step, self.viewer.dims.events.order,
                       self.viewer.dims.events.ndisplay):
             event.connect(self._on_dims_changed)
-        self._on_model_changed()
 
     @property
     def model_choice(self) -> ModelChoice | None:
         """The chosen model (``None`` while "Local checkpoint..." has no file)."""
-        name = self.model_combo.currentData()
-        if name is None:
-            return None
-        encoder = self.encoder_combo.currentText()
-        local = self.model_combo.currentIndex() > self.model_combo.findText(LOCAL_CHECKPOINT)
-        return ModelChoice(name, encoder if local and encoder != "auto" else None)
+        return self.model_panel.choice
 
     def add_checkpoint(self, path: str) -> None:
         """Add a local checkpoint file to the model list and select it."""
-        index = self.model_combo.findData(path)
-        if index < 0:
-            self.model_combo.addItem(path, path)
-            index = self.model_combo.count() - 1
-        self.model_combo.setCurrentIndex(index)
-
-    def _on_model_changed(self, *_: Any) -> None:
-        if self.model_combo.currentText() == LOCAL_CHECKPOINT:
-            path, _ = QFileDialog.getOpenFileName(self, "SAM / MedSAM checkpoint", "", "Checkpoints (*.pth *.pt)")
-            if path:
-                self.add_checkpoint(path)
-            else:
-                self.model_combo.setCurrentIndex(0)
-            return
-        choice = self.model_choice
-        self.encoder_combo.setEnabled(choice is not None and choice.name not in self._registry_names())
-        self._restart_object_prompts()
-
-    @staticmethod
-    def _registry_names() -> set[str]:
-        from napari_medadapt.core.sam import REGISTRY
-
-        return set(REGISTRY)
+        self.model_panel.add_checkpoint(path)
 
     def _window_spec(self, image: Any) -> str | tuple[float, float]:
         choice = self.window_combo.currentText()
@@ -237,7 +184,7 @@ class SamWidget(DockBody):
         if previous in names:
             self.image_combo.setCurrentText(previous)
         elif images:
-            self.image_combo.setCurrentText(_default_image(images))
+            self.image_combo.setCurrentText(sp.default_image(images))
         self.image_combo.blockSignals(False)
         self.commit_panel.set_targets(
             [layer.name for layer in self.viewer.layers if isinstance(layer, Labels) and layer.name != sp.PREVIEW_LAYER]

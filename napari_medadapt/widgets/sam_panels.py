@@ -1,14 +1,29 @@
-"""Option panels of the SAM dock: commit (target layer, label id, background only) and 3D propagation."""
+"""Option panels of the SAM dock: the model (registry or local checkpoint), commit (target layer, label id,
+background only) and 3D propagation."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QPushButton, QSpinBox
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
 from napari_medadapt.core.errors import MedAdaptError
 
+LOCAL_CHECKPOINT = "Local checkpoint..."
+ENCODERS = ("auto", "vit_b", "vit_l", "vit_h")
 NEW_LABELS = "new Labels layer"
 NEW_LABELS_NAME = "SAM labels"
 
@@ -27,6 +42,64 @@ def model_items() -> list[tuple[str, str]]:
             note = " - put the file in place first"
         items.append((row["title"] + note, row["name"]))
     return items
+
+
+class ModelChoicePanel(QWidget):
+    """The promptable model: a registry model, or a local checkpoint file with its encoder size."""
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Bundled small model (offline, CPU), SAM ViT-B/L/H or MedSAM, or a local file")
+        self.encoder_combo = QComboBox()
+        self.encoder_combo.addItems(ENCODERS)
+        self.encoder_combo.setToolTip("Encoder size of a local checkpoint (auto: from its file name)")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.encoder_combo)
+        for text, name in model_items():
+            self.model_combo.addItem(text, name)
+        self.model_combo.addItem(LOCAL_CHECKPOINT, None)
+        self.model_combo.currentIndexChanged.connect(self._on_changed)
+        self.encoder_combo.currentIndexChanged.connect(self._on_changed)
+        self._on_changed()
+
+    @property
+    def choice(self) -> Any:
+        """The chosen :class:`~napari_medadapt.widgets.sam_engine.ModelChoice` (``None`` without a file)."""
+        from napari_medadapt.widgets.sam_engine import ModelChoice
+
+        name = self.model_combo.currentData()
+        if name is None:
+            return None
+        encoder = self.encoder_combo.currentText()
+        local = self.model_combo.currentIndex() > self.model_combo.findText(LOCAL_CHECKPOINT)
+        return ModelChoice(name, encoder if local and encoder != "auto" else None)
+
+    def add_checkpoint(self, path: str) -> None:
+        """Add a local checkpoint file to the model list and select it."""
+        index = self.model_combo.findData(path)
+        if index < 0:
+            self.model_combo.addItem(path, path)
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+
+    def _on_changed(self, *_: Any) -> None:
+        from napari_medadapt.core.sam import REGISTRY
+
+        if self.model_combo.currentText() == LOCAL_CHECKPOINT:
+            path, _ = QFileDialog.getOpenFileName(self, "SAM / MedSAM checkpoint", "", "Checkpoints (*.pth *.pt)")
+            if path:
+                self.add_checkpoint(path)
+            else:
+                self.model_combo.setCurrentIndex(0)
+            return
+        choice = self.choice
+        self.encoder_combo.setEnabled(choice is not None and choice.name not in REGISTRY)
+        self.changed.emit()
 
 
 class CommitPanel(QGroupBox):

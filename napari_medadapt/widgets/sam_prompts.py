@@ -20,7 +20,7 @@ import numpy as np
 from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.sam import PromptError
 from napari_medadapt.core.sam.prompts import Prompts
-from napari_medadapt.widgets._layers import layer_geometry, prompt_metadata
+from napari_medadapt.widgets._layers import layer_geometry, layer_modality, prompt_metadata
 
 POINTS_LAYER = "SAM prompts"
 BOXES_LAYER = "SAM boxes"
@@ -78,6 +78,16 @@ def check_image_layer(layer: Any) -> np.ndarray:
             f"(Z, Y, X) is needed: {hint}."
         )
     return data
+
+
+def default_image(images: list[Any]) -> str:
+    """The image offered first: FLAIR (a brain lesion's whole extent shows best on it), then CT, then the
+    first visible image, then the first."""
+    by_modality = {layer_modality(layer): layer.name for layer in reversed(images)}
+    for modality in ("flair", "ct"):
+        if modality in by_modality:
+            return by_modality[modality]
+    return next((layer.name for layer in images if layer.visible), images[0].name)
 
 
 def current_plane(viewer: Any, image: Any) -> Plane:

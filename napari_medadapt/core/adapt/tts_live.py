@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ModelError
-from ..inference import postprocess_labels
+from ..postprocess import postprocess_labels
 from .tts import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION, ChannelSelection, validate_keypoints
 from .tts_session import TTSSession
 
