@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medadapt.core.cases import case_files, load_case
+from napari_medadapt.core.cases import case_files, load_case, nifti_files
 from napari_medadapt.core.intensity import CT_WINDOWS, percentile_range
 from napari_medadapt.core.labelmaps import is_label_file, label_class_names, load_labels
 from napari_medadapt.core.volume import (
@@ -119,7 +119,7 @@ def read_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[L
 
 
 def _holds_nifti(folder: Path) -> bool:
-    return any(p.is_file() and is_nifti_path(p) for p in folder.iterdir())
+    return bool(nifti_files(folder))
 
 
 def _readable(path: str | os.PathLike) -> bool:

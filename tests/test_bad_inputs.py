@@ -582,3 +582,17 @@ def test_save_model_refuses_a_read_only_card(tmp_path, save_tiny_model):
     with pytest.raises(MedAdaptError, match="read-only"):
         save_model(model, card_path)
     assert card_path.stat().st_mode & 0o777 == 0o444
+
+
+def test_what_else_a_users_disk_holds(tmp_path):
+    case = tmp_path / "Patient 12 é"  # spaces and accents in folder names
+    case.mkdir()
+    _valid_nifti(case / "FLAIR.NII.GZ")  # upper-case extension
+    (case / "._FLAIR.NII.GZ").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")  # a Mac's USB-drive copy
+    (case / ".DS_Store").write_bytes(b"\x00")
+    nib.save(nib.Nifti2Image(np.ones(SHAPE, np.int16), AFFINE), str(case / "t2.nii"))  # NIfTI-2
+    layers = read_paths(str(case))
+    assert [kwargs["name"] for _d, kwargs, _k in layers] == ["t2", "flair"]
+    (tmp_path / "scan.hdr").write_bytes(b"analyze header")  # an Analyze pair is not offered to this reader
+    assert napari_get_reader(str(tmp_path / "scan.hdr")) is None
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None

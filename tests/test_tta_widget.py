@@ -39,6 +39,7 @@ def dock(open_dock, crop_folder, model_dir):
 
 def test_inputs_are_matched_and_settings_read(dock):
     _, widget = dock
+    assert not widget.status.text().startswith("Reset") and "not measured" in widget.shift_label.text()
     assert all(name is not None and modality in name for modality, name in widget.input_mapping().items())
     widget.method_combo.setCurrentIndex(widget.method_combo.findData("tent"))
     widget.blocks_edit.setText("input, down2")
@@ -76,6 +77,8 @@ def test_adapt_and_segment_adds_layers_curve_and_volumes(dock, qtbot):
     assert "Before:" in widget.shift_label.text() and "After:" in widget.shift_label.text()
     widget.reset()
     assert widget.last_outcome is None and widget.loss_plot.losses == []
+    assert widget.shift_label.text() == "Shift score: not measured."  # no stale "After" score
+    assert widget.volume_table.rowCount() == 0 and widget.status.text().startswith("Reset")
 
 
 def test_cancel_leaves_the_source_model_untouched(dock, qtbot):

@@ -74,8 +74,14 @@ def test_file_open_uses_the_plugin_without_asking(plugin_viewer, open_plugin_doc
 
 
 def test_coronal_and_sagittal_views_are_upright_and_centred(plugin_viewer, open_plugin_dock, case):
+    from napari_medadapt.core.sam import PropagationResult
+    from napari_medadapt.widgets.sam_results import STOP_REASONS
+
     viewer = plugin_viewer(case)
-    open_plugin_dock(viewer, "Segment Anything")
+    sam = open_plugin_dock(viewer, "Segment Anything")
+    assert sam.image_combo.currentText() == "flair"  # not t1, the first layer: a glioma shows on FLAIR
+    reasons = {"empty", "iou", "area", "intensity", "stop-slice", "range", "edge"}  # every stop is explained
+    assert all(f'"{r}"' in PropagationResult.__doc__ for r in reasons) and reasons <= set(STOP_REASONS)
     viewer.camera.center = (0.0, 1000.0, 1000.0)  # looking somewhere else
     viewer.dims.order = (1, 0, 2)  # coronal: rows are the head's inferior-superior axis
     assert tuple(str(v) for v in viewer.camera.orientation2d) == ("up", "right")

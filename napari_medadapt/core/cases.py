@@ -17,15 +17,17 @@ from .errors import VolumeError
 from .labelmaps import is_label_file, load_labels
 from .volume import CANONICAL_MODALITIES, Volume, canonical_modality, is_nifti_path, load_volume, nifti_stem
 
-__all__ = ["case_files", "load_case"]
+__all__ = ["case_files", "load_case", "nifti_files"]
 
 
-def _nifti_files(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.iterdir()) if p.is_file() and is_nifti_path(p)]
+def nifti_files(folder: Path) -> list[Path]:
+    """The NIfTI files of a folder, sorted; hidden files (``.x``, and macOS ``._x`` copies that USB drives
+    carry beside every file) are not scans."""
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and is_nifti_path(p) and not p.name.startswith(".")]
 
 
 def _no_files_message(folder: Path) -> str:
-    nested = [p for p in sorted(folder.iterdir()) if p.is_dir() and _nifti_files(p)]
+    nested = [p for p in sorted(folder.iterdir()) if p.is_dir() and nifti_files(p)]
     if nested:
         names = ", ".join(p.name for p in nested[:5]) + (" ..." if len(nested) > 5 else "")
         return (
@@ -56,7 +58,7 @@ def case_files(
         where = str(folder)
         if not folder.is_dir():
             raise VolumeError(f"Case folder not found: {folder}. Give a folder of NIfTI files.")
-        entries = [(nifti_stem(p), p) for p in _nifti_files(folder)]
+        entries = [(nifti_stem(p), p) for p in nifti_files(folder)]
         if not entries:
             raise VolumeError(_no_files_message(folder))
     for key, path in entries:
