@@ -197,7 +197,8 @@ def run_benchmark(seconds: float) -> dict[str, Any]:
     import napari
     import torch
 
-    from napari_medadapt._worker import PROGRESS_BAR_DELAY_S, PROGRESS_MIN_INTERVAL_S, get_worker
+    from napari_medadapt._job_handle import PROGRESS_MIN_INTERVAL_S
+    from napari_medadapt._worker import PROGRESS_BAR_DELAY_S, get_worker
     from napari_medadapt.core.device import default_thread_count
     from napari_medadapt.core.jobs import JobContext
 

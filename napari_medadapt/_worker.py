@@ -11,9 +11,10 @@ Docks never compute on the Qt main thread. They hand a core function to the view
 order. Everything the user sees happens on the Qt main thread: a napari progress bar per running job
 (with a Cancel button), ``on_result(result)`` / ``on_error(exception)``, and a napari notification for
 errors and cancellations. Progress signals are coalesced (at most one pending update per job and
-:data:`PROGRESS_MIN_INTERVAL_S` between updates) so a job that reports thousands of steps cannot flood
-the event loop, and a job gets its progress bar only once it has run :data:`PROGRESS_BAR_DELAY_S`, so
-short interactive requests never flash one (see docs/benchmarks/ui_responsiveness.md).
+``PROGRESS_MIN_INTERVAL_S`` between updates, see :mod:`napari_medadapt._job_handle`) so a job that reports
+thousands of steps cannot flood the event loop, and a job gets its progress bar only once it has run
+:data:`PROGRESS_BAR_DELAY_S`, so short interactive requests never flash one (see
+docs/benchmarks/ui_responsiveness.md).
 
 Interactive requests (a SAM click, a slider) pass ``interactive_key``: a newer job with the same key
 replaces a queued one (which never runs; its handle ends as ``superseded``) and cancels a running one
@@ -26,7 +27,6 @@ keeps a core. This module never imports torch itself.
 
 from __future__ import annotations
 
-import enum
 import logging
 import sys
 import threading
@@ -37,140 +37,24 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
-from napari.utils.progress import cancelable_progress
-from qtpy.QtCore import QCoreApplication, QEventLoop, QObject, Qt, QTimer, Signal, Slot
+from qtpy.QtCore import QCoreApplication, QObject, Qt, QTimer, Signal, Slot
 from qtpy.QtWidgets import QMainWindow, QWidget
 
+from napari_medadapt._job_handle import (
+    JobHandle,
+    JobProgressBar,
+    JobState,
+)
 from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.core.jobs import JobCancelled, JobContext
+from napari_medadapt.core.jobs import JobCancelled
 from napari_medadapt.core.session import ModelSession
 
 logger = logging.getLogger(__name__)
 
-#: Minimum time between two progress-bar updates of one job (seconds).
-PROGRESS_MIN_INTERVAL_S = 0.2
 #: A job gets a progress bar once it has run this long (short interactive jobs never flash one).
 PROGRESS_BAR_DELAY_S = 0.3
 #: The same error of consecutive jobs within this many seconds is notified once.
 ERROR_REPEAT_S = 10.0
-
-
-class JobState(str, enum.Enum):
-    """Life cycle of a submitted job."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SUPERSEDED = "superseded"
-
-
-_FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED})
-
-
-class _JobProgress(cancelable_progress):
-    """A napari progress bar whose Cancel button cancels the job at once."""
-
-    def cancel(self) -> None:
-        super().cancel()
-        if self.cancel_callback is not None:
-            self.cancel_callback()
-
-
-class JobHandle(QObject):
-    """The caller's view of one submitted job.
-
-    ``finished`` is emitted on the Qt main thread once the job reached a final state (done, failed,
-    cancelled or superseded) and its callbacks ran; ``qtbot.waitSignal(handle.finished)`` waits for it.
-    ``progressed(done, total, message)`` is emitted on the main thread with the job's (coalesced) progress.
-    """
-
-    finished = Signal()
-    progressed = Signal(int, int, str)
-
-    def __init__(
-        self,
-        worker: ComputeWorker,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        description: str,
-        on_result: Callable[[Any], Any] | None,
-        on_error: Callable[[BaseException], Any] | None,
-        interactive_key: Hashable | None,
-    ) -> None:
-        super().__init__()
-        self.description = description
-        self.interactive_key = interactive_key
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self._worker = worker
-        self._call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = (fn, args, kwargs)
-        self._on_result = on_result
-        self._on_error = on_error
-        self._state = JobState.QUEUED
-        self._cancel_reason: JobState | None = None
-        self._finished_event = threading.Event()
-        self._ctx = JobContext(on_progress=self._report_progress)
-        self._progress_bar: _JobProgress | None = None
-        self._latest_progress: tuple[int, int, str] = (0, 0, "")
-        self._progress_pending = False
-        self._last_progress_emit = 0.0
-        self._shown_description = description
-
-    @property
-    def state(self) -> JobState:
-        """Current :class:`JobState`."""
-        return self._state
-
-    @property
-    def done(self) -> bool:
-        """Whether the job reached a final state and its callbacks ran."""
-        return self._state in _FINAL_STATES
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether the job ended cancelled or superseded (its result, if any, was discarded)."""
-        return self._state in (JobState.CANCELLED, JobState.SUPERSEDED)
-
-    @property
-    def superseded(self) -> bool:
-        """Whether a newer job with the same ``interactive_key`` replaced this one."""
-        return self._state is JobState.SUPERSEDED
-
-    def cancel(self) -> None:
-        """Cancel the job: a queued job never runs; a running one stops at its next progress step."""
-        self._worker._cancel(self, JobState.CANCELLED)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job is final and its callbacks ran; return False on timeout.
-
-        Called on the Qt main thread it keeps processing Qt events (the callbacks run there);
-        from any other thread it simply waits.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return self._finished_event.wait(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._finished_event.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
-            self._finished_event.wait(0.002)
-        return True
-
-    def _report_progress(self, done: int, total: int, message: str) -> None:
-        """Progress sink of the job's context (compute thread): coalesce, then signal the UI."""
-        self._latest_progress = (done, total, message)
-        now = time.monotonic()
-        if self._progress_pending or now - self._last_progress_emit < PROGRESS_MIN_INTERVAL_S:
-            return
-        self._progress_pending = True
-        self._last_progress_emit = now
-        self._worker._progress_signal.emit(self)
-
-    def __repr__(self) -> str:
-        return f"JobHandle({self.description!r}, state={self._state.value})"
 
 
 class ComputeWorker(QObject):
@@ -297,7 +181,10 @@ class ComputeWorker(QObject):
             self._finalize(job, JobState.CANCELLED, notify=False)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
-        return not self._thread.is_alive()
+        stopped = not self._thread.is_alive()
+        if stopped:
+            self.session.clear()  # models and segmentations go with the viewer
+        return stopped
 
     # ------------------------------------------------------------------------------ compute thread
     def _run_loop(self) -> None:
@@ -369,7 +256,7 @@ class ComputeWorker(QObject):
         """Give a job that is still running its progress bar (indeterminate until a total is known)."""
         if job.done or job._progress_bar is not None:
             return
-        job._progress_bar = _JobProgress(
+        job._progress_bar = JobProgressBar(
             total=job._latest_progress[1], desc=job.description, cancel_callback=job.cancel
         )
         self._update_progress_bar(job)
@@ -429,10 +316,11 @@ class ComputeWorker(QObject):
         """Show an error notification, but not again when the same error repeats within a few seconds
         (e.g. a missing checkpoint met by the model preparation and then by the first click)."""
         now = time.monotonic()
+        key = f"{type(error).__name__}: {error}"
         text, shown = self._last_error
-        if str(error) == text and now - shown < ERROR_REPEAT_S:
+        if str(error) and key == text and now - shown < ERROR_REPEAT_S:
             return
-        self._last_error = (str(error), now)
+        self._last_error = (key, now)
         show_error(message)
 
     @staticmethod

@@ -83,13 +83,17 @@ def test_adapt_and_segment_adds_layers_curve_and_volumes(dock, qtbot):
 
 def test_cancel_leaves_the_source_model_untouched(dock, qtbot):
     viewer, widget = dock
+    worker = get_worker(viewer)
+    loading = worker.submit(lambda *, ctx: worker.session.model(widget.card.path, ctx))  # the session's thread
+    with qtbot.waitSignal(loading.finished, timeout=60000):
+        pass
+    model = loading.result
+    source = {k: v.clone() for k, v in model.state_dict().items()}
     widget.iterations_spin.setValue(400)
     layers_before = len(viewer.layers)
     widget.adapt()
     handle = widget._handle
     qtbot.waitUntil(lambda: len(widget.loss_plot.losses) >= 2, timeout=60000)
-    model = get_worker(viewer).session.model(widget.card.path)
-    source = {k: v.clone() for k, v in model.state_dict().items()}
     widget.cancel()
     with qtbot.waitSignal(handle.finished, timeout=60000):
         pass

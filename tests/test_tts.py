@@ -266,6 +266,66 @@ def tiny_model_file(tmp_path_factory, save_tiny_model) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tts_model"), card, seed=1)
 
 
+def _live_expected(model, volume, positives, negatives, **settings):
+    """What the dock and the CLI compute: "before" = predict_volume (post-processed), each keypoint slice
+    replaced by its muted prediction from cached features."""
+    from napari_medadapt.core.adapt.tts_session import TTSSession
+    from napari_medadapt.core.inference import predict_volume
+
+    before = predict_volume(model, volume, return_probabilities=False).labels
+    after = before.copy()
+    session = TTSSession(model, volume)
+    for z in sorted({int(p[0]) for p in (*positives, *negatives)}):
+        on_slice = [points[points[:, 0] == z] for points in (positives, negatives)]
+        after[z] = session.predict_slice(z, *on_slice, warn=False, **settings).labels
+    return before, after
+
+
+def test_live_tts_mutes_only_keypoint_slices_on_top_of_the_ordinary_segmentation(crop_case, tiny_model_file):
+    from napari_medadapt.core.adapt.tts_live import TTSWorkspace
+    from napari_medadapt.core.cases import load_case
+    from napari_medadapt.core.models import load_model
+    from napari_medadapt.core.session import ModelSession
+
+    volume, _ = load_case(crop_case)
+    model = load_model(tiny_model_file)
+    positives, negatives = np.array([[2, 20, 18]]), np.array([[2, 5, 30], [1, 30, 6]])
+    session = ModelSession(device="cpu")
+    workspace = TTSWorkspace(session)
+    result = workspace.apply(
+        str(tiny_model_file), "key", volume, "decoder", positives, negatives, 0.2, 0.25, True, True, ctx=None
+    )
+    before, after = _live_expected(model, volume, positives, negatives, alpha=0.2, keep_fraction=0.25)
+    np.testing.assert_array_equal(result.before, before)
+    np.testing.assert_array_equal(result.after, after)
+    assert result.slices == [1, 2] and sorted(result.selections) == [1, 2]
+    assert workspace.live(str(tiny_model_file), "key", volume, "decoder").session.cached_slices == [1, 2]
+    # removing the keypoints of slice 1 returns it to "before"; nothing else is recomputed
+    live = workspace.live(str(tiny_model_file), "key", volume, "decoder")
+    again = live.apply(positives, negatives[:1], 0.2, 0.25)
+    assert again.slices == [1, 2] and sorted(again.selections) == [2]
+    np.testing.assert_array_equal(again.after[1], before[1])
+    assert session.loads == 1 and session.hits == 0
+
+
+def test_live_tts_post_processes_after_as_the_card_says(crop_case, tiny_model_file):
+    from napari_medadapt.core.adapt.tts_live import LiveTTS
+    from napari_medadapt.core.cases import load_case
+    from napari_medadapt.core.inference import predict_volume
+    from napari_medadapt.core.models import load_model
+    from napari_medadapt.core.postprocess import keep_largest_component
+
+    volume, _ = load_case(crop_case)
+    model = load_model(tiny_model_file)
+    model.card.postprocess = {"largest_component": True}
+    before = predict_volume(model, volume, return_probabilities=False)
+    live = LiveTTS(model, volume, before)
+    result = live.update([2], np.array([[2, 20, 18]]), np.array([[2, 5, 30]]), alpha=0.2, keep_fraction=0.25)
+    raw = before.labels.copy()
+    raw[2] = live.session.predict_slice(2, [[2, 20, 18]], [[2, 5, 30]], 0.2, 0.25, warn=False).labels
+    np.testing.assert_array_equal(result.after, keep_largest_component(raw)[0])
+
+
 def test_cli_writes_muted_labels_on_the_source_grid(crop_case, tiny_model_file, tmp_path, capsys):
     from napari_medadapt.cli import main
     from napari_medadapt.core.cases import load_case
@@ -277,7 +337,7 @@ def test_cli_writes_muted_labels_on_the_source_grid(crop_case, tiny_model_file, 
     out = tmp_path / "muted.nii.gz"
     args = ["tts", "--model", str(tiny_model_file), "--image", f"t1c={crop_case['t1c']}",
             "--image", f"flair={crop_case['flair']}", "--points", str(points), "--alpha", "0.2", "--keep", "0.25",
-            "--out", str(out)]  # fmt: skip
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     written = nib.load(str(out))
     assert written.shape == (40, 36, 4)
@@ -287,16 +347,22 @@ def test_cli_writes_muted_labels_on_the_source_grid(crop_case, tiny_model_file, 
     positives = geometry.source_index_to_display(np.array([[20, 18, 2]]))
     negatives = geometry.source_index_to_display(np.array([[5, 30, 2], [30, 6, 1]]))
     model = load_model(tiny_model_file)
-    expected = tts(model, volume, positives, negatives, alpha=0.2, keep_fraction=0.25)
-    np.testing.assert_array_equal(load_labels(out, geometry), expected.labels)
-    assert expected.labels.shape == geometry.display_shape  # resampled to 2 mm and back
-    assert sorted(expected.slice_selection.tolist()).count(-1) == 2
+    _before, expected = _live_expected(model, volume, positives, negatives, alpha=0.2, keep_fraction=0.25)
+    np.testing.assert_array_equal(load_labels(out, geometry), expected)
+    assert expected.shape == geometry.display_shape  # resampled to 2 mm and back
     assert "background channels never muted" in capsys.readouterr().err
 
     assert main([*args, "--mute-background"]) == 0  # the published rule
-    published = tts(model, volume, positives, negatives, alpha=0.2, keep_fraction=0.25, keep_background=False)
-    np.testing.assert_array_equal(load_labels(out, geometry), published.labels)
+    _before, published = _live_expected(
+        model, volume, positives, negatives, alpha=0.2, keep_fraction=0.25, keep_background=False
+    )
+    np.testing.assert_array_equal(load_labels(out, geometry), published)
     assert "background channels never muted" not in capsys.readouterr().err
+
+    assert main([*args, "--whole-volume"]) == 0  # one mask for every slice: tts() on the whole volume
+    whole = tts(model, volume, positives, negatives, alpha=0.2, keep_fraction=0.25, per_slice=False, warn=False)
+    np.testing.assert_array_equal(load_labels(out, geometry), whole.labels)
+    assert "kept channels" in capsys.readouterr().err
 
     points.write_text("i,j,k,kind\n20,18,2,positive\n50,3,2,negative\n")
     assert main(args) == 2

@@ -102,10 +102,15 @@ def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot,
     _wait(qtbot, dock.apply_to_volume())
     assert sorted(dock.last_result.selections) == [0, 1, 2, 3]
 
+    dock.live_check.setChecked(True)  # live: emptying the keypoint layers must not start a re-prediction
+    running = dock.apply_to_volume()
     dock.reset()
     assert len(viewer.layers[POSITIVE_LAYER].data) == 0 and dock.kept_list.count() == 0
-    qtbot.wait(100)
-    assert dock.status.text().startswith("Reset")  # not replaced by a re-prediction
+    with qtbot.waitSignal(running.finished, timeout=60_000):
+        pass
+    qtbot.wait(200)
+    assert dock.status.text().startswith("Reset")  # neither the running job nor a re-prediction replaced it
+    assert dock.last_result is None
 
 
 def test_live_keypoints_reuse_features_and_the_segment_docks_result(
@@ -170,6 +175,6 @@ def test_unusable_inputs_give_messages(plugin_viewer, open_plugin_dock, notifica
     viewer.add_image(np.zeros((40, 50), np.float32), name="t1c")
     assert dock.ensure_points_layers() is None
     notifications.take("2D data")
-    assert dock.apply_to_volume() is None
-    notifications.take("2D data")
+    assert dock.apply_to_volume() is None  # the same problem again: in the status, not a second toast
+    assert "2D data" in dock.status.text() and not notifications.problems()
     assert POSITIVE_LAYER not in viewer.layers

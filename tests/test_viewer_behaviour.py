@@ -82,16 +82,16 @@ def test_coronal_and_sagittal_views_are_upright_and_centred(plugin_viewer, open_
     assert sam.image_combo.currentText() == "flair"  # not t1, the first layer: a glioma shows on FLAIR
     reasons = {"empty", "iou", "area", "intensity", "stop-slice", "range", "edge"}  # every stop is explained
     assert all(f'"{r}"' in PropagationResult.__doc__ for r in reasons) and reasons <= set(STOP_REASONS)
-    viewer.camera.center = (0.0, 1000.0, 1000.0)  # looking somewhere else
+    viewer.scene.camera.center = (0.0, 1000.0, 1000.0)  # looking somewhere else
     viewer.dims.order = (1, 0, 2)  # coronal: rows are the head's inferior-superior axis
-    assert tuple(str(v) for v in viewer.camera.orientation2d) == ("up", "right")
+    assert tuple(str(v) for v in viewer.scene.camera.orientation2d) == ("up", "right")
     shape = viewer.layers["flair"].data.shape
     low, high = viewer.layers["flair"].extent.world
-    assert low[0] <= viewer.camera.center[-2] <= high[0]  # re-centred on the volume
+    assert low[0] <= viewer.scene.camera.center[-2] <= high[0]  # re-centred on the volume
     viewer.dims.order = (2, 0, 1)  # sagittal
-    assert tuple(str(v) for v in viewer.camera.orientation2d) == ("up", "right")
+    assert tuple(str(v) for v in viewer.scene.camera.orientation2d) == ("up", "right")
     viewer.dims.order = (0, 1, 2)  # axial again: anterior at the top, as napari shows it
-    assert tuple(str(v) for v in viewer.camera.orientation2d) == ("down", "right")
+    assert tuple(str(v) for v in viewer.scene.camera.orientation2d) == ("down", "right")
     assert shape == viewer.layers["flair"].data.shape
 
 

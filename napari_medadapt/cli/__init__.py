@@ -27,6 +27,10 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+#: Sub-commands that run napari's event loop.
+GUI_COMMANDS = frozenset({"demo"})
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one clear message, exit code 2, no traceback."""
 
@@ -62,8 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from napari_medadapt.core.errors import MedAdaptError
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    # the GUI (demo) keeps Qt's own handling of SIGTERM
+    unwind = threading.current_thread() is threading.main_thread() and args.command not in GUI_COMMANDS
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if unwind else None
     try:
         return int(args.func(args) or 0)
     except (CLIError, MedAdaptError) as err:
@@ -76,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medadapt {args.command}: terminated", file=sys.stderr)
         return 143
     finally:
-        if in_main_thread:
+        if unwind:
             signal.signal(signal.SIGTERM, previous)
 
 

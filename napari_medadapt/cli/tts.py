@@ -16,7 +16,6 @@ import csv
 import io
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +107,8 @@ def read_points(path: Path, source_shape: tuple[int, int, int]) -> tuple[np.ndar
             f"--points {path}: the header must be 'i,j,k,kind'; got {','.join(header) or 'nothing'}."
         )
     points: dict[str, list[list[int]]] = {kind: [] for kind in KINDS}
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num
         row = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
         kind = row["kind"].lower()
         if kind not in KINDS:
@@ -133,11 +133,12 @@ def read_points(path: Path, source_shape: tuple[int, int, int]) -> tuple[np.ndar
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_medadapt.core.adapt.tts import TTSWarning, tts
+    from napari_medadapt.core.adapt.tts_live import TTSWorkspace
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import save_labels
     from napari_medadapt.core.metrics import label_volumes_ml
+    from napari_medadapt.core.session import ModelSession
 
     images = parse_images(args.image)
     check_nifti_out(args.out, inputs=[*images.values(), args.points])
@@ -152,38 +153,28 @@ def run(args: argparse.Namespace) -> int:
         f"keypoints; alpha {args.alpha}, keep {args.keep:.0%} of the {args.layer} channels",
         file=sys.stderr,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TTSWarning)  # printed below as "warning: ..." lines
-        result = tts(
-            model,
-            volume,
-            positives,
-            negatives,
-            alpha=args.alpha,
-            keep_fraction=args.keep,
-            layer=args.layer,
-            per_slice=not args.whole_volume,
-            tta_flips=args.tta_flips,
-            keep_background=not args.mute_background,
-            ctx=JobContext(on_progress=text_progress("tts")),
-        )
-    for message in result.warnings:
+    # the dock's path: "before" is the ordinary segmentation, "after" mutes the keypoint slices, both
+    # post-processed as the card says
+    session = ModelSession(device=model.device)
+    result = TTSWorkspace(session).apply(
+        session.add(model), None, volume, args.layer, positives, negatives, args.alpha, args.keep,
+        not args.mute_background, not args.whole_volume, tta_flips=args.tta_flips,
+        ctx=JobContext(on_progress=text_progress("tts")),
+    )
+    for message in dict.fromkeys(result.warnings):
         print(f"warning: {message}", file=sys.stderr)
     class_names = dict(zip(model.card.labels, model.card.class_names, strict=True))
     written = save_labels(
-        result.labels.astype(np.uint8), geometry, args.out, class_names=class_names, inputs=images.values()
+        result.after.astype(np.uint8), geometry, args.out, class_names=class_names, inputs=images.values()
     )
-    before = label_volumes_ml(result.baseline_labels, geometry.spacing)
-    after = label_volumes_ml(result.labels, geometry.spacing)
+    before = label_volumes_ml(result.before, geometry.spacing)
+    after = label_volumes_ml(result.after, geometry.spacing)
     print(f"{'label':>5}  {'before mL':>10} {'after mL':>10}")
     for label in sorted(set(before) | set(after)):
         print(f"{label:>5}  {before.get(label, 0.0):>10.2f} {after.get(label, 0.0):>10.2f}")
-    for selection in result.selections[:10]:
-        where = (
-            "volume"
-            if selection.slices is None
-            else "slice(s) " + ",".join(str(z) for z in selection.slices[:8])
-        )
+    selections = {id(s): (s, sorted(z for z, t in result.selections.items() if t is s)) for s in result.selections.values()}
+    for selection, slices in list(selections.values())[:10]:
+        where = "volume" if len(slices) == geometry.display_shape[0] else "slice(s) " + ",".join(map(str, slices[:8]))
         print(f"{where}: kept channels {', '.join(str(c) for c in selection.kept)}", file=sys.stderr)
         if len(selection.background):
             print(f"{where}: {len(selection.background)} background channels never muted", file=sys.stderr)

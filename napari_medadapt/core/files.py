@@ -85,18 +85,32 @@ def check_output_path(
     return path
 
 
+def _new_file_mode() -> int:
+    """Permission bits a new file gets under the process's umask (patient data: often 077)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS, Windows): read the umask by setting it, then restore it
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> Path:
     """Call ``write(temporary_path)``, then move the temporary file onto ``path`` in one rename.
 
     The temporary file is hidden, lives in the destination folder and is removed when ``write`` fails or
-    the process is interrupted; an existing destination keeps its permission bits.
+    the process is interrupted; an existing destination keeps its permission bits, a new one gets those the
+    user's umask allows.
     """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp_name)
-        os.chmod(tmp_name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.chmod(tmp_name, path.stat().st_mode & 0o777 if path.exists() else _new_file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

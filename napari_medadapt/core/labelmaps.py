@@ -178,10 +178,9 @@ def save_labels(
         Wrong name or shape, non-integer labels; :class:`~napari_medadapt.core.files.OutputError` (also a
         user error) for an input, a read-only file or an unwritable folder.
     """
-    path = Path(path)
     if not is_nifti_path(path):
         raise VolumeError(f"Cannot save labels to {path}: the file name must end in .nii.gz or .nii.")
-    check_output_path(path, inputs=inputs, what="Labels file")
+    path = check_output_path(path, inputs=inputs, what="Labels file")
     labels_zyx = np.asarray(labels_zyx)
     if labels_zyx.shape != geometry.display_shape:
         raise VolumeError(

@@ -39,6 +39,11 @@ def volume_fingerprint(volume: Volume) -> str:
     return digest.hexdigest()
 
 
+def _nbytes(prediction: Prediction) -> int:
+    arrays = (prediction.labels, prediction.confidence, prediction.probabilities)
+    return sum(a.nbytes for a in arrays if a is not None)
+
+
 class ModelSession:
     """Models and whole-volume segmentations, cached (compute thread only).
 
@@ -46,24 +51,36 @@ class ModelSession:
     ----------
     max_models
         Models kept loaded (least recently used dropped first).
-    max_predictions
-        Segmentations kept (each holds labels and confidence: ~5 bytes per voxel).
+    max_prediction_bytes
+        Memory the kept segmentations may use (each holds labels and confidence: ~5 bytes per voxel); the
+        newest one is always kept.
+    device
+        Where segmentations run (default: :func:`~napari_medadapt.core.device.select_device`).
     """
 
-    def __init__(self, max_models: int = 3, max_predictions: int = 4) -> None:
+    def __init__(self, max_models: int = 3, max_prediction_bytes: int = 1 << 30, device: Any = None) -> None:
         self.max_models = int(max_models)
-        self.max_predictions = int(max_predictions)
+        self.max_prediction_bytes = int(max_prediction_bytes)
+        self.device = device
         self._models: OrderedDict[str, SegModel] = OrderedDict()
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
         self.loads = 0  # model files read
         self.hits = 0  # segmentations served from the cache
 
-    @staticmethod
-    def _key(name_or_path: str | Path) -> str:
+    def _key(self, name_or_path: str | Path) -> str:
         from .models.io import resolve_model
 
+        if str(name_or_path) in self._models:
+            return str(name_or_path)
         card_path, _weights = resolve_model(name_or_path)
         return str(Path(card_path).resolve())
+
+    def add(self, model: SegModel) -> str:
+        """Use an already loaded model for its card's path (or its name, for a model built in memory);
+        returns the name to pass to :meth:`model` and :meth:`segment`."""
+        key = str(Path(model.card.path).resolve()) if model.card.path else model.card.name
+        self._models[key] = model
+        return key
 
     def model(self, name_or_path: str | Path, ctx: JobContext | None = None) -> SegModel:
         """The model of a registered name, card or weight file, loaded on first use."""
@@ -112,10 +129,11 @@ class ModelSession:
             self._predictions.move_to_end(key)
             self.hits += 1
         else:
+            options.setdefault("device", self.device)
             self._predictions[key] = predict_volume(
                 model, volume, ctx=ctx, return_probabilities=False, largest_component=largest_component, **options
             )
-            while len(self._predictions) > self.max_predictions:
+            while len(self._predictions) > 1 and sum(map(_nbytes, self._predictions.values())) > self.max_prediction_bytes:
                 self._predictions.popitem(last=False)
         prediction = self._predictions[key]
         return replace(prediction, labels=prediction.labels.copy(), notes=list(prediction.notes))

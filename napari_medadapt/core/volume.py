@@ -48,7 +48,7 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
     "ct": ("ct", "cect", "ncct"),
     "pet": ("pet",),
 }
-#: Channel order of :func:`load_case`; unrecognised image names follow, sorted.
+#: Channel order of :func:`~napari_medadapt.core.cases.load_case`; unrecognised image names follow, sorted.
 CANONICAL_MODALITIES: tuple[str, ...] = tuple(MODALITY_ALIASES)
 
 _ALIAS_TO_MODALITY = {alias: mod for mod, aliases in MODALITY_ALIASES.items() for alias in aliases}

@@ -14,7 +14,7 @@ import time
 import weakref
 from typing import Any
 
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QDockWidget,
@@ -63,7 +63,24 @@ class DockBody(QScrollArea):
         self.setWidget(self.body)
         self.setMinimumHeight(120)
         self._tabbed = False
+        self._last_error = ""
+        #: the dock's status line (each dock places it in its layout)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
         prepare_viewer(viewer)
+
+    def report(self, err: BaseException | str) -> None:
+        """Show a problem in the status line and as an error notification (not again for the same problem
+        twice in a row, e.g. one message for three buttons pressed on an unusable image)."""
+        text = str(err)
+        self.status.setText(text)
+        if text != self._last_error:
+            show_error(text)
+        self._last_error = text
+
+    def clear_report(self) -> None:
+        """The next problem is notified even when it repeats the last one (something changed)."""
+        self._last_error = ""
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
         """As wide as the content needs (it scrolls vertically only), but it may be short."""
@@ -153,7 +170,7 @@ class JobPanel(QWidget):
         self._started = time.monotonic()
         self._stage = (-1, self._started)
         self._last = (0, 0, "starting")
-        handle.progressed.connect(self._on_progress)
+        handle.progressed.connect(lambda *progress: self._on_progress(handle, *progress))
         handle.finished.connect(lambda: self._on_finished(handle))
         self.cancel_button.setEnabled(True)
         self.bar.setRange(0, 0)
@@ -173,7 +190,9 @@ class JobPanel(QWidget):
             self._handle.cancel()
             self.label.setText("Cancelling...")
 
-    def _on_progress(self, done: int, total: int, message: str) -> None:
+    def _on_progress(self, handle: Any, done: int, total: int, message: str) -> None:
+        if handle is not self._handle:  # a job replaced by a newer one
+            return
         now = time.monotonic()
         if total != self._stage[0] or done < self._last[0]:
             self._stage = (total, now)
@@ -242,6 +261,11 @@ def prefer_plugin_reader() -> bool:
     return True
 
 
+def _camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+
+
 def _orient_for_plane(viewer: Any) -> None:
     """Superior up in coronal and sagittal views of the LPS (Z, Y, X) volumes, axial as napari shows it."""
     dims = viewer.dims
@@ -249,7 +273,7 @@ def _orient_for_plane(viewer: Any) -> None:
         return
     rows_axis = dims.order[-2] - (dims.ndim - 3)
     vertical = "up" if rows_axis == 0 else "down"  # axis 0 runs inferior -> superior
-    camera = viewer.camera
+    camera = _camera(viewer)
     if tuple(str(v) for v in camera.orientation2d) != (vertical, "right"):
         camera.orientation2d = (vertical, "right")
     viewer.reset_view()

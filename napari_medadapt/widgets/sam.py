@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QButtonGroup,
@@ -65,7 +65,6 @@ class SamWidget(DockBody):
         self._generation = 0
         self._connected: set[Any] = set()  # unique_id of the prompt layers whose events are connected
         self._boxes_busy = False  # a box is being drawn or dragged (napari sends "adding"/"changing" first)
-        self._last_error = ""
         self.results = SamResults(self)
         self.candidate_combo = self.results.candidate_combo
 
@@ -94,8 +93,7 @@ class SamWidget(DockBody):
         self.cancel_button = self.job_panel.cancel_button
         self.clear_button = QPushButton("Clear")
         self.clear_button.setToolTip("Start a new object: remove prompts and the preview")
-        self.status = QLabel("Choose an image, add prompt layers, click on the object.")
-        self.status.setWordWrap(True)
+        self.status.setText("Choose an image, add prompt layers, click on the object.")
 
         form = QFormLayout()
         form.addRow("image", self.image_combo)
@@ -211,7 +209,7 @@ class SamWidget(DockBody):
         try:
             image, data = self._checked_image()
         except MedAdaptError as err:
-            self._report(err)
+            self.report(err)
             return None
         plane = self._plane_or_none(image)
         points = self._layer(sp.POINTS_LAYER) or sp.add_points_layer(
@@ -310,10 +308,10 @@ class SamWidget(DockBody):
         try:
             image, plane, prompts, data = self._prompts()
         except MedAdaptError as err:
-            self._report(err)
+            self.report(err)
             return None
         if choice is None:
-            self._report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
+            self.report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
             return None
         axis = plane.axis
         changed = {i: p for i, p in prompts.items() if self.results.applied.get((axis, i)) != p.signature}
@@ -332,7 +330,7 @@ class SamWidget(DockBody):
         }
         generation = self._generation
         self._predict_request = request
-        self._last_error = ""
+        self.clear_report()
         self.status.setText(f"Segmenting slice {', '.join(str(i) for i in sorted(changed))}...")
         handle = get_worker(self.viewer, self).submit(
             self.session.predict_slices,
@@ -383,10 +381,10 @@ class SamWidget(DockBody):
             image, data = self._checked_image()
             plane = sp.current_plane(self.viewer, image)
         except MedAdaptError as err:
-            self._report(err)
+            self.report(err)
             return None
         if choice is None:
-            self._report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
+            self.report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
             return None
         if self._long_handle is not None and not self._long_handle.done:
             self.status.setText("Another precomputation or propagation is running; wait for it or Cancel it.")
@@ -417,7 +415,7 @@ class SamWidget(DockBody):
         try:
             image, plane, prompts, data = self._prompts()
         except MedAdaptError as err:
-            self._report(err)
+            self.report(err)
             return None
         preview = self._layer(sp.PREVIEW_LAYER)
         seeds = {
@@ -427,7 +425,7 @@ class SamWidget(DockBody):
         }
         seeds = {i: m for i, m in seeds.items() if m.any()}
         if choice is None or not seeds:
-            self._report(MedAdaptError("Segment the object on at least one slice of this plane, then propagate."))
+            self.report(MedAdaptError("Segment the object on at least one slice of this plane, then propagate."))
             return None
         stops = sorted(i for i, p in prompts.items() if p.negative_only)
         generation = self._generation
@@ -479,12 +477,12 @@ class SamWidget(DockBody):
         image = self.image_layer
         preview = self._layer(sp.PREVIEW_LAYER)
         if image is None or preview is None or not np.any(preview.data):
-            self._report(MedAdaptError("Nothing to commit: segment an object first."))
+            self.report(MedAdaptError("Nothing to commit: segment an object first."))
             return 0
         try:
             target, changed = self.commit_panel.commit(self.viewer, image, np.asarray(preview.data) > 0)
         except MedAdaptError as err:
-            self._report(err)
+            self.report(err)
             return 0
         label = self.commit_panel.label_spin.value()
         self.status.setText(f"Committed {changed} voxels as label {label} into {target.name!r} (Ctrl+Z undoes).")
@@ -517,13 +515,6 @@ class SamWidget(DockBody):
             preview.data = np.zeros_like(preview.data)
 
     # -------------------------------------------------------------------------------------- messages
-    def _report(self, err: BaseException) -> None:
-        """Show a problem in the dock and as a notification (once, not again for the same event)."""
-        self.status.setText(str(err))
-        if str(err) != self._last_error:
-            show_error(str(err))
-        self._last_error = str(err)
-
     def _job_failed(self, err: BaseException) -> None:
         """A job failed: the worker already notified the user; keep the message in the dock."""
         self.status.setText(str(err))

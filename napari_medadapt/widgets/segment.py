@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QPushButton
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton
 
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.widgets._dock import DockBody, JobPanel
@@ -62,8 +62,6 @@ class SegmentWidget(DockBody):
         layout.addLayout(output_form)
         layout.addWidget(self.run_button)
         layout.addWidget(self.job_panel)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
         layout.addWidget(self.status)
         self.volume_table = VolumeTable(["Volume (mL)"])
         layout.addWidget(self.volume_table)
@@ -129,8 +127,7 @@ class SegmentWidget(DockBody):
         try:
             volume = self.inputs.volume()
         except MedAdaptError as err:
-            show_error(str(err))
-            self.status.setText(str(err))
+            self.report(err)
             return
         target = self.output_combo.currentText()
         self.status.setText(f"Segmenting with {card.name}...")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -210,8 +210,6 @@ class TTAWidget(DockBody):
         layout.addWidget(self.loss_plot)
         self.volume_table = VolumeTable(["Before (mL)", "After (mL)"])
         layout.addWidget(self.volume_table)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -274,8 +272,7 @@ class TTAWidget(DockBody):
         try:
             return self.inputs.volume()
         except MedAdaptError as err:
-            show_error(str(err))
-            self.status.setText(str(err))
+            self.report(err)
             return None
 
     # ------------------------------------------------------------------------------------------ jobs

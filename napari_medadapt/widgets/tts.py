@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -76,6 +75,8 @@ class TTSWidget(DockBody):
         self._connected_points: set[Any] = set()  # unique_id of the keypoint layers whose events are connected
         self._volume_cache: tuple[tuple, Any] | None = None
         self._quiet = False  # Reset empties the keypoint layers without re-predicting
+        self._generation = 0  # results of jobs submitted before a reset are dropped
+        self._handle: Any = None
         self.last_result: LiveTTSResult | None = None
 
         self.inputs = ModelInputsPanel(
@@ -122,8 +123,7 @@ class TTSWidget(DockBody):
         self.job_panel = JobPanel()
         self.kept_list = QListWidget()
         self.kept_list.setMaximumHeight(120)
-        self.status = QLabel("Add keypoints: positives on the target, negatives on the artifact.")
-        self.status.setWordWrap(True)
+        self.status.setText("Add keypoints: positives on the target, negatives on the artifact.")
 
         form = QFormLayout()
         form.addRow("alpha", self.alpha_box)
@@ -207,17 +207,13 @@ class TTSWidget(DockBody):
             check_volume_layer(modality, layer)
         return layers
 
-    def _report(self, err: BaseException) -> None:
-        self._set_status(str(err))
-        show_error(str(err))
-
     # ------------------------------------------------------------------------------ keypoints
     def ensure_points_layers(self) -> tuple[Any, Any] | None:
         """The positive and negative Points layers, created on the reference image's grid when absent."""
         try:
             reference = next(iter(self._mapping().values()))
         except MedAdaptError as err:
-            self._report(err)
+            self.report(err)
             return None
         layers = []
         for name, style in ((POSITIVE_LAYER, POSITIVE_STYLE), (NEGATIVE_LAYER, NEGATIVE_STYLE)):
@@ -315,11 +311,15 @@ class TTSWidget(DockBody):
         return self._volume_cache[1]
 
     def _submit(self, fn: Any, *args: Any, description: str, on_result: Any, interactive: bool) -> Any:
-        handle = get_worker(self.viewer, self).submit(
-            fn, *args, description=description, interactive_key="tts" if interactive else None,
-            on_result=on_result, on_error=lambda err: self._set_status(str(err)),
+        """Run a job; its result is shown only if nothing reset the dock meanwhile. Live slice jobs follow
+        "latest wins"; Apply is never replaced by a later slice update."""
+        generation = self._generation
+        self._handle = get_worker(self.viewer, self).submit(
+            fn, *args, description=description, interactive_key="tts-slice" if interactive else None,
+            on_result=lambda result: on_result(result) if generation == self._generation else None,
+            on_error=lambda err: self._set_status(str(err)) if generation == self._generation else None,
         )
-        return self.job_panel.track(handle)
+        return self.job_panel.track(self._handle)
 
     def predict_current_slice(self, *args: Any) -> Any:
         """Re-predict the displayed slice with the current keypoints (live path); returns the job handle."""
@@ -330,6 +330,10 @@ class TTSWidget(DockBody):
             return None
         z = self.current_slice(reference)
         on_slice = int((np.rint(positives[:, 0]) == z).sum() + (np.rint(negatives[:, 0]) == z).sum())
+        if on_slice == 0 and (self.last_result is None or z not in self.last_result.selections):
+            self._show_selection(None)  # nothing to mute or to un-mute here: no job
+            self._set_status(f"slice {z}: no keypoints, not muted.")
+            return None
         self._set_status(f"slice {z}: re-predicting with {on_slice} keypoint(s)...")
         return self._submit(
             self._workspace.predict_slice, self.model_name, self._layers_key(layers), volume, self.tap, z,
@@ -342,21 +346,26 @@ class TTSWidget(DockBody):
         try:
             layers, reference, volume, positives, negatives = self._inputs()
         except MedAdaptError as err:
-            self._report(err)
+            self.report(err)
             return None
         if len(positives) + len(negatives) == 0:
-            self._report(MedAdaptError("Place keypoints first: positives on the target, negatives on the artifact."))
+            self.report(MedAdaptError("Place keypoints first: positives on the target, negatives on the artifact."))
             return None
         self._set_status("TTS on the volume...")
         return self._submit(
             self._workspace.apply, self.model_name, self._layers_key(layers), volume, self.tap, positives,
             negatives, self.alpha, self.keep_fraction, self.background_check.isChecked(),
-            self.per_slice_check.isChecked(), description="TTS volume", interactive=True,
+            self.per_slice_check.isChecked(), description="TTS volume", interactive=False,
             on_result=lambda result: self._show(result, reference, None),
         )
 
     def _workspace_reset(self, *args: Any) -> None:
+        """Forget the muting: a running job's result is dropped, the cached features are freed."""
+        self._generation += 1
         self._volume_cache = None
+        self.last_result = None
+        if self._handle is not None and not self._handle.done:
+            self._handle.cancel()
         get_worker(self.viewer, self).submit(self._workspace.reset, description="TTS reset")
 
     def reset(self, *args: Any) -> None:
@@ -370,7 +379,6 @@ class TTSWidget(DockBody):
             self._quiet = False
         self._live_timer.stop()
         self.kept_list.clear()
-        self.last_result = None
         self._workspace_reset()
         self._set_status("Reset: keypoints and muting removed. Add keypoints again.")
 

@@ -183,19 +183,21 @@ class TTSWorkspace:
     def apply(
         self, model: str, volume_key: Any, volume: Volume, layer: str, positives: Any, negatives: Any,
         alpha: float, keep_fraction: float, keep_background: bool, per_slice: bool, *, ctx: JobContext,
+        tta_flips: bool = False,
     ) -> LiveTTSResult:
         """TTS on the volume: per slice (only slices with keypoints are computed), or one mask from every
-        keypoint for the whole volume (:func:`~napari_medadapt.core.adapt.tts.tts` on every slice)."""
+        keypoint for the whole volume, or with flip replicas (:func:`~napari_medadapt.core.adapt.tts.tts` on
+        every slice); "after" is post-processed as the card says in every case."""
         from .tts import tts
 
         segmenter = self.session.model(model, ctx)
-        if per_slice and segmenter.spatial_dims == 2:
+        if per_slice and segmenter.spatial_dims == 2 and not tta_flips:
             live = self.live(model, volume_key, volume, layer, ctx)
             return live.apply(positives, negatives, alpha, keep_fraction, keep_background, ctx)
         before = self.session.segment(model, volume, ctx=ctx).labels
         muted = tts(
             segmenter, volume, positives, negatives, alpha=alpha, keep_fraction=keep_fraction, layer=layer,
-            per_slice=per_slice, keep_background=keep_background, warn=False, ctx=ctx,
+            per_slice=per_slice, tta_flips=tta_flips, keep_background=keep_background, warn=False, ctx=ctx,
         )
         after, _notes = postprocess_labels(muted.labels.astype(before.dtype), segmenter.card)
         depth = before.shape[0]

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ModelError
 from ..files import write_text_atomic
-from .card_schema import validate_card
+from .card_schema import plain, validate_card
 
 CARD_FORMAT_VERSION = 1
 
@@ -99,13 +99,16 @@ class ModelCard:
     path: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name != "path":
+                setattr(self, f.name, plain(getattr(self, f.name)))
         validate_card(self.to_dict(), self._where)  # types first: "flair" is not a list
         self.modalities = [str(m).lower() for m in self.modalities]
         self.labels = [int(v) for v in self.labels]
         self.supported_subsets = [[str(m).lower() for m in subset] for subset in self.supported_subsets]
         if not self.class_names:
             self.class_names = ["background" if v == 0 else f"label {v}" for v in self.labels]
-        self.validate()
+        self._check_consistency()
 
     # ------------------------------------------------------------------ validation
     @property
@@ -114,9 +117,12 @@ class ModelCard:
 
     def validate(self) -> None:
         """Raise :class:`ModelError` when a field has the wrong type (:mod:`.card_schema`) or the card is
-        inconsistent."""
+        inconsistent (e.g. after editing a field)."""
+        validate_card(plain(self.to_dict()), self._where)
+        self._check_consistency()
+
+    def _check_consistency(self) -> None:
         where = self._where
-        validate_card(self.to_dict(), where)
         if not self.modalities:
             raise ModelError(f"{where} lists no input modalities; add a 'modalities' list to the card.")
         if len(set(self.modalities)) != len(self.modalities):
@@ -223,7 +229,9 @@ class ModelCard:
         return cls(**{k: v for k, v in data.items() if k in known}, path=path)
 
     def save(self, path: str | Path) -> Path:
-        """Write the card as indented JSON; returns the path."""
+        """Check the card (a card that could not be read back is never written), then write it as indented
+        JSON atomically; returns the path."""
+        self.validate()
         path = write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n", what="Model card")
         self.path = str(path)
         return path

@@ -144,6 +144,19 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{field}: {message} (got {shown})" if "input" in error and error["type"] != "missing" else f"{field}: {message}"
 
 
+def plain(value: Any) -> Any:
+    """A card value as JSON would hold it: tuples become lists, numpy scalars Python numbers (cards built
+    in Python, e.g. ``labels=tuple(np.unique(seg))``, are checked like cards read from JSON)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
+    return value
+
+
 def validate_card(data: Any, source: str = "model card") -> None:
     """Check a parsed card (a JSON object) against :class:`CardSchema`.
 
