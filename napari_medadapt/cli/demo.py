@@ -58,7 +58,7 @@ def open_demo_viewer(case: Path | None = None) -> tuple[Any, dict[str, tuple[Any
     docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name) for name in plugin_widget_names()}
     if docks:
         # the docks join one group of tabs once shown; then put the first one (Segment volume) in front
-        QTimer.singleShot(100, next(iter(docks.values()))[0].raise_)
+        QTimer.singleShot(800, next(iter(docks.values()))[0].raise_)
     viewer.dims.set_point(0, viewer.dims.range[0].stop / 2 if viewer.dims.ndim else 0)
     return viewer, docks
 
