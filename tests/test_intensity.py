@@ -78,10 +78,23 @@ def test_zscore_within_foreground():
     assert np.all(zscore(np.zeros((3, 3))) == 0.0)
 
 
+def test_one_table_of_windows_for_segmentation_sam_and_training():
+    from napari_medadapt.core.sam import AUTO_WINDOW, WINDOW_PRESETS, resolve_window
+    from napari_medadapt.training.sam_small import TRAINING_CT_WINDOWS
+
+    assert WINDOW_PRESETS == {f"ct-{name}": window for name, window in CT_WINDOWS.items()}
+    assert set(TRAINING_CT_WINDOWS) <= set(CT_WINDOWS.values())
+    for name, window in CT_WINDOWS.items():
+        assert resolve_window(np.zeros(3), f"ct-{name}") == resolve_ct_window(name) == window
+    mri = np.concatenate([np.zeros(100), np.linspace(1, 100, 1000)]).astype(np.float32)
+    assert resolve_window(mri, AUTO_WINDOW) == percentile_range(mri, 0.5, 99.5)
+
+
 def test_ct_windows():
-    hu = np.array([-2000.0, -175.0, 37.5, 250.0, 3000.0, np.nan], np.float32)
+    hu = np.array([-2000.0, -150.0, 50.0, 250.0, 3000.0, np.nan], np.float32)
     np.testing.assert_allclose(ct_window(hu, "abdomen"), [0.0, 0.0, 0.5, 1.0, 1.0, 0.0], atol=1e-6)
-    assert resolve_ct_window("soft tissue") == (-175.0, 250.0) == CT_WINDOWS["soft_tissue"]
+    for spelling in ("soft tissue", "Soft_Tissue", "ct-soft-tissue"):
+        assert resolve_ct_window(spelling) == (-160.0, 240.0) == CT_WINDOWS["soft-tissue"]  # width 400, level 40
     for name in ("brain", "subdural", "lung", "bone"):
         low, high = CT_WINDOWS[name]
         assert ct_window(np.array([low, high]), name).tolist() == [0.0, 1.0]

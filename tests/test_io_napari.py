@@ -150,7 +150,7 @@ def test_open_draw_save_reload_real_glioma(make_napari_viewer, glioma_crop, tmp_
 def test_open_draw_save_reload_real_ras_ct(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     (image,) = viewer.open(str(CT), plugin=PLUGIN)
-    assert image.name == "ct" and image.contrast_limits == [-175.0, 250.0]
+    assert image.name == "ct" and image.contrast_limits == [-150.0, 250.0]
     np.testing.assert_allclose(image.scale, (3.0, 3.0, 3.0))
     # a labels layer made with napari's "new labels" button has no metadata: the image's grid is used
     drawn = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="organ")

@@ -13,6 +13,7 @@ from .errors import VolumeError
 
 __all__ = [
     "CT_WINDOWS",
+    "MRI_PERCENTILES",
     "ct_window",
     "foreground_mask",
     "percentile_range",
@@ -22,16 +23,22 @@ __all__ = [
     "zscore",
 ]
 
-#: CT window presets as (low, high) HU. Level/width: brain 40/80, subdural 75/215, abdomen (soft tissue)
-#: 37.5/425, lung -600/1500, bone 300/1500.
+#: The one table of CT windows, (low, high) in HU, used by segmentation cards (``ct_window``), the Segment
+#: Anything dock (as ``ct-NAME``), training and the reader's display. Width / level:
+#: soft-tissue 400/40 (LiteMedSAM's CT preprocessing), abdomen 400/50, mediastinum 350/50, liver 150/30,
+#: brain 80/40, subdural 215/75, lung 1500/-600, bone 1500/300.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "soft-tissue": (-160.0, 240.0),
+    "abdomen": (-150.0, 250.0),
+    "mediastinum": (-125.0, 225.0),
+    "liver": (-45.0, 105.0),
     "brain": (0.0, 80.0),
     "subdural": (-32.5, 182.5),
-    "abdomen": (-175.0, 250.0),
-    "soft_tissue": (-175.0, 250.0),
     "lung": (-1350.0, 150.0),
     "bone": (-450.0, 1050.0),
 }
+#: MRI has no absolute unit: scans are scaled between these percentiles of their non-zero voxels.
+MRI_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
 
 def foreground_mask(image: np.ndarray) -> np.ndarray:
@@ -138,9 +145,10 @@ def zscore(image: np.ndarray, mask: np.ndarray | None = None, outside: float | N
 
 
 def resolve_ct_window(window: str | tuple[float, float]) -> tuple[float, float]:
-    """(low, high) HU of a preset name from :data:`CT_WINDOWS` or an explicit pair."""
+    """(low, high) HU of a preset name from :data:`CT_WINDOWS` (``soft tissue``, ``Soft_Tissue`` and
+    ``ct-soft-tissue`` all work) or an explicit pair."""
     if isinstance(window, str):
-        key = window.lower().replace(" ", "_").replace("-", "_")
+        key = window.lower().replace(" ", "-").replace("_", "-").removeprefix("ct-")
         if key not in CT_WINDOWS:
             raise VolumeError(f"Unknown CT window {window!r}; choose one of {', '.join(CT_WINDOWS)}.")
         return CT_WINDOWS[key]

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_medadapt.core.intensity import CT_WINDOWS
+
 HELP = "train the bundled small Segment Anything model (CPU, seeded, time-capped)"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +31,8 @@ TRAIN_GLIOMA = "glioma_tcga_du7294"
 HELD_OUT = "glioma_tcga_fg6692"
 TRAIN_CT = "ct_abdomen_totalseg_example"
 MRI_MODALITIES = ("t1", "t1c", "t2", "flair")
-CT_WINDOWS = ((-160.0, 240.0), (-125.0, 225.0), (-45.0, 105.0), (-450.0, 1050.0))
+#: CT windows (of the one table in core/intensity.py) a training slice is shown through, chosen at random
+TRAINING_CT_WINDOWS = tuple(CT_WINDOWS[name] for name in ("soft-tissue", "mediastinum", "liver", "bone"))
 MIN_AREA = 16
 
 
@@ -78,7 +81,7 @@ class SliceSampler:
         for value in np.unique(seg):
             if value == 0 or (seg == value).sum() < 100:
                 continue
-            self._add(ct.data[0], CT_WINDOWS, seg == value, f"{TRAIN_CT}/label {int(value)}")
+            self._add(ct.data[0], TRAINING_CT_WINDOWS, seg == value, f"{TRAIN_CT}/label {int(value)}")
         if not self.items:
             raise RuntimeError(f"no training slices found under {data_root}")
 

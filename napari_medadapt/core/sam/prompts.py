@@ -13,19 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import MedAdaptError
+from ..intensity import CT_WINDOWS, MRI_PERCENTILES, percentile_range
 
-# Named windows (low, high) in the image's units. CT presets are in Hounsfield units
-# (width/level pairs from common radiology practice); "mri-auto" is resolved from the data.
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "ct-soft-tissue": (-160.0, 240.0),
-    "ct-abdomen": (-125.0, 225.0),
-    "ct-liver": (-45.0, 105.0),
-    "ct-brain": (0.0, 80.0),
-    "ct-lung": (-1350.0, 150.0),
-    "ct-bone": (-450.0, 1050.0),
-}
+#: Named windows (low, high): the CT windows of the one table in :mod:`..intensity`, as ``ct-NAME``;
+#: ``"mri-auto"`` is resolved from the data (its :data:`~..intensity.MRI_PERCENTILES`).
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {f"ct-{name}": window for name, window in CT_WINDOWS.items()}
 AUTO_WINDOW = "mri-auto"
-AUTO_PERCENTILES = (0.5, 99.5)
 
 
 class PromptError(MedAdaptError):
@@ -190,17 +183,11 @@ def resolve_window(data: np.ndarray, window: str | Sequence[float] | None = AUTO
         The slice or volume the window is for (used by ``"mri-auto"`` and ``None``).
     window
         ``(low, high)`` contrast limits, a name in :data:`WINDOW_PRESETS`, or ``"mri-auto"`` /
-        ``None`` for the 0.5-99.5 percentiles of the non-zero voxels (whole array when all zero).
+        ``None`` for the MRI percentiles (0.5-99.5) of the non-zero voxels (whole array when all zero).
         Use the same window for all slices of a volume so cached embeddings stay valid.
     """
     if window is None or (isinstance(window, str) and window == AUTO_WINDOW):
-        values = np.asarray(data)
-        nonzero = values[values != 0]
-        sample = nonzero if nonzero.size else values.reshape(-1)
-        if sample.size == 0:
-            return 0.0, 1.0
-        lo, hi = np.percentile(sample, AUTO_PERCENTILES)
-        return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
+        return percentile_range(np.asarray(data), *MRI_PERCENTILES)
     if isinstance(window, str):
         if window not in WINDOW_PRESETS:
             raise PromptError(
