@@ -59,3 +59,33 @@ def test_resize_longest_side_matches_sam_rounding() -> None:
     np.testing.assert_allclose(xy, [[256.0, 212.0]])
     boxes = t.apply_boxes(np.array([[0, 0, 61, 50.5]]), (101, 122))
     np.testing.assert_allclose(boxes, [[0, 0, 128, 106]])
+
+
+PROBE = """
+def probe():
+    try:
+        import segment_anything
+        from segment_anything import SamPredictor
+        return "imported " + SamPredictor.__module__
+    except BaseException as err:
+        return f"failed {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+"""
+
+
+def test_loading_our_model_leaves_segment_anything_as_other_plugins_find_it() -> None:
+    """micro-sam and others do ``from segment_anything import SamPredictor``: after our dock loaded a SAM
+    model, that import must behave exactly as in a process where we never ran (here it fails the same way,
+    because torchvision does not import beside this torch; elsewhere it succeeds the same way)."""
+    untouched = _run(PROBE + "print(probe())").strip()
+    after_ours = _run(
+        PROBE
+        + """
+import sys
+from napari_medadapt.core.sam import load_sam
+model = load_sam("sam-small", device="cpu")
+print(sorted(name for name in sys.modules if name == "segment_anything" or name.startswith("segment_anything.")))
+print(probe())
+"""
+    ).strip().splitlines()
+    assert after_ours[0] == "[]"  # we created no segment_anything module
+    assert after_ours[1] == untouched

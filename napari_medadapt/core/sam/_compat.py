@@ -1,12 +1,13 @@
-"""Load Segment Anything's model code without its package ``__init__``.
+"""Load Segment Anything's model code without its package ``__init__`` and without touching anyone's imports.
 
 ``segment_anything/__init__.py`` imports its predictor, whose ``utils/transforms.py`` imports
-torchvision, and torchvision cannot be imported beside the torch build napari-medadapt uses.
-The model classes themselves (``segment_anything.modeling``) only need torch. So we register a bare,
-empty package module named ``segment_anything`` whose ``__path__`` points at the installed package
-directory (found with ``importlib.util.find_spec``, which locates but does not execute the package),
-and then import ``segment_anything.modeling`` normally: Python resolves the sub-package through that
-``__path__`` and never runs the real ``__init__``.
+torchvision, which may not import beside the installed torch. The model classes themselves
+(``segment_anything.modeling``) only need torch, and import each other relatively. So the installed
+package directory (found with ``importlib.util.find_spec``, which locates but does not execute the package)
+is loaded under a private name, :data:`ALIAS`: ``ALIAS.modeling`` is the real ``segment_anything.modeling``
+code, and the name ``segment_anything`` in ``sys.modules`` is never created or changed, so another plugin
+(micro-sam, say) that imports ``segment_anything`` later gets exactly what it would have got without us.
+When ``segment_anything.modeling`` is already imported (by another plugin), that module is used.
 
 This module also holds the few pieces of ``segment_anything.build_sam`` and
 ``segment_anything.utils.transforms.ResizeLongestSide`` we need, re-implemented in plain
@@ -30,6 +31,8 @@ import numpy as np
 from ..errors import ModelError
 
 PACKAGE = "segment_anything"
+#: The private name the installed ``segment_anything`` folder is loaded under.
+ALIAS = "napari_medadapt._segment_anything"
 
 # Pixel statistics SAM's encoder was trained with (RGB, 0-255 scale), from segment_anything.build_sam.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -44,29 +47,34 @@ VIT_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def sam_modeling() -> ModuleType:
-    """Return ``segment_anything.modeling`` without executing ``segment_anything/__init__.py``.
+    """Return Segment Anything's ``modeling`` package without running ``segment_anything/__init__.py``.
 
     Raises
     ------
     ModelError
         If the ``segment-anything`` package is not installed.
     """
-    existing = sys.modules.get(PACKAGE + ".modeling")
+    existing = sys.modules.get(PACKAGE + ".modeling") or sys.modules.get(ALIAS + ".modeling")
     if existing is not None:
         return existing
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.find_spec(PACKAGE)
+    if ALIAS not in sys.modules:
+        spec = importlib.util.find_spec(PACKAGE) if PACKAGE not in sys.modules else sys.modules[PACKAGE].__spec__
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(
                 "The 'segment-anything' package is not installed. Install it with "
                 "`pip install segment-anything` (torchvision is not needed)."
             )
-        package = types.ModuleType(PACKAGE)
+        package = types.ModuleType(ALIAS)
         package.__path__ = list(spec.submodule_search_locations)
-        package.__package__ = PACKAGE
+        package.__package__ = ALIAS
         package.__file__ = None
-        sys.modules[PACKAGE] = package
-    return importlib.import_module(PACKAGE + ".modeling")
+        sys.modules[ALIAS] = package
+    return importlib.import_module(ALIAS + ".modeling")
+
+
+def sam_common() -> ModuleType:
+    """Segment Anything's ``modeling.common`` (``LayerNorm2d``, ``MLPBlock``), loaded as :func:`sam_modeling`."""
+    return importlib.import_module(sam_modeling().__name__ + ".common")
 
 
 def build_sam_vit(variant: str, image_size: int = 1024) -> Any:

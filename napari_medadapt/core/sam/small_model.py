@@ -10,7 +10,6 @@ ship in ``napari_medadapt/weights/``.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,7 @@ def _encoder_class() -> type:
     import torch
     from torch import nn
 
-    _compat.sam_modeling()
-    layer_norm_2d = importlib.import_module(_compat.PACKAGE + ".modeling.common").LayerNorm2d
+    layer_norm_2d = _compat.sam_common().LayerNorm2d
 
     def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
         return nn.Sequential(
