@@ -9,17 +9,24 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QCoreApplication, QEventLoop, QObject, Signal
 
 from napari_medadapt.core.jobs import JobContext
 
-if TYPE_CHECKING:
-    from napari_medadapt._worker import ComputeWorker
-
 __all__ = ["PROGRESS_MIN_INTERVAL_S", "JobHandle", "JobProgressBar", "JobState"]
+
+class JobRunner(Protocol):
+    """What a job handle needs from the worker that runs it (:class:`~napari_medadapt._worker.ComputeWorker`)."""
+
+    def cancel_job(self, job: JobHandle, reason: JobState) -> None:
+        """Cancel ``job`` (queued: never runs; running: stops at its next progress step)."""
+
+    def progress_ready(self, job: JobHandle) -> None:
+        """``job`` has new progress for the main thread (called from the compute thread)."""
+
 
 #: Minimum time between two progress-bar updates of one job (seconds).
 PROGRESS_MIN_INTERVAL_S = 0.2
@@ -61,7 +68,7 @@ class JobHandle(QObject):
 
     def __init__(
         self,
-        worker: ComputeWorker,
+        worker: JobRunner,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -111,7 +118,7 @@ class JobHandle(QObject):
 
     def cancel(self) -> None:
         """Cancel the job: a queued job never runs; a running one stops at its next progress step."""
-        self._worker._cancel(self, JobState.CANCELLED)
+        self._worker.cancel_job(self, JobState.CANCELLED)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job is final and its callbacks ran; return False on timeout.
@@ -137,7 +144,7 @@ class JobHandle(QObject):
             return
         self._progress_pending = True
         self._last_progress_emit = now
-        self._worker._progress_signal.emit(self)
+        self._worker.progress_ready(self)
 
     def __repr__(self) -> str:
         return f"JobHandle({self.description!r}, state={self._state.value})"

@@ -238,7 +238,12 @@ class ComputeWorker(QObject):
             job._cancel_reason = reason
         job._ctx.cancel()
 
-    def _cancel(self, job: JobHandle, reason: JobState) -> None:
+    def progress_ready(self, job: JobHandle) -> None:
+        """Deliver ``job``'s latest progress on the main thread (called from the compute thread)."""
+        self._progress_signal.emit(job)
+
+    def cancel_job(self, job: JobHandle, reason: JobState) -> None:
+        """Cancel ``job``: a queued job never runs; a running one stops at its next progress step."""
         with self._condition:
             if job in self._queue:
                 self._queue.remove(job)

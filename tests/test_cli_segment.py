@@ -19,12 +19,13 @@ from napari_medadapt.core.models import ModelCard, default_architecture
 from napari_medadapt.core.volume import read_geometry
 
 MODALITIES = ["t1", "t1c", "t2", "flair"]
+TRAINING_CASE = "glioma_tcga_du7294"  # has seg_algorithms/ besides the fusion
 CROP = (slice(72, 120), slice(64, 112), slice(100, 110))  # source (i, j, k) axes
 
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory, real_data, write_crops, save_tiny_model) -> Path:
-    folder = write_crops(tmp_path_factory.mktemp("case"), [*MODALITIES, "seg_fusion"], CROP)
+    folder = write_crops(tmp_path_factory.mktemp("case"), [*MODALITIES, "seg_fusion"], CROP, case=TRAINING_CASE)
     # a second algorithm's labels as a "prediction" to evaluate
     algo = nib.load(str(real_data / "glioma_tcga_du7294" / "seg_algorithms" / "isen-20.nii.gz"))
     nib.save(algo.slicer[CROP], str(folder / "algo.nii.gz"))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import SAMPLE_CASE
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-HELD_OUT = REAL / "glioma_tcga_fg6692"
+HELD_OUT = SAMPLE_CASE  # the held-out case, packaged as sample data
 
 
 @pytest.fixture(scope="module")

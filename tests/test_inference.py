@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _data import SAMPLE_CASE
 
 from napari_medadapt.core.cases import load_case
 from napari_medadapt.core.errors import ModelError
@@ -20,13 +19,12 @@ from napari_medadapt.core.models import ModelCard, build_model, default_architec
 from napari_medadapt.core.postprocess import keep_largest_component
 from napari_medadapt.core.volume import Geometry, Volume
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 MODALITIES = ["t1", "t1c", "t2", "flair"]
 
 
 @pytest.fixture(scope="module")
 def crop() -> Volume:
-    volume, _ = load_case(REAL / "glioma_tcga_du7294")
+    volume, _ = load_case(SAMPLE_CASE)
     data = volume.data[:, 100:110, 64:112, 72:120]
     return Volume(data, Geometry.from_display_grid(data.shape[1:], volume.geometry.spacing), volume.channels)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
+from _data import REAL_DATA, SAMPLE_CASE, needs_real_data
 
 from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.intensity import (
@@ -19,8 +18,6 @@ from napari_medadapt.core.intensity import (
     window_to_uint8,
     zscore,
 )
-
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
 
 def test_robust_scale_uses_foreground_percentiles():
@@ -113,8 +110,9 @@ def test_window_to_uint8():
         window_to_uint8(np.zeros(3), 5.0, 5.0)
 
 
+@needs_real_data
 def test_real_mri_and_ct():
-    t1 = np.asarray(nib.load(str(REAL / "glioma_tcga_fg6692" / "t1.nii.gz")).dataobj, np.float32)[:, :, 70:90]
+    t1 = np.asarray(nib.load(str(SAMPLE_CASE / "t1.nii.gz")).dataobj, np.float32)[:, :, 70:90]
     scaled = robust_scale(t1)
     brain = t1 != 0
     inside = scaled[brain]
@@ -122,10 +120,10 @@ def test_real_mri_and_ct():
     assert 0.005 < float((inside == 0).mean()) < 0.02  # ~0.5 % clipped at each end
     assert 0.005 < float((inside == 1).mean()) < 0.02
     # this FLAIR has negative voxels inside the brain (lower percentile < 0): its background must stay 0
-    flair = np.asarray(nib.load(str(REAL / "glioma_tcga_fg6692" / "flair.nii.gz")).dataobj, np.float32)
+    flair = np.asarray(nib.load(str(SAMPLE_CASE / "flair.nii.gz")).dataobj, np.float32)
     assert percentile_range(flair)[0] < 0.0
     assert np.all(robust_scale(flair)[flair == 0] == 0.0)
-    ct = np.asarray(nib.load(str(REAL / "ct_abdomen_totalseg_example" / "ct.nii.gz")).dataobj, np.float32)
+    ct = np.asarray(nib.load(str(REAL_DATA / "ct_abdomen_totalseg_example" / "ct.nii.gz")).dataobj, np.float32)
     lung = ct_window(ct, "lung")
     soft = ct_window(ct, "abdomen")
     air = ct < -900

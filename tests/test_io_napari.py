@@ -9,6 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from _data import REAL_DATA, needs_real_data
+from _data import SAMPLE_CASE as SAMPLE_DIR
 from npe2 import PluginManifest
 
 import napari_medadapt
@@ -25,9 +27,8 @@ from napari_medadapt.widgets._layers import (
     volume_from_layers,
 )
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-GLIOMA = REAL / "glioma_tcga_fg6692"
-CT = REAL / "ct_abdomen_totalseg_example" / "ct.nii.gz"
+GLIOMA = SAMPLE_DIR
+CT = REAL_DATA / "ct_abdomen_totalseg_example" / "ct.nii.gz"
 MANIFEST = Path(napari_medadapt.__file__).parent / "napari.yaml"
 PLUGIN = "napari-medadapt"
 
@@ -95,6 +96,7 @@ def test_reader_manifest_and_sample_path_do_not_import_torch():
     assert result.stdout.strip() == "ok"
 
 
+@needs_real_data
 def test_sample_case_is_bundled_with_attribution():
     folder = sample_case_dir()
     names = {p.name for p in folder.iterdir()}
@@ -103,7 +105,7 @@ def test_sample_case_is_bundled_with_attribution():
     attribution = (folder / "ATTRIBUTION.md").read_text()
     assert "CC BY 3.0" in attribution and "TCGA-LGG" in attribution and "Clark" in attribution
     for name in expected:  # unmodified copies of the shared real data
-        assert (folder / name).read_bytes() == (GLIOMA / name).read_bytes()
+        assert (folder / name).read_bytes() == (REAL_DATA / "glioma_tcga_fg6692" / name).read_bytes()
 
 
 def test_reader_layer_data(glioma_crop, tmp_path):
@@ -147,6 +149,7 @@ def test_open_draw_save_reload_real_glioma(make_napari_viewer, glioma_crop, tmp_
     np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "seg_copy.nii.gz")).dataobj), original)
 
 
+@needs_real_data
 def test_open_draw_save_reload_real_ras_ct(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     (image,) = viewer.open(str(CT), plugin=PLUGIN)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import REAL_DATA, needs_real_data
 
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.metrics import (
@@ -17,8 +17,6 @@ from napari_medadapt.core.metrics import (
     label_volumes_ml,
     region_masks,
 )
-
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
 
 def test_dice_values_and_empty_conventions():
@@ -67,11 +65,12 @@ def test_volumes_ml():
     assert label_volumes_ml(labels, (1, 1, 1), [1, 2])[2] == 0.0
 
 
+@needs_real_data
 def test_evaluate_real_algorithms_against_fusion():
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.volume import read_geometry
 
-    case = REAL / "glioma_tcga_du7294"
+    case = REAL_DATA / "glioma_tcga_du7294"
     geometry = read_geometry(case / "t1.nii.gz")
     ref = load_labels(case / "seg_fusion.nii.gz", geometry)
     pred = load_labels(case / "seg_algorithms" / "isen-20.nii.gz", geometry)

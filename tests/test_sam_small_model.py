@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import SAMPLE_CASE
 
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.sam import SamPredictor, box_from_mask, iou, load_sam, resolve_window
 from napari_medadapt.core.sam.small_model import SMALL_CARD, SMALL_WEIGHTS, load_small_sam, sha256_file
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-CASE = REAL / "glioma_tcga_fg6692"
+CASE = SAMPLE_CASE
 
 
 def test_bundled_weights_match_their_card() -> None:
@@ -31,7 +31,6 @@ def test_tampered_weights_are_rejected(tmp_path: Path) -> None:
         load_small_sam(broken, SMALL_CARD)
 
 
-@pytest.mark.skipif(not CASE.is_dir(), reason="real data folder ../shared/data/real not present")
 def test_box_prompt_on_held_out_tumour_beats_chance() -> None:
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.volume import load_volume

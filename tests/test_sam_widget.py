@@ -3,11 +3,11 @@ clear, propagation with a stop slice, precompute/resume, and clear messages for 
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _data import SAMPLE_CASE
 
 from napari_medadapt._reader import medadapt_metadata
 from napari_medadapt.core.sam import MaskPrediction, PromptableModel, SamPredictor, make_prompts
@@ -17,7 +17,7 @@ from napari_medadapt.widgets import sam_prompts as sp
 
 pytestmark = pytest.mark.gui
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "glioma_tcga_fg6692"
+DATA = SAMPLE_CASE
 CROP = (slice(78, 94), slice(33, 133), slice(30, 130))  # around the tumour; slice 10 = display z 88
 
 

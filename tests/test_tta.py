@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _data import REAL_DATA, needs_real_data
 from torch import nn
 
 from napari_medadapt.core.adapt.tta import adapt, require_batchnorm, resolve_blocks
@@ -33,8 +33,8 @@ from napari_medadapt.core.models import build_model, default_architecture, save_
 from napari_medadapt.core.synth.shifts import apply_shift
 from napari_medadapt.core.volume import Geometry, Volume
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-CASE = REAL / "glioma_tcga_du7294"
+CASE = REAL_DATA / "glioma_tcga_du7294"  # the training case of the bundled model
+pytestmark = needs_real_data
 MODALITIES = ("t1", "t1c", "t2", "flair")
 
 

@@ -8,23 +8,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from _data import SAMPLE_CASE
 
 from napari_medadapt.core.adapt.tts import (
     KeypointError,
     TTSWarning,
     lost_target_message,
-    score_channels,
-    select_channels,
     tts,
     validate_keypoints,
 )
 from napari_medadapt.core.adapt.tts_classify import tts_classify
 from napari_medadapt.core.adapt.tts_engine import background_channels, keep_count
+from napari_medadapt.core.adapt.tts_select import score_channels, select_channels
 from napari_medadapt.core.adapt.tts_session import TTSSession
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.models import build_model, default_architecture
-
-TEST_CASE = "glioma_tcga_fg6692"
 
 
 def tiny_model(dims: int = 2, seed: int = 0, in_channels: int = 2):
@@ -240,12 +238,12 @@ def test_tts_classify_mutes_the_artifact_channel():
 
 # ---------------------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
-def crop_case(tmp_path_factory, real_data) -> dict[str, Path]:
+def crop_case(tmp_path_factory) -> dict[str, Path]:
     """t1c and flair crops of the real test case around its tumour, written as NIfTI with their affine."""
     out = tmp_path_factory.mktemp("tts_case")
     paths = {}
     for modality in ("t1c", "flair"):
-        image = nib.load(str(real_data / TEST_CASE / f"{modality}.nii.gz"))
+        image = nib.load(str(SAMPLE_CASE / f"{modality}.nii.gz"))
         crop = image.slicer[100:140, 90:126, 80:84]
         paths[modality] = out / f"{modality}.nii.gz"
         nib.save(nib.Nifti1Image(np.asarray(crop.dataobj), crop.affine, crop.header), str(paths[modality]))

@@ -24,7 +24,7 @@ CROP = (slice(72, 120), slice(64, 112), slice(96, 104))
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory, write_crops) -> Path:
-    return write_crops(tmp_path_factory.mktemp("case"), [*MODALITIES, "seg_fusion"], CROP, case="glioma_tcga_fg6692")
+    return write_crops(tmp_path_factory.mktemp("case"), [*MODALITIES, "seg_fusion"], CROP)
 
 
 @pytest.fixture

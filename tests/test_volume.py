@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from _data import REAL_DATA, SAMPLE_CASE, needs_real_data
 
 from napari_medadapt.core import volume as volume_module
 from napari_medadapt.core.cases import case_files, load_case
@@ -26,9 +27,8 @@ from napari_medadapt.core.volume import (
     read_geometry,
 )
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-GLIOMA = REAL / "glioma_tcga_fg6692"
-CT = REAL / "ct_abdomen_totalseg_example"
+GLIOMA = SAMPLE_CASE
+CT = REAL_DATA / "ct_abdomen_totalseg_example"
 TUMOUR_CROP = (slice(56, 108), slice(52, 120), slice(58, 116))
 
 
@@ -181,6 +181,7 @@ def test_real_glioma_headers_and_labels():
     assert int((labels == 2).sum()) == 20862  # edema voxel count from SOURCE.txt
 
 
+@needs_real_data
 def test_real_ras_ct_roundtrip(tmp_path):
     vol = load_volume(CT / "ct.nii.gz")
     assert vol.channels == ("ct",)

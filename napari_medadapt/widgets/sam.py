@@ -65,7 +65,7 @@ class SamWidget(DockBody):
         self._generation = 0
         self._connected: set[Any] = set()  # unique_id of the prompt layers whose events are connected
         self._boxes_busy = False  # a box is being drawn or dragged (napari sends "adding"/"changing" first)
-        self.results = SamResults(self)
+        self.results = SamResults(self.status.setText, self._notes)
         self.candidate_combo = self.results.candidate_combo
 
         self.image_combo = QComboBox()

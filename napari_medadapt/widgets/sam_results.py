@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,6 @@ from napari_medadapt.widgets.sam_prompts import Plane
 
 if TYPE_CHECKING:
     from napari_medadapt.core.sam import MaskPrediction, PropagationResult
-    from napari_medadapt.widgets.sam import SamWidget
     from napari_medadapt.widgets.sam_engine import JobOutput, SliceOutcome
 
 PLANE_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
@@ -31,10 +31,19 @@ STOP_REASONS = {
 class SamResults:
     """The current object: per-slice predictions, the prompt signature each slice was segmented from
     (``applied``), its low-res logits for refinement (``feedback``), propagated slices; shows candidates
-    and propagation statistics."""
+    and propagation statistics.
 
-    def __init__(self, dock: SamWidget) -> None:
-        self.dock = dock
+    Parameters
+    ----------
+    show_status
+        Puts a line into the dock's status.
+    show_notes
+        Shows notes of a job (fallback to CPU, unverified checkpoint, ...) to the user.
+    """
+
+    def __init__(self, show_status: Callable[[str], Any], show_notes: Callable[[list[str]], Any]) -> None:
+        self._show_status = show_status
+        self._show_notes = show_notes
         self.predictions: dict[tuple[int, int], MaskPrediction] = {}
         self.applied: dict[tuple[int, int], tuple] = {}
         self.feedback: dict[tuple[int, int], np.ndarray] = {}
@@ -121,9 +130,9 @@ class SamResults:
 
     def show_precompute(self, output: JobOutput) -> None:
         """Report a finished precomputation."""
-        self.dock._notes(output.notes)
+        self._show_notes(output.notes)
         stats = output.value
-        self.dock.status.setText(
+        self._show_status(
             f"Embeddings ready: {stats.computed} computed, {stats.cached} already cached. Clicks are now instant."
         )
 
@@ -152,7 +161,7 @@ class SamResults:
             f"{'below' if d == 'down' else 'above'}: {STOP_REASONS.get(r or 'edge', r)}"
             for d, r in result.stopped.items()
         )
-        self.dock.status.setText(
+        self._show_status(
             f"Propagated to {len(filled)} slice(s), object spans slices {indices[0]}-{indices[-1]}. Stopped {stops}. "
             "Check the preview, then Commit."
         )

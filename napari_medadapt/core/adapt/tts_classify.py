@@ -17,18 +17,14 @@ import numpy as np
 
 from ..errors import MedAdaptError
 from . import tts_engine as engine
-from .tts import (
+from .tts import KeypointError, TTSWarning, check_settings, one_sided_message, validate_keypoints
+from .tts_select import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FRACTION,
     ChannelSelection,
-    KeypointError,
-    TTSWarning,
-    check_settings,
     combine_scores,
     keypoint_sums,
-    one_sided_message,
     select_channels,
-    validate_keypoints,
 )
 
 if TYPE_CHECKING:

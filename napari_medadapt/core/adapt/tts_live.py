@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..postprocess import postprocess_labels
-from .tts import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION, ChannelSelection, validate_keypoints
+from .tts import validate_keypoints
+from .tts_select import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION, ChannelSelection
 from .tts_session import TTSSession
 
 if TYPE_CHECKING:

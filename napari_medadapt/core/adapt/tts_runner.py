@@ -12,7 +12,7 @@ import numpy as np
 
 from ..jobs import JobContext
 from . import tts_engine as engine
-from .tts import ChannelSelection, channel_mask, combine_scores, keypoint_sums, select_channels
+from .tts_select import ChannelSelection, channel_mask, combine_scores, keypoint_sums, select_channels
 
 if TYPE_CHECKING:
     import torch

@@ -18,19 +18,21 @@ import numpy as np
 from ..errors import ModelError
 from . import tts_engine as engine
 from .tts import (
-    DEFAULT_ALPHA,
-    DEFAULT_KEEP_FRACTION,
-    ChannelSelection,
     TTSWarning,
     check_settings,
-    combine_scores,
-    keypoint_sums,
     label_ids_for,
     lost_target_message,
     one_sided_message,
     prepare_tts_input,
-    select_channels,
     validate_keypoints,
+)
+from .tts_select import (
+    DEFAULT_ALPHA,
+    DEFAULT_KEEP_FRACTION,
+    ChannelSelection,
+    combine_scores,
+    keypoint_sums,
+    select_channels,
 )
 
 if TYPE_CHECKING:
