@@ -299,6 +299,7 @@ def test_check_output_path_accepts_a_writable_new_file(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the write probe leaves nothing
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_save_leaves_no_temporary_file(tmp_path):
     flair = valid_nifti(tmp_path / "flair.nii.gz")
     out = tmp_path / "labels.nii.gz"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from napari_medadapt.core.sam._compat import ResizeLongestSide
 
@@ -26,6 +27,7 @@ def _run(code: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_modeling_loads_with_torchvision_absent() -> None:
     out = _run(
         BLOCK_TORCHVISION
@@ -72,6 +74,7 @@ def probe():
 """
 
 
+@pytest.mark.slow
 def test_loading_our_model_leaves_segment_anything_as_other_plugins_find_it() -> None:
     """micro-sam and others do ``from segment_anything import SamPredictor``: after our dock loaded a SAM
     model, that import must behave exactly as in a process where we never ran (here it fails the same way,

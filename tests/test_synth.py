@@ -27,6 +27,7 @@ def gbm_slice():
     return params, images[:, 0], labels[0], {k: v[0] for k, v in tissues.items()}
 
 
+@pytest.mark.slow
 def test_anatomy_fills_the_sri24_brain_extent():
     anatomy = phantom.load_anatomy()
     assert anatomy.mask.shape == phantom.GRID_SHAPE

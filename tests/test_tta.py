@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _data import REAL_DATA, needs_real_data
+from _data import MISSING_REASON, REAL_DATA, needs_real_data
 from torch import nn
 
 from napari_medadapt.core.adapt.tta import adapt, require_batchnorm, resolve_blocks
@@ -34,7 +34,6 @@ from napari_medadapt.core.synth.shifts import apply_shift
 from napari_medadapt.core.volume import Geometry, Volume
 
 CASE = REAL_DATA / "glioma_tcga_du7294"  # the training case of the bundled model
-pytestmark = needs_real_data
 MODALITIES = ("t1", "t1c", "t2", "flair")
 
 
@@ -44,6 +43,8 @@ def crop_volume(data: np.ndarray) -> Volume:
 
 @pytest.fixture(scope="module")
 def clean() -> Volume:
+    if not CASE.is_dir():
+        pytest.skip(MISSING_REASON)
     volume, _ = load_case(CASE)
     data = volume.subset(MODALITIES).data[:, 60:96:6, 88:152, 88:152]
     return crop_volume(np.ascontiguousarray(data))
@@ -290,6 +291,7 @@ def test_shift_score_grows_with_the_shift_and_is_classified(model, clean, shifte
         classify_shift(0.1, model.card)
 
 
+@needs_real_data
 def test_shift_score_cli(model, tmp_path):
     from napari_medadapt.cli import main
 
