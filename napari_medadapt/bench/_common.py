@@ -1,4 +1,9 @@
-"""Plumbing shared by the benchmark targets: repository paths, report options and writing, standalone runs."""
+"""Plumbing shared by the benchmark targets: data and report options, writing, standalone runs.
+
+Defaults come from :mod:`napari_medadapt.core.paths` (a checkout's ``../shared/data/real`` and
+``docs/benchmarks``; for an installed package ``MEDADAPT_DATA_DIR`` and ``./medadapt-reports``), never the
+installed package itself.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,32 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-REPORT_DIR = REPO_ROOT / "docs" / "benchmarks"
-REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
-
 
 def add_data_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--data``: the folder of the real cases (default: ``../shared/data/real`` beside the repository)."""
-    parser.add_argument("--data", type=Path, default=REAL_DATA)
+    """Add ``--data``: the folder of the real cases (default: ``MEDADAPT_DATA_DIR``, or ``../shared/data/real``
+    beside a source checkout)."""
+    parser.add_argument("--data", type=Path, default=None, metavar="FOLDER", help="folder of the real cases")
 
 
 def add_report_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    """Add ``--json`` and ``--md``: where the reports go (default: ``docs/benchmarks/NAME.json`` / ``.md``)."""
-    parser.add_argument("--json", type=Path, default=REPORT_DIR / f"{name}.json")
-    parser.add_argument("--md", type=Path, default=REPORT_DIR / f"{name}.md")
+    """Add ``--json`` and ``--md``: where the reports go (default: ``NAME.json``/``NAME.md`` in
+    :func:`~napari_medadapt.core.paths.reports_dir`)."""
+    parser.add_argument("--json", type=Path, default=None, help=f"JSON report (default: REPORTS/{name}.json)")
+    parser.add_argument("--md", type=Path, default=None, help=f"Markdown report (default: REPORTS/{name}.md)")
+    parser.set_defaults(report_name=name)
+
+
+def resolve_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the default data folder and report paths of ``args`` (call at the start of ``run``)."""
+    from napari_medadapt.core.paths import data_dir, reports_dir
+
+    if hasattr(args, "data"):
+        args.data = data_dir(args.data)
+    name = getattr(args, "report_name", None)
+    if name is not None:
+        args.json = args.json or reports_dir() / f"{name}.json"
+        args.md = args.md or reports_dir() / f"{name}.md"
+    return args
 
 
 def write_json(report: dict[str, Any], path: Path, indent: int = 2) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medadapt.bench._common import add_data_argument, add_report_arguments, write_json
+from napari_medadapt.bench._common import add_data_argument, add_report_arguments, resolve_paths, write_json
 
 HELP = "engine benchmark: throughput, peak memory and Dice (clean and simulated shifts) of the bundled model"
 
@@ -230,6 +230,7 @@ def _markdown(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write ``--json`` and ``--md``."""
+    resolve_paths(args)
     import platform
 
     import torch

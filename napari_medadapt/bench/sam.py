@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_medadapt.bench._common import add_report_arguments, resolve_paths
+from napari_medadapt.core.paths import source_checkout
+
 HELP = "interactive segmentation benchmark (NoC/NoF, box IoU, propagation Dice, timings)"
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_JSON = REPO_ROOT / "docs" / "benchmarks" / "sam.json"
-DEFAULT_MD = REPO_ROOT / "docs" / "benchmarks" / "sam.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default="sam-small", help="registry name or checkpoint path")
     parser.add_argument("--max-clicks", type=int, default=20)
-    parser.add_argument("--json", type=Path, default=None, help=f"JSON report (default {DEFAULT_JSON})")
-    parser.add_argument("--md", type=Path, default=None, help=f"Markdown report (default {DEFAULT_MD})")
+    add_report_arguments(parser, "sam")
     parser.add_argument(
         "--window", default=None, help="lo,hi or a preset; default: CT soft tissue / MRI auto"
     )
@@ -96,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write the JSON and Markdown reports."""
     import torch
 
+    resolve_paths(args)
     from napari_medadapt.bench._sam_baseline import geodesic_segment, gradient_cost
     from napari_medadapt.bench._sam_report import write_markdown
     from napari_medadapt.core.labelmaps import load_labels
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         "propagation": propagation,
         "timing": seconds,
     }
-    json_path = args.json or DEFAULT_JSON
+    json_path = args.json
     report: dict[str, Any] = {"cases": []}
     if args.append and json_path.exists():
         report = json.loads(json_path.read_text())
@@ -267,8 +267,8 @@ def run(args: argparse.Namespace) -> int:
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(report, args.md or DEFAULT_MD)
-    print(f"wrote {json_path} and {args.md or DEFAULT_MD}")
+    write_markdown(report, args.md)
+    print(f"wrote {json_path} and {args.md}")
     return 0
 
 
@@ -281,6 +281,7 @@ def predictor_slice_rgb(image: np.ndarray, window: tuple[float, float]) -> np.nd
 
 def _relative(path: Path) -> str:
     try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT.parent))
+        checkout = source_checkout()
+        return str(Path(path).resolve().relative_to(checkout.parent)) if checkout else str(path)
     except ValueError:
         return str(path)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medadapt.bench._common import add_data_argument, add_report_arguments, write_json
+from napari_medadapt.bench._common import add_data_argument, add_report_arguments, resolve_paths, write_json
 from napari_medadapt.bench._tta_report import REGIONS, summarise, write_markdown
 
 HELP = "test-time adaptation on a real case and its simulated shifts: Dice before/after, time, shift score vs Dice"
@@ -121,6 +121,7 @@ def _tolerance(model, volume, sizes: list[int]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and write its JSON and Markdown reports."""
+    resolve_paths(args)
     import torch
 
     from napari_medadapt.core.adapt.tta import DEFAULT_ITERATIONS, DEFAULT_LR, adapt

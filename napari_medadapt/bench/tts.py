@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medadapt.bench._common import add_data_argument, add_report_arguments
+from napari_medadapt.bench._common import add_data_argument, add_report_arguments, resolve_paths
 
 HELP = "TTS benchmark: artifact false positives and Dice before/after keypoint muting, re-prediction latency"
 
@@ -300,8 +300,10 @@ def _decoder_profile(model: Any, case: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and write its JSON and Markdown reports."""
     import torch
 
+    resolve_paths(args)
     from napari_medadapt.bench._tts_report import write_reports
     from napari_medadapt.core.models import load_model
 

@@ -16,4 +16,4 @@ BENCH_TARGETS: dict[str, str] = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    register_targets(subparsers, "bench", "run a benchmark and write its report", BENCH_TARGETS)
+    register_targets(subparsers, "bench", "run a benchmark and write its report", BENCH_TARGETS, extra="bench")

@@ -64,8 +64,15 @@ def open_demo_viewer(case: Path | None = None) -> tuple[Any, dict[str, tuple[Any
 
 
 def run(args: argparse.Namespace) -> int:
-    import napari
-    from qtpy.QtCore import QTimer
+    from napari_medadapt.cli import CLIError
+
+    try:
+        import napari
+        from qtpy.QtCore import QTimer
+    except ImportError as err:
+        raise CLIError(
+            f"medadapt demo needs napari and a Qt binding ({err}): pip install 'napari-medadapt[pyqt6]'"
+        ) from err
 
     viewer, _ = open_demo_viewer(args.case)
     if args.screenshot is not None:

@@ -15,4 +15,4 @@ TRAIN_TARGETS: dict[str, str] = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    register_targets(subparsers, "train", "train a bundled model from scratch", TRAIN_TARGETS)
+    register_targets(subparsers, "train", "train a bundled model from scratch", TRAIN_TARGETS, extra="train")

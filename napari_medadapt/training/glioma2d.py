@@ -35,11 +35,6 @@ TRAIN_CASE = "glioma_tcga_du7294"
 HELD_OUT_CASE = "glioma_tcga_fg6692"
 
 
-def default_data_dir() -> Path:
-    """``../shared/data/real`` beside the repository checkout."""
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
-
-
 def architecture() -> dict:
     """The glioma2d architecture config (see ``core/models/network.py``)."""
     from napari_medadapt.core.models import default_architecture
@@ -73,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, default=160, help="training crop size (pixels)")
     parser.add_argument("--phantoms", type=int, default=80, help="phantoms rendered (8 slices each)")
     parser.add_argument("--real-fraction", type=float, default=0.35, help="share of real-case slices per batch")
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="folder of the real cases")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="folder of the real cases (default: MEDADAPT_DATA_DIR, or ../shared/data/real beside a checkout)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (float rounding may differ with the count)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
 
@@ -228,8 +225,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from napari_medadapt.core.models import save_model
+    from napari_medadapt.core.paths import data_dir
 
     torch.set_num_threads(args.threads)
+    args.data = data_dir(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out / "train_log.txt"
 

@@ -25,8 +25,7 @@ from napari_medadapt.core.intensity import CT_WINDOWS
 
 HELP = "train the bundled small Segment Anything model (CPU, seeded, time-capped)"
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+DEFAULT_OUT = Path("sam-small-model") / "sam_small.safetensors"
 TRAIN_GLIOMA = "glioma_tcga_du7294"
 HELD_OUT = "glioma_tcga_fg6692"
 TRAIN_CT = "ct_abdomen_totalseg_example"
@@ -38,7 +37,10 @@ MIN_AREA = 16
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options."""
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="folder of the real cases")
+    parser.add_argument(
+        "--data-root", type=Path, default=None,
+        help="folder of the real cases (default: MEDADAPT_DATA_DIR, or ../shared/data/real beside a checkout)",
+    )
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-time budget for training")
     parser.add_argument(
         "--max-steps", type=int, default=0,
@@ -48,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=None, help="weights path (default: the bundled file)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT,
+        help=f"weights path, the card is written beside it (default: ./{DEFAULT_OUT}; the bundled file is "
+        "napari_medadapt/weights/sam_small.safetensors in a checkout)",
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from these safetensors weights")
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="prompt rounds per sample (1 + corrective clicks)")
@@ -163,13 +169,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
+    from napari_medadapt.core.paths import data_dir
     from napari_medadapt.core.sam.clicks import jittered_box, next_click
     from napari_medadapt.core.sam.decoding import decode, dense_prior
     from napari_medadapt.core.sam.model import PromptableModel
     from napari_medadapt.core.sam.small_model import (
         DEFAULT_CONFIG,
         SMALL_CARD,
-        SMALL_WEIGHTS,
         build_small_sam,
         save_small_sam,
     )
@@ -177,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    args.data_root = data_dir(args.data_root)
     if HELD_OUT in str(args.data_root):
         raise SystemExit(f"{HELD_OUT} is the held-out benchmark case; do not train on it.")
     sampler = SliceSampler(args.data_root, rng)
@@ -195,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     step = 0
     history: list[tuple[float, float, float]] = []
-    out_path = Path(args.out) if args.out else SMALL_WEIGHTS
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         elapsed = time.time() - start
         if elapsed > budget or (args.max_steps and step >= args.max_steps):
@@ -313,8 +321,8 @@ def run(args: argparse.Namespace) -> int:
             sam.train()
     sam.eval()
     sha = save_small_sam(sam, out_path)
-    card_path = out_path.with_suffix(".json") if args.out else SMALL_CARD
-    previous = json.loads(card_path.read_text()) if card_path.exists() else {}
+    card_path = out_path.with_suffix(".json")
+    previous = json.loads((card_path if card_path.exists() else SMALL_CARD).read_text())
     card = {
         "name": "sam-small",
         "description": (

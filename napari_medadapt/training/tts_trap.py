@@ -33,19 +33,17 @@ PATCH = 80
 MIN_TUMOUR_PIXELS = 12
 
 
-def default_data_dir() -> Path:
-    """``../shared/data/real`` beside the repository checkout."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).resolve().parents[1] / "weights" / MODEL_NAME,
-        help="output stem: writes STEM.safetensors and STEM.json (default: the bundled weights)",
+        default=Path("tts-trap-model") / MODEL_NAME,
+        help="output stem: writes STEM.safetensors and STEM.json (default: ./tts-trap-model/tts_trap; the "
+        "bundled files are napari_medadapt/weights/tts_trap in a checkout)",
     )
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="folder of the real cases")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="folder of the real cases (default: MEDADAPT_DATA_DIR, or ../shared/data/real beside a checkout)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--iterations", type=int, default=240, help="optimizer steps (default 240)")
     parser.add_argument("--batch", type=int, default=8, help="slices per step (default 8)")
@@ -171,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    case = Path(args.data) / TRAIN_CASE
+    from napari_medadapt.core.paths import data_dir
+
+    case = data_dir(args.data) / TRAIN_CASE
     if not case.is_dir():
         raise MedAdaptError(f"training case {case} not found; pass --data with the folder of the real cases.")
     card = trap_card()
