@@ -108,7 +108,7 @@ def test_info_lists_registries_and_survives_missing_module(monkeypatch, tmp_path
     import napari_medadapt.core.models as models_module
 
     card = {"name": "tiny2d", "modalities": ["t1", "flair"], "labels": [0, 1], "path": "/models/tiny2d.json"}
-    monkeypatch.setattr(models_module, "list_models", lambda: [card], raising=False)
+    monkeypatch.setattr(models_module, "list_models", lambda **_: [card], raising=False)
     monkeypatch.setitem(sys.modules, "napari_medadapt.core.sam", None)
     monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path))
     assert main(["info"]) == 0

@@ -117,7 +117,7 @@ def test_save_load_roundtrip_and_sha_check(tmp_path, monkeypatch):
 
 
 def test_bad_inputs_raise_model_errors(tmp_path):
-    with pytest.raises(ModelError, match="no model called"):
+    with pytest.raises(ModelError, match="no segmentation model called"):
         load_model("no-such-model")
     with pytest.raises(ModelError, match="no model card"):
         (tmp_path / "w.safetensors").write_bytes(b"x")

@@ -80,8 +80,8 @@ def _as_record(entry: Any) -> dict[str, Any]:
     return {"name": str(entry)}
 
 
-def _registry(module_name: str, function_name: str, label: str) -> dict[str, Any]:
-    """Call ``module_name.function_name()``; report a missing module or a user-facing error as text."""
+def _registry(module_name: str, function_name: str, label: str, **kwargs: Any) -> dict[str, Any]:
+    """Call ``module_name.function_name(**kwargs)``; report a missing module or a user-facing error as text."""
     from napari_medadapt.core.errors import MedAdaptError
 
     try:
@@ -89,7 +89,7 @@ def _registry(module_name: str, function_name: str, label: str) -> dict[str, Any
     except (ImportError, AttributeError) as err:
         return {"entries": [], "error": f"{label} not available in this installation: {err}"}
     try:
-        return {"entries": [_as_record(entry) for entry in lister()], "error": None}
+        return {"entries": [_as_record(entry) for entry in lister(**kwargs)], "error": None}
     except MedAdaptError as err:
         return {"entries": [], "error": f"{label} could not be listed: {err}"}
 
@@ -100,7 +100,9 @@ def collect_info() -> dict[str, Any]:
         "versions": package_versions(),
         "device": device_info(),
         "cache": cache_info(),
-        "models": _registry("napari_medadapt.core.models", "list_models", "segmentation model registry"),
+        "models": _registry(
+            "napari_medadapt.core.models", "list_models", "segmentation model registry", include_tags=("demonstration",)
+        ),
         "sam_checkpoints": _registry("napari_medadapt.core.sam", "list_checkpoints", "SAM checkpoint registry"),
     }
 
@@ -109,7 +111,8 @@ def _model_line(record: Mapping[str, Any]) -> str:
     modalities = ", ".join(record.get("modalities") or [])
     labels = record.get("labels")
     where = record.get("path") or ""
-    return f"  {record.get('name', '?')}: inputs [{modalities}] -> labels {labels}  {where}".rstrip()
+    tags = f" ({', '.join(record['tags'])})" if record.get("tags") else ""
+    return f"  {record.get('name', '?')}{tags}: inputs [{modalities}] -> labels {labels}  {where}".rstrip()
 
 
 def _checkpoint_line(record: Mapping[str, Any]) -> str:

@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
+    from napari_medadapt.core.models import PromptableCard
     from napari_medadapt.core.paths import data_dir
     from napari_medadapt.core.sam.clicks import jittered_box, next_click
     from napari_medadapt.core.sam.decoding import decode, dense_prior
@@ -324,16 +325,20 @@ def run(args: argparse.Namespace) -> int:
     card_path = out_path.with_suffix(".json")
     previous = json.loads((card_path if card_path.exists() else SMALL_CARD).read_text())
     card = {
+        "format_version": 1,
+        "kind": "promptable",
         "name": "sam-small",
+        "title": "Bundled small SAM (CPU, trained on MRI/CT slices)",
         "description": (
             "Small promptable model in Segment Anything's architecture: SAM's PromptEncoder and "
             "MaskDecoder (TwoWayTransformer) on a small CNN image encoder; 256 px input, "
             f"{DEFAULT_CONFIG['embed_dim']}-channel 32x32 embedding, 128x128 mask logits."
         ),
-        "architecture": DEFAULT_CONFIG,
+        "architecture": {"encoder": "small", **DEFAULT_CONFIG},
         "preprocess": "sam",
         "dense_prompts": True,
         "parameters": int(sum(p.numel() for p in sam.parameters())),
+        "weights_file": out_path.name,
         "weights_sha256": sha,
         "weights_dtype": "float16",
         "training_data": {
@@ -365,8 +370,9 @@ def run(args: argparse.Namespace) -> int:
             ),
         },
         "evaluation": previous.get("evaluation", "run `medadapt bench sam` (docs/benchmarks/sam.md)"),
-        "licence": "same as napari-medadapt; trained on CC BY 3.0 (TCGA) and Apache-2.0 (TotalSegmentator) data",
+        "license": "same as napari-medadapt; trained on CC BY 3.0 (TCGA) and Apache-2.0 (TotalSegmentator) data",
+        "note": "bundled with napari-medadapt (medadapt train sam-small); sha256 checked against this card",
     }
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    PromptableCard.from_dict(card, source="the trained model's card").save(card_path)
     print(f"saved {out_path} (sha256 {sha}) after {step} steps", flush=True)
     return 0

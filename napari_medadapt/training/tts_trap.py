@@ -66,6 +66,7 @@ def trap_card(description: str = "", training_data: dict[str, Any] | None = None
         description=description,
         training_data=training_data or {},
         license="Apache-2.0 (weights); training data: TCGA-LGG via BraTS (CC BY 3.0) and synthetic phantoms",
+        tags=["demonstration"],  # deliberately biased: offered by the TTS dock, not as an ordinary model
     )
 
 

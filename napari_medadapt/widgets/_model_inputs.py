@@ -101,6 +101,8 @@ class ModelInputsPanel(QWidget):
         Name of the model selected first when it is registered.
     skip_prefix
         Image layers whose name starts with this prefix are not offered as inputs (result layers).
+    include_tags
+        Also list models with these card tags (``"demonstration"``: the TTS dock's trap model).
     """
 
     model_changed = Signal()
@@ -115,9 +117,11 @@ class ModelInputsPanel(QWidget):
         editable: bool = False,
         default_model: str | None = None,
         skip_prefix: str = "",
+        include_tags: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.viewer = viewer
+        self._include_tags = tuple(include_tags)
         self._allow_files = allow_files
         self._skip_prefix = skip_prefix
         self._cards: list[ModelCard] = []
@@ -154,7 +158,7 @@ class ModelInputsPanel(QWidget):
     def refresh_models(self, select: str | None = None) -> None:
         """Fill the model list from the registry (keeps models added from files); select ``select`` if listed."""
         try:
-            registered = list_models()
+            registered = list_models(include_tags=self._include_tags)
         except MedAdaptError as err:
             show_error(str(err))
             registered = []

@@ -85,6 +85,7 @@ class TTSWidget(DockBody):
             editable=True,
             default_model=DEFAULT_MODEL_NAME,
             skip_prefix="TTS ",
+            include_tags=("demonstration",),
         )
         self.model_box = self.inputs.model_combo
         self.alpha_box = QLabeledDoubleSlider(Qt.Orientation.Horizontal)

@@ -74,6 +74,11 @@ class ModelCard:
     shift_score
         Optional distribution of the test-time-adaptation shift score on the training/validation data
         (e.g. ``{"mean": ..., "std": ..., "quantiles": {...}}``).
+    tags
+        Labels for lists: ``"demonstration"`` keeps a model (e.g. the deliberately biased ``tts_trap``) out of
+        the ordinary model lists (the Segment and TTA docks); docks that demonstrate it list it.
+    kind
+        ``"segmentation"`` (the card schema's other kinds have their own card types).
     path
         Where the card was read from (set by :meth:`load`; not written to JSON).
     """
@@ -95,6 +100,8 @@ class ModelCard:
     postprocess: dict[str, Any] = field(default_factory=dict)
     regions: dict[str, list[int]] = field(default_factory=dict)
     shift_score: dict[str, Any] | None = None
+    tags: list[str] = field(default_factory=list)
+    kind: str = "segmentation"
     format_version: int = CARD_FORMAT_VERSION
     path: str | None = field(default=None, repr=False, compare=False)
 

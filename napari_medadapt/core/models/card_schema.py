@@ -1,4 +1,9 @@
-"""The one schema of a segmentation model card, checked whenever a card is read or built.
+"""The one card schema of every model artefact, checked whenever a card is read or built.
+
+A card's ``kind`` says what it describes: ``"segmentation"`` (a MONAI DynUNet segmenter, the default),
+``"promptable"`` (a Segment Anything-family model: bundled weights beside the card, or a checkpoint
+downloaded on first use). Every card has a ``name``, ``tags`` (``"demonstration"`` keeps a model out of the
+ordinary model lists) and documentation fields.
 
 A card is JSON written by people and by other tools, so every field is checked for its type and range
 before anything is built from it, and a problem is reported as ``field: what is wrong (got ...)``. Types are
@@ -19,6 +24,18 @@ from ..errors import ModelError
 PositiveInt = Annotated[int, Field(gt=0)]
 PerAxis = PositiveInt | list[PositiveInt]
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _check_sha256(value: str | None) -> str | None:
+    if value is not None and not _SHA256.match(value):
+        raise ValueError("must be the 64 hexadecimal digits of the file's sha256")
+    return value
+
+
+def _check_file_name(value: str | None) -> str | None:
+    if value is not None and (not value.strip() or "/" in value or "\\" in value or value in (".", "..")):
+        raise ValueError("must be a file name beside the card (or in the download folder), without folders")
+    return value
 
 
 class _Strict(BaseModel):
@@ -97,10 +114,12 @@ class PostprocessSchema(_Strict):
 
 
 class CardSchema(BaseModel):
-    """A whole card."""
+    """A segmentation model's card."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
     format_version: Annotated[int, Field(ge=1)] = 1
+    kind: Literal["segmentation"] = "segmentation"
+    tags: list[Annotated[str, Field(min_length=1)]] = []
     name: Annotated[str, Field(min_length=1, max_length=200)]
     architecture: ArchitectureSchema
     modalities: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
@@ -122,16 +141,84 @@ class CardSchema(BaseModel):
     @field_validator("weights_sha256")
     @classmethod
     def _hex(cls, value: str | None) -> str | None:
-        if value is not None and not _SHA256.match(value):
-            raise ValueError("must be the 64 hexadecimal digits of the weight file's sha256")
-        return value
+        return _check_sha256(value)
 
     @field_validator("weights_file")
     @classmethod
     def _plain_name(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or "/" in value or "\\" in value or value in (".", "..")):
-            raise ValueError("must be a file name beside the card, without folders")
-        return value
+        return _check_file_name(value)
+
+
+class DownloadSchema(_Strict):
+    """Where a checkpoint that is not bundled comes from."""
+
+    filename: Annotated[str, Field(min_length=1)]
+    url: str | None = None
+    sha256: str | None = None
+    size_mb: Annotated[float, Field(ge=0)] = 0.0
+    source: str = ""
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        return _check_sha256(value)
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return _check_file_name(value)
+
+
+class PromptableArchitectureSchema(BaseModel):
+    """``encoder``: ``small`` (the bundled CNN encoder, with its config) or a SAM ViT size."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    encoder: Literal["small", "vit_b", "vit_l", "vit_h"]
+
+
+class PromptableCardSchema(BaseModel):
+    """A promptable (Segment Anything-family) model's card."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    format_version: Annotated[int, Field(ge=1)] = 1
+    kind: Literal["promptable"]
+    tags: list[Annotated[str, Field(min_length=1)]] = []
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    title: str = ""
+    architecture: PromptableArchitectureSchema
+    preprocess: Literal["sam", "medsam"] = "sam"
+    dense_prompts: bool = False
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    download: DownloadSchema | None = None
+    description: str = ""
+    license: str = ""
+    note: str = ""
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        return _check_sha256(value)
+
+    @field_validator("weights_file")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        return _check_file_name(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptableCardSchema:
+        if (self.weights_file is None) == (self.download is None):
+            raise ValueError("give either weights_file (weights beside the card) or download (a checkpoint)")
+        return self
+
+
+#: card kind -> its schema
+SCHEMAS: dict[str, type[BaseModel]] = {"segmentation": CardSchema, "promptable": PromptableCardSchema}
+
+
+def card_kind(data: Any) -> str:
+    """The ``kind`` of a parsed card (``"segmentation"`` when absent)."""
+    return str(data.get("kind", "segmentation")) if isinstance(data, dict) else "segmentation"
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -167,8 +254,11 @@ def validate_card(data: Any, source: str = "model card") -> None:
     """
     if not isinstance(data, dict):
         raise ModelError(f"{source} must be a JSON object ({{...}}), not {type(data).__name__}.")
+    schema = SCHEMAS.get(card_kind(data))
+    if schema is None:
+        raise ModelError(f"{source} has kind {data.get('kind')!r}; known kinds: {', '.join(SCHEMAS)}.")
     try:
-        CardSchema.model_validate(data)
+        schema.model_validate(data)
     except ValidationError as err:
         problems = [_describe(e) for e in err.errors(include_url=False)]
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""

@@ -1,8 +1,9 @@
-"""Where models live: bundled ones in ``napari_medadapt/weights/`` plus user folders.
+"""The one registry of every model artefact: bundled cards in ``napari_medadapt/weights/`` plus user folders.
 
-A model is ``<name>.safetensors`` + ``<name>.json`` (its card) in one folder. Extra folders are searched
-after the bundled one when the environment variable ``MEDADAPT_MODEL_PATH`` lists them (separated by
-``os.pathsep``). This module does not import torch.
+A model is a card ``<name>.json`` (kind ``segmentation`` or ``promptable``, one schema: :mod:`.card_schema`)
+with its weights beside it (``<name>.safetensors``), or, for a promptable checkpoint that is not bundled, a
+card saying where to download it. Extra folders are searched after the bundled one when the environment
+variable ``MEDADAPT_MODEL_PATH`` lists them (separated by ``os.pathsep``). This module does not import torch.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelError
 from .card import ModelCard
+from .card_schema import card_kind
+from .promptable_card import PromptableCard
 
 #: Name of the default bundled model (brain-tumour MRI, 2D).
 DEFAULT_MODEL = "glioma2d"
@@ -35,48 +40,70 @@ def model_dirs() -> list[Path]:
     return dirs
 
 
-def list_models() -> list[ModelCard]:
-    """Cards of every model found in :func:`model_dirs` (first folder wins on equal names).
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None  # reading it as a card reports the problem
 
-    JSON files that are not segmentation model cards (no ``modalities`` / ``labels``, e.g. the cards of
-    Segment Anything checkpoints sharing the folder) are ignored; a malformed model card is skipped with a
-    warning so one bad file does not hide the others.
+
+def read_card(path: str | Path) -> ModelCard | PromptableCard:
+    """Read a card of any kind (:class:`ModelError` on a missing, malformed or unknown-kind card)."""
+    path = Path(path)
+    data = _read_json(path)
+    if isinstance(data, dict) and card_kind(data) == "promptable":
+        return PromptableCard.from_dict(data, source=f"model card {path}", path=str(path))
+    return ModelCard.load(path)
+
+
+def list_cards(kind: str | None = None) -> list[ModelCard | PromptableCard]:
+    """Cards of every model found in :func:`model_dirs` (first folder wins on equal kind and name).
+
+    JSON files that are not cards of ``kind`` are ignored; a malformed card is skipped with a warning so one
+    bad file does not hide the others.
     """
-    cards: dict[str, ModelCard] = {}
+    cards: dict[tuple[str, str], ModelCard | PromptableCard] = {}
     for folder in model_dirs():
         if not folder.is_dir():
             continue
         for card_path in sorted(folder.glob("*.json")):
-            if not _is_model_card(card_path):
+            data = _read_json(card_path)
+            if isinstance(data, dict) and kind is not None and card_kind(data) != kind:
                 continue
+            if isinstance(data, dict) and not {"kind", "architecture", "modalities", "labels"} & set(data):
+                continue  # some other tool's JSON file sharing the folder
             try:
-                card = ModelCard.load(card_path)
+                card = read_card(card_path)
             except ModelError as err:
                 warnings.warn(f"skipping model card {card_path}: {err}", stacklevel=2)
                 continue
-            cards.setdefault(card.name, card)
+            cards.setdefault((card.kind, card.name), card)
     return list(cards.values())
 
 
-def _is_model_card(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return True  # let ModelCard.load report the problem
-    return isinstance(data, dict) and "modalities" in data and "labels" in data
+def list_models(include_tags: Iterable[str] = ()) -> list[ModelCard]:
+    """Segmentation models' cards, without the ones tagged ``"demonstration"`` unless ``include_tags`` names
+    that tag (the TTS dock demonstrates the trap model; the Segment dock does not offer it)."""
+    hidden = {"demonstration"} - set(include_tags)
+    return [
+        card
+        for card in list_cards("segmentation")
+        if isinstance(card, ModelCard) and not hidden & set(card.tags)
+    ]
 
 
-def find_card(name: str) -> Path:
-    """Path of the card of the model called ``name`` (:class:`ModelError` listing the known ones if absent)."""
+def find_card(name: str, kind: str = "segmentation") -> Path:
+    """Path of the card of the ``kind`` model called ``name`` (:class:`ModelError` listing the known ones)."""
     for folder in model_dirs():
         candidate = folder / f"{name}.json"
-        if candidate.is_file() and _is_model_card(candidate):
+        data = _read_json(candidate) if candidate.is_file() else None
+        if isinstance(data, dict) and card_kind(data) == kind:  # the file's stem names it too
             return candidate
-    for card in list_models():
+    for card in list_cards(kind):
         if card.name == name and card.path:
             return Path(card.path)
-    known = ", ".join(sorted(c.name for c in list_models())) or "none"
+    known = ", ".join(sorted(c.name for c in list_cards(kind))) or "none"
     raise ModelError(
-        f"no model called {name!r} (known models: {known}). Give a path to a .json card or a .safetensors "
-        f"file, or add its folder to {MODEL_PATH_ENV}."
+        f"no {kind} model called {name!r} (known models: {known}). Give a path to a .json card or a "
+        f".safetensors file, or add its folder to {MODEL_PATH_ENV}."
     )

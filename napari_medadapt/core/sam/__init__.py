@@ -37,6 +37,7 @@ from .propagation import (
 )
 from .registry import (
     REGISTRY,
+    SMALL_MODEL_NAME,
     CheckpointEntry,
     checkpoint_path,
     fetch_checkpoint,
@@ -44,7 +45,6 @@ from .registry import (
     list_checkpoints,
     load_sam,
 )
-from .small_model import SMALL_MODEL_NAME
 
 __all__ = [
     "AUTO_WINDOW",

@@ -1,13 +1,16 @@
-"""Segment Anything checkpoints: the registry, verified downloads and loading.
+"""Segment Anything checkpoints: the registry (the promptable model cards), verified downloads and loading.
 
-Official SAM checkpoints are fetched with ``pooch.retrieve`` into ``core.paths.checkpoint_dir()``
-(``MEDADAPT_CACHE_DIR`` overrides the cache root) and checked against pinned sha256 hashes.
-The SAM hashes below are the digests of Meta's published files as recorded independently by several
-public projects that verify them; the short hash in each file name is NOT a sha256 prefix.
-MedSAM publishes its ViT-B checkpoint only through a Google Drive folder linked from its README, and
-no official sha256: it must be downloaded by hand, and loading it unverified needs an explicit
-``known_hash=None`` (with a warning). Any local checkpoint path works too. Checkpoints are
-plain state dicts read with ``torch.load(..., weights_only=True)`` (no unpickling of code).
+Every promptable model is a card of the one model registry (:mod:`napari_medadapt.core.models.registry`,
+``"kind": "promptable"``): the bundled ``sam-small`` (weights beside its card) and the published checkpoints
+(``sam-vit-b/l/h``, ``medsam-vit-b``), whose cards in ``napari_medadapt/weights/`` give the download URL and
+the pinned sha256. A user adds another promptable model by putting its card in a folder on
+``MEDADAPT_MODEL_PATH``. Checkpoints are fetched with ``pooch.retrieve`` into ``core.paths.checkpoint_dir()``
+(``MEDADAPT_CACHE_DIR`` overrides the cache root) and checked against the card's sha256. The SAM hashes are
+the digests of Meta's published files as recorded independently by several public projects that verify
+them; the short hash in each file name is NOT a sha256 prefix. MedSAM publishes its ViT-B checkpoint only
+through a Google Drive folder linked from its README, and no official sha256: it must be downloaded by hand,
+and loading it unverified needs an explicit ``known_hash=None`` (with a warning). Any local checkpoint path
+works too. Checkpoints are plain state dicts read with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -18,15 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from ..hashing import sha256_file
 from ..jobs import JobCancelled, JobContext
-from .small_model import SMALL_MODEL_NAME, SMALL_WEIGHTS, sha256_file
+from ..models.promptable_card import PromptableCard
+from ..models.registry import list_cards
 
 _UNSET: Any = object()
+#: Registry name of the bundled promptable model.
+SMALL_MODEL_NAME = "sam-small"
 
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """One promptable model the plugin knows how to get and build.
+    """One promptable model the plugin knows how to get and build (from its card).
 
     Attributes
     ----------
@@ -35,23 +42,25 @@ class CheckpointEntry:
     title
         Human-readable name for menus.
     architecture
-        ``"small"`` (bundled CNN encoder) or ``"vit_b"`` / ``"vit_l"`` / ``"vit_h"``.
+        The encoder: ``"small"`` (bundled CNN encoder) or ``"vit_b"`` / ``"vit_l"`` / ``"vit_h"``.
     filename
-        File name under ``checkpoint_dir()`` (or in the package for the bundled model).
+        File name of the weights (beside the card when bundled, else under ``checkpoint_dir()``).
     url
-        Direct download URL, or ``None`` when the file must be fetched by hand (see ``source``).
+        Direct download URL, or ``None`` (bundled, or fetched by hand: see ``source``).
     sha256
-        Pinned sha256 of the file, or ``None`` when no trustworthy published hash exists.
+        Expected sha256 of the file, or ``None`` when no trustworthy published hash exists.
     size_mb
         Approximate file size.
     preprocess
         ``"sam"`` or ``"medsam"`` (see :class:`~napari_medadapt.core.sam.model.PromptableModel`).
     source
         Where the file officially comes from (page or URL).
-    licence
+    license
         Licence of the weights.
     note
         Anything a user must know.
+    card_path
+        The model's card.
     """
 
     name: str
@@ -63,80 +72,42 @@ class CheckpointEntry:
     size_mb: float
     preprocess: str
     source: str
-    licence: str
+    license: str
     note: str = ""
+    card_path: str = ""
+
+    @property
+    def bundled(self) -> bool:
+        """Whether the weights ship beside the card (no download)."""
+        return self.architecture == "small"
+
+    @classmethod
+    def from_card(cls, card: PromptableCard) -> CheckpointEntry:
+        """The entry of a promptable model card."""
+        download = card.download or {}
+        if card.bundled:
+            path = card.weights_path()
+            size = round(path.stat().st_size / 1e6, 1) if path.is_file() else 0.0
+            filename, url, sha, source = card.weights_file, None, card.weights_sha256, "bundled with napari-medadapt"
+        else:
+            size = float(download.get("size_mb", 0.0))
+            filename, url, sha = download["filename"], download.get("url"), download.get("sha256")
+            source = download.get("source", "")
+        return cls(
+            card.name, card.title or card.name, card.encoder, str(filename), url, sha, size, card.preprocess,
+            source, card.license, card.note, str(card.path or ""),
+        )
 
 
-SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+def _registry() -> dict[str, CheckpointEntry]:
+    """Entries in menu order: bundled first, then SAM checkpoints by size, then the MedSAM-style ones."""
+    entries = [CheckpointEntry.from_card(c) for c in list_cards("promptable") if isinstance(c, PromptableCard)]
+    entries.sort(key=lambda e: (not e.bundled, e.preprocess != "sam", e.size_mb, e.name))
+    return {entry.name: entry for entry in entries}
 
-REGISTRY: dict[str, CheckpointEntry] = {
-    entry.name: entry
-    for entry in (
-        CheckpointEntry(
-            SMALL_MODEL_NAME,
-            "Bundled small SAM (CPU, trained on MRI/CT slices)",
-            "small",
-            SMALL_WEIGHTS.name,
-            None,
-            None,
-            round(SMALL_WEIGHTS.stat().st_size / 1e6, 1) if SMALL_WEIGHTS.exists() else 0.0,
-            "sam",
-            "bundled with napari-medadapt (medadapt train sam-small)",
-            "same as napari-medadapt",
-            "sha256 is checked against its model card napari_medadapt/weights/sam_small.json",
-        ),
-        CheckpointEntry(
-            "sam-vit-b",
-            "SAM ViT-B (Meta)",
-            "vit_b",
-            "sam_vit_b_01ec64.pth",
-            SAM_URL + "sam_vit_b_01ec64.pth",
-            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-            375.0,
-            "sam",
-            "https://github.com/facebookresearch/segment-anything#model-checkpoints",
-            "Apache-2.0",
-        ),
-        CheckpointEntry(
-            "sam-vit-l",
-            "SAM ViT-L (Meta)",
-            "vit_l",
-            "sam_vit_l_0b3195.pth",
-            SAM_URL + "sam_vit_l_0b3195.pth",
-            "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-            1249.5,
-            "sam",
-            "https://github.com/facebookresearch/segment-anything#model-checkpoints",
-            "Apache-2.0",
-        ),
-        CheckpointEntry(
-            "sam-vit-h",
-            "SAM ViT-H (Meta)",
-            "vit_h",
-            "sam_vit_h_4b8939.pth",
-            SAM_URL + "sam_vit_h_4b8939.pth",
-            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-            2564.6,
-            "sam",
-            "https://github.com/facebookresearch/segment-anything#model-checkpoints",
-            "Apache-2.0",
-        ),
-        CheckpointEntry(
-            "medsam-vit-b",
-            "MedSAM ViT-B (box prompts, medical images)",
-            "vit_b",
-            "medsam_vit_b.pth",
-            None,
-            None,
-            375.0,
-            "medsam",
-            "https://github.com/bowang-lab/MedSAM (README: model checkpoint, Google Drive folder)",
-            "Apache-2.0",
-            "No direct URL and no published sha256: download medsam_vit_b.pth by hand from the "
-            "MedSAM README's Google Drive link; it is loaded only with an explicit known_hash=None.",
-        ),
-    )
-}
+
+#: name -> entry of every promptable model card found when this module was imported
+REGISTRY: dict[str, CheckpointEntry] = _registry()
 
 
 def get_entry(name: str) -> CheckpointEntry:
@@ -149,8 +120,8 @@ def get_entry(name: str) -> CheckpointEntry:
 def checkpoint_path(name: str) -> Path:
     """Where the checkpoint of registry entry ``name`` lives (whether or not it is there yet)."""
     entry = get_entry(name)
-    if entry.architecture == "small":
-        return SMALL_WEIGHTS
+    if entry.bundled:
+        return Path(entry.card_path).with_name(entry.filename)
     from ..paths import checkpoint_dir
 
     return checkpoint_dir() / entry.filename
@@ -233,12 +204,20 @@ def fetch_checkpoint(
         Missing file that cannot be downloaded, download failure, or sha256 mismatch; the message
         names the path, the URL and the expected sha256.
     """
+    return _fetch(name, known_hash, url, progressbar, ctx)[0]
+
+
+def _fetch(
+    name: str, known_hash: str | None, url: str | None, progressbar: bool, ctx: JobContext | None
+) -> tuple[Path, str | None]:
+    """:func:`fetch_checkpoint`, also returning the file's sha256 when it was checked (``None`` if not):
+    a checkpoint of gigabytes is hashed once per load."""
     import pooch
 
     entry = get_entry(name)
     path = checkpoint_path(name)
-    if entry.architecture == "small":
-        return path
+    if entry.bundled:
+        return path, None
     expected = entry.sha256 if known_hash is _UNSET else known_hash
     if expected is None:
         warnings.warn(
@@ -253,14 +232,16 @@ def fetch_checkpoint(
             raise ModelError(_where_message(entry, path, f"{entry.title} is not downloaded yet."))
         if expected is not None:
             _verify(entry, path, expected)
-        return path
-    if path.is_file() and expected is not None and sha256_file(path) != expected:
-        raise ModelError(
-            _where_message(
-                entry, path, f"The cached file {path} does not match the expected sha256 (corrupt or "
-                "a different file). Delete it to download again."
+        return path, expected
+    if path.is_file() and expected is not None:
+        if sha256_file(path) != expected:
+            raise ModelError(
+                _where_message(
+                    entry, path, f"The cached file {path} does not match the expected sha256 (corrupt or "
+                    "a different file). Delete it to download again."
+                )
             )
-        )
+        return path, expected  # verified: no second hash by pooch
     downloader = None
     if ctx is not None:
         label = f"downloading {entry.filename} (MiB)"
@@ -286,7 +267,7 @@ def fetch_checkpoint(
         raise ModelError(
             _where_message(entry, path, f"Could not download {entry.filename} from {source_url}: {exc}")
         ) from exc
-    return Path(fetched)
+    return Path(fetched), expected
 
 
 def _verify(entry: CheckpointEntry, path: Path, expected: str) -> None:
@@ -342,12 +323,13 @@ def load_sam(
 
     device = _default_device(device)
     key = str(name_or_path)
+    sha: str | None = None
     if key in REGISTRY:
         entry = REGISTRY[key]
-        if entry.architecture == "small":
-            sam, card, sha = load_small_sam()
+        if entry.bundled:
+            sam, card, sha = load_small_sam(checkpoint_path(key), entry.card_path)
             return PromptableModel(sam, entry.name, sha, "sam", device, bool(card.get("dense_prompts", False)))
-        path = fetch_checkpoint(key, known_hash=known_hash)
+        path, sha = _fetch(key, known_hash, None, False, None)
         arch, prep, label = entry.architecture, entry.preprocess, entry.name
     else:
         path = Path(name_or_path).expanduser()
@@ -362,7 +344,8 @@ def load_sam(
         if known_hash not in (_UNSET, None):
             _verify(CheckpointEntry(label, label, arch, path.name, None, known_hash, 0, prep, str(path), ""),
                     path, known_hash)
-    sha = sha256_file(path)
+            sha = known_hash
+    sha = sha or sha256_file(path)
     state = load_state_dict(path)
     sam = _compat.build_sam_vit(arch)
     try:

@@ -16,12 +16,11 @@ from typing import Any
 
 from ..errors import ModelError
 from ..hashing import sha256_file
+from ..models.registry import bundled_dir
 from . import _compat
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-SMALL_MODEL_NAME = "sam-small"
-SMALL_WEIGHTS = WEIGHTS_DIR / "sam_small.safetensors"
-SMALL_CARD = WEIGHTS_DIR / "sam_small.json"
+SMALL_WEIGHTS = bundled_dir() / "sam_small.safetensors"
+SMALL_CARD = bundled_dir() / "sam_small.json"
 
 # 256 px input -> 96-channel 32 x 32 embedding -> 128 x 128 mask logits. Chosen for CPU speed,
 # both at use (a 64 x 64 x 256 embedding made SAM's decoder take about 230 ms per click on one core)

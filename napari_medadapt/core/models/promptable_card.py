@@ -1,0 +1,86 @@
+"""The card of a promptable (Segment Anything-family) model, read through the one card schema.
+
+A promptable card (``"kind": "promptable"``) names the encoder (``architecture.encoder``: ``small`` for the
+bundled CNN encoder, or ``vit_b``/``vit_l``/``vit_h``), the image preprocessing (``sam`` or ``medsam``) and
+where the weights are: ``weights_file`` beside the card (bundled, sha256 in ``weights_sha256``) or
+``download`` (a checkpoint fetched into the cache folder on first use, with its pinned sha256, or put there
+by hand when no URL exists). Documentation fields the schema does not know are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from ..files import write_text_atomic
+from .card_schema import plain, validate_card
+
+
+@dataclass
+class PromptableCard:
+    """A Segment Anything-family model: what it is, how to preprocess for it, where its weights are."""
+
+    name: str
+    architecture: dict[str, Any]
+    title: str = ""
+    preprocess: str = "sam"
+    dense_prompts: bool = False
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    download: dict[str, Any] | None = None
+    description: str = ""
+    license: str = ""
+    note: str = ""
+    tags: list[str] = field(default_factory=list)
+    kind: str = "promptable"
+    format_version: int = 1
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    path: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_card(plain(self.to_dict()), f"model card {self.path or repr(self.name)}")
+
+    @property
+    def encoder(self) -> str:
+        """``"small"``, ``"vit_b"``, ``"vit_l"`` or ``"vit_h"``."""
+        return str(self.architecture["encoder"])
+
+    @property
+    def bundled(self) -> bool:
+        """Whether the weights lie beside the card (else they are a downloaded checkpoint)."""
+        return self.weights_file is not None
+
+    def weights_path(self) -> Path:
+        """The weight file: beside the card when bundled, else in the checkpoint cache folder."""
+        if self.weights_file is not None:
+            if self.path is None:
+                raise ModelError(f"model card {self.name!r} was not read from a file: its weights cannot be found.")
+            return Path(self.path).with_name(self.weights_file)
+        from ..paths import checkpoint_dir
+
+        return checkpoint_dir() / str(self.download["filename"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as JSON (documentation fields included, ``path`` excluded)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "path")}
+        return {**self.extra, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "model card", path: str | None = None) -> PromptableCard:
+        """Build a card from parsed JSON (checked by the schema; unknown fields kept as documentation)."""
+        validate_card(data, source)
+        known = {f.name for f in fields(cls)} - {"extra", "path"}
+        return cls(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+            path=path,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the card as indented JSON, atomically."""
+        path = write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n", what="Model card")
+        self.path = str(path)
+        return path
