@@ -71,6 +71,8 @@ class ComputeWorker(QObject):
         CPU threads torch may use in the compute thread; default ``max(1, cores - 1)``.
     """
 
+    #: emitted (main thread) when a dock published a derived model: the docks' model lists refresh
+    models_changed = Signal()
     _started_signal = Signal(object)
     _progress_signal = Signal(object)
     _finished_signal = Signal(object, object, object)
@@ -85,6 +87,8 @@ class ComputeWorker(QObject):
         self._stopping = False
         #: models and segmentations shared by the viewer's docks; used only by jobs (compute thread)
         self.session = ModelSession()
+        #: cards of the session's variants the docks may offer (main thread; see :meth:`publish_variant`)
+        self.variant_cards: dict[str, Any] = {}
         self._last_error: tuple[str, float] = ("", 0.0)  # text and time of the last error notification
         queued = Qt.ConnectionType.QueuedConnection
         self._started_signal.connect(self._deliver_started, queued)
@@ -237,6 +241,11 @@ class ComputeWorker(QObject):
         if job._cancel_reason is None:
             job._cancel_reason = reason
         job._ctx.cancel()
+
+    def publish_variant(self, card: Any) -> None:
+        """Offer a session variant (its card, named as in the session) in every dock's model list."""
+        self.variant_cards[card.name] = card
+        self.models_changed.emit()
 
     def progress_ready(self, job: JobHandle) -> None:
         """Deliver ``job``'s latest progress on the main thread (called from the compute thread)."""

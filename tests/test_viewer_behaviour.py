@@ -123,6 +123,36 @@ def test_segment_names_classes_and_shares_the_model_with_tta(plugin_viewer, open
     assert session.loads == 1 and session.hits == 1  # one model load, the source result reused
     np.testing.assert_array_equal(viewer.layers[f"{tiny_model} before TTA"].data, labels.data)
 
+    # the adapted model is a model of every dock now
+    variant = tta.last_outcome.variant
+    assert segment.model_combo.findText(variant) >= 0
+    tts = open_plugin_dock(viewer, "TTS keypoint muting")
+    assert tts.model_box.findText(variant) >= 0
+    segment.model_combo.setCurrentIndex(segment.model_combo.findText(variant))
+    segment.run()
+    qtbot.waitUntil(lambda: segment._handle is None, timeout=60_000)
+    adapted = viewer.layers[f"{variant} labels"]
+    np.testing.assert_array_equal(adapted.data, viewer.layers[f"{tiny_model} after TTA (bn_affine)"].data)
+    assert session.loads == 1 and session.hits == 2  # the adapted model's result, reused as well
+
+
+def test_every_dock_shares_one_load_of_the_bundled_model(plugin_viewer, open_plugin_dock, case, qtbot):
+    viewer = plugin_viewer(case)
+    segment, tta, tts = (open_plugin_dock(viewer, name) for name in ("Segment volume", "Test-time adaptation", "TTS keypoint muting"))
+    assert {dock.inputs.card.name for dock in (segment, tta, tts)} == {"glioma2d"}
+    segment.run()
+    qtbot.waitUntil(lambda: segment._handle is None, timeout=120_000)
+    tta.measure()
+    with qtbot.waitSignal(tta._handle.finished, timeout=120_000):
+        pass
+    positive, _negative = tts.ensure_points_layers()
+    viewer.dims.set_point(0, 4 * viewer.layers["flair"].scale[0])
+    positive.add([4, 24, 24])
+    qtbot.waitUntil(lambda: tts.last_result is not None, timeout=120_000)
+    session = get_worker(viewer).session
+    assert session.loads == 1  # glioma2d read once for three docks
+    assert session.hits == 1  # TTS's "before" is the Segment dock's result
+
 
 def test_a_docks_progress_bar_estimates_and_cancels(plugin_viewer, open_plugin_dock, qtbot):
     viewer = plugin_viewer()

@@ -56,11 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_medadapt.cli import CLIError
     from napari_medadapt.core.device import select_device
-    from napari_medadapt.core.inference import predict_volume
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import save_labels
+    from napari_medadapt.core.session import ModelSession
 
     images = parse_images(args.image)
     check_nifti_out(args.out, inputs=images.values())
@@ -69,39 +68,26 @@ def run(args: argparse.Namespace) -> int:
     model = load_checked_model(args.model, volume.channels)
     print(f"model {model.card.name} ({model.spatial_dims}D) on {device}; inputs {', '.join(volume.channels)}",
           file=sys.stderr)
-    segment_options = {
-        "device": device,
-        "return_probabilities": False,
-        "largest_component": False if args.all_components else None,
-    }
-    source_prediction = None
-    if args.tta != "none":
-        try:
-            from napari_medadapt.core.adapt.tta import adapt, segmentation_change_warning
-        except ImportError as err:
-            raise CLIError(
-                f"--tta {args.tta}: test-time adaptation is not available in this installation ({err}); "
-                f"run with --tta none."
-            ) from err
-        if not args.no_source_check:
-            source_prediction = predict_volume(
-                model, volume, ctx=JobContext(on_progress=text_progress("segment (source model)")), **segment_options
-            )
-        result = adapt(model, volume, method=args.tta, ctx=JobContext(on_progress=text_progress(f"adapt ({args.tta})")))
-        model = result.model
-        before, after = getattr(result, "shift_score_before", None), getattr(result, "shift_score_after", None)
-        if before is not None and after is not None:
-            print(f"adapted ({args.tta}): shift score {before:.4g} -> {after:.4g}", file=sys.stderr)
-        for warning in getattr(result, "warnings", []):
+    session = ModelSession(device=device)  # the docks' path: same segmentation, same post-processing
+    name = session.add(model)
+    largest_component = False if args.all_components else None
+    if args.tta == "none":
+        prediction = session.segment(
+            name, volume, largest_component=largest_component, ctx=JobContext(on_progress=text_progress("segment"))
+        )
+    else:
+        from napari_medadapt.core.adapt.tta_workflow import adapt_and_segment
+
+        outcome = adapt_and_segment(
+            session, name, volume, {"method": args.tta}, segment_source=not args.no_source_check,
+            largest_component=largest_component, ctx=JobContext(on_progress=text_progress(f"adapt ({args.tta})")),
+        )
+        prediction = outcome.after
+        print(f"adapted ({args.tta}): {outcome.rating_before} -> {outcome.rating_after}", file=sys.stderr)
+        if outcome.before is not None:
+            print(f"source model (before adaptation):\n{outcome.before.format_volumes()}", file=sys.stderr)
+        for warning in outcome.result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-    prediction = predict_volume(
-        model, volume, ctx=JobContext(on_progress=text_progress("segment")), **segment_options
-    )
-    if source_prediction is not None:
-        print(f"source model (before adaptation):\n{source_prediction.format_volumes()}", file=sys.stderr)
-        collapse = segmentation_change_warning(source_prediction.labels, prediction.labels)
-        if collapse:
-            print(f"warning: {collapse}", file=sys.stderr)
     for note in prediction.notes:
         print(f"note: {note}", file=sys.stderr)
     written = save_labels(

@@ -1,9 +1,12 @@
-"""A model session: each segmentation model loaded once, each whole-volume segmentation computed once.
+"""A model session: each segmentation model loaded once, each whole-volume segmentation computed once,
+and the models derived from them (a test-time-adapted copy) available to every dock by name.
 
 The napari docks of one viewer share one session, owned by the viewer's compute worker (so it is only
 used from one thread): the Segment, Test-time adaptation and TTS docks load ``glioma2d`` once between
 them, and a segmentation the Segment dock computed is the "before" of the TTS dock and the source result
-of an adaptation, without running the model again. Scripts may use a session the same way.
+of an adaptation, without running the model again. A model adapted in the TTA dock is a *variant* of the
+session ("glioma2d (TTA bn_affine)"): the Segment and TTS docks can pick it like any registered model. The
+command line runs its workflows through a session too. Scripts may use a session the same way.
 
 A cached segmentation is found by the model's card path and weights checksum, the post-processing
 setting, and a fingerprint of the input volume (its channel names, grid and a hash of its voxels), so an
@@ -63,6 +66,7 @@ class ModelSession:
         self.max_prediction_bytes = int(max_prediction_bytes)
         self.device = device
         self._models: OrderedDict[str, SegModel] = OrderedDict()
+        self._variants: dict[str, SegModel] = {}  # derived models: kept until the session ends
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
         self.loads = 0  # model files read
         self.hits = 0  # segmentations served from the cache
@@ -70,7 +74,7 @@ class ModelSession:
     def _key(self, name_or_path: str | Path) -> str:
         from .models.io import resolve_model
 
-        if str(name_or_path) in self._models:
+        if str(name_or_path) in self._models or str(name_or_path) in self._variants:
             return str(name_or_path)
         card_path, _weights = resolve_model(name_or_path)
         return str(Path(card_path).resolve())
@@ -82,10 +86,23 @@ class ModelSession:
         self._models[key] = model
         return key
 
+    def add_variant(self, model: SegModel, name: str) -> str:
+        """Keep a derived model (e.g. a test-time-adapted copy) under ``name`` (made unique with ``#2``,
+        ``#3`` ...); its card gets that name. Returns the name to pass to :meth:`model` and :meth:`segment`."""
+        unique, number = name, 1
+        while unique in self._variants or unique in self._models:
+            number += 1
+            unique = f"{name} #{number}"
+        model.card = replace(model.card, name=unique, path=None)
+        self._variants[unique] = model
+        return unique
+
     def model(self, name_or_path: str | Path, ctx: JobContext | None = None) -> SegModel:
-        """The model of a registered name, card or weight file, loaded on first use."""
+        """The model of a registered name, card or weight file (loaded on first use), or a variant's."""
         from .models import load_model
 
+        if str(name_or_path) in self._variants:
+            return self._variants[str(name_or_path)]
         key = self._key(name_or_path)
         if key in self._models:
             self._models.move_to_end(key)
@@ -139,6 +156,7 @@ class ModelSession:
         return replace(prediction, labels=prediction.labels.copy(), notes=list(prediction.notes))
 
     def clear(self) -> None:
-        """Forget every model and segmentation."""
+        """Forget every model, variant and segmentation."""
         self._models.clear()
+        self._variants.clear()
         self._predictions.clear()

@@ -150,6 +150,9 @@ class ModelInputsPanel(QWidget):
         if editable:
             self.model_combo.currentTextChanged.connect(self._on_text_typed)
         self.load_button.clicked.connect(self._choose_model_file)
+        from napari_medadapt._worker import get_worker
+
+        get_worker(viewer, self).models_changed.connect(self._on_models_changed)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.changed):
             event.connect(self.refresh_layers)
         self.refresh_models(default_model)
@@ -157,6 +160,8 @@ class ModelInputsPanel(QWidget):
     # ------------------------------------------------------------------------------------------ models
     def refresh_models(self, select: str | None = None) -> None:
         """Fill the model list from the registry (keeps models added from files); select ``select`` if listed."""
+        from napari_medadapt._worker import get_worker
+
         try:
             registered = list_models(include_tags=self._include_tags)
         except MedAdaptError as err:
@@ -164,11 +169,13 @@ class ModelInputsPanel(QWidget):
             registered = []
         names = {card.name for card in registered}
         added = [card for card in self._cards if card.path and card.name not in names]
-        cards = registered + added
+        variants = list(get_worker(self.viewer, self).variant_cards.values())  # adapted in this viewer
+        cards = registered + added + variants
         index = next((i for i, card in enumerate(cards) if card.name == select), None)
         self._set_cards(cards, select=index)
 
     def _set_cards(self, cards: list[ModelCard], select: int | None = None) -> None:
+        previous = self.card
         self._cards = cards
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
@@ -177,7 +184,9 @@ class ModelInputsPanel(QWidget):
         if cards:
             self.model_combo.setCurrentIndex(select if select is not None else 0)
         self.model_combo.blockSignals(False)
-        self._on_model_changed()
+        chosen = self.card
+        if previous is None or chosen is None or (previous.name, previous.path) != (chosen.name, chosen.path):
+            self._on_model_changed()  # the same model still chosen: its input choices and the dock's results stay
 
     def add_model_file(self, path: str | Path) -> ModelCard:
         """Add a model from a card (.json) or weight file (.safetensors/.pt/.pth with its card) and select it."""
@@ -215,6 +224,18 @@ class ModelInputsPanel(QWidget):
         except MedAdaptError as err:
             self._on_model_changed()
             self.model_info.setText(f"model: {err}")
+
+    def _on_models_changed(self) -> None:
+        card = self.card
+        self.refresh_models(card.name if card is not None else None)
+
+    @property
+    def model_ref(self) -> str:
+        """What the session knows the chosen model by: its card path, or a session variant's name."""
+        card = self.card
+        if card is None:
+            raise MedAdaptError("Choose a segmentation model first.")
+        return card.path or card.name
 
     @property
     def card(self) -> ModelCard | None:

@@ -135,7 +135,7 @@ class SegmentWidget(DockBody):
         worker = get_worker(self.viewer, self)
         self._handle = worker.submit(
             worker.session.segment,
-            card.path,
+            self.inputs.model_ref,
             volume,
             largest_component=self.largest_check.isChecked(),
             description=f"Segment ({card.name})",

@@ -11,7 +11,6 @@ through ``napari_medadapt.core``; this module only wires widgets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_info, show_warning
@@ -36,8 +35,7 @@ from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 if TYPE_CHECKING:
     import napari
 
-    from napari_medadapt.core.adapt.tta import AdaptationResult
-    from napari_medadapt.core.inference import Prediction
+    from napari_medadapt.core.adapt.tta_workflow import AdaptOutcome
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.models import ModelCard
     from napari_medadapt.core.session import ModelSession
@@ -46,55 +44,22 @@ if TYPE_CHECKING:
 METHOD_LABELS = {"bn_affine": "BN affine (KL)", "normalizer": "Normalizer (KL)", "tent": "Tent (entropy)"}
 
 
-@dataclass
-class AdaptOutcome:
-    """What the adapt job hands back to the dock."""
-
-    before: Prediction
-    after: Prediction
-    result: AdaptationResult
-    rating_before: str
-    rating_after: str
-
-
-def measure_job(card_path: str, volume: Volume, session: ModelSession, *, ctx: JobContext) -> tuple[float, str]:
-    """Shift score of ``volume`` for the model of ``card_path`` and its rating line (compute thread)."""
+def measure_job(model: str, volume: Volume, session: ModelSession, *, ctx: JobContext) -> tuple[float, str]:
+    """Shift score of ``volume`` for ``model`` and its rating line (compute thread)."""
     from napari_medadapt.core.adapt.tta_score import describe_shift, shift_score
 
-    model = session.model(card_path, ctx)
-    score = shift_score(model, volume, ctx=ctx)
-    return score, describe_shift(score, model.card)
+    segmenter = session.model(model, ctx)
+    score = shift_score(segmenter, volume, ctx=ctx)
+    return score, describe_shift(score, segmenter.card)
 
 
 def adapt_job(
-    card_path: str,
-    volume: Volume,
-    session: ModelSession,
-    settings: dict[str, Any],
-    on_loss: Any,
-    *,
-    ctx: JobContext,
+    model: str, volume: Volume, session: ModelSession, settings: dict[str, Any], on_loss: Any, *, ctx: JobContext
 ) -> AdaptOutcome:
-    """Segment with the source model (or reuse that segmentation), adapt a copy to ``volume``, segment again
-    (compute thread)."""
-    from napari_medadapt.core.adapt.tta import adapt, segmentation_change_warning
-    from napari_medadapt.core.adapt.tta_score import describe_shift
-    from napari_medadapt.core.inference import predict_volume
+    """:func:`~napari_medadapt.core.adapt.tta_workflow.adapt_and_segment` in the compute thread."""
+    from napari_medadapt.core.adapt.tta_workflow import adapt_and_segment
 
-    model = session.model(card_path, ctx)
-    before = session.segment(card_path, volume, ctx=ctx)
-    result = adapt(model, volume, ctx=ctx, on_loss=on_loss, **settings)
-    after = predict_volume(result.model, volume, ctx=ctx, return_probabilities=False)
-    collapse = segmentation_change_warning(before.labels, after.labels)
-    if collapse:
-        result.warnings.append(collapse)
-    return AdaptOutcome(
-        before,
-        after,
-        result,
-        describe_shift(result.shift_score_before, model.card),
-        describe_shift(result.shift_score_after, model.card),
-    )
+    return adapt_and_segment(session, model, volume, settings, on_loss=on_loss, ctx=ctx)
 
 
 class _LossRelay(QObject):
@@ -296,7 +261,7 @@ class TTAWidget(DockBody):
         if volume is None or self._handle is not None:
             return
         self.status.setText("Measuring the domain shift...")
-        self._submit(measure_job, self.card.path, volume, description="Measure shift", on_result=self._show_score)
+        self._submit(measure_job, self.inputs.model_ref, volume, description="Measure shift", on_result=self._show_score)
 
     def adapt(self) -> None:
         """Start segment -> adapt -> segment with the current settings."""
@@ -307,7 +272,7 @@ class TTAWidget(DockBody):
         self.loss_plot.clear("entropy" if settings["method"] == "tent" else "BN-KL loss")
         self.status.setText(f"Adapting {self.card.name} ({METHOD_LABELS[settings['method']]})...")
         card = self.card
-        self._submit(adapt_job, card.path, volume, extra=(settings, self._relay.loss.emit),
+        self._submit(adapt_job, self.inputs.model_ref, volume, extra=(settings, self._relay.loss.emit),
                      description=f"Adapt ({card.name})", on_result=lambda outcome: self._show_outcome(outcome, card))
 
     def _forget(self) -> None:
@@ -347,11 +312,13 @@ class TTAWidget(DockBody):
         self.status.setText("Shift measured.")
 
     def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard) -> None:
+        from napari_medadapt._worker import get_worker
         from napari_medadapt.core.metrics import region_volumes_ml
         from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs
 
         self.last_outcome = outcome
         result = outcome.result
+        get_worker(self.viewer, self).publish_variant(result.model.card)  # selectable in the other docks
         names = class_names_of(card)
         added = []
         for prediction, suffix in ((outcome.before, "before TTA"), (outcome.after, f"after TTA ({result.method})")):
@@ -373,7 +340,7 @@ class TTAWidget(DockBody):
             show_warning(warning)
         message = (
             f"Adapted in {result.seconds:.1f} s; kept iteration {result.best_iteration} of "
-            f"{len(result.loss_history) - 1}."
+            f"{len(result.loss_history) - 1}. The adapted model is '{outcome.variant}' in every dock's model list."
         )
         self.status.setText(message)
         show_info(message)

@@ -175,8 +175,7 @@ class TTSWidget(DockBody):
     @property
     def model_name(self) -> str:
         """The card path (or name) of the chosen model; empty when none is chosen."""
-        card = self.inputs.card
-        return "" if card is None else card.path or card.name
+        return "" if self.inputs.card is None else self.inputs.model_ref
 
     @property
     def _modality_boxes(self) -> dict[str, QComboBox]:
