@@ -28,6 +28,7 @@ from .jobs import JobContext, ensure_context
 if TYPE_CHECKING:
     from .inference import Prediction
     from .models import SegModel
+    from .sam.session import SamSession
     from .volume import Volume
 
 __all__ = ["ModelSession", "volume_fingerprint"]
@@ -68,6 +69,7 @@ class ModelSession:
         self._models: OrderedDict[str, SegModel] = OrderedDict()
         self._variants: dict[str, SegModel] = {}  # derived models: kept until the session ends
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
+        self._sam: SamSession | None = None
         self.loads = 0  # model files read
         self.hits = 0  # segmentations served from the cache
 
@@ -85,6 +87,15 @@ class ModelSession:
         key = str(Path(model.card.path).resolve()) if model.card.path else model.card.name
         self._models[key] = model
         return key
+
+    @property
+    def sam(self) -> SamSession:
+        """The promptable (Segment Anything) model of the session, with its embedding cache."""
+        if self._sam is None:
+            from .sam.session import SamSession
+
+            self._sam = SamSession()
+        return self._sam
 
     def add_variant(self, model: SegModel, name: str) -> str:
         """Keep a derived model (e.g. a test-time-adapted copy) under ``name`` (made unique with ``#2``,
@@ -160,3 +171,4 @@ class ModelSession:
         self._models.clear()
         self._variants.clear()
         self._predictions.clear()
+        self._sam = None

@@ -9,7 +9,8 @@ previous mask) and shows the object in the "SAM preview" Labels layer; an ambigu
 the model's three candidates with their predicted IoU. "Propagate" extends the object through the volume
 (interpolating between annotated slices; slices with only negative clicks stop it); "Commit" writes it
 into a Labels layer with a chosen id as one undoable step; "Clear" starts a new object. All computing
-is in ``napari_medadapt.core.sam`` (see ``sam_engine``); ``sam_prompts`` maps layers to prompts.
+is in ``napari_medadapt.core.sam`` (the session's promptable model: ``core/sam/session.py``); ``sam_prompts``
+maps layers to prompts.
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ from qtpy.QtWidgets import (
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.sam.prompts import Prompts
+from napari_medadapt.core.sam.session import ModelChoice, slice_requests
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._layers import same_layer
-from napari_medadapt.widgets.sam_engine import LAYER_LIMITS, ModelChoice, SamSession, slice_requests
 from napari_medadapt.widgets.sam_panels import CommitPanel, ModelChoicePanel, PropagationPanel
 from napari_medadapt.widgets.sam_results import SamResults
 
 if TYPE_CHECKING:
     import napari
+
+#: Window choice meaning "the image layer's contrast limits".
+LAYER_LIMITS = "layer contrast limits"
 
 
 
@@ -57,7 +61,7 @@ class SamWidget(DockBody):
         super().__init__(napari_viewer)
         from napari_medadapt.core.sam import AUTO_WINDOW, WINDOW_PRESETS
 
-        self.session = SamSession()
+        self.session = get_worker(self.viewer, self).session.sam  # the viewer's promptable model
         self._predict_handle: Any = None
         self._predict_request: tuple | None = None
         self._long_handle: Any = None

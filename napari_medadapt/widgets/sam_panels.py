@@ -69,8 +69,8 @@ class ModelChoicePanel(QWidget):
 
     @property
     def choice(self) -> Any:
-        """The chosen :class:`~napari_medadapt.widgets.sam_engine.ModelChoice` (``None`` without a file)."""
-        from napari_medadapt.widgets.sam_engine import ModelChoice
+        """The chosen :class:`~napari_medadapt.core.sam.session.ModelChoice` (``None`` without a file)."""
+        from napari_medadapt.core.sam.session import ModelChoice
 
         name = self.model_combo.currentData()
         if name is None:

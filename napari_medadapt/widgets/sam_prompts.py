@@ -12,14 +12,13 @@ embeddings are shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.sam import PromptError
-from napari_medadapt.core.sam.prompts import Prompts
+from napari_medadapt.core.sam.prompts import Plane, Prompts
 from napari_medadapt.widgets._layers import layer_geometry, layer_modality, prompt_metadata
 
 POINTS_LAYER = "SAM prompts"
@@ -29,30 +28,6 @@ SAM_LAYERS = (POINTS_LAYER, BOXES_LAYER, PREVIEW_LAYER)
 POSITIVE_STYLE = {"symbol": "disc", "face_color": "lime", "border_color": "white"}
 NEGATIVE_STYLE = {"symbol": "x", "face_color": "magenta", "border_color": "magenta"}
 POINT_SIZE = 5
-
-
-@dataclass(frozen=True)
-class Plane:
-    """The displayed slice: ``axis`` of the image across the slices, and the slice ``index`` along it."""
-
-    axis: int
-    index: int
-
-    @property
-    def in_plane_axes(self) -> tuple[int, int]:
-        """The image axes of the slice's rows and columns (ascending)."""
-        rows, cols = (a for a in range(3) if a != self.axis)
-        return rows, cols
-
-    def slicer(self) -> tuple[Any, ...]:
-        """Index expression selecting this slice in a 3D array."""
-        key: list[Any] = [slice(None)] * 3
-        key[self.axis] = self.index
-        return tuple(key)
-
-    def take(self, volume: np.ndarray) -> np.ndarray:
-        """The 2D slice of ``volume`` (a copy)."""
-        return np.array(volume[self.slicer()])
 
 
 def check_image_layer(layer: Any) -> np.ndarray:

@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QTableWidget, QTableWidgetItem
 
-from napari_medadapt.core.sam.prompts import Prompts
-from napari_medadapt.widgets.sam_prompts import Plane
+from napari_medadapt.core.sam.prompts import Plane, Prompts
 
 if TYPE_CHECKING:
     from napari_medadapt.core.sam import MaskPrediction, PropagationResult
-    from napari_medadapt.widgets.sam_engine import JobOutput, SliceOutcome
+    from napari_medadapt.core.sam.session import JobOutput, SliceOutcome
 
 PLANE_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
 STOP_REASONS = {

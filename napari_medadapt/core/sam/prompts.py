@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,30 @@ from ..intensity import CT_WINDOWS, MRI_PERCENTILES, percentile_range
 #: ``"mri-auto"`` is resolved from the data (its :data:`~..intensity.MRI_PERCENTILES`).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {f"ct-{name}": window for name, window in CT_WINDOWS.items()}
 AUTO_WINDOW = "mri-auto"
+
+
+@dataclass(frozen=True)
+class Plane:
+    """The displayed slice: ``axis`` of the image across the slices, and the slice ``index`` along it."""
+
+    axis: int
+    index: int
+
+    @property
+    def in_plane_axes(self) -> tuple[int, int]:
+        """The image axes of the slice's rows and columns (ascending)."""
+        rows, cols = (a for a in range(3) if a != self.axis)
+        return rows, cols
+
+    def slicer(self) -> tuple[Any, ...]:
+        """Index expression selecting this slice in a 3D array."""
+        key: list[Any] = [slice(None)] * 3
+        key[self.axis] = self.index
+        return tuple(key)
+
+    def take(self, volume: np.ndarray) -> np.ndarray:
+        """The 2D slice of ``volume`` (a copy)."""
+        return np.array(volume[self.slicer()])
 
 
 class PromptError(MedAdaptError):

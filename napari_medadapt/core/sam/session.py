@@ -1,7 +1,8 @@
-"""Compute-thread side of the SAM dock: the loaded model, resolved windows, and the jobs it submits.
+"""The promptable model of a session: the loaded model with its embedding cache, resolved windows, and the
+slice, precompute and propagation jobs of the Segment Anything dock (Qt-free).
 
-Everything here runs in the viewer's compute worker (``napari_medadapt._worker``) and only calls the
-engine's public API (``napari_medadapt.core.sam``); results go back to the dock on the Qt main thread.
+A :class:`~napari_medadapt.core.session.ModelSession` holds one (``session.sam``); the dock's jobs run in
+the viewer's compute worker and call it there. Scripts can use it directly.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medadapt.core.sam.prompts import Prompts
-from napari_medadapt.widgets.sam_prompts import Plane
+from .prompts import Plane, Prompts
 
 if TYPE_CHECKING:
-    from napari_medadapt.core.jobs import JobContext
-    from napari_medadapt.core.sam import MaskPrediction, PrecomputeStats, PropagationResult, SamPredictor
-
-#: Window choice meaning "the image layer's contrast limits".
-LAYER_LIMITS = "layer contrast limits"
+    from ..jobs import JobContext
+    from .model import MaskPrediction
+    from .predictor import PrecomputeStats, SamPredictor
+    from .propagation import PropagationResult
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class JobOutput:
 class SamSession:
     """The model (one at a time) with its embedding cache, and resolved intensity windows.
 
-    Used only from the compute thread; the dock keeps one per dock.
+    Used only from the compute thread (the session's thread).
     """
 
     def __init__(self) -> None:
@@ -82,13 +81,8 @@ class SamSession:
 
     def predictor(self, choice: ModelChoice, ctx: JobContext, notes: list[str]) -> SamPredictor:
         """The predictor for ``choice``, loading (and for registry models downloading) it when needed."""
-        from napari_medadapt.core.sam import (
-            REGISTRY,
-            SamPredictor,
-            checkpoint_path,
-            fetch_checkpoint,
-            load_sam,
-        )
+        from .predictor import SamPredictor
+        from .registry import REGISTRY, checkpoint_path, fetch_checkpoint, load_sam
 
         if self._predictor is not None and self._choice == choice:
             return self._predictor
@@ -119,7 +113,7 @@ class SamSession:
 
     def window(self, volume: np.ndarray, spec: str | tuple[float, float]) -> tuple[float, float]:
         """``(low, high)`` for a window spec: contrast limits as given, presets resolved once per volume."""
-        from napari_medadapt.core.sam import resolve_window
+        from .prompts import resolve_window
 
         if not isinstance(spec, str):
             return resolve_window(volume, tuple(spec))
@@ -198,7 +192,7 @@ class SamSession:
         ctx: JobContext,
     ) -> JobOutput:
         """3D propagation of the seed masks along ``axis`` (engine's ``propagate``)."""
-        from napari_medadapt.core.sam import propagate
+        from .propagation import propagate
 
         notes: list[str] = []
         predictor = self.predictor(choice, ctx, notes)
