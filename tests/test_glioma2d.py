@@ -48,7 +48,7 @@ def held_out():
 
 def _tumour_slices(model, held_out, channels):
     """Normalised (whole-volume statistics) 10 most tumorous slices, cropped to the brain box in-plane."""
-    from napari_medadapt.core.inference import normalise_channel
+    from napari_medadapt.core.model_input import normalise_channel
 
     volume, labels = held_out
     ref = labels["seg_fusion"]

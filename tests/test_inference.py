@@ -9,12 +9,9 @@ from _data import SAMPLE_CASE
 
 from napari_medadapt.core.cases import load_case
 from napari_medadapt.core.errors import ModelError
-from napari_medadapt.core.inference import (
-    predict_volume,
-    prepare_input,
-    prepare_model_input,
-)
+from napari_medadapt.core.inference import predict_volume
 from napari_medadapt.core.jobs import JobCancelled, JobContext
+from napari_medadapt.core.model_input import prepare_input, prepare_model_input
 from napari_medadapt.core.models import ModelCard, build_model, default_architecture
 from napari_medadapt.core.postprocess import keep_largest_component
 from napari_medadapt.core.volume import Geometry, Volume

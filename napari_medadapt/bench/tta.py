@@ -102,7 +102,7 @@ def _tolerance(model, volume, sizes: list[int]) -> dict[str, float]:
     from napari_medadapt.core.adapt.tta import record_statistics
     from napari_medadapt.core.adapt.tta_samples import network_inputs, select_slices
     from napari_medadapt.core.adapt.tta_stats import bn_kl_loss, reference_statistics
-    from napari_medadapt.core.inference import prepare_input
+    from napari_medadapt.core.model_input import prepare_input
 
     indices, inputs = network_inputs(model, volume, "all")
     with torch.no_grad():

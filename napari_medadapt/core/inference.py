@@ -1,6 +1,6 @@
 """Whole-volume inference: from a :class:`~napari_medadapt.core.volume.Volume` to labels and probabilities.
 
-Pipeline (:func:`prepare_model_input` / :func:`prepare_input`, then :func:`predict_volume`):
+Pipeline (:func:`~.model_input.prepare_model_input`, then :func:`predict_volume`):
 
 1. Channels are matched to the model's modalities by name (``t1ce`` counts as ``t1c``; an explicit
    ``modalities`` mapping overrides) and checked against the card's supported subsets; a missing required
@@ -16,68 +16,39 @@ Pipeline (:func:`prepare_model_input` / :func:`prepare_input`, then :func:`predi
    margin (the air around a skull-stripped brain is labelled background with confidence 1 directly).
 6. 2D models run on batches of axial slices (axis 0 of the LPS display array); 3D models run with MONAI
    sliding-window inference (Gaussian blending). Progress is reported per batch and cancellation honoured.
+   A :class:`FeatureHook` changes one feature map of every batch (the methods that act on features: TTS
+   channel muting, adapters) and ``flips`` averages test-time flip replicas; nothing else changes, so every
+   method honours the same preparation, cropping, resampling and post-processing.
 7. The card's ``postprocess`` steps run on the labels (:mod:`.postprocess`; ``largest_component``: only the
    largest connected component of the whole foreground is kept), unless the caller switches them off.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from .errors import ModelError, VolumeError
-from .intensity import ct_window, robust_scale, zscore
+from .errors import ModelError
 from .jobs import JobContext, ensure_context
 from .metrics import label_volumes_ml
+from .model_input import ModelInput, prepare_model_input, resize_channels
 from .postprocess import postprocess_labels
-from .volume import Geometry, Volume, canonical_modality
+from .volume import Geometry, Volume
 
 if TYPE_CHECKING:
     import torch
 
-    from .models import ModelCard, SegModel
+    from .models import SegModel
 
-#: Relative spacing difference above which the volume is resampled to the model's voxel size.
-SPACING_TOLERANCE = 0.02
 #: Voxels kept around the non-zero input when ``crop_to_input`` (receptive-field context).
 CROP_MARGIN = 16
 #: Default 3D sliding-window size (clipped to the volume); a card may set ``architecture.roi_size``.
 DEFAULT_ROI_3D = (96, 96, 96)
-
-
-@dataclass
-class ModelInput:
-    """A volume prepared for a model.
-
-    Attributes
-    ----------
-    data
-        float32 ``(C, Z, Y, X)`` normalised channels in the model's modality order, on the model grid.
-    present, missing
-        Model modalities that were supplied / filled with zeros.
-    spacing
-        ``(z, y, x)`` mm of ``data``.
-    source_shape
-        ``(Z, Y, X)`` of the volume's own display grid (equal to ``data.shape[1:]`` unless resampled).
-    notes
-        Human-readable remarks (NaNs replaced, resampling, filled modalities).
-    """
-
-    data: np.ndarray
-    present: tuple[str, ...]
-    missing: tuple[str, ...]
-    spacing: tuple[float, float, float]
-    source_shape: tuple[int, int, int]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def resampled(self) -> bool:
-        """Whether ``data`` is on another grid than the source volume."""
-        return tuple(self.data.shape[1:]) != tuple(self.source_shape)
 
 
 @dataclass
@@ -123,156 +94,66 @@ class Prediction:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- input
-def match_modalities(
-    card: ModelCard, channels: tuple[str, ...], modalities: Mapping[str, str | None] | None = None
-) -> dict[str, str | None]:
-    """Model modality -> volume channel name (``None`` when absent).
-
-    Parameters
-    ----------
-    card
-        The model card.
-    channels
-        The volume's channel names.
-    modalities
-        Explicit ``{model modality: channel name or None}`` entries; the rest are matched by name.
-    """
-    explicit = {str(k).lower(): v for k, v in (modalities or {}).items()}
-    unknown = sorted(set(explicit) - set(card.modalities))
-    if unknown:
-        raise ModelError(
-            f"model {card.name!r} has no input {', '.join(unknown)}; its inputs are {', '.join(card.modalities)}."
-        )
-    mapping: dict[str, str | None] = {}
-    for modality in card.modalities:
-        if modality in explicit:
-            channel = explicit[modality]
-            if channel is not None and channel not in channels:
-                raise VolumeError(
-                    f"channel {channel!r} assigned to {modality} is not in the volume ({', '.join(channels)})."
-                )
-            mapping[modality] = channel
-            continue
-        found = [c for c in channels if c.lower() == modality]
-        found = found or [c for c in channels if canonical_modality(c) == modality]
-        mapping[modality] = found[0] if found else None
-    return mapping
-
-
-def normalise_channel(image: np.ndarray, spec: Mapping[str, object]) -> np.ndarray:
-    """Apply a card's intensity spec to one channel (float32 result)."""
-    method = str(spec.get("method", "percentile")).lower()
-    nonzero = bool(spec.get("nonzero", True))
-    mask = None if nonzero else np.ones(image.shape, dtype=bool)
-    if method == "percentile":
-        return robust_scale(
-            image,
-            lower=float(spec.get("lower", 0.5)),
-            upper=float(spec.get("upper", 99.5)),
-            mask=mask,
-            clip=bool(spec.get("clip", True)),
-            outside=0.0 if nonzero else None,
-        )
-    if method == "zscore":
-        return zscore(image, mask=mask, outside=0.0 if nonzero else None)
-    if method == "ct_window":
-        window = spec.get("window", "abdomen")
-        return ct_window(image, window if isinstance(window, str) else tuple(window))
-    if method == "none":
-        return np.asarray(image, dtype=np.float32)
-    raise ModelError(f"unknown intensity method {method!r} in the model card; use percentile, zscore, ct_window or none.")
-
-
-def _target_spacing(card: ModelCard, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
-    if card.voxel_size is None:
-        return spacing
-    target = []
-    for have, want in zip(spacing, card.voxel_size, strict=True):
-        if want is None or abs(float(want) - have) <= SPACING_TOLERANCE * float(want):
-            target.append(have)
-        else:
-            target.append(float(want))
-    return tuple(target)  # type: ignore[return-value]
-
-
-def _resize(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Trilinear resize of ``(C, Z, Y, X)`` float data (channel by channel to bound memory)."""
-    import torch
-    import torch.nn.functional as F
-
-    out = np.empty((array.shape[0], *shape), dtype=np.float32)
-    for c in range(array.shape[0]):
-        t = torch.from_numpy(np.ascontiguousarray(array[c], dtype=np.float32))[None, None]
-        out[c] = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
-    return out
-
-
-def prepare_model_input(
-    model: SegModel | ModelCard,
-    volume: Volume,
-    modalities: Mapping[str, str | None] | None = None,
-    resample: bool = True,
-) -> ModelInput:
-    """Normalised, modality-ordered input of ``volume`` for ``model``, with what was done (module docstring).
-
-    With ``resample=False`` the data stay on the volume's own grid even when the card asks for another
-    voxel size.
-    """
-    card = model if not hasattr(model, "card") else model.card
-    mapping = match_modalities(card, volume.channels, modalities)
-    present = tuple(m for m, c in mapping.items() if c is not None)
-    card.check_modalities(present)
-    missing = tuple(m for m, c in mapping.items() if c is None)
-    shape = volume.geometry.display_shape
-    spacing = tuple(float(s) for s in volume.geometry.spacing)
-    notes: list[str] = []
-    data = np.zeros((len(card.modalities), *shape), dtype=np.float32)
-    for index, modality in enumerate(card.modalities):
-        channel = mapping[modality]
-        if channel is None:
-            continue
-        image = volume.channel(channel)
-        finite = np.isfinite(image)
-        if not finite.all():
-            count = int(image.size - np.count_nonzero(finite))
-            notes.append(f"{channel}: {count} NaN/Inf voxels were treated as 0.")
-            image = np.where(finite, image, 0.0).astype(np.float32)
-        data[index] = normalise_channel(image, card.intensity)
-    if missing:
-        notes.append(f"missing modalities filled with zeros: {', '.join(missing)}.")
-    target = _target_spacing(card, spacing) if resample else spacing
-    if target != spacing:
-        new_shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
-        notes.append(
-            f"resampled from {tuple(round(s, 3) for s in spacing)} mm to the model's "
-            f"{tuple(round(t, 3) for t in target)} mm voxels and back."
-        )
-        data = _resize(data, new_shape)
-    return ModelInput(data, present, missing, target, shape, notes)
-
-
-def prepare_input(
-    model: SegModel | ModelCard,
-    volume: Volume,
-    modalities: Mapping[str, str | None] | None = None,
-    resample: bool = True,
-) -> np.ndarray:
-    """The network input ``(C, Z, Y, X)`` float32 for ``volume``, exactly as :func:`predict_volume` feeds it.
-
-    Channels in the model's modality order, normalised per the card, missing optional ones zero; on the
-    model's voxel grid (the volume's own grid unless the card's ``voxel_size`` differs and ``resample``).
-    Use :func:`prepare_model_input` to also learn which modalities were missing and whether it was resampled.
-    """
-    return prepare_model_input(model, volume, modalities, resample).data
-
-
 # ---------------------------------------------------------------------------------------------- inference
-def _windows(size: int, roi: int, overlap: float) -> int:
-    if size <= roi:
-        return 1
-    interval = max(int(roi * (1 - overlap)), 1)
-    return math.ceil((size - roi) / interval) + 1
+@dataclass(frozen=True)
+class BatchPlace:
+    """Where the batch a :class:`FeatureHook` sees lies on the model grid.
+
+    Attributes
+    ----------
+    slices
+        2D models: the model-grid slice index (axis 0) of each sample; ``None`` for 3D windows.
+    regions
+        Per sample, the input's spatial region on the model grid: ``(y, x)`` slices for 2D models, ``(z, y, x)``
+        for 3D windows. The features a hook sees cover it (padded to the network's stride at the far ends).
+    flips
+        Tensor axes of the (flipped) input of this test-time flip replica; ``()`` for the unflipped input.
+    """
+
+    slices: np.ndarray | None
+    regions: list[tuple[slice, ...]]
+    flips: tuple[int, ...] = ()
+
+
+class FeatureHook(Protocol):
+    """A change of one feature map during inference: ``tap`` names the map (:meth:`SegModel.forward_with`);
+    calling the hook returns the changed features of a batch (TTS channel muting, an adapter, ...)."""
+
+    tap: str
+
+    def __call__(self, features: torch.Tensor, place: BatchPlace) -> torch.Tensor:
+        """The features to use instead of ``features`` for the batch at ``place``."""
+
+
+def flip_sets(spatial_dims: int, enabled: bool) -> list[tuple[int, ...]]:
+    """Test-time flip replicas of a batch tensor ``(B, C, *spatial)``: the identity first, then every
+    combination of spatial-axis flips."""
+    if not enabled:
+        return [()]
+    axes = tuple(range(2, 2 + spatial_dims))
+    return [combo for n in range(spatial_dims + 1) for combo in itertools.combinations(axes, n)]
+
+
+def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return x.flip(dims) if dims else x
+
+
+def _probabilities(
+    model: SegModel, x: torch.Tensor, hook: FeatureHook | None, places: list[BatchPlace]
+) -> torch.Tensor:
+    """Class probabilities of a batch, averaged over the flip replicas in ``places``."""
+    import torch
+
+    total = None
+    for place in places:
+        flipped = _flip(x, place.flips)
+        if hook is None:
+            logits = model(flipped)
+        else:
+            logits = model.forward_with(flipped, hook.tap, lambda features, place=place: hook(features, place))
+        probs = _flip(torch.softmax(logits.float(), dim=1), place.flips)
+        total = probs if total is None else total + probs
+    return total / len(places)
 
 
 def _predict_2d(
@@ -282,10 +163,14 @@ def _predict_2d(
     batch_size: int,
     ctx: JobContext,
     probs_dtype: np.dtype | None,
+    hook: FeatureHook | None,
+    origin: tuple[int, int, int],
+    flips: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Class index, confidence and (when ``probs_dtype``) probabilities, slice batch by slice batch.
 
-    Only what is asked for is kept, so memory stays at a few bytes per voxel plus one batch.
+    Only what is asked for is kept, so memory stays at a few bytes per voxel plus one batch. ``origin`` is
+    where ``data`` (the cropped input) starts on the model grid.
     """
     import torch
 
@@ -293,11 +178,14 @@ def _predict_2d(
     index = np.empty(data.shape[1:], dtype=np.uint8)
     confidence = np.empty(data.shape[1:], dtype=np.float32)
     probs = None if probs_dtype is None else np.empty((model.num_classes, *data.shape[1:]), dtype=probs_dtype)
+    region = (slice(origin[1], origin[1] + data.shape[2]), slice(origin[2], origin[2] + data.shape[3]))
     total = math.ceil(depth / batch_size)
     for step, start in enumerate(range(0, depth, batch_size)):
         stop = min(start + batch_size, depth)
         batch = torch.from_numpy(np.ascontiguousarray(data[:, start:stop].transpose(1, 0, 2, 3))).to(device)
-        out = torch.softmax(model(batch).float(), dim=1)
+        slices = origin[0] + np.arange(start, stop)
+        places = [BatchPlace(slices, [region] * (stop - start), dims) for dims in flip_sets(2, flips)]
+        out = _probabilities(model, batch, hook, places)
         best, arg = out.max(dim=1)
         confidence[start:stop] = best.cpu().numpy()
         index[start:stop] = arg.to(torch.uint8).cpu().numpy()
@@ -307,6 +195,13 @@ def _predict_2d(
     return index, confidence, probs
 
 
+def _windows(size: int, roi: int, overlap: float) -> int:
+    if size <= roi:
+        return 1
+    interval = max(int(roi * (1 - overlap)), 1)
+    return math.ceil((size - roi) / interval) + 1
+
+
 def _predict_3d(
     model: SegModel,
     data: np.ndarray,
@@ -314,6 +209,9 @@ def _predict_3d(
     batch_size: int,
     ctx: JobContext,
     overlap: float,
+    hook: FeatureHook | None,
+    origin: tuple[int, int, int],
+    flips: bool,
 ) -> np.ndarray:
     import torch
     from monai.inferers import sliding_window_inference
@@ -323,8 +221,11 @@ def _predict_3d(
     total = math.ceil(math.prod(_windows(n, r, overlap) for n, r in zip(data.shape[1:], roi, strict=True)) / batch_size)
     calls = [0]
 
-    def predictor(window: torch.Tensor) -> torch.Tensor:
-        out = torch.softmax(model(window).float(), dim=1)
+    def predictor(window: torch.Tensor, location: list[list[slice]]) -> torch.Tensor:
+        regions = [
+            tuple(slice(o + s.start, o + s.stop) for o, s in zip(origin, entry[2:], strict=True)) for entry in location
+        ]
+        out = _probabilities(model, window, hook, [BatchPlace(None, regions, d) for d in flip_sets(3, flips)])
         calls[0] += 1
         ctx.progress(min(calls[0], total), total, f"segmenting window batch {calls[0]} of {total}")
         return out
@@ -339,6 +240,7 @@ def _predict_3d(
         mode="gaussian",
         sw_device=device,
         device=torch.device("cpu"),
+        with_coord=True,
     )
     return np.asarray(probs[0].float().numpy(), dtype=np.float32)
 
@@ -402,6 +304,8 @@ def predict_volume(
     overlap: float = 0.25,
     crop_to_input: bool = True,
     largest_component: bool | None = None,
+    feature_hook: FeatureHook | None = None,
+    flips: bool = False,
 ) -> Prediction:
     """Segment a whole volume.
 
@@ -433,6 +337,12 @@ def predict_volume(
     largest_component
         Keep only the largest 3D connected component of the foreground; ``None`` follows the card's
         ``postprocess`` (the bundled brain-tumour model switches it on).
+    feature_hook
+        Changes one feature map of every batch (a method acting on features: TTS channel muting, an adapter);
+        everything else (input preparation, cropping, resampling, post-processing) is as without it.
+    flips
+        Test-time flips: average the probabilities over every combination of spatial-axis flips (in-plane for
+        2D models, all three axes for 3D); a hook sees each replica (``place.flips``).
 
     Raises
     ------
@@ -441,49 +351,15 @@ def predict_volume(
     JobCancelled
         When ``ctx`` was cancelled.
     """
-    import torch
-
-    from .device import select_device
-
-    ctx = ensure_context(ctx)
     if batch_size < 1:
         raise ModelError(f"batch_size must be at least 1, got {batch_size}.")
     prepared = prepare_model_input(model, volume, modalities)
-    torch_device = device if isinstance(device, torch.device) else select_device(device)
-    was_training = model.training
-    model.to(torch_device)
-    model.eval()
-    box = input_box(prepared.data, model.spatial_dims, model.size_divisor) if crop_to_input and model.card.labels[0] == 0 else None
-    data = prepared.data if box is None else np.ascontiguousarray(prepared.data[(slice(None), *box)])
-    # Without resampling a 2D model needs no full float32 probability volume: index and confidence are
-    # reduced per batch. Resampling back (and 3D stitching) work on float32 probabilities.
-    keep_dtype = np.dtype(probability_dtype) if return_probabilities else None
-    try:
-        with torch.inference_mode():
-            if model.spatial_dims == 2:
-                index, confidence, probs = _predict_2d(
-                    model, data, torch_device, batch_size, ctx,
-                    np.dtype(np.float32) if prepared.resampled else keep_dtype,
-                )
-            else:
-                index = confidence = None
-                probs = _predict_3d(model, data, torch_device, batch_size, ctx, overlap)
-    finally:
-        model.train(was_training)
-    if box is not None:
-        index, confidence, probs = _uncrop(box, prepared.data.shape[1:], model.num_classes, index, confidence, probs)
-    if prepared.resampled or model.spatial_dims == 3:
-        if prepared.resampled:
-            probs = _resize(probs, prepared.source_shape)
-            probs /= np.maximum(probs.sum(axis=0, keepdims=True), 1e-8)
-        index = np.argmax(probs, axis=0)
-        confidence = probs.max(axis=0).astype(np.float32)
-        probs = probs.astype(keep_dtype, copy=False) if keep_dtype is not None else None
-    labels, postprocess_notes = postprocess_labels(
-        np.asarray(model.card.labels, dtype=np.uint8)[index], model.card, largest_component
+    labels, probs, confidence, notes = predict_prepared(
+        model, prepared, ctx=ctx, device=device, batch_size=batch_size, return_probabilities=return_probabilities,
+        probability_dtype=probability_dtype, overlap=overlap, crop_to_input=crop_to_input,
+        largest_component=largest_component, feature_hook=feature_hook, flips=flips,
     )
     ids = [i for i in model.card.labels if i != 0]
-    notes = list(prepared.notes) + postprocess_notes
     return Prediction(
         labels=labels,
         probabilities=probs,
@@ -495,3 +371,72 @@ def predict_volume(
         missing=prepared.missing,
         notes=notes,
     )
+
+
+def crop_box(model: SegModel, data: np.ndarray, crop_to_input: bool = True) -> tuple[slice, slice, slice] | None:
+    """The region of the prepared input ``data`` the network runs on (:func:`input_box`; ``None``: all of it).
+
+    Methods that compute features themselves (TTS scoring) use the same region as :func:`predict_volume`.
+    """
+    if not crop_to_input or model.card.labels[0] != 0:
+        return None
+    return input_box(data, model.spatial_dims, model.size_divisor)
+
+
+def predict_prepared(
+    model: SegModel,
+    prepared: ModelInput,
+    *,
+    ctx: JobContext | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    return_probabilities: bool = True,
+    probability_dtype: type | np.dtype = np.float16,
+    overlap: float = 0.25,
+    crop_to_input: bool = True,
+    largest_component: bool | None = None,
+    feature_hook: FeatureHook | None = None,
+    flips: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
+    """:func:`predict_volume` on an already prepared input; returns ``(labels, probabilities, confidence,
+    notes)`` on the input's source grid (for methods that prepare their input themselves)."""
+    import torch
+
+    from .device import select_device
+
+    ctx = ensure_context(ctx)
+    torch_device = device if isinstance(device, torch.device) else select_device(device)
+    was_training = model.training
+    model.to(torch_device)
+    model.eval()
+    box = crop_box(model, prepared.data, crop_to_input)
+    data = prepared.data if box is None else np.ascontiguousarray(prepared.data[(slice(None), *box)])
+    origin = (0, 0, 0) if box is None else tuple(b.start for b in box)
+    # Without resampling a 2D model needs no full float32 probability volume: index and confidence are
+    # reduced per batch. Resampling back (and 3D stitching) work on float32 probabilities.
+    keep_dtype = np.dtype(probability_dtype) if return_probabilities else None
+    try:
+        with torch.inference_mode():
+            if model.spatial_dims == 2:
+                index, confidence, probs = _predict_2d(
+                    model, data, torch_device, batch_size, ctx,
+                    np.dtype(np.float32) if prepared.resampled else keep_dtype, feature_hook, origin, flips,
+                )
+            else:
+                index = confidence = None
+                probs = _predict_3d(model, data, torch_device, batch_size, ctx, overlap, feature_hook, origin, flips)
+    finally:
+        model.train(was_training)
+    if box is not None:
+        index, confidence, probs = _uncrop(box, prepared.data.shape[1:], model.num_classes, index, confidence, probs)
+    if prepared.resampled or model.spatial_dims == 3:
+        if prepared.resampled:
+            probs = resize_channels(probs, prepared.source_shape)
+            probs /= np.maximum(probs.sum(axis=0, keepdims=True), 1e-8)
+        index = np.argmax(probs, axis=0)
+        confidence = probs.max(axis=0).astype(np.float32)
+        probs = probs.astype(keep_dtype, copy=False) if keep_dtype is not None else None
+    labels, postprocess_notes = postprocess_labels(
+        np.asarray(model.card.labels, dtype=np.uint8)[index], model.card, largest_component
+    )
+    return labels, probs, confidence, list(prepared.notes) + postprocess_notes

@@ -79,7 +79,7 @@ def downsample(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _phantom_slices(card: Any, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from napari_medadapt.core.inference import normalise_channel
+    from napari_medadapt.core.model_input import normalise_channel
     from napari_medadapt.core.synth import make_phantom_slice
 
     slices = []
@@ -92,7 +92,7 @@ def _phantom_slices(card: Any, count: int, seed: int) -> list[tuple[np.ndarray, 
 
 def _real_slices(card: Any, case: Path, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
     from napari_medadapt.core.cases import load_case
-    from napari_medadapt.core.inference import prepare_model_input
+    from napari_medadapt.core.model_input import prepare_model_input
 
     volume, label_maps = load_case(case)
     data = prepare_model_input(card, volume).data

@@ -100,7 +100,8 @@ def network_inputs(
     """
     import torch
 
-    from ..inference import input_box, prepare_input
+    from ..inference import input_box
+    from ..model_input import prepare_input
 
     prepared = prepare_input(model, volume)
     indices = select_slices(prepared, slices)

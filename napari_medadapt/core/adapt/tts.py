@@ -222,7 +222,7 @@ def prepare_tts_input(model: Any, image: Volume | np.ndarray) -> tuple[np.ndarra
                 f"the image has {array.shape[0]}."
             )
         return array, tuple(array.shape[1:])
-    from ..inference import prepare_model_input
+    from ..model_input import prepare_model_input
 
     prepared = prepare_model_input(model, image)
     return prepared.data, tuple(int(s) for s in prepared.source_shape)

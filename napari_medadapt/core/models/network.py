@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,6 +289,31 @@ class SegModel(nn.Module):
         decoder = self.network.skip_layers(padded_x)
         logits = self.logits_from_decoder(decoder)
         return self._crop(logits, tuple(padded_x.shape[2:]), spatial)
+
+    def forward_with(
+        self, x: torch.Tensor, tap: str, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Logits with the feature map ``tap`` replaced by ``transform(features)``.
+
+        This is how methods act on features without changing weights (TTS channel muting, an adapter on the
+        decoder map): ``decoder`` transforms the last decoder map on the network's padded grid and the head
+        (with the prototype branch) runs on the result; any other tap (:meth:`tap_modules`) is transformed by a
+        forward hook and the rest of the network runs on it.
+        """
+        if tap == "decoder":
+            padded_x, spatial = self._pad(x)
+            if self.normalizer is not None:
+                padded_x = self.normalizer(padded_x)
+            decoder = transform(self.network.skip_layers(padded_x))
+            return self._crop(self.logits_from_decoder(decoder), tuple(padded_x.shape[2:]), spatial)
+        modules = self.tap_modules()
+        if tap not in modules:
+            raise ModelError(f"model {self.card.name!r} has no feature tap {tap!r}; it has decoder, {', '.join(modules)}.")
+        handle = modules[tap].register_forward_hook(lambda _module, _inputs, output: transform(output))
+        try:
+            return self(x)
+        finally:
+            handle.remove()
 
     def forward_features(self, x: torch.Tensor, taps: Iterable[str] | None = None) -> ForwardResult:
         """Logits and named feature maps.
