@@ -201,6 +201,64 @@ def test_3d_model_and_flip_replicas(image):
     np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
 
 
+def _bordered_volume():
+    """Two channels of noise inside an all-zero border (like the air around a skull-stripped scan)."""
+    from napari_medadapt.core.volume import Geometry, Volume
+
+    data = np.zeros((2, 6, 64, 60), np.float32)
+    data[:, 1:5, 12:44, 20:52] = np.random.default_rng(3).normal(size=(2, 4, 32, 32))
+    return Volume(data, Geometry.from_display_grid(data.shape[1:], (1.0, 1.0, 1.0)), ("ch0", "ch1"))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tts_runs_where_segment_volume_runs(dims):
+    """TTS is a hook on Segment volume's path: same crop, windows and post-processing; unmuted = Segment."""
+    from napari_medadapt.core.inference import predict_volume
+
+    model, volume = tiny_model(dims=dims), _bordered_volume()
+    model.card.architecture["roi_size"] = [4, 32, 32]  # several 3D windows over the crop
+    plain = predict_volume(model, volume, device="cpu", probability_dtype=np.float32)
+    pos, neg = [[2, 20, 30]], [[3, 40, 45]]
+    # keep_background=False: with this random model most decoder channels favour the background
+    result = tts(model, volume, pos, neg, keep_fraction=0.25, keep_background=False, warn=False)
+    np.testing.assert_array_equal(result.baseline_labels, plain.labels)
+    np.testing.assert_allclose(result.baseline_probabilities, plain.probabilities, atol=1e-6)
+    outside = np.ones(volume.data.shape[1:], bool)
+    outside[:, 12 - 12 : 44 + 16, 20 - 20 : 52 + 8] = False  # crop margin 16, starts on the stride 4
+    assert (result.probabilities[0][outside] == 1).all() and (result.attention_before[outside] == 0).all()
+    everything = tts(model, volume, pos, neg, keep_fraction=1.0, keep_background=False, warn=False)
+    np.testing.assert_allclose(everything.probabilities, plain.probabilities, atol=1e-5)
+    muted_slices = [2, 3] if dims == 2 else list(range(6))
+    changed = [z for z in range(6) if not np.allclose(result.probabilities[:, z], plain.probabilities[:, z])]
+    assert set(changed) <= set(muted_slices) and changed
+
+
+def test_keypoints_in_the_empty_border_are_not_used():
+    model, volume = tiny_model(), _bordered_volume()
+    with pytest.warns(TTSWarning, match="1 keypoint.*empty background"):
+        result = tts(model, volume, [[2, 20, 30]], [[2, 2, 2]], keep_fraction=0.25)
+    assert result.selections[0].n_negative == 0
+    with pytest.raises(KeypointError, match="every keypoint lies in the empty background"):
+        tts(model, volume, [[0, 20, 30]], [[2, 2, 2]], warn=False)
+    session = TTSSession(model, volume)
+    out = session.predict_slice(2, [[2, 20, 30]], [[2, 2, 2]], keep_fraction=0.25, warn=False)
+    assert out.selection.n_negative == 0 and "empty background" in out.warnings[0]
+    np.testing.assert_allclose(out.probabilities, result.probabilities[:, 2], atol=1e-5)
+    outside_crop = session.predict_slice(0, [[0, 20, 30]], [], warn=False)
+    assert outside_crop.selection is None and (outside_crop.labels == 0).all()
+
+
+def test_session_slices_equal_segment_volume():
+    from napari_medadapt.core.inference import predict_volume
+
+    model, volume = tiny_model(), _bordered_volume()
+    plain = predict_volume(model, volume, device="cpu", probability_dtype=np.float32, largest_component=False)
+    session = TTSSession(model, volume)
+    for z in range(6):
+        out = session.predict_slice(z, [], [])
+        np.testing.assert_allclose(out.baseline_probabilities, plain.probabilities[:, z], atol=1e-5)
+
+
 class TinyCNN(torch.nn.Module):
     """Channel 0 of the image is the lesion, channel 1 an artifact; features copy them (plus 2 mixes)."""
 

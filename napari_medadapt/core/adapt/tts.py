@@ -48,9 +48,9 @@ from .tts_select import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
+    from ..model_input import ModelInput
     from ..volume import Volume
+    from .tts_muting import KeypointMasks
 
 ARTIFACT_ALPHA = 0.2
 LAYERS = engine.TAP_LAYERS
@@ -66,21 +66,23 @@ class TTSWarning(UserWarning):
 
 @dataclass
 class TTSResult:
-    """Muted and baseline predictions of :func:`tts`.
+    """Muted and baseline predictions of :func:`tts`, on the display grid.
 
     Attributes
     ----------
     labels, baseline_labels
-        ``(Z, Y, X)`` label ids (the model card's ``labels``) with and without muting.
+        ``(Z, Y, X)`` label ids (the model card's ``labels``) with and without muting, post-processed as the
+        card says (as Segment volume's labels are).
     probabilities, baseline_probabilities
-        ``(K, Z, Y, X)`` float32 class probabilities with and without muting.
+        ``(K, Z, Y, X)`` float32 class probabilities with and without muting (``baseline_probabilities`` is
+        ``None`` when the caller passed the baseline labels).
     selections
         The channel masks used (one per muted slice for ``per_slice=True``, else one).
     slice_selection
         ``(Z,)`` int: index into ``selections`` of the mask used on each slice, -1 where unmuted.
     attention_before, attention_after
         ``(Z, Y, X)`` float32 mean activation of all channels of the tap, and of the kept channels
-        (equal to ``attention_before`` on unmuted slices).
+        (equal to ``attention_before`` on unmuted slices; 0 where the model does not run).
     layer, alpha, keep_fraction
         The settings used.
     warnings
@@ -90,7 +92,7 @@ class TTSResult:
     labels: np.ndarray
     probabilities: np.ndarray
     baseline_labels: np.ndarray
-    baseline_probabilities: np.ndarray
+    baseline_probabilities: np.ndarray | None
     selections: list[ChannelSelection]
     slice_selection: np.ndarray
     attention_before: np.ndarray
@@ -201,35 +203,31 @@ def lost_target_message(labels: np.ndarray, baseline_labels: np.ndarray, positiv
 
 
 # ---------------------------------------------------------------------------------------------- input
-def prepare_tts_input(model: Any, image: Volume | np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-    """The model's input ``(C, z, y, x)`` float32 for ``image`` and the display shape ``(Z, Y, X)``.
+def prepare_tts_input(model: Any, image: Volume | np.ndarray) -> ModelInput:
+    """The model's input for ``image``.
 
     A :class:`~napari_medadapt.core.volume.Volume` is prepared exactly as :func:`predict_volume` does
-    (modalities matched by name, the card's intensity normalisation, resampling to the card's voxel size,
-    so the model grid may differ from the display grid); an array is taken as already normalised and on
-    the model grid.
+    (:func:`~napari_medadapt.core.model_input.prepare_model_input`: modalities matched by name, the card's
+    intensity normalisation, resampling to the card's voxel size, so the model grid may differ from the display
+    grid); an array ``(C, Z, Y, X)`` (or ``(Z, Y, X)``) is taken as already normalised and on the model grid.
     """
-    if isinstance(image, np.ndarray):
-        array = np.asarray(image, dtype=np.float32)
-        if array.ndim == 3:
-            array = array[None]
-        if array.ndim != 4:
-            raise MedAdaptError(f"the image must be (C, Z, Y, X) (or (Z, Y, X)); got shape {image.shape}.")
-        modalities = list(getattr(model, "modalities", []))
-        if modalities and array.shape[0] != len(modalities):
-            raise MedAdaptError(
-                f"the model takes {len(modalities)} input channels ({', '.join(modalities)}); "
-                f"the image has {array.shape[0]}."
-            )
-        return array, tuple(array.shape[1:])
-    from ..model_input import prepare_model_input
+    from ..model_input import ModelInput, prepare_model_input
 
-    prepared = prepare_model_input(model, image)
-    return prepared.data, tuple(int(s) for s in prepared.source_shape)
-
-
-def _torch_device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    if not isinstance(image, np.ndarray):
+        return prepare_model_input(model, image)
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise MedAdaptError(f"the image must be (C, Z, Y, X) (or (Z, Y, X)); got shape {image.shape}.")
+    modalities = tuple(getattr(model, "modalities", ()))
+    if modalities and array.shape[0] != len(modalities):
+        raise MedAdaptError(
+            f"the model takes {len(modalities)} input channels ({', '.join(modalities)}); "
+            f"the image has {array.shape[0]}."
+        )
+    shape = tuple(int(s) for s in array.shape[1:])
+    return ModelInput(array, modalities, (), (1.0, 1.0, 1.0), shape)  # type: ignore[arg-type]
 
 
 def label_ids_for(model: Any, n_classes: int) -> np.ndarray:
@@ -238,6 +236,18 @@ def label_ids_for(model: Any, n_classes: int) -> np.ndarray:
     if len(labels) != n_classes:
         labels = list(range(n_classes))
     return np.asarray(labels, dtype=np.int64)
+
+
+def _one_sided_slices(masks: KeypointMasks, display_z: np.ndarray, grid_z: np.ndarray) -> str | None:
+    """The warning for per-slice masks built from one kind of keypoint, naming the display slices."""
+    one_sided = {z for z, s in masks.selections.items() if z >= 0 and not (s.n_positive and s.n_negative)}
+    if not one_sided:
+        return None
+    slices = sorted({int(d) for d, g in zip(display_z, grid_z, strict=True) if int(g) in one_sided})
+    return (
+        f"TTS: slice(s) {', '.join(map(str, slices))} hold only one kind of keypoint; "
+        "their masks use that kind alone (per_slice=False pools the keypoints of all slices)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tts
@@ -254,8 +264,13 @@ def tts(
     keep_background: bool = True,
     ctx: JobContext | None = None,
     warn: bool = True,
+    baseline_labels: np.ndarray | None = None,
 ) -> TTSResult:
     """Predict ``image`` with the feature channels chosen by the keypoints, and the baseline.
+
+    Both predictions run through :func:`~napari_medadapt.core.inference.predict_prepared`, the path of Segment
+    volume: the same input preparation, crop to the non-zero input, sliding window (3D), resampling back and
+    the card's post-processing; muting is a feature hook on that path.
 
     Parameters
     ----------
@@ -284,17 +299,23 @@ def tts(
         Progress and cancellation.
     warn
         Also issue the result's messages as :class:`TTSWarning` (they are always in ``result.warnings``).
+    baseline_labels
+        The model's plain segmentation of ``image`` when the caller has it already (a
+        :class:`~napari_medadapt.core.session.ModelSession`'s): the unmuted pass is skipped and
+        ``baseline_probabilities`` is ``None``.
 
     Returns
     -------
     TTSResult
     """
+    from ..inference import crop_box, predict_prepared
+    from .tts_muting import ChannelMuting, keypoint_masks
 
     ctx = ensure_context(ctx)
     check_settings(alpha, keep_fraction, layer)
     engine.check_layer(model, layer)
-    dims = engine.spatial_dims_of(model)
-    x_all, shape = prepare_tts_input(model, image)
+    prepared = prepare_tts_input(model, image)
+    shape = tuple(prepared.source_shape)
     positives = validate_keypoints(positive_points, shape, "positive")
     negatives = validate_keypoints(negative_points, shape, "negative")
     if len(positives) + len(negatives) == 0:
@@ -302,33 +323,34 @@ def tts(
             "TTS needs keypoints: place at least one positive (on the target) and one negative "
             "(on the artifact or background)."
         )
-    messages: list[str] = []
-    whole = one_sided_message(len(positives), len(negatives), "TTS")
-    if whole:
-        messages.append(whole)
-    device = _torch_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        from .tts_runner import Runner, to_display
-
-        background = engine.background_channels(model, layer) if keep_background else None
-        runner = Runner(
-            model, layer, dims, engine.flip_sets(dims, tta_flips), alpha, keep_fraction, device, background
+    messages = [m for m in (one_sided_message(len(positives), len(negatives), "TTS"),) if m]
+    grid = tuple(prepared.data.shape[1:])
+    pos_grid, neg_grid = (engine.points_to_grid(p, shape, grid) for p in (positives, negatives))
+    background = engine.background_channels(model, layer) if keep_background else np.zeros(0, dtype=np.int64)
+    device = next(model.parameters()).device
+    masks = keypoint_masks(
+        model, prepared.data, crop_box(model, prepared.data), layer, pos_grid, neg_grid, alpha=alpha,
+        keep_fraction=keep_fraction, per_slice=per_slice, flips=tta_flips, background=background, ctx=ctx,
+    )
+    if masks.ignored:
+        messages.append(
+            f"TTS: {masks.ignored} keypoint(s) lie in the empty background around the scan, where the model does "
+            "not run; they were not used. Place them on the image."
         )
-        grid = x_all.shape[1:]
-        pos_grid = engine.points_to_grid(positives, shape, grid)
-        neg_grid = engine.points_to_grid(negatives, shape, grid)
-        if dims == 3:
-            out = runner.run_volume(x_all, pos_grid, neg_grid, ctx)
-        else:
-            out = runner.run_slices(x_all, pos_grid, neg_grid, per_slice, ctx, messages)
-    finally:
-        model.train(was_training)
-    out = to_display(out, shape)
-    label_ids = label_ids_for(model, out["probabilities"].shape[0])
-    labels = label_ids[out["probabilities"].argmax(axis=0)]
-    baseline_labels = label_ids[out["baseline"].argmax(axis=0)]
+    if not masks.selections:
+        raise KeypointError("TTS needs keypoints on the image: every keypoint lies in the empty background.")
+    if engine.spatial_dims_of(model) == 2 and per_slice and len(positives) and len(negatives):
+        keypoints, on_grid = np.concatenate([positives, negatives]), np.concatenate([pos_grid, neg_grid])
+        one_sided = _one_sided_slices(masks, keypoints[:, 0], on_grid[:, 0])
+        if one_sided:
+            messages.append(one_sided)
+    hook = ChannelMuting(model, layer, masks, grid)
+    run = {"ctx": ctx, "device": device, "probability_dtype": np.float32, "flips": tta_flips}
+    labels, probabilities, _confidence, _notes = predict_prepared(model, prepared, feature_hook=hook, **run)
+    baseline_probabilities = None
+    if baseline_labels is None:
+        baseline_labels, baseline_probabilities, _confidence, _notes = predict_prepared(model, prepared, **run)
+    selections, slice_selection = _selections_by_slice(masks, grid[0], shape[0])
     lost = lost_target_message(labels, baseline_labels, positives)
     if lost:
         messages.append(lost)
@@ -336,15 +358,28 @@ def tts(
         warnings.warn(message, TTSWarning, stacklevel=2)
     return TTSResult(
         labels=labels,
-        probabilities=out["probabilities"],
+        probabilities=probabilities,
         baseline_labels=baseline_labels,
-        baseline_probabilities=out["baseline"],
-        selections=out["selections"],
-        slice_selection=out["slice_selection"],
-        attention_before=out["attention_before"],
-        attention_after=out["attention_after"],
+        baseline_probabilities=baseline_probabilities,
+        selections=selections,
+        slice_selection=slice_selection,
+        attention_before=engine.resize_to(hook.attention_before, shape),
+        attention_after=engine.resize_to(hook.attention_after, shape),
         layer=layer,
         alpha=float(alpha),
         keep_fraction=float(keep_fraction),
         warnings=tuple(messages),
     )
+
+
+def _selections_by_slice(
+    masks: KeypointMasks, grid_depth: int, depth: int
+) -> tuple[list[ChannelSelection], np.ndarray]:
+    """The selections in slice order and, per display slice, the index of the one used (-1: unmuted)."""
+    if -1 in masks.selections:
+        return [masks.selections[-1]], np.zeros(depth, dtype=np.int64)
+    keyed = sorted(masks.selections)
+    on_grid = np.full(grid_depth, -1, dtype=np.int64)
+    on_grid[keyed] = np.arange(len(keyed))
+    grid_slice = engine.points_to_grid(np.arange(depth)[:, None], (depth,), (grid_depth,))[:, 0]
+    return [masks.selections[z] for z in keyed], on_grid[grid_slice]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import MedAdaptError
+from ..inference import flip_sets
 from . import tts_engine as engine
 from .tts import KeypointError, TTSWarning, check_settings, one_sided_message, validate_keypoints
 from .tts_select import (
@@ -106,7 +107,7 @@ def tts_classify(
     selection = None
     attention_before = attention_after = None
     with torch.no_grad():
-        for flips in engine.flip_sets(2, tta_flips):
+        for flips in flip_sets(2, tta_flips):
             features = features_fn(engine.flip(x, flips))
             grid = engine.flip(engine.features_on_grid(None, features, shape), flips)
             scores = combine_scores(*keypoint_sums(grid[0], positives, negatives), alpha)
@@ -121,7 +122,7 @@ def tts_classify(
                 selection = ChannelSelection(scores, kept, len(positives), len(negatives), None)
                 attention_before = grid[0].mean(dim=0).cpu().numpy()
                 attention_after = grid[0, torch.from_numpy(kept).to(grid.device)].mean(dim=0).cpu().numpy()
-    n = len(engine.flip_sets(2, tta_flips))
+    n = len(flip_sets(2, tta_flips))
     probabilities = (muted_sum / n).cpu().numpy()
     baseline_probabilities = (baseline_sum / n).cpu().numpy()
     message = one_sided_message(len(positives), len(negatives), "TTS")

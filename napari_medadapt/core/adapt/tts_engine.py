@@ -13,7 +13,6 @@ Weights are never touched: a mask is a multiplication of activations inside ``to
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -202,14 +201,6 @@ def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(logits)
         return torch.cat([1 - p, p], dim=1)
     return torch.softmax(logits, dim=1)
-
-
-def flip_sets(spatial_dims: int, enabled: bool) -> list[tuple[int, ...]]:
-    """Flip replicas for test-time augmentation: the identity first, then every combination of axis flips."""
-    if not enabled:
-        return [()]
-    axes = tuple(range(2, 2 + spatial_dims))
-    return [combo for n in range(spatial_dims + 1) for combo in itertools.combinations(axes, n)]
 
 
 def flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

@@ -188,7 +188,7 @@ class TTSWorkspace:
     ) -> LiveTTSResult:
         """TTS on the volume: per slice (only slices with keypoints are computed), or one mask from every
         keypoint for the whole volume, or with flip replicas (:func:`~napari_medadapt.core.adapt.tts.tts` on
-        every slice); "after" is post-processed as the card says in every case."""
+        every slice, through Segment volume's path); "after" is post-processed as the card says in every case."""
         from .tts import tts
 
         segmenter = self.session.model(model, ctx)
@@ -199,8 +199,9 @@ class TTSWorkspace:
         muted = tts(
             segmenter, volume, positives, negatives, alpha=alpha, keep_fraction=keep_fraction, layer=layer,
             per_slice=per_slice, tta_flips=tta_flips, keep_background=keep_background, warn=False, ctx=ctx,
+            baseline_labels=before,
         )
-        after, _notes = postprocess_labels(muted.labels.astype(before.dtype), segmenter.card)
+        after = muted.labels.astype(before.dtype)
         depth = before.shape[0]
         return LiveTTSResult(
             before,
