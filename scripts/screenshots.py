@@ -52,7 +52,7 @@ def main() -> int:
     segment_dock, segment = docks["Segment volume"]
     segment_dock.raise_()
     segment.run()
-    wait(segment._handle)
+    wait(segment.handle)
     shot(1, "segment_volume")
 
     sam_dock, sam = docks["Segment Anything"]
@@ -66,17 +66,19 @@ def main() -> int:
     tta_dock, tta = docks["Test-time adaptation"]
     tta_dock.raise_()
     tta.adapt()
-    wait(tta._handle)
+    wait(tta.handle)
     shot(3, "test-time_adaptation")
 
     tts_dock, tts = docks["TTS keypoint muting"]
     tts_dock.raise_()
-    positive, negative = tts.ensure_points_layers()
+    tts.live_check.setChecked(False)
+    points = tts.ensure_keypoint_layer()
     brain = np.argwhere((np.asarray(viewer.layers["flair"].data[z]) > 0) & (reference[z] == 0))
-    positive.add([z, *centre])
-    negative.add([z, *brain[len(brain) // 3]])
+    points.add([z, *centre])
+    tts.polarity.toggle()
+    points.add([z, *brain[len(brain) // 3]])
     settle()
-    wait(tts.predict_current_slice())
+    wait(tts.apply_to_volume())
     shot(4, "tts_keypoint_muting")
 
     viewer.dims.order = (1, 0, 2)  # coronal

@@ -124,7 +124,7 @@ def test_points_box_candidates_commit_undo_clear(plugin_viewer, qtbot, make_dock
     # 'T' on the points layer toggles the next point's polarity; a negative click refines the mask
     toggle = next(binding for key, binding in points.keymap.items() if str(key) == "T")
     toggle(points)
-    assert dock.negative_radio.isChecked()
+    assert dock.polarity.negative_radio.isChecked()
     before = preview.data[10].copy()
     points.add([10, int(np.argwhere(before)[0][0]), int(np.argwhere(before)[0][1])])
     _settle(qtbot, dock)
@@ -244,7 +244,7 @@ def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(plugin_vi
     preview = viewer.layers[sp.PREVIEW_LAYER]
     assert preview.data[12].any() and not np.delete(preview.data, 12, axis=0).any()
     # a negative-only click on slice 15 marks where the object must stop going up
-    dock.toggle_polarity()
+    dock.polarity.toggle()
     viewer.dims.set_point(0, 15)
     points.add([15, 32, 32])
     _settle(qtbot, dock)

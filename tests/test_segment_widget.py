@@ -38,8 +38,8 @@ def dock(open_dock, crop_folder, model_dir):
 
 def _run(qtbot, widget):
     widget.run()
-    assert widget._handle is not None
-    qtbot.waitUntil(lambda: widget._handle is None, timeout=60000)
+    assert widget.handle is not None
+    qtbot.waitUntil(lambda: widget.handle is None, timeout=60000)
 
 
 def test_auto_match_run_new_layer_and_table(dock, qtbot):
@@ -75,7 +75,7 @@ def test_missing_input_and_optional_input(dock, qtbot, notifications):
     viewer, widget = dock
     widget.set_input("flair", "none")
     widget.run()
-    assert widget._handle is None and "needs FLAIR" in widget.status.text()
+    assert widget.handle is None and "needs FLAIR" in widget.status.text()
     notifications.take("needs FLAIR")
     assert "tinywidget labels" not in viewer.layers
     widget.set_input("flair", "flair")
@@ -89,7 +89,7 @@ def test_cancel_leaves_layers_untouched(dock, qtbot):
     names = [layer.name for layer in viewer.layers]
     widget.run()
     widget.cancel()
-    qtbot.waitUntil(lambda: widget._handle is None, timeout=60000)
+    qtbot.waitUntil(lambda: widget.handle is None, timeout=60000)
     assert "Cancelled" in widget.status.text()
     assert [layer.name for layer in viewer.layers] == names
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()

@@ -52,7 +52,7 @@ def test_inputs_are_matched_and_settings_read(dock):
 def test_measure_shift_rates_the_score(dock, qtbot):
     _, widget = dock
     widget.measure()
-    with qtbot.waitSignal(widget._handle.finished, timeout=60000):
+    with qtbot.waitSignal(widget.handle.finished, timeout=60000):
         pass
     assert widget.last_score is not None and widget.last_score > 0
     text = widget.shift_label.text().lower()
@@ -65,7 +65,7 @@ def test_adapt_and_segment_adds_layers_curve_and_volumes(dock, qtbot):
     widget.lr_spin.setValue(0.005)
     layers_before = len(viewer.layers)
     widget.adapt()
-    with qtbot.waitSignal(widget._handle.finished, timeout=120000):
+    with qtbot.waitSignal(widget.handle.finished, timeout=120000):
         pass
     qtbot.waitUntil(lambda: len(widget.loss_plot.losses) == 4, timeout=5000)
     outcome = widget.last_outcome
@@ -92,7 +92,7 @@ def test_cancel_leaves_the_source_model_untouched(dock, qtbot):
     widget.iterations_spin.setValue(400)
     layers_before = len(viewer.layers)
     widget.adapt()
-    handle = widget._handle
+    handle = widget.handle
     qtbot.waitUntil(lambda: len(widget.loss_plot.losses) >= 2, timeout=60000)
     widget.cancel()
     with qtbot.waitSignal(handle.finished, timeout=60000):

@@ -1,5 +1,6 @@
-"""TTS dock opened from the Plugins menu: keypoint layers, live slice re-prediction from cached features,
-"before" equal to the Segment dock's result, apply to volume (only keypoint slices), reset, bad inputs."""
+"""TTS dock opened from the Plugins menu: one keypoint layer (polarity per point, any plane), live
+re-prediction of the changed slices from cached features, "before" equal to the Segment dock's result, apply to
+volume (only keypoint slices), reset, bad inputs."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from napari_medadapt.widgets.tts import (
     AFTER_LAYER,
     ATTENTION_AFTER_LAYER,
     BEFORE_LAYER,
-    NEGATIVE_LAYER,
-    POSITIVE_LAYER,
+    KEYPOINTS_LAYER,
 )
 
 pytestmark = pytest.mark.gui
@@ -56,15 +56,19 @@ def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot,
     assert set(dock._modality_boxes) == {"t1c", "flair"}
     assert dock._modality_boxes["flair"].currentText() == "flair"
 
-    positive, negative = dock.ensure_points_layers()
-    assert positive.current_symbol.value == "disc" and negative.current_symbol.value == "x"
+    points = dock.ensure_keypoint_layer()
+    assert points.current_symbol.value == "disc"
     viewer.dims.set_point(0, 2.0 * 2)  # world z = 4 mm -> slice 2
-    positive.data = np.array([[2, 10, 12]])
-    negative.data = np.array([[2, 25, 30]])
-    _wait(qtbot, dock.predict_current_slice())
+    points.add([2, 10, 12])
+    dock.polarity.toggle()  # the next keypoint is negative
+    assert points.current_symbol.value == "x"
+    points.add([2, 25, 30])
+    assert points.features["positive"].tolist() == [True, False]
+    _wait(qtbot, dock.apply_to_volume())
     result = dock.last_result
     assert result.slices == [2]
     selection = result.selections[2]
+    assert (selection.n_positive, selection.n_negative) == (1, 1)
     assert len(selection.kept) == 1  # 10 % of 8 channels -> 1
     # one row per kept channel, plus one line for the background channels that are never muted
     assert dock.kept_list.count() == 1 + (len(selection.background) > 0)
@@ -77,9 +81,11 @@ def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot,
     np.testing.assert_array_equal(viewer.layers[BEFORE_LAYER].data, segmented.labels)
     np.testing.assert_array_equal(viewer.layers[AFTER_LAYER].data, result.after)
     assert viewer.layers[BEFORE_LAYER].features["class"].tolist() == ["background", "tumour"]
-    # the keypoint layers stay above the result layers
-    qtbot.waitUntil(lambda: [layer.name for layer in viewer.layers][-2:] == [POSITIVE_LAYER, NEGATIVE_LAYER])
-    assert viewer.layers.selection.active.name == POSITIVE_LAYER  # still adding keypoints
+    # the keypoint layer stays above the result layers, and stays the active one
+    qtbot.waitUntil(lambda: [layer.name for layer in viewer.layers][-1] == KEYPOINTS_LAYER)
+    assert viewer.layers.selection.active.name == KEYPOINTS_LAYER
+    _wait(qtbot, dock.apply_to_volume())
+    assert dock.last_result.slices == []  # nothing changed since: nothing recomputed
 
     dock.keep_box.setValue(25)
     dock.artifact_check.setChecked(True)
@@ -105,7 +111,7 @@ def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot,
     dock.live_check.setChecked(True)  # live: emptying the keypoint layers must not start a re-prediction
     running = dock.apply_to_volume()
     dock.reset()
-    assert len(viewer.layers[POSITIVE_LAYER].data) == 0 and dock.kept_list.count() == 0
+    assert len(viewer.layers[KEYPOINTS_LAYER].data) == 0 and dock.kept_list.count() == 0
     with qtbot.waitSignal(running.finished, timeout=60_000):
         pass
     qtbot.wait(200)
@@ -121,19 +127,21 @@ def test_live_keypoints_reuse_features_and_the_segment_docks_result(
     segment = open_plugin_dock(viewer, "Segment volume")
     segment.add_model_file(model_path)
     segment.run()
-    qtbot.waitUntil(lambda: segment._handle is None, timeout=60_000)
+    qtbot.waitUntil(lambda: segment.handle is None, timeout=60_000)
     session = get_worker(viewer).session
     assert session.loads == 1
 
     dock = open_plugin_dock(viewer, DOCK)
     dock.model_box.setCurrentText(str(model_path))
-    positive, negative = dock.ensure_points_layers()
+    points = dock.ensure_keypoint_layer()
     viewer.dims.set_point(0, 2.0)  # slice 1
-    positive.add([1, 10, 12])
+    points.add([1, 10, 12])
     qtbot.waitUntil(lambda: dock.last_result is not None, timeout=60_000)
     assert session.loads == 1 and session.hits == 1  # the Segment dock's model and result, reused
+    assert "only positive keypoints" in dock.status.text()
     live = dock._workspace._live
-    negative.add([1, 25, 30])
+    dock.polarity.toggle()
+    points.add([1, 25, 30])
     qtbot.waitUntil(lambda: dock.last_result is not None and 1 in dock.last_result.selections
                     and dock.last_result.selections[1].n_negative == 1, timeout=60_000)
     assert dock._workspace._live is live and live.session.cached_slices == [1]  # features from the cache
@@ -151,30 +159,56 @@ def test_dock_live_update_and_points_from_another_geometry(plugin_viewer, open_p
     dock = open_plugin_dock(viewer, DOCK)
     dock.model_box.setCurrentText(str(model_path))
     dock._modality_boxes["flair"].setCurrentText("second flair")
-    positive, negative = dock.ensure_points_layers()
+    points = dock.ensure_keypoint_layer()
     viewer.dims.set_point(0, 1.0)
-    positive.data = np.array([[1, 5, 5]])
-    negative.data = np.array([[1, 20, 20]])
-    qtbot.waitUntil(lambda: dock.last_result is not None, timeout=60_000)
-    assert dock.last_result.slices == [1]
+    points.add([1, 5, 5])
+    dock.polarity.toggle()
+    points.add([1, 20, 20])
+    qtbot.waitUntil(lambda: dock.last_result is not None and dock.last_result.slices == [1], timeout=60_000)
     assert dock._modality_boxes["flair"].currentText() == "second flair"  # kept while result layers were added
 
-    viewer.layers.remove(NEGATIVE_LAYER)
-    viewer.add_points(np.array([[1, 60, 60]]), name=NEGATIVE_LAYER, ndim=3)
-    assert dock.predict_current_slice() is None
+    viewer.layers.remove(KEYPOINTS_LAYER)
+    viewer.add_points(np.array([[1, 60, 60]]), name=KEYPOINTS_LAYER, ndim=3)  # a layer the user made
+    assert dock.update_muting() is None
     assert "outside image" in dock.status.text() and "press Delete" in dock.status.text()
+
+
+def test_keypoints_in_the_coronal_view_mute_their_axial_slices(plugin_viewer, open_plugin_dock, qtbot, model_path):
+    viewer = plugin_viewer()
+    _images(viewer)
+    dock = open_plugin_dock(viewer, DOCK)
+    dock.model_box.setCurrentText(str(model_path))
+    points = dock.ensure_keypoint_layer()
+    viewer.dims.order = (1, 0, 2)  # coronal: rows are z, columns x; the slider moves along y
+    viewer.dims.set_point(1, 10)
+    points.add([1, 10, 12])  # (z, y, x) of the volume, clicked on coronal plane y = 10
+    dock.polarity.toggle()
+    points.add([1, 10, 30])
+    points.add([3, 10, 30])
+    assert points.features["plane"].tolist() == [1, 1, 1]  # placed in the coronal plane
+    qtbot.waitUntil(lambda: dock.last_result is not None and sorted(dock.last_result.selections) == [1, 3],
+                    timeout=60_000)
+    result = dock.last_result
+    assert (result.selections[1].n_positive, result.selections[1].n_negative) == (1, 1)
+    assert "slice 3" in dock.status.text() or "slice 1" in dock.status.text()
+    points.selected_data = {2}
+    points.remove_selected()  # slice 3 loses its keypoint: it returns to "before", slice 1 is not recomputed
+    qtbot.waitUntil(lambda: sorted(dock.last_result.selections) == [1], timeout=60_000)
+    assert dock.last_result.slices == [3]
+    after, before = viewer.layers[AFTER_LAYER].data[3], viewer.layers[BEFORE_LAYER].data[3]
+    assert np.all((after == before) | (after == 0))  # "before", less islands the 3D post-processing removes
 
 
 def test_unusable_inputs_give_messages(plugin_viewer, open_plugin_dock, notifications, model_path):
     viewer = plugin_viewer()
     dock = open_plugin_dock(viewer, DOCK)
     dock.model_box.setCurrentText(str(model_path))
-    assert dock.ensure_points_layers() is None  # no image open: a message, no traceback
+    assert dock.ensure_keypoint_layer() is None  # no image open: a message, no traceback
     notifications.take("Assign image layers")
     viewer.add_image(np.zeros((40, 50), np.float32), name="flair")  # a 2D picture assigned as FLAIR
     viewer.add_image(np.zeros((40, 50), np.float32), name="t1c")
-    assert dock.ensure_points_layers() is None
+    assert dock.ensure_keypoint_layer() is None
     notifications.take("2D data")
     assert dock.apply_to_volume() is None  # the same problem again: in the status, not a second toast
     assert "2D data" in dock.status.text() and not notifications.problems()
-    assert POSITIVE_LAYER not in viewer.layers
+    assert KEYPOINTS_LAYER not in viewer.layers

@@ -100,7 +100,7 @@ def test_segment_names_classes_and_shares_the_model_with_tta(plugin_viewer, open
     segment = open_plugin_dock(viewer, "Segment volume")
     segment.model_combo.setCurrentIndex(segment.model_combo.findText(tiny_model))
     segment.run()
-    qtbot.waitUntil(lambda: segment._handle is None, timeout=60_000)
+    qtbot.waitUntil(lambda: segment.handle is None, timeout=60_000)
     labels = viewer.layers[f"{tiny_model} labels"]
     value = next(v for v in (2, 1, 4) if (labels.data == v).any())
     voxel = np.argwhere(labels.data == value)[0]
@@ -117,7 +117,7 @@ def test_segment_names_classes_and_shares_the_model_with_tta(plugin_viewer, open
     tta.model_combo.setCurrentIndex(tta.model_combo.findText(tiny_model))
     tta.iterations_spin.setValue(1)
     tta.adapt()
-    with qtbot.waitSignal(tta._handle.finished, timeout=120_000):
+    with qtbot.waitSignal(tta.handle.finished, timeout=120_000):
         pass
     session = get_worker(viewer).session
     assert session.loads == 1 and session.hits == 1  # one model load, the source result reused
@@ -130,7 +130,7 @@ def test_segment_names_classes_and_shares_the_model_with_tta(plugin_viewer, open
     assert tts.model_box.findText(variant) >= 0
     segment.model_combo.setCurrentIndex(segment.model_combo.findText(variant))
     segment.run()
-    qtbot.waitUntil(lambda: segment._handle is None, timeout=60_000)
+    qtbot.waitUntil(lambda: segment.handle is None, timeout=60_000)
     adapted = viewer.layers[f"{variant} labels"]
     np.testing.assert_array_equal(adapted.data, viewer.layers[f"{tiny_model} after TTA (bn_affine)"].data)
     assert session.loads == 1 and session.hits == 2  # the adapted model's result, reused as well
@@ -141,13 +141,13 @@ def test_every_dock_shares_one_load_of_the_bundled_model(plugin_viewer, open_plu
     segment, tta, tts = (open_plugin_dock(viewer, name) for name in ("Segment volume", "Test-time adaptation", "TTS keypoint muting"))
     assert {dock.inputs.card.name for dock in (segment, tta, tts)} == {"glioma2d"}
     segment.run()
-    qtbot.waitUntil(lambda: segment._handle is None, timeout=120_000)
+    qtbot.waitUntil(lambda: segment.handle is None, timeout=120_000)
     tta.measure()
-    with qtbot.waitSignal(tta._handle.finished, timeout=120_000):
+    with qtbot.waitSignal(tta.handle.finished, timeout=120_000):
         pass
-    positive, _negative = tts.ensure_points_layers()
+    points = tts.ensure_keypoint_layer()
     viewer.dims.set_point(0, 4 * viewer.layers["flair"].scale[0])
-    positive.add([4, 24, 24])
+    points.add([4, 24, 24])
     qtbot.waitUntil(lambda: tts.last_result is not None, timeout=120_000)
     session = get_worker(viewer).session
     assert session.loads == 1  # glioma2d read once for three docks

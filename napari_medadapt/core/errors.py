@@ -16,3 +16,7 @@ class VolumeError(MedAdaptError):
 
 class ModelError(MedAdaptError):
     """A model, weight file or model card that cannot be used as given."""
+
+
+class PromptError(MedAdaptError):
+    """Prompts or keypoints that cannot be used (outside the image or slice, malformed, empty)."""

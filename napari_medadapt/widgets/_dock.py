@@ -2,6 +2,7 @@
 
 - :class:`DockBody`: the docks join each other as tabs and scroll, so all docks opened at once fit a laptop
   screen (instead of squashing their inputs or growing the window past the screen).
+- :class:`JobDock`: the skeleton of a computing dock (one job at a time, progress, Cancel, status line).
 - :class:`JobPanel`: the dock's own progress bar for its long jobs (1-6 min on a CPU), with the stage, the
   elapsed time, an estimate of the time left, and Cancel; napari's activity panel is collapsed by default.
 - :func:`prepare_viewer`: once per viewer, NIfTI files open with this plugin by default (napari asks which
@@ -222,6 +223,82 @@ class JobPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.setVisible(False)
         self._handle = None
+
+
+class JobDock(DockBody):
+    """The skeleton of a dock that computes: :class:`DockBody` plus one job at a time in the viewer's compute
+    worker, its :class:`JobPanel` (progress, time left, Cancel), errors in the status line, and results of jobs
+    that :meth:`forget_jobs` made obsolete dropped. A dock adds its inputs (e.g. a
+    :class:`~napari_medadapt.widgets._model_inputs.ModelInputsPanel`), a button that calls :meth:`run_job`
+    with a core function, and a method that shows the result.
+    """
+
+    #: status text when the user cancels a job
+    cancelled_text = "Cancelled; nothing was changed."
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__(viewer)
+        self.job_panel = JobPanel()
+        self.cancel_button = self.job_panel.cancel_button
+        self.handle: Any = None  # the running job
+        self._generation = 0
+        self._busy_widgets: tuple[QWidget, ...] = ()
+
+    @property
+    def worker(self) -> Any:
+        """The viewer's compute worker (its ``session`` holds the loaded models)."""
+        from napari_medadapt._worker import get_worker
+
+        return get_worker(self.viewer, self)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job of this dock is running."""
+        return self.handle is not None and not self.handle.done
+
+    def run_job(
+        self, fn: Any, *args: Any, description: str, on_result: Any, disable: tuple[QWidget, ...] = (),
+        interactive_key: str | None = None, **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` in the compute worker; ``on_result`` receives its result unless
+        :meth:`forget_jobs` ran meanwhile. ``disable`` lists widgets off while it runs; an ``interactive_key``
+        job replaces a queued one with the same key (latest wins). Returns the job handle."""
+        generation = self._generation
+        for widget in disable:
+            widget.setEnabled(False)
+        self._busy_widgets = disable
+        self.handle = self.worker.submit(
+            fn, *args, description=description, interactive_key=interactive_key,
+            on_result=lambda result: on_result(result) if generation == self._generation else None,
+            on_error=lambda err: self.status.setText(str(err)) if generation == self._generation else None,
+            **kwargs,
+        )
+        handle = self.handle
+        handle.finished.connect(lambda: self._job_finished(handle, generation))
+        return self.job_panel.track(handle)
+
+    def cancel(self, *_: Any) -> None:
+        """Cancel the running job (nothing is written)."""
+        if self.busy:
+            self.handle.cancel()
+
+    def forget_jobs(self) -> None:
+        """Drop the results of every job submitted so far (the running one is cancelled)."""
+        self._generation += 1
+        self.cancel()
+
+    def _job_finished(self, handle: Any, generation: int) -> None:
+        if handle is not self.handle:
+            return
+        self.handle = None
+        if handle.cancelled and generation == self._generation:  # not a job the dock chose to forget
+            self.status.setText(self.cancelled_text)
+        for widget in self._busy_widgets:
+            widget.setEnabled(True)
+        self.job_finished()
+
+    def job_finished(self) -> None:
+        """Called when the dock's job has ended (done, failed or cancelled); docks refresh buttons here."""
 
 
 def prepare_viewer(viewer: Any) -> None:

@@ -21,13 +21,10 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QButtonGroup,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QPushButton,
-    QRadioButton,
 )
 
 from napari_medadapt._worker import get_worker
@@ -36,6 +33,7 @@ from napari_medadapt.core.sam.prompts import Prompts
 from napari_medadapt.core.sam.session import ModelChoice, slice_requests
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import DockBody, JobPanel
+from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane, put_on_grid
 from napari_medadapt.widgets._layers import same_layer
 from napari_medadapt.widgets.sam_panels import CommitPanel, ModelChoicePanel, PropagationPanel
 from napari_medadapt.widgets.sam_results import SamResults
@@ -67,7 +65,7 @@ class SamWidget(DockBody):
         self._long_handle: Any = None
         self._precompute_pending = False
         self._generation = 0
-        self._connected: set[Any] = set()  # unique_id of the prompt layers whose events are connected
+        self._connected: set[Any] = set()  # unique_id of the box layers whose events are connected
         self._boxes_busy = False  # a box is being drawn or dragged (napari sends "adding"/"changing" first)
         self.results = SamResults(self.status.setText, self._notes)
         self.candidate_combo = self.results.candidate_combo
@@ -82,13 +80,8 @@ class SamWidget(DockBody):
             "Intensity window that makes the 8-bit image the model sees: the layer's contrast limits, MRI "
             "percentiles (mri-auto) or a CT window in HU"
         )
-        self.positive_radio = QRadioButton("positive")
-        self.negative_radio = QRadioButton("negative")
-        self.positive_radio.setChecked(True)
-        self._polarity_group = QButtonGroup(self)
-        for button in (self.positive_radio, self.negative_radio):
-            button.setToolTip("Polarity of the next point ('T' on the prompt layer toggles it)")
-            self._polarity_group.addButton(button)
+        self.polarity = PolarityPanel("the next point marks the object", "the next point marks what is not the object")
+        self.points = KeypointLayer(self.viewer, sp.POINTS_LAYER, self.polarity, self._schedule_update, sp.POINT_SIZE)
         self.layers_button = QPushButton("Add prompt layers")
         self.layers_button.setToolTip("Create the points and box layers on the image's grid and start adding points")
         self.precompute_button = QPushButton("Precompute volume")
@@ -103,11 +96,7 @@ class SamWidget(DockBody):
         form.addRow("image", self.image_combo)
         form.addRow("model", self.model_panel)
         form.addRow("window", self.window_combo)
-        polarity = QHBoxLayout()
-        polarity.addWidget(self.positive_radio)
-        polarity.addWidget(self.negative_radio)
-        polarity.addWidget(QLabel("(T toggles)"))
-        form.addRow("next point", polarity)
+        form.addRow("next point", self.polarity)
         form.addRow("candidates", self.candidate_combo)
         layout = self.layout_
         layout.addLayout(form)
@@ -134,7 +123,6 @@ class SamWidget(DockBody):
         self.model_panel.changed.connect(self._restart_object_prompts)
         self.window_combo.currentIndexChanged.connect(self._restart_object_prompts)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        self.positive_radio.toggled.connect(self._apply_point_defaults)
         self.layers_button.clicked.connect(self.ensure_prompt_layers)
         self.candidate_combo.activated.connect(self.choose_candidate)
         self.precompute_button.clicked.connect(self.precompute)
@@ -163,15 +151,6 @@ class SamWidget(DockBody):
             lo, hi = (float(v) for v in image.contrast_limits)
             return lo, hi
         return choice
-
-    @property
-    def positive(self) -> bool:
-        """Polarity of the next point."""
-        return self.positive_radio.isChecked()
-
-    def toggle_polarity(self, *_: Any) -> None:
-        """Switch the next point between positive and negative."""
-        (self.negative_radio if self.positive else self.positive_radio).setChecked(True)
 
     # ---------------------------------------------------------------------------------------- layers
     def _refresh_layers(self, *_: Any) -> None:
@@ -216,13 +195,9 @@ class SamWidget(DockBody):
             self.report(err)
             return None
         plane = self._plane_or_none(image)
-        points = self._layer(sp.POINTS_LAYER) or sp.add_points_layer(
-            self.viewer, image, self.positive, plane.axis if plane else 0
-        )
         boxes = self._layer(sp.BOXES_LAYER) or sp.add_boxes_layer(self.viewer, image)
         self._connect_prompt_layers()
-        self.viewer.layers.selection.active = points
-        points.mode = "add"
+        points = self.points.ensure(image)
         if self.model_choice is not None:  # load the model and embed this slice while the user aims
             get_worker(self.viewer, self).submit(
                 self.session.prepare, self.model_choice, data, self._window_spec(image), plane,
@@ -231,31 +206,17 @@ class SamWidget(DockBody):
         return points, boxes
 
     def _connect_prompt_layers(self) -> None:
-        for name in (sp.POINTS_LAYER, sp.BOXES_LAYER):
-            layer = self._layer(name)
-            if layer is None or layer.unique_id in self._connected:
-                continue
-            layer.events.data.connect(self._schedule_update)
-            if name == sp.POINTS_LAYER:
-                layer.events.features.connect(self._schedule_update)
-                layer.bind_key("t", self.toggle_polarity, overwrite=True)
-            else:
-                layer.events.data.connect(self._track_boxes)
-            self._connected.add(layer.unique_id)
-
-    def _apply_point_defaults(self, *_: Any) -> None:
-        points, image = self._layer(sp.POINTS_LAYER), self.image_layer
-        if points is not None and image is not None:
-            plane = self._plane_or_none(image)
-            if plane is not None:
-                sp.set_point_defaults(points, self.positive, plane.axis)
+        self.points.connect()
+        boxes = self._layer(sp.BOXES_LAYER)
+        if boxes is not None and boxes.unique_id not in self._connected:
+            boxes.events.data.connect(self._schedule_update)
+            boxes.events.data.connect(self._track_boxes)
+            self._connected.add(boxes.unique_id)
 
     def _on_dims_changed(self, *_: Any) -> None:
-        points, image = self._layer(sp.POINTS_LAYER), self.image_layer
-        plane = self._plane_or_none(image) if image is not None else None
-        if points is not None and plane is not None and int(points.feature_defaults["plane"][0]) != plane.axis:
-            points.feature_defaults = {"positive": self.positive, "plane": plane.axis}
-        self.results.show_candidates(plane)
+        image = self.image_layer
+        self.points.follow_plane(image)
+        self.results.show_candidates(self._plane_or_none(image) if image is not None else None)
 
     def _checked_image(self) -> tuple[Any, np.ndarray]:
         image = self.image_layer
@@ -268,12 +229,12 @@ class SamWidget(DockBody):
         for layer in layers:
             if layer is not None:
                 sp.check_prompt_layer(layer, image)
-        plane = sp.current_plane(self.viewer, image)
+        plane = current_plane(self.viewer, image)
         return image, plane, sp.collect_prompts(*layers, image, plane.axis), data
 
     def _plane_or_none(self, image: Any) -> sp.Plane | None:
         try:
-            return sp.current_plane(self.viewer, image)
+            return current_plane(self.viewer, image)
         except MedAdaptError:
             return None
 
@@ -383,7 +344,7 @@ class SamWidget(DockBody):
         choice = self.model_choice
         try:
             image, data = self._checked_image()
-            plane = sp.current_plane(self.viewer, image)
+            plane = current_plane(self.viewer, image)
         except MedAdaptError as err:
             self.report(err)
             return None
@@ -497,16 +458,13 @@ class SamWidget(DockBody):
         """Start a new object: remove all prompts and empty the preview (committed labels stay)."""
         self._reset_object()
         image = self.image_layer
-        points, boxes = self._layer(sp.POINTS_LAYER), self._layer(sp.BOXES_LAYER)
-        for layer in (points, boxes):
-            if layer is None:
-                continue
-            layer.events.data.disconnect(self._schedule_update)
-            layer.data = np.zeros((0, 3)) if layer is points else []
-            if image is not None and getattr(image, "ndim", 0) == 3:
-                sp.regrid(layer, image)
-            layer.events.data.connect(self._schedule_update)
-        self._apply_point_defaults()
+        self.points.clear(image)
+        boxes = self._layer(sp.BOXES_LAYER)
+        if boxes is not None:
+            boxes.events.data.disconnect(self._schedule_update)
+            boxes.data = []
+            put_on_grid(boxes, image)
+            boxes.events.data.connect(self._schedule_update)
         self._timer.stop()
         self.status.setText("New object: add prompts.")
 

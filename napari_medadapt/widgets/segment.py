@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton
 
 from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.widgets._dock import DockBody, JobPanel
+from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 
 if TYPE_CHECKING:
@@ -29,12 +29,12 @@ NEW_LAYER_CHOICE = "new Labels layer"
 CONFIDENCE_LAYER = "confidence"
 
 
-class SegmentWidget(DockBody):
+class SegmentWidget(JobDock):
     """Dock widget: model choice, modality mapping, run/cancel, labels output, volume table."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
-        self._handle = None
+        self.cancelled_text = "Cancelled; no labels were changed."
         self.last_prediction: Prediction | None = None
 
         layout = self.layout_
@@ -53,8 +53,6 @@ class SegmentWidget(DockBody):
         output_form.addRow(self.largest_check)
 
         self.run_button = QPushButton("Segment")
-        self.job_panel = JobPanel()
-        self.cancel_button = self.job_panel.cancel_button
 
         self.inputs = ModelInputsPanel(self.viewer)
         self.model_combo = self.inputs.model_combo
@@ -119,10 +117,8 @@ class SegmentWidget(DockBody):
     # ------------------------------------------------------------------------------------------ run
     def run(self) -> None:
         """Check the inputs and start the segmentation in the compute worker."""
-        from napari_medadapt._worker import get_worker
-
         card = self.card
-        if card is None or self._handle is not None:
+        if card is None or self.busy:
             return
         try:
             volume = self.inputs.volume()
@@ -131,29 +127,14 @@ class SegmentWidget(DockBody):
             return
         target = self.output_combo.currentText()
         self.status.setText(f"Segmenting with {card.name}...")
-        self.run_button.setEnabled(False)
-        worker = get_worker(self.viewer, self)
-        self._handle = worker.submit(
-            worker.session.segment,
-            self.inputs.model_ref,
-            volume,
-            largest_component=self.largest_check.isChecked(),
-            description=f"Segment ({card.name})",
-            on_result=lambda prediction: self._show_result(prediction, target, card),
-            on_error=lambda err: self.status.setText(str(err)),
+        self.run_job(
+            self.worker.session.segment, self.inputs.model_ref, volume,
+            largest_component=self.largest_check.isChecked(), description=f"Segment ({card.name})",
+            on_result=lambda prediction: self._show_result(prediction, target, card), disable=(self.run_button,),
         )
-        self.job_panel.track(self._handle)
-        self._handle.finished.connect(self._job_finished)
 
-    def cancel(self) -> None:
-        """Cancel the running segmentation (nothing is written)."""
-        if self._handle is not None:
-            self._handle.cancel()
-
-    def _job_finished(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None and handle.cancelled:
-            self.status.setText("Cancelled; no labels were changed.")
+    def job_finished(self) -> None:
+        """The segmentation ended: Segment is available again when a model is chosen."""
         self.run_button.setEnabled(self.card is not None)
 
     def _show_result(self, prediction: Prediction, target: str, card: ModelCard) -> None:

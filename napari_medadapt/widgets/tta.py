@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.widgets._dock import DockBody, JobPanel
+from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 
 if TYPE_CHECKING:
@@ -108,14 +108,14 @@ class LossPlot(QWidget):
         self.canvas.draw_idle()
 
 
-class TTAWidget(DockBody):
+class TTAWidget(JobDock):
     """Dock widget: model and inputs, method and settings, measure / adapt / reset / cancel, results."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
         from napari_medadapt.core.adapt.tta import METHODS, OPTIMIZERS
 
-        self._handle = None
+        self.cancelled_text = "Cancelled; the source model and the layers are unchanged."
         self.last_outcome: AdaptOutcome | None = None
         self.last_score: float | None = None
         self._relay = _LossRelay()
@@ -164,8 +164,6 @@ class TTAWidget(DockBody):
         for button in (self.measure_button, self.adapt_button, self.reset_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
-        self.job_panel = JobPanel()
-        self.cancel_button = self.job_panel.cancel_button
         layout.addWidget(self.job_panel)
 
         self.shift_label = QLabel("Shift score: not measured.")
@@ -243,22 +241,15 @@ class TTAWidget(DockBody):
     # ------------------------------------------------------------------------------------------ jobs
     def _submit(self, fn: Any, *args: Any, extra: tuple = (), description: str, on_result: Any) -> None:
         """Run ``fn(*args, session, *extra)`` in the compute worker with the dock's progress panel."""
-        from napari_medadapt._worker import get_worker
-
-        for button in (self.measure_button, self.adapt_button, self.reset_button):
-            button.setEnabled(False)
-        worker = get_worker(self.viewer, self)
-        self._handle = worker.submit(
-            fn, *args, worker.session, *extra, description=description, on_result=on_result,
-            on_error=lambda err: self.status.setText(str(err)),
+        self.run_job(
+            fn, *args, self.worker.session, *extra, description=description, on_result=on_result,
+            disable=(self.measure_button, self.adapt_button, self.reset_button),
         )
-        self.job_panel.track(self._handle)
-        self._handle.finished.connect(self._job_finished)
 
     def measure(self) -> None:
         """Start measuring the shift score of the current inputs."""
         volume = self._volume()
-        if volume is None or self._handle is not None:
+        if volume is None or self.busy:
             return
         self.status.setText("Measuring the domain shift...")
         self._submit(measure_job, self.inputs.model_ref, volume, description="Measure shift", on_result=self._show_score)
@@ -266,7 +257,7 @@ class TTAWidget(DockBody):
     def adapt(self) -> None:
         """Start segment -> adapt -> segment with the current settings."""
         volume = self._volume()
-        if volume is None or self._handle is not None:
+        if volume is None or self.busy:
             return
         settings = self.settings()
         self.loss_plot.clear("entropy" if settings["method"] == "tent" else "BN-KL loss")
@@ -289,18 +280,10 @@ class TTAWidget(DockBody):
         self.status.setText("Reset: the adapted model and its scores are discarded; the next adaptation starts "
                             "from the source model.")
 
-    def cancel(self) -> None:
-        """Cancel the running job (the source model and the layers stay as they were)."""
-        if self._handle is not None:
-            self._handle.cancel()
-
-    def _job_finished(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None and handle.cancelled:
-            self.status.setText("Cancelled; the source model and the layers are unchanged.")
+    def job_finished(self) -> None:
+        """The job ended: measuring and adapting need a model."""
         for button in (self.measure_button, self.adapt_button):
             button.setEnabled(self.card is not None)
-        self.reset_button.setEnabled(True)
 
     # ------------------------------------------------------------------------------------------ results
     def _on_loss(self, iteration: int, loss: float) -> None:
@@ -312,13 +295,12 @@ class TTAWidget(DockBody):
         self.status.setText("Shift measured.")
 
     def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard) -> None:
-        from napari_medadapt._worker import get_worker
         from napari_medadapt.core.metrics import region_volumes_ml
         from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs
 
         self.last_outcome = outcome
         result = outcome.result
-        get_worker(self.viewer, self).publish_variant(result.model.card)  # selectable in the other docks
+        self.worker.publish_variant(result.model.card)  # selectable in the other docks
         names = class_names_of(card)
         added = []
         for prediction, suffix in ((outcome.before, "before TTA"), (outcome.after, f"after TTA ({result.method})")):

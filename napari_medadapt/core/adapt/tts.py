@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import MedAdaptError
+from ..errors import MedAdaptError, PromptError
 from ..jobs import JobContext, ensure_context
 from . import tts_engine as engine
 from .tts_select import (
@@ -56,7 +56,7 @@ ARTIFACT_ALPHA = 0.2
 LAYERS = engine.TAP_LAYERS
 
 
-class KeypointError(MedAdaptError):
+class KeypointError(PromptError):
     """Keypoints that cannot be used (outside the image, none at all, wrong shape)."""
 
 

@@ -4,8 +4,9 @@
 predict_volume`, with the card's post-processing; a :class:`~napari_medadapt.core.session.ModelSession`
 computes it once per volume and model). "After" is "before" with each slice that holds keypoints replaced by
 its muted prediction (its own channel mask, the per-slice rule of :func:`~napari_medadapt.core.adapt.tts.tts`),
-then post-processed the same way. A keypoint change re-predicts only its slice from cached features, and
-applying TTS to the volume computes only the slices with keypoints; every other slice is "before" unchanged.
+then post-processed the same way. :meth:`LiveTTS.apply` brings the muting up to date with the keypoints and
+re-predicts exactly the slices whose keypoints (or the settings) changed since its last call, from cached
+features; every other slice keeps its muting, or is "before" unchanged.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class LiveTTS:
         self.before = np.asarray(before.labels)
         self._raw = self.before.copy()  # before, with the muted slices' raw predictions written in
         self._selections: dict[int, ChannelSelection] = {}
+        self._applied: dict[int, tuple] = {}  # slice -> the keypoints and settings its muting was computed from
 
     @property
     def layer(self) -> str:
@@ -102,6 +104,7 @@ class LiveTTS:
         shape = self.before.shape
         positives = validate_keypoints(positive_points, shape, "positive")
         negatives = validate_keypoints(negative_points, shape, "negative")
+        settings = (float(alpha), float(keep_fraction), bool(keep_background))
         result = LiveTTSResult(self.before, self.before, sorted(set(int(z) for z in slices)), {})
         for step, z in enumerate(result.slices):
             if ctx is not None:
@@ -113,9 +116,11 @@ class LiveTTS:
             if outcome.selection is None:
                 self._raw[z] = self.before[z]
                 self._selections.pop(z, None)
+                self._applied.pop(z, None)
             else:
                 self._raw[z] = outcome.labels
                 self._selections[z] = outcome.selection
+                self._applied[z] = (_signature(on_slice), settings)
             result.attention_before[z] = outcome.attention_before
             result.attention_after[z] = outcome.attention_after
             result.warnings.extend(outcome.warnings)
@@ -132,18 +137,21 @@ class LiveTTS:
         keep_background: bool = True,
         ctx: JobContext | None = None,
     ) -> LiveTTSResult:
-        """Mute every slice that holds keypoints (and only those); slices muted before whose keypoints are
-        gone return to "before"."""
+        """Mute every slice that holds keypoints, and only those: re-predicts the slices whose keypoints or
+        settings changed since the last call (slices whose keypoints are gone return to "before")."""
         shape = self.before.shape
-        keyed = {
-            int(z)
-            for points, kind in ((positive_points, "positive"), (negative_points, "negative"))
-            for z in validate_keypoints(points, shape, kind)[:, 0]
-        }
-        return self.update(
-            sorted(keyed | set(self._selections)), positive_points, negative_points, alpha, keep_fraction,
-            keep_background, ctx,
-        )
+        positives = validate_keypoints(positive_points, shape, "positive")
+        negatives = validate_keypoints(negative_points, shape, "negative")
+        settings = (float(alpha), float(keep_fraction), bool(keep_background))
+        keyed = {int(z) for points in (positives, negatives) for z in points[:, 0]}
+        wanted = {z: (_signature([p[p[:, 0] == z] for p in (positives, negatives)]), settings) for z in keyed}
+        changed = [z for z in sorted(keyed | set(self._applied)) if self._applied.get(z) != wanted.get(z)]
+        return self.update(changed, positives, negatives, alpha, keep_fraction, keep_background, ctx)
+
+
+def _signature(points: list[np.ndarray]) -> tuple:
+    """A comparable record of one slice's positive and negative keypoints (order-free)."""
+    return tuple(tuple(sorted(map(tuple, p.tolist()))) for p in points)
 
 
 class TTSWorkspace:
@@ -173,20 +181,12 @@ class TTSWorkspace:
             self._live, self._key = LiveTTS(segmenter, volume, before, layer), key
         return self._live
 
-    def predict_slice(
-        self, model: str, volume_key: Any, volume: Volume, layer: str, z: int, positives: Any, negatives: Any,
-        alpha: float, keep_fraction: float, keep_background: bool, *, ctx: JobContext,
-    ) -> LiveTTSResult:
-        """Re-predict slice ``z`` with its keypoints (the other muted slices keep theirs)."""
-        live = self.live(model, volume_key, volume, layer, ctx)
-        return live.update([z], positives, negatives, alpha, keep_fraction, keep_background, ctx)
-
     def apply(
         self, model: str, volume_key: Any, volume: Volume, layer: str, positives: Any, negatives: Any,
         alpha: float, keep_fraction: float, keep_background: bool, per_slice: bool, *, ctx: JobContext,
         tta_flips: bool = False,
     ) -> LiveTTSResult:
-        """TTS on the volume: per slice (only slices with keypoints are computed), or one mask from every
+        """TTS on the volume: per slice (only slices whose keypoints changed are computed), or one mask from every
         keypoint for the whole volume, or with flip replicas (:func:`~napari_medadapt.core.adapt.tts.tts` on
         every slice, through Segment volume's path); "after" is post-processed as the card says in every case."""
         from .tts import tts

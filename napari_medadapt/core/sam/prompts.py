@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MedAdaptError
+from ..errors import PromptError
 from ..intensity import CT_WINDOWS, MRI_PERCENTILES, percentile_range
 
 #: Named windows (low, high): the CT windows of the one table in :mod:`..intensity`, as ``ct-NAME``;
@@ -44,10 +44,6 @@ class Plane:
     def take(self, volume: np.ndarray) -> np.ndarray:
         """The 2D slice of ``volume`` (a copy)."""
         return np.array(volume[self.slicer()])
-
-
-class PromptError(MedAdaptError):
-    """A prompt that cannot be used on the current slice (outside it, malformed, empty)."""
 
 
 @dataclass(frozen=True)
