@@ -309,7 +309,7 @@ def tts(
     TTSResult
     """
     from ..inference import crop_box, predict_prepared
-    from .tts_muting import ChannelMuting, keypoint_masks
+    from .tts_muting import ChannelMuting, inside, keypoint_masks
 
     ctx = ensure_context(ctx)
     check_settings(alpha, keep_fraction, layer)
@@ -328,17 +328,20 @@ def tts(
     pos_grid, neg_grid = (engine.points_to_grid(p, shape, grid) for p in (positives, negatives))
     background = engine.background_channels(model, layer) if keep_background else np.zeros(0, dtype=np.int64)
     device = next(model.parameters()).device
+    box = crop_box(model, prepared.data)
+    if box is not None and not any(inside(p, box).any() for p in (pos_grid, neg_grid)):
+        raise KeypointError(
+            "TTS needs keypoints on the image: every keypoint lies in the empty background around the scan."
+        )
     masks = keypoint_masks(
-        model, prepared.data, crop_box(model, prepared.data), layer, pos_grid, neg_grid, alpha=alpha,
-        keep_fraction=keep_fraction, per_slice=per_slice, flips=tta_flips, background=background, ctx=ctx,
+        model, prepared.data, box, layer, pos_grid, neg_grid, alpha=alpha, keep_fraction=keep_fraction,
+        per_slice=per_slice, flips=tta_flips, background=background, ctx=ctx,
     )
     if masks.ignored:
         messages.append(
             f"TTS: {masks.ignored} keypoint(s) lie in the empty background around the scan, where the model does "
             "not run; they were not used. Place them on the image."
         )
-    if not masks.selections:
-        raise KeypointError("TTS needs keypoints on the image: every keypoint lies in the empty background.")
     if engine.spatial_dims_of(model) == 2 and per_slice and len(positives) and len(negatives):
         keypoints, on_grid = np.concatenate([positives, negatives]), np.concatenate([pos_grid, neg_grid])
         one_sided = _one_sided_slices(masks, keypoints[:, 0], on_grid[:, 0])

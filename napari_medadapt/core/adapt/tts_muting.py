@@ -67,7 +67,8 @@ def _features(model: Any, x: torch.Tensor, layer: str, dims: int, flips: tuple[i
     return engine.flip(engine.features_on_grid(model, tap.features, x.shape[2:]), flips)
 
 
-def _inside(points: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+def inside(points: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """``(N,)`` bool: which of ``points`` ``(N, 3)`` lie in ``box``."""
     lows = np.array([b.start for b in box])
     highs = np.array([b.stop for b in box])
     return np.all((points >= lows) & (points < highs), axis=1)
@@ -95,7 +96,7 @@ def keypoint_masks(
     dims = engine.spatial_dims_of(model)
     device = next(model.parameters()).device
     box = box or tuple(slice(0, n) for n in data.shape[1:])
-    used = [p[_inside(p, box)] for p in (positives, negatives)]
+    used = [p[inside(p, box)] for p in (positives, negatives)]
     ignored = len(positives) + len(negatives) - len(used[0]) - len(used[1])
     origin = np.array([b.start for b in box])
     pos, neg = (p - origin for p in used)  # on the crop

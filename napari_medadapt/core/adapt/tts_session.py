@@ -32,6 +32,7 @@ from .tts import (
     prepare_tts_input,
     validate_keypoints,
 )
+from .tts_muting import inside
 from .tts_select import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FRACTION,
@@ -298,7 +299,4 @@ class TTSSession:
     def _on_crop(self, points: np.ndarray) -> np.ndarray:
         """Display keypoints ``(N, 3)`` of one slice as ``(y, x)`` indices on the crop; those outside dropped."""
         on_grid = engine.points_to_grid(points, self.shape, self._grid)[:, 1:]
-        lows = np.array([b.start for b in self._box[1:]])
-        highs = np.array([b.stop for b in self._box[1:]])
-        inside = np.all((on_grid >= lows) & (on_grid < highs), axis=1)
-        return on_grid[inside] - lows
+        return on_grid[inside(on_grid, self._box[1:])] - np.array([b.start for b in self._box[1:]])
