@@ -123,3 +123,28 @@ def test_corrupt_checkpoint_file_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"garbage")
     with pytest.raises(ModelError, match="corrupt"):
         registry.load_sam(bad, device="cpu")
+
+
+def test_a_users_card_with_weights_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A promptable card of the user's with ``weights_file``: the weights are read beside the card and checked
+    against its sha256, whatever the encoder (no download, nothing in the checkpoint cache)."""
+    import json
+
+    from napari_medadapt.core.models.registry import read_card
+
+    (tmp_path / "my_sam.pth").write_bytes(PAYLOAD)
+    card_path = tmp_path / "my_sam.json"
+    card = {"kind": "promptable", "name": "my-sam", "architecture": {"encoder": "vit_b"}, "weights_file": "my_sam.pth",
+            "weights_sha256": hashlib.sha256(PAYLOAD).hexdigest(), "license": "Apache-2.0"}  # fmt: skip
+    card_path.write_text(json.dumps(card))
+    entry = registry.CheckpointEntry.from_card(read_card(card_path))
+    assert entry.bundled and entry.url is None
+    monkeypatch.setitem(registry.REGISTRY, "my-sam", entry)
+    assert registry.checkpoint_path("my-sam") == tmp_path / "my_sam.pth"
+    assert registry._fetch("my-sam", None, None, False, None) == (tmp_path / "my_sam.pth", None)
+    (tmp_path / "my_sam.pth").write_bytes(b"another file")
+    with pytest.raises(ModelError, match="not the expected file"):
+        registry.load_sam("my-sam", device="cpu")
+    (tmp_path / "my_sam.pth").unlink()
+    with pytest.raises(ModelError, match="weights of my-sam are missing"):
+        registry.load_sam("my-sam", device="cpu")

@@ -244,8 +244,24 @@ def test_keypoints_in_the_empty_border_are_not_used():
     out = session.predict_slice(2, [[2, 20, 30]], [[2, 2, 2]], keep_fraction=0.25, warn=False)
     assert out.selection.n_negative == 0 and "empty background" in out.warnings[0]
     np.testing.assert_allclose(out.probabilities, result.probabilities[:, 2], atol=1e-5)
-    outside_crop = session.predict_slice(0, [[0, 20, 30]], [], warn=False)
+    outside_crop = session.predict_slice(0, [[0, 20, 30]], [], warn=False)  # an empty end slice
     assert outside_crop.selection is None and (outside_crop.labels == 0).all()
+    assert "1 keypoint(s) lie in the empty background" in outside_crop.warnings[0]
+
+
+def test_live_tts_recomputes_only_what_changed():
+    from napari_medadapt.core.adapt.tts_live import LiveTTS
+    from napari_medadapt.core.inference import predict_volume
+
+    model, volume = tiny_model(), _bordered_volume()
+    live = LiveTTS(model, volume, predict_volume(model, volume, return_probabilities=False))
+    positives, negatives = [[0, 20, 30], [2, 20, 30]], [[2, 40, 45]]
+    first = live.apply(positives, negatives, keep_fraction=0.25)
+    assert first.slices == [0, 2] and sorted(first.selections) == [2]
+    assert any("empty background" in w for w in first.warnings)  # slice 0 holds no image
+    assert live.apply(positives, negatives, keep_fraction=0.25).slices == []  # nothing changed
+    assert live.apply(positives, negatives, keep_fraction=0.5).slices == [0, 2]  # a setting changed
+    assert live.apply(positives[:1], negatives, keep_fraction=0.5).slices == [2]
 
 
 def test_session_slices_equal_segment_volume():

@@ -53,8 +53,8 @@ def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot,
     dock = open_plugin_dock(viewer, DOCK)
     dock.live_check.setChecked(False)
     dock.model_box.setCurrentText(str(model_path))
-    assert set(dock._modality_boxes) == {"t1c", "flair"}
-    assert dock._modality_boxes["flair"].currentText() == "flair"
+    assert set(dock.inputs.modality_boxes) == {"t1c", "flair"}
+    assert dock.inputs.modality_boxes["flair"].currentText() == "flair"
 
     points = dock.ensure_keypoint_layer()
     assert points.current_symbol.value == "disc"
@@ -158,14 +158,14 @@ def test_dock_live_update_and_points_from_another_geometry(plugin_viewer, open_p
     viewer.add_image(np.full((3, 24, 24), 2.0, np.float32), name="second flair")
     dock = open_plugin_dock(viewer, DOCK)
     dock.model_box.setCurrentText(str(model_path))
-    dock._modality_boxes["flair"].setCurrentText("second flair")
+    dock.inputs.modality_boxes["flair"].setCurrentText("second flair")
     points = dock.ensure_keypoint_layer()
     viewer.dims.set_point(0, 1.0)
     points.add([1, 5, 5])
     dock.polarity.toggle()
     points.add([1, 20, 20])
     qtbot.waitUntil(lambda: dock.last_result is not None and dock.last_result.slices == [1], timeout=60_000)
-    assert dock._modality_boxes["flair"].currentText() == "second flair"  # kept while result layers were added
+    assert dock.inputs.modality_boxes["flair"].currentText() == "second flair"  # kept while result layers were added
 
     viewer.layers.remove(KEYPOINTS_LAYER)
     viewer.add_points(np.array([[1, 60, 60]]), name=KEYPOINTS_LAYER, ndim=3)  # a layer the user made

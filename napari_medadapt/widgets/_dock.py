@@ -226,9 +226,9 @@ class JobPanel(QWidget):
 
 
 class JobDock(DockBody):
-    """The skeleton of a dock that computes: :class:`DockBody` plus one job at a time in the viewer's compute
-    worker, its :class:`JobPanel` (progress, time left, Cancel), errors in the status line, and results of jobs
-    that :meth:`forget_jobs` made obsolete dropped. A dock adds its inputs (e.g. a
+    """The skeleton of a dock that computes: :class:`DockBody` plus its jobs in the viewer's compute worker
+    (which runs them one at a time), its :class:`JobPanel` (progress, time left, Cancel), errors in the status
+    line, and results of jobs that :meth:`forget_jobs` made obsolete dropped. A dock adds its inputs (e.g. a
     :class:`~napari_medadapt.widgets._model_inputs.ModelInputsPanel`), a button that calls :meth:`run_job`
     with a core function, and a method that shows the result.
     """
@@ -240,9 +240,9 @@ class JobDock(DockBody):
         super().__init__(viewer)
         self.job_panel = JobPanel()
         self.cancel_button = self.job_panel.cancel_button
-        self.handle: Any = None  # the running job
+        self.handle: Any = None  # the most recent job, until it ends
+        self._open: list[Any] = []  # every job of the dock not ended yet (the worker runs them in turn)
         self._generation = 0
-        self._busy_widgets: tuple[QWidget, ...] = ()
 
     @property
     def worker(self) -> Any:
@@ -253,8 +253,8 @@ class JobDock(DockBody):
 
     @property
     def busy(self) -> bool:
-        """Whether a job of this dock is running."""
-        return self.handle is not None and not self.handle.done
+        """Whether a job of this dock is queued or running."""
+        return any(not handle.done for handle in self._open)
 
     def run_job(
         self, fn: Any, *args: Any, description: str, on_result: Any, disable: tuple[QWidget, ...] = (),
@@ -262,43 +262,49 @@ class JobDock(DockBody):
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in the compute worker; ``on_result`` receives its result unless
         :meth:`forget_jobs` ran meanwhile. ``disable`` lists widgets off while it runs; an ``interactive_key``
-        job replaces a queued one with the same key (latest wins). Returns the job handle."""
+        job replaces a queued one with the same key (latest wins) and leaves the progress panel to a long job
+        of the dock that is still running. Returns the job handle."""
         generation = self._generation
         for widget in disable:
             widget.setEnabled(False)
-        self._busy_widgets = disable
-        self.handle = self.worker.submit(
+        handle = self.worker.submit(
             fn, *args, description=description, interactive_key=interactive_key,
             on_result=lambda result: on_result(result) if generation == self._generation else None,
             on_error=lambda err: self.status.setText(str(err)) if generation == self._generation else None,
             **kwargs,
         )
-        handle = self.handle
-        handle.finished.connect(lambda: self._job_finished(handle, generation))
-        return self.job_panel.track(handle)
+        self.handle = handle
+        self._open.append(handle)
+        handle.finished.connect(lambda: self._job_finished(handle, generation, disable))
+        if interactive_key is None or not self.job_panel.busy:
+            self.job_panel.track(handle)
+        return handle
 
     def cancel(self, *_: Any) -> None:
-        """Cancel the running job (nothing is written)."""
-        if self.busy:
-            self.handle.cancel()
+        """Cancel every queued or running job of the dock (nothing is written)."""
+        for handle in list(self._open):
+            if not handle.done:
+                handle.cancel()
 
     def forget_jobs(self) -> None:
-        """Drop the results of every job submitted so far (the running one is cancelled)."""
+        """Drop the results of every job submitted so far (those still queued or running are cancelled)."""
         self._generation += 1
         self.cancel()
 
-    def _job_finished(self, handle: Any, generation: int) -> None:
-        if handle is not self.handle:
-            return
-        self.handle = None
-        if handle.cancelled and generation == self._generation:  # not a job the dock chose to forget
+    def _job_finished(self, handle: Any, generation: int, disable: tuple[QWidget, ...]) -> None:
+        if handle in self._open:
+            self._open.remove(handle)
+        if handle is self.handle:
+            self.handle = None
+        # the user's Cancel, not a job the dock chose to forget or a newer request that replaced it
+        if handle.cancelled and not handle.superseded and generation == self._generation:
             self.status.setText(self.cancelled_text)
-        for widget in self._busy_widgets:
+        for widget in disable:
             widget.setEnabled(True)
         self.job_finished()
 
     def job_finished(self) -> None:
-        """Called when the dock's job has ended (done, failed or cancelled); docks refresh buttons here."""
+        """Called when one of the dock's jobs has ended (done, failed or cancelled); docks refresh buttons here."""
 
 
 def prepare_viewer(viewer: Any) -> None:

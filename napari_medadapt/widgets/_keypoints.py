@@ -224,7 +224,8 @@ class KeypointLayer:
         self._connected.add(layer.unique_id)
 
     def _changed(self, event: Any) -> None:
-        if not self._quiet:
+        # napari reports "adding"/"changing"/"removing" before the edit itself: only the edit counts
+        if not self._quiet and not str(getattr(event, "action", "")).endswith("ing"):
             self._on_change(event)
 
     def clear(self, image: Any = None) -> None:

@@ -19,7 +19,6 @@ import numpy as np
 from napari_medadapt.core.errors import PromptError, VolumeError
 from napari_medadapt.core.sam.prompts import Plane, Prompts
 from napari_medadapt.widgets._keypoints import (
-    check_inside,
     check_prompt_layer,
     grid_kwargs,
     read_points,
@@ -30,7 +29,6 @@ from napari_medadapt.widgets._layers import layer_modality
 POINTS_LAYER = "SAM prompts"
 BOXES_LAYER = "SAM boxes"
 PREVIEW_LAYER = "SAM preview"
-SAM_LAYERS = (POINTS_LAYER, BOXES_LAYER, PREVIEW_LAYER)
 POINT_SIZE = 5
 
 
@@ -83,7 +81,6 @@ def box_prompts(layer: Any, image: Any) -> list[tuple[int, int, tuple[float, flo
         if kind != "rectangle":
             continue
         voxels = to_image_voxels(layer, image, vertices)
-        check_inside(np.clip(voxels, -0.5, np.asarray(image.data.shape) - 0.5), image, "Box")
         flat = np.flatnonzero(np.ptp(voxels, axis=0) < 1e-6)
         if flat.size > 1:
             continue  # a box without area (the first moment of drawing one) is no prompt yet
@@ -92,8 +89,9 @@ def box_prompts(layer: Any, image: Any) -> list[tuple[int, int, tuple[float, flo
         plane = Plane(int(flat[0]), int(np.rint(voxels[0, flat[0]])))
         if not 0 <= plane.index < image.data.shape[plane.axis]:
             raise PromptError(f"Box #{number + 1} lies outside image {image.name!r}; draw it on the image.")
-        rows, cols = plane.in_plane_axes
-        r, c = voxels[:, rows], voxels[:, cols]
+        rows, cols = plane.in_plane_axes  # a box dragged past the image's edge is clipped to it
+        r = np.clip(voxels[:, rows], 0, image.data.shape[rows] - 1)
+        c = np.clip(voxels[:, cols], 0, image.data.shape[cols] - 1)
         boxes.append((plane.axis, plane.index, (r.min(), c.min(), r.max(), c.max())))
     return boxes
 

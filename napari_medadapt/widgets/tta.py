@@ -4,7 +4,7 @@ Pick a model and the image layer feeding each of its inputs (auto-matched by lay
 (BN-affine, normalizer or Tent) and its settings. "Measure shift" computes the shift score and rates it
 against the model's training data (typical / unusual / far). "Adapt and segment" segments with the source
 model, adapts a copy of it to the volume (live loss curve) and segments again: two Labels layers, their
-per-class volumes (mL) and the shift score before and after. "Reset" discards the adapted model (the source
+per-class volumes (mL) and the shift score before and after. "Reset" clears the scores (the source
 model is never changed); "Cancel" stops a running job. Every computation runs in the viewer's compute worker
 through ``napari_medadapt.core``; this module only wires widgets.
 """
@@ -63,9 +63,9 @@ def adapt_job(
 
 
 class _LossRelay(QObject):
-    """Carries ``(iteration, loss)`` from the compute thread to the Qt main thread."""
+    """Carries ``(iteration, loss, job generation)`` from the compute thread to the Qt main thread."""
 
-    loss = Signal(int, float)
+    loss = Signal(int, float, int)
 
 
 class LossPlot(QWidget):
@@ -160,7 +160,10 @@ class TTAWidget(JobDock):
         self.measure_button = QPushButton("Measure shift")
         self.adapt_button = QPushButton("Adapt and segment")
         self.reset_button = QPushButton("Reset")
-        self.reset_button.setToolTip("Discard the adapted model and its scores (result layers stay)")
+        self.reset_button.setToolTip(
+            "Clear the scores and the loss curve; the next adaptation starts from the source model (result layers "
+            "and adapted models in the model lists stay)"
+        )
         for button in (self.measure_button, self.adapt_button, self.reset_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
@@ -263,11 +266,17 @@ class TTAWidget(JobDock):
         self.loss_plot.clear("entropy" if settings["method"] == "tent" else "BN-KL loss")
         self.status.setText(f"Adapting {self.card.name} ({METHOD_LABELS[settings['method']]})...")
         card = self.card
-        self._submit(adapt_job, self.inputs.model_ref, volume, extra=(settings, self._relay.loss.emit),
+        generation = self._generation
+
+        def on_loss(iteration: int, loss: float) -> None:
+            self._relay.loss.emit(iteration, loss, generation)
+
+        self._submit(adapt_job, self.inputs.model_ref, volume, extra=(settings, on_loss),
                      description=f"Adapt ({card.name})", on_result=lambda outcome: self._show_outcome(outcome, card))
 
     def _forget(self) -> None:
-        """Drop the adapted model, scores, loss curve and table (another model was chosen, or Reset)."""
+        """Drop the running job, the scores, loss curve and table (another model was chosen, or Reset)."""
+        self.forget_jobs()
         self.last_outcome = None
         self.last_score = None
         self.loss_plot.clear()
@@ -275,10 +284,10 @@ class TTAWidget(JobDock):
         self.shift_label.setText("Shift score: not measured.")
 
     def reset(self) -> None:
-        """Discard the adapted model and its scores (the source model is never changed; layers stay)."""
+        """Clear the scores and the loss curve (the source model is never changed; layers stay)."""
         self._forget()
-        self.status.setText("Reset: the adapted model and its scores are discarded; the next adaptation starts "
-                            "from the source model.")
+        self.status.setText("Reset: scores cleared; the next adaptation starts from the source model (adapted "
+                            "models stay selectable in the model lists until the viewer closes).")
 
     def job_finished(self) -> None:
         """The job ended: measuring and adapting need a model."""
@@ -286,7 +295,9 @@ class TTAWidget(JobDock):
             button.setEnabled(self.card is not None)
 
     # ------------------------------------------------------------------------------------------ results
-    def _on_loss(self, iteration: int, loss: float) -> None:
+    def _on_loss(self, iteration: int, loss: float, generation: int) -> None:
+        if generation != self._generation:  # a job the dock has forgotten (Reset, another model)
+            return
         self.loss_plot.add_point(iteration, loss)
 
     def _show_score(self, outcome: tuple[float, str]) -> None:

@@ -28,6 +28,8 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from napari_medadapt.core.adapt.tts import ARTIFACT_ALPHA
+from napari_medadapt.core.adapt.tts_select import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
 from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel
@@ -87,12 +89,12 @@ class TTSWidget(JobDock):
         self.alpha_box.setRange(0.0, 1.0)
         self.alpha_box.setDecimals(2)
         self.alpha_box.setSingleStep(0.05)
-        self.alpha_box.setValue(0.4)
+        self.alpha_box.setValue(DEFAULT_ALPHA)
         self.alpha_box.setToolTip("weight of the positive keypoints; negatives weigh 1 - alpha")
-        self.artifact_check = QCheckBox("negatives are artifacts (alpha 0.2)")
+        self.artifact_check = QCheckBox(f"negatives are artifacts (alpha {ARTIFACT_ALPHA})")
         self.keep_box = QSpinBox()
         self.keep_box.setRange(1, 100)
-        self.keep_box.setValue(10)
+        self.keep_box.setValue(round(DEFAULT_KEEP_FRACTION * 100))
         self.keep_box.setSuffix(" %")
         self.keep_box.setToolTip("share of feature channels kept (at least one)")
         self.layer_box = QComboBox()
@@ -150,7 +152,9 @@ class TTSWidget(JobDock):
 
         self.inputs.model_changed.connect(self._workspace_reset)
         self.inputs.inputs_changed.connect(self._workspace_reset)
-        self.artifact_check.toggled.connect(lambda checked: self.alpha_box.setValue(0.2 if checked else 0.4))
+        self.artifact_check.toggled.connect(
+            lambda checked: self.alpha_box.setValue(ARTIFACT_ALPHA if checked else DEFAULT_ALPHA)
+        )
         self.points_button.clicked.connect(self.ensure_keypoint_layer)
         self.apply_button.clicked.connect(self.apply_to_volume)
         self.reset_button.clicked.connect(self.reset)
@@ -168,10 +172,6 @@ class TTSWidget(JobDock):
     def model_name(self) -> str:
         """The card path (or name) of the chosen model; empty when none is chosen."""
         return "" if self.inputs.card is None else self.inputs.model_ref
-
-    @property
-    def _modality_boxes(self) -> dict[str, QComboBox]:
-        return self.inputs.modality_boxes
 
     @property
     def alpha(self) -> float:
@@ -201,6 +201,7 @@ class TTSWidget(JobDock):
         layers = self.inputs.chosen_layers()
         if not layers:
             raise VolumeError("Assign image layers to the model's inputs (open a case first).")
+        self.inputs.card.check_modalities(layers)
         for modality, layer in layers.items():
             check_volume_layer(modality, layer)
         return layers
@@ -236,8 +237,8 @@ class TTSWidget(JobDock):
 
     # ------------------------------------------------------------------------------ compute
     def _schedule_live(self, event: Any = None) -> None:
-        if str(getattr(event, "action", "")).endswith("ing") or not self.live_check.isChecked():
-            return  # napari reports "adding"/"changing" before the edit itself
+        if not self.live_check.isChecked():
+            return
         layer = self.points.layer
         muted = self.last_result is not None and bool(self.last_result.selections)
         if (layer is not None and len(layer.data)) or muted:
@@ -307,8 +308,10 @@ class TTSWidget(JobDock):
         self.worker.submit(self._workspace.reset, description="TTS reset")
 
     def reset(self, *_: Any) -> None:
-        """Clear keypoints, kept channels and the muting (result layers stay; undo still works)."""
-        self.points.clear()
+        """Clear keypoints, kept channels and the muting (result layers stay; undo still works); the keypoint
+        layer moves to the grid of the image now assigned."""
+        layers = self.inputs.chosen_layers() if self.inputs.card is not None else {}
+        self.points.clear(next(iter(layers.values()), None))
         self._live_timer.stop()
         self.kept_list.clear()
         self._workspace_reset()

@@ -113,10 +113,13 @@ class LiveTTS:
             outcome = self.session.predict_slice(
                 z, *on_slice, alpha=alpha, keep_fraction=keep_fraction, keep_background=keep_background, warn=False
             )
-            if outcome.selection is None:
+            if outcome.selection is None:  # no keypoints left, or none where the model runs
                 self._raw[z] = self.before[z]
                 self._selections.pop(z, None)
-                self._applied.pop(z, None)
+                if any(len(points) for points in on_slice):
+                    self._applied[z] = (_signature(on_slice), settings)
+                else:
+                    self._applied.pop(z, None)
             else:
                 self._raw[z] = outcome.labels
                 self._selections[z] = outcome.selection

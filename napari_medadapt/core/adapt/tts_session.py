@@ -135,10 +135,6 @@ class TTSSession:
         """Model-grid slice indices whose features are cached."""
         return list(self._cache)
 
-    def clear(self) -> None:
-        """Drop every cached slice."""
-        self._cache.clear()
-
     def features(self, z: int) -> np.ndarray:
         """``(C, Y, X)`` float32 tap features of display slice ``z``, resampled to the display grid (cached;
         0 outside the region the network runs on)."""
@@ -230,7 +226,8 @@ class TTSSession:
         entry = self._cached(self._grid_slice(int(z)))
         label_ids = label_ids_for(self.model, entry.baseline.shape[0])
         baseline_labels = label_ids[entry.baseline.argmax(axis=0)]
-        used = [self._on_crop(points) for points in (positives, negatives)]
+        outside = entry.grid_features is None  # the whole slice lies outside the region the model runs on
+        used = [points[:0, 1:] if outside else self._on_crop(points) for points in (positives, negatives)]
         messages: list[str] = []
         ignored = len(positives) + len(negatives) - len(used[0]) - len(used[1])
         if ignored:

@@ -61,6 +61,8 @@ class CheckpointEntry:
         Anything a user must know.
     card_path
         The model's card.
+    bundled
+        Whether the weights lie beside the card (``weights_file``) instead of being a downloaded checkpoint.
     """
 
     name: str
@@ -75,11 +77,7 @@ class CheckpointEntry:
     license: str
     note: str = ""
     card_path: str = ""
-
-    @property
-    def bundled(self) -> bool:
-        """Whether the weights ship beside the card (no download)."""
-        return self.architecture == "small"
+    bundled: bool = False
 
     @classmethod
     def from_card(cls, card: PromptableCard) -> CheckpointEntry:
@@ -95,7 +93,7 @@ class CheckpointEntry:
             source = download.get("source", "")
         return cls(
             card.name, card.title or card.name, card.encoder, str(filename), url, sha, size, card.preprocess,
-            source, card.license, card.note, str(card.path or ""),
+            source, card.license, card.note, str(card.path or ""), card.bundled,
         )
 
 
@@ -216,7 +214,12 @@ def _fetch(
 
     entry = get_entry(name)
     path = checkpoint_path(name)
-    if entry.bundled:
+    if entry.bundled:  # weights beside the card: nothing to download
+        if not path.is_file():
+            raise ModelError(
+                f"The weights of {entry.title} are missing: {path} (named by its card {entry.card_path}). "
+                "Reinstall napari-medadapt, or put the file back beside the card."
+            )
         return path, None
     expected = entry.sha256 if known_hash is _UNSET else known_hash
     if expected is None:
@@ -326,10 +329,13 @@ def load_sam(
     sha: str | None = None
     if key in REGISTRY:
         entry = REGISTRY[key]
-        if entry.bundled:
-            sam, card, sha = load_small_sam(checkpoint_path(key), entry.card_path)
-            return PromptableModel(sam, entry.name, sha, "sam", device, bool(card.get("dense_prompts", False)))
         path, sha = _fetch(key, known_hash, None, False, None)
+        if entry.architecture == "small":
+            sam, card, sha = load_small_sam(path, entry.card_path)
+            return PromptableModel(sam, entry.name, sha, "sam", device, bool(card.get("dense_prompts", False)))
+        if entry.bundled and entry.sha256:
+            _verify(entry, path, entry.sha256)
+            sha = entry.sha256
         arch, prep, label = entry.architecture, entry.preprocess, entry.name
     else:
         path = Path(name_or_path).expanduser()
