@@ -106,7 +106,8 @@ def load_images(images: dict[str, str]):
             raise VolumeError(
                 f"{modality} ({images[modality]}) is not on the voxel grid of {first.channels[0]} "
                 f"({images[first.channels[0]]}): {volume.geometry.describe()} vs {first.geometry.describe()}. "
-                f"Register and resample the images to one grid first."
+                "Add --preprocess to co-register them onto the first image (medadapt preprocess writes the "
+                "registered files)."
             )
     return Volume(
         np.concatenate([v.data for v in volumes]),

@@ -2,9 +2,12 @@
 
     medadapt segment --model NAME_OR_PATH --image MODALITY=PATH [--image MODALITY=PATH ...] --out OUT.nii.gz
                      [--tta none|bn_affine|normalizer|tent [--no-source-check]] [--all-components]
-                     [--device DEV]
+                     [--preprocess [--reference MODALITY] [--no-strip] [--n4 auto|on|off]] [--device DEV]
 
-The labels are written on the source grid of the first image, with its affine. Progress goes to stderr,
+The labels are written on the source grid of the first image, with its affine. With ``--preprocess`` the
+images are first prepared as ``medadapt preprocess`` does (co-registered onto the first image, or
+``--reference``, brain-extracted when not skull-stripped, bias-corrected when a strong field is found), so raw
+scans on different grids can be given. Progress goes to stderr,
 the per-class volumes (mL) to stdout. With ``--tta`` the volume is also segmented by the source model, and a
 warning goes to stderr when adaptation shrank or grew the whole-volume segmentation five-fold (a collapse the
 check on the sampled slices inside ``adapt`` can miss); ``--no-source-check`` skips that extra pass.
@@ -24,6 +27,7 @@ from napari_medadapt.cli._common import (
     parse_images,
     text_progress,
 )
+from napari_medadapt.cli.preprocess import add_chain_arguments, prepare
 
 TTA_METHODS = ("none", "bn_affine", "normalizer", "tent")
 
@@ -51,11 +55,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --tta: do not also segment with the source model (saves one pass; the collapse check then "
         "sees only the slices sampled for adaptation)",
     )
+    parser.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="prepare raw scans first: co-register onto the first image, extract the brain, correct the bias field",
+    )
+    add_chain_arguments(parser)
     add_device_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_medadapt.cli import CLIError
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import save_labels
@@ -64,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
     images = parse_images(args.image)
     check_nifti_out(args.out, inputs=images.values())
     device = select_device(args.device)
-    volume = load_images(images)
+    if args.preprocess:
+        volume = prepare(images, args, default_reference=next(iter(images))).volume
+    elif args.reference or args.no_strip or args.n4 != "auto":
+        raise CLIError("--reference, --no-strip and --n4 go with --preprocess.")
+    else:
+        volume = load_images(images)
     model = load_checked_model(args.model, volume.channels)
     print(f"model {model.card.name} ({model.spatial_dims}D) on {device}; inputs {', '.join(volume.channels)}",
           file=sys.stderr)
@@ -91,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     for note in prediction.notes:
         print(f"note: {note}", file=sys.stderr)
     written = save_labels(
-        prediction.labels, volume.geometry, args.out, class_names=prediction.class_names, inputs=images.values()
+        prediction.labels, volume.geometry, args.out, class_names=prediction.class_names, inputs=list(images.values())
     )
     print(prediction.format_volumes())
     print(f"labels written to {written}", file=sys.stderr)

@@ -5,7 +5,8 @@ mapping overrides) and checked against the card's supported subsets; non-finite 
 each channel is normalised as the card says (``intensity.method``: ``percentile``, ``zscore``, ``ct_window``,
 ``none``; the windows and percentiles of :mod:`.intensity`); missing optional modalities become zeros after
 normalisation; when the card's ``voxel_size`` differs from the volume's spacing by more than 2 %, the channels
-are resampled (trilinear) to it. Every method (plain inference, TTS, adaptation) prepares its input here.
+are resampled (trilinear) to it. Every method (plain inference, TTS, adaptation) prepares its input here. For a
+model trained on skull-stripped MRI (card ``skull_stripped``), an input that is not skull-stripped is reported.
 """
 
 from __future__ import annotations
@@ -161,6 +162,12 @@ def prepare_model_input(
     shape = volume.geometry.display_shape
     spacing = tuple(float(s) for s in volume.geometry.spacing)
     notes: list[str] = []
+    if card.skull_stripped and present:
+        from .preprocess.brain import unstripped_note
+
+        note = unstripped_note(card.name, mapping[present[0]], volume.channel(mapping[present[0]]), spacing)
+        if note:
+            notes.append(note)
     data = np.zeros((len(card.modalities), *shape), dtype=np.float32)
     for index, modality in enumerate(card.modalities):
         channel = mapping[modality]

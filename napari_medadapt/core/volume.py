@@ -29,6 +29,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from .errors import VolumeError
+from .files import OutputError, atomic_write, check_output_path
 from .geometry import Geometry
 
 __all__ = [
@@ -329,3 +330,30 @@ def load_volume(path: str | os.PathLike, name: str | None = None) -> Volume:
     base = name or canonical_modality(path) or nifti_stem(path)
     channels = (base,) if n_channels == 1 else tuple(f"{base}_{c}" for c in range(n_channels))
     return Volume(geometry.to_display(data), geometry, channels, (str(path),) * n_channels)
+
+
+def save_image(
+    array_zyx: np.ndarray, geometry: Geometry, path: str | os.PathLike, *, inputs: Sequence[str | os.PathLike] = ()
+) -> Path:
+    """Write a display-grid image (float32) as NIfTI on the source grid of ``geometry``, atomically.
+
+    The file gets the source's spatial shape, affine, qform/sform codes and units; scaling is reset. ``inputs``
+    (the files it was computed from) are never replaced (:func:`~napari_medadapt.core.files.check_output_path`).
+    """
+    if not is_nifti_path(path):
+        raise VolumeError(f"Cannot save an image to {path}: the file name must end in .nii.gz or .nii.")
+    path = check_output_path(path, inputs=inputs, what="Image file")
+    array_zyx = np.asarray(array_zyx, dtype=np.float32)
+    if array_zyx.shape != geometry.display_shape:
+        raise VolumeError(f"The image has shape {array_zyx.shape}, its grid {geometry.display_shape}.")
+    header = geometry.source_header.copy()
+    header.set_data_dtype(np.float32)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(geometry.to_source(array_zyx), None, header=header)
+    image.header.set_slope_inter(1.0, 0.0)
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
+    try:
+        atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=suffix)
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path} ({exc.strerror or exc}); check the folder has space.") from exc
+    return path

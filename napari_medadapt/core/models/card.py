@@ -71,6 +71,9 @@ class ModelCard:
         Label post-processing applied by :func:`napari_medadapt.core.inference.predict_volume` unless the
         caller overrides it: ``{"largest_component": true}`` keeps only the largest 3D connected component
         of the foreground (all non-zero labels together, face connectivity), for models of a single lesion.
+    skull_stripped
+        The model was trained on brain-only (skull-stripped) MRI: inputs that are not skull-stripped are
+        reported before it runs (:mod:`napari_medadapt.core.preprocess` prepares raw scans).
     shift_score
         Optional distribution of the test-time-adaptation shift score on the training/validation data
         (e.g. ``{"mean": ..., "std": ..., "quantiles": {...}}``).
@@ -99,6 +102,7 @@ class ModelCard:
     weights_file: str | None = None
     postprocess: dict[str, Any] = field(default_factory=dict)
     regions: dict[str, list[int]] = field(default_factory=dict)
+    skull_stripped: bool = False
     shift_score: dict[str, Any] | None = None
     tags: list[str] = field(default_factory=list)
     kind: str = "segmentation"

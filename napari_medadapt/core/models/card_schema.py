@@ -136,6 +136,7 @@ class CardSchema(BaseModel):
     weights_sha256: str | None = None
     weights_file: str | None = None
     postprocess: PostprocessSchema = PostprocessSchema()
+    skull_stripped: bool = False
     shift_score: dict[str, Any] | None = None
 
     @field_validator("weights_sha256")
