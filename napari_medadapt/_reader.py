@@ -9,6 +9,7 @@ drawn on it can be saved back on the exact source grid. This module never import
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from napari_medadapt.core.labelmaps import is_label_file, label_class_names, loa
 from napari_medadapt.core.volume import (
     Geometry,
     Volume,
+    VolumeWarning,
     is_nifti_path,
     load_volume,
     nifti_stem,
@@ -88,9 +90,26 @@ def labels_layer_data(
 
 
 def read_case_layers(folder: str | os.PathLike) -> list[LayerData]:
-    """Image layers for every modality of a case folder, then Labels layers for its label maps."""
+    """Image layers for every modality of a case folder, then Labels layers for its label maps.
+
+    When the modality files are not on one grid (raw scanner exports), each file becomes a layer on its own grid
+    and a :class:`~napari_medadapt.core.volume.VolumeWarning` says to prepare them (Prepare scans dock).
+    """
+    modalities, label_paths = case_files(folder)
+    geometries = {m: read_geometry(p) for m, p in modalities.items()}
+    first = next(iter(geometries.values()))
+    if not all(g.matches(first) for g in geometries.values()):
+        warnings.warn(
+            f"The sequences of {Path(folder).name} are on different grids (scans as exported): each opens as a "
+            "layer of its own. Co-register them with Plugins > MedAdapt > Prepare scans before segmenting.",
+            VolumeWarning,
+            stacklevel=2,
+        )
+        layers = [layer for m, p in modalities.items() for layer in image_layer_data(load_volume(p, name=m))]
+        for index, (_data, kwargs, _kind) in enumerate(layers):
+            kwargs["visible"] = index == 0  # one sequence shown at a time, as for a case on one grid
+        return layers + [layer for p in label_paths.values() for layer in read_file_layers(p)]
     volume, labels = load_case(folder)
-    _modalities, label_paths = case_files(folder)
     # each layer carries its own file's grid, so labels saved from it get that file's affine and codes
     layers = image_layer_data(volume, [read_geometry(path) for path in volume.source_paths])
     for name, array in labels.items():

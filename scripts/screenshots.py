@@ -4,8 +4,9 @@
 
 Opens the demo (sample glioma case, every dock) and, as a user would: segments the volume with the bundled
 model; clicks once in the tumour for Segment Anything; adapts the model at test time; places a positive and
-a negative keypoint for TTS; then shows the coronal view. One PNG per step goes to docs/images/. Takes a few
-minutes on a CPU (the adaptation is the longest step).
+a negative keypoint for TTS; then shows the coronal view; finally opens the same patient's raw export and
+prepares it in the Prepare scans dock (needs ../shared or MEDADAPT_DATA_DIR). One PNG per step goes to
+docs/images/. Takes a few minutes on a CPU (the adaptation is the longest step).
 """
 
 from __future__ import annotations
@@ -86,7 +87,29 @@ def main() -> int:
     settle()
     shot(5, "coronal_view")
     viewer.close()
+    prepare_raw_case(settle, wait)
     return 0
+
+
+def prepare_raw_case(settle, wait) -> None:
+    """The raw export of the same patient (each sequence on its own grid, skull present) in the Prepare scans
+    dock, prepared, FLAIR slice through the tumour with the brain mask (``dock_0_prepare_scans.png``)."""
+    import napari
+
+    from napari_medadapt.core.paths import data_dir
+
+    viewer = napari.Viewer()
+    viewer.window.resize(1600, 1000)
+    viewer.open(str(data_dir() / "glioma_tcga_fg6692_raw"), plugin="napari-medadapt")
+    _widget, dock = viewer.window.add_plugin_dock_widget("napari-medadapt", "Prepare scans")
+    settle()
+    wait(dock.run())
+    viewer.dims.set_point(0, 14 * viewer.layers["flair"].scale[0])
+    settle()
+    path = OUT_DIR / "dock_0_prepare_scans.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"saved {path}")
+    viewer.close()
 
 
 if __name__ == "__main__":

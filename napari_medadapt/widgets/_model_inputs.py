@@ -126,6 +126,7 @@ class ModelInputsPanel(QWidget):
         self._skip_prefix = skip_prefix
         self._cards: list[ModelCard] = []
         self.modality_boxes: dict[str, QComboBox] = {}
+        self._user_choices: set[str] = set()  # inputs the user chose; the others follow the layers' names
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -145,6 +146,13 @@ class ModelInputsPanel(QWidget):
         self.inputs_box = QGroupBox("Model inputs")
         self.inputs_form = QFormLayout(self.inputs_box)
         layout.addWidget(self.inputs_box)
+        self.input_warning = QLabel()  # e.g. a raw scan given to a model trained on skull-stripped ones
+        self.input_warning.setWordWrap(True)
+        self.input_warning.setStyleSheet("color: #f0a030;")
+        self.input_warning.setVisible(False)
+        layout.addWidget(self.input_warning)
+        self._strip_checks: dict[tuple, str | None] = {}  # (layer id, data id, model) -> warning or None
+        self.inputs_changed.connect(self._check_inputs)
 
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         if editable:
@@ -252,6 +260,7 @@ class ModelInputsPanel(QWidget):
         while self.inputs_form.rowCount():
             self.inputs_form.removeRow(0)
         self.modality_boxes = {}
+        self._user_choices = set()
         if card is None:
             self.model_info.setText(
                 "No model found. Load one from a file."
@@ -266,14 +275,17 @@ class ModelInputsPanel(QWidget):
                 box = QComboBox()
                 box.setToolTip(f"Image layer for the model's {modality.upper()} input")
                 box.currentTextChanged.connect(self.inputs_changed)
+                box.activated.connect(lambda _index, m=modality: self._user_choices.add(m))
                 self.inputs_form.addRow(f"{modality.upper()}{' (optional)' if modality in optional else ''}", box)
                 self.modality_boxes[modality] = box
             self.refresh_layers()
+        self._check_inputs()
         self.model_changed.emit()
 
     # ------------------------------------------------------------------------------------------ layers
     def refresh_layers(self, *_: Any) -> None:
-        """Offer the current image layers; keep the user's choices, else match layers by modality name."""
+        """Offer the current image layers; keep the user's choices, else match layers by modality name (the
+        newest layer of a modality wins, e.g. "flair prepared" over "flair")."""
         from napari.layers import Image
 
         from napari_medadapt.widgets._layers import image_layers_by_modality
@@ -289,17 +301,39 @@ class ModelInputsPanel(QWidget):
             box.blockSignals(True)
             box.clear()
             box.addItems([NONE_CHOICE, *images])
-            if previous in images:
+            auto = matched[modality].name if modality in matched and matched[modality].name in images else None
+            if previous in images and (modality in self._user_choices or auto is None):
                 box.setCurrentText(previous)
-            elif modality in matched and matched[modality].name in images:
-                box.setCurrentText(matched[modality].name)
+            elif auto is not None:
+                box.setCurrentText(auto)
             box.blockSignals(False)
+        self._check_inputs()
+
+    def _check_inputs(self, *_: Any) -> None:
+        """Warn, before anything runs, when the model was trained on skull-stripped scans and an input is not."""
+        from napari_medadapt.core.preprocess.brain import unstripped_note
+
+        card, text = self.card, None
+        if card is not None and card.skull_stripped:
+            for modality, layer in self.chosen_layers().items():
+                data = np.asarray(layer.data)
+                if data.ndim != 3:
+                    continue
+                key = (layer.unique_id, id(layer.data), card.name)
+                if key not in self._strip_checks:
+                    self._strip_checks[key] = unstripped_note(card.name, f"{modality.upper()} ({layer.name})", data,
+                                                              tuple(layer.scale)[-3:])  # fmt: skip
+                text = self._strip_checks[key]
+                break  # one sequence tells: they come from one scanner export
+        self.input_warning.setText(text or "")
+        self.input_warning.setVisible(bool(text))
 
     def set_input(self, modality: str, layer_name: str) -> None:
         """Assign an image layer (or ``"none"``) to one of the model's inputs."""
         box = self.modality_boxes[modality]
         if box.findText(layer_name) < 0:
             raise MedAdaptError(f"there is no image layer called {layer_name!r}.")
+        self._user_choices.add(modality)
         box.setCurrentText(layer_name)
 
     def input_mapping(self) -> dict[str, str | None]:
