@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import VolumeError
 from ..jobs import JobContext, ensure_context
 from ..volume import Geometry, Volume, canonical_modality
-from .bias import STRONG_FIELD, BiasField, field_spread, fit_bias_field
+from .bias import CORRECT_ITERATIONS, STRONG_FIELD, BiasField, field_spread, fit_bias_field
 from .brain import MASK_SEQUENCES, StripCheck, check_stripped, extract_brain
 from .register import Registration, coregister, head_mask
 
@@ -135,8 +135,8 @@ def prepare_scans(
     strip
         ``"auto"``: extract the brain when the reference is not skull-stripped; ``"off"``: never.
     n4
-        ``"auto"``: remove the bias field of a sequence whose field spread exceeds
-        :data:`~napari_medadapt.core.preprocess.bias.STRONG_FIELD`; ``"on"``: of every sequence; ``"off"``: none.
+        ``"auto"``: remove the bias field of every sequence when their median field spread exceeds
+        :data:`~napari_medadapt.core.preprocess.bias.STRONG_FIELD`; ``"on"``: always; ``"off"``: never.
     device
         Torch device for brain extraction.
     ctx
@@ -203,18 +203,18 @@ def prepare_scans(
     region = brain if brain is not None else (arrays[ref_name] != 0 if strip_check.stripped else head_mask(arrays[ref_name]))
     bias: list[BiasField] = []
     if n4 != "off":
+        images = {name: _on_grid(arrays[name], ref.geometry) for name in names}
+        spreads = {name: field_spread(fit_bias_field(images[name], region, ctx=ctx, label=name), region) for name in names}
+        strong = float(np.median(list(spreads.values())))
+        correct = n4 == "on" or strong > STRONG_FIELD
         for name in names:
-            image = _on_grid(arrays[name], ref.geometry)
-            fitted = fit_bias_field(image, region, ctx=ctx, label=name)
-            spread = field_spread(fitted, region)
-            correct = n4 == "on" or spread > STRONG_FIELD
             if correct:
-                arrays[name] = np.where(region, arrays[name] / fitted, arrays[name]).astype(np.float32)
-            bias.append(BiasField(name, spread, correct))
-        fixed = [b.modality for b in bias if b.corrected]
+                field = fit_bias_field(images[name], region, ctx=ctx, label=name, iterations=CORRECT_ITERATIONS)
+                arrays[name] = np.where(region, arrays[name] / field, arrays[name]).astype(np.float32)
+            bias.append(BiasField(name, spreads[name], correct))
         notes.append(
-            f"bias field removed from {', '.join(fixed)}." if fixed
-            else f"no strong bias field (spread at most {max(b.spread for b in bias):.2f}, threshold {STRONG_FIELD})."
+            f"bias field removed from {', '.join(names)} (median spread {strong:.2f})." if correct
+            else f"no strong bias field (median spread {strong:.2f}, threshold {STRONG_FIELD})."
         )
     seconds["bias field"] = time.perf_counter() - started
     volume = Volume(

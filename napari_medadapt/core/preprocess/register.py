@@ -105,11 +105,15 @@ def normalised_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) 
     return (entropy(p.sum(1)) + entropy(p.sum(0))) / joint_entropy if joint_entropy > 0 else 1.0
 
 
-def _rigid(fixed: Any, moving: Any, start: Any, ctx: JobContext, label: str) -> tuple[Any, float, float]:
+def _rigid(
+    fixed: Any, moving: Any, start: Any, ctx: JobContext, label: str, moving_mask: Any = None
+) -> tuple[Any, float, float]:
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    if moving_mask is not None:
+        method.SetMetricMovingMask(moving_mask)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(0.2, seed=0)
     method.SetInterpolator(sitk.sitkLinear)
@@ -198,3 +202,30 @@ def coregister(
             f"{MIN_NMI}). Check that both files are of the same patient and session, and show the head."
         )
     return moved.astype(np.float32), record
+
+
+def align_brain_to_head(head: Volume, brain: Volume, *, ctx: JobContext | None = None) -> Any:
+    """The rigid transform (SimpleITK; ``head`` grid points -> ``brain`` grid points) that places a
+    skull-stripped ``brain`` scan onto a whole-``head`` scan of the same patient: mutual information over the
+    brain's non-zero voxels only, started from the centres of intensity mass (no quality check: the two differ
+    by the skull by design). Used to bring reference labels of a preprocessed scan into the raw scan's space."""
+    import SimpleITK as sitk
+
+    ctx = ensure_context(ctx)
+    fixed = to_sitk(head.data[0].astype(np.float32), head.geometry)
+    moving = to_sitk(brain.data[0].astype(np.float32), brain.geometry)
+    mask = sitk.Cast(moving != 0, sitk.sitkUInt8)
+    start = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                              sitk.CenteredTransformInitializerFilter.MOMENTS)  # fmt: skip
+    transform, _before, _after = _rigid(fixed, moving, start, ctx, brain.channels[0], moving_mask=mask)
+    return transform
+
+
+def resample_onto(array: np.ndarray, geometry: Any, target: Any, transform: Any, nearest: bool = False) -> np.ndarray:
+    """``array`` (display order, on ``geometry``) on the ``target`` geometry's grid through ``transform``
+    (nearest neighbour for labels, else linear; 0 outside)."""
+    import SimpleITK as sitk
+
+    image = to_sitk(np.asarray(array, dtype=np.float32), geometry)
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return from_sitk(sitk.Resample(image, grid_of(target), transform, interpolator, 0.0, sitk.sitkFloat32))
