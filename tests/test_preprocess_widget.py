@@ -43,7 +43,7 @@ def test_bad_choices_give_messages(plugin_viewer, open_plugin_dock, notification
 
 @needs_real_data
 @pytest.mark.slow
-def test_raw_export_is_prepared_and_segmented(plugin_viewer, open_plugin_dock, notifications, qtbot):
+def test_raw_export_is_prepared_and_segmented(plugin_viewer, open_plugin_dock, notifications, qtbot, tmp_path):
     viewer = plugin_viewer()
     viewer.open(str(REAL_DATA / "glioma_tcga_fg6692_raw"), plugin="napari-medadapt")
     notifications.take("different grids", "warning")
@@ -64,6 +64,13 @@ def test_raw_export_is_prepared_and_segmented(plugin_viewer, open_plugin_dock, n
     assert viewer.layers[MASK_LAYER].data.any()
     assert dock.report_list.count() >= 5 and "head overlap" in dock.report_list.item(0).text()
     assert "Brain extracted on t1" in dock.status.text()
+
+    raw_folder = REAL_DATA / "glioma_tcga_fg6692_raw"
+    assert dock.save_to(str(raw_folder)) == []  # would write flair.nii.gz over the scan it came from
+    notifications.take("flair.nii.gz")
+    written = dock.save_to(str(tmp_path))
+    assert [p.name for p in written] == ["flair.nii.gz", "t1.nii.gz", "t1c.nii.gz", "t2.nii.gz", "brain_mask.nii.gz",
+                                         "preprocess.json"]  # fmt: skip
 
     qtbot.waitUntil(lambda: segment.inputs.input_mapping()["flair"] == "flair prepared")
     assert segment.inputs.input_warning.isHidden()  # the prepared layers are brain-only

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QListWidget, QListWidgetItem, QPushButton
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+)
 
 from napari_medadapt._reader import medadapt_metadata
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
@@ -44,6 +52,7 @@ class PrepareScansWidget(JobDock):
         super().__init__(napari_viewer)
         self.cancelled_text = "Cancelled; no layer was added or changed."
         self.last_result: PreparedScans | None = None
+        self._sources: list[str] = []  # the files the last result came from (never written over)
         self.sequence_list = QListWidget()
         self.sequence_list.setToolTip("The image layers of one patient to prepare together")
         self.sequence_list.setMaximumHeight(130)
@@ -57,6 +66,9 @@ class PrepareScansWidget(JobDock):
         self.strip_combo.setToolTip("Brain extraction (deepbet, on the T1) for scans that still show the skull")
         self.n4_combo.setToolTip("Bias-field correction (N4) of uneven coil sensitivity")
         self.run_button = QPushButton("Prepare")
+        self.save_button = QPushButton("Save prepared scans...")
+        self.save_button.setToolTip("Write the prepared sequences, the brain mask and a JSON record into a folder")
+        self.save_button.setEnabled(False)
         self.report_list = QListWidget()
         self.report_list.setWordWrap(True)
         self.report_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -69,13 +81,17 @@ class PrepareScansWidget(JobDock):
         form.addRow("bias field", self.n4_combo)
         layout = self.layout_
         layout.addLayout(form)
-        layout.addWidget(self.run_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.save_button)
+        layout.addLayout(buttons)
         layout.addWidget(self.job_panel)
         layout.addWidget(self.status)
         layout.addWidget(self.report_list)
         layout.addStretch(1)
 
         self.run_button.clicked.connect(self.run)
+        self.save_button.clicked.connect(self._choose_folder)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.refresh_layers)
         self.refresh_layers()
@@ -181,7 +197,29 @@ class PrepareScansWidget(JobDock):
                 self.viewer.add_labels(mask, opacity=0.7, **kwargs).contour = 1  # the outline: the scan stays visible
         for layer in layers:
             layer.visible = False
+        self._sources = [p for p in (_source_path(layer) for layer in layers) if p]
+        self.save_button.setEnabled(True)
         self._report(prepared)
+
+    def _choose_folder(self, *_: Any) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the prepared scans")
+        if folder:
+            self.save_to(folder)
+
+    def save_to(self, folder: str) -> list[Any]:
+        """Write the last result into ``folder`` (never over the scans it came from); the files written."""
+        from napari_medadapt.core.preprocess.chain import save_prepared
+
+        if self.last_result is None:
+            self.report(MedAdaptError("Prepare the scans first."))
+            return []
+        try:
+            written = save_prepared(self.last_result, folder, inputs=self._sources)
+        except MedAdaptError as err:
+            self.report(err)
+            return []
+        self.status.setText(f"Saved {', '.join(p.name for p in written)} in {folder}.")
+        return written
 
     def _report(self, prepared: PreparedScans) -> None:
         self.report_list.clear()
@@ -197,3 +235,7 @@ class PrepareScansWidget(JobDock):
         self.report_list.addItem("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in prepared.seconds.items()))
         sentences = [note[:1].upper() + note[1:] for note in prepared.notes]
         self.status.setText(" ".join(sentences) + " The prepared layers are the other docks' inputs now.")
+
+
+def _source_path(layer: Any) -> str:
+    return str(((layer.metadata or {}).get("medadapt") or {}).get("source_path") or "")
