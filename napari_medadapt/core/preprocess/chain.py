@@ -242,8 +242,10 @@ def load_sequences(paths: Mapping[str, str | Path]) -> tuple[dict[str, Volume], 
         spatial, kind, channels = file_layout(open_nifti(path), path)
         if kind == "series":
             skipped.append(f"{name} ({path}) is a series of volumes, not one scan: skipped.")
-        elif min(spatial) == 1 or kind == "channels":
+        elif min(spatial) == 1:
             skipped.append(f"{name} ({path}) is a single 2D image (e.g. a localiser), not a volume: skipped.")
+        elif kind == "channels" and channels > 1:
+            skipped.append(f"{name} ({path}) holds {channels} channels; give one file per sequence: skipped.")
         else:
             sequences[name] = load_volume(path, name=name)
     return sequences, skipped
