@@ -57,8 +57,10 @@ def open_demo_viewer(case: Path | None = None) -> tuple[Any, dict[str, tuple[Any
     viewer.open(str(case_dir), plugin=PLUGIN_NAME)
     docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name) for name in plugin_widget_names()}
     if docks:
-        # the docks join one group of tabs once shown; then put the first one (Segment volume) in front
-        QTimer.singleShot(800, next(iter(docks.values()))[0].raise_)
+        # the docks join one group of tabs once shown; then put Segment volume in front (the sample is prepared
+        # already: the Prepare scans dock is for raw exports)
+        front = docks.get("Segment volume") or next(iter(docks.values()))
+        QTimer.singleShot(800, front[0].raise_)
     viewer.dims.set_point(0, viewer.dims.range[0].stop / 2 if viewer.dims.ndim else 0)
     return viewer, docks
 
