@@ -100,6 +100,34 @@ def test_coregistration_undoes_a_rotation_and_shift_and_refuses_noise():
     noise = _volume(np.random.default_rng(2).random((40, 64, 64)).astype(np.float32) * 100, _affine(), "t1")
     with pytest.raises(VolumeError, match="failed the quality check"):
         coregister(reference, noise)
+    far = _volume(_head(seed=1), _affine(degrees=5.0, shift=(500.0, 0.0, 0.0)), "t1c")  # headers do not overlap
+    array, record = coregister(reference, far)
+    assert record.start == "moments" and record.head_dice > 0.9
+
+
+def test_cancelling_inside_simpleitk_stops_with_job_cancelled():
+    from napari_medadapt.core.jobs import JobCancelled, JobContext
+
+    reference = _volume(_head(), _affine(), "flair")
+    moved = _volume(_head(seed=1), _affine(degrees=8.0), "t2")
+    context = JobContext(on_progress=lambda *_: context.cancel())
+    with pytest.raises(JobCancelled):
+        coregister(reference, moved, ctx=context)
+    head = _head(scalp=False, background_noise=False)
+    geometry = Geometry.from_display_grid(head.shape, (2.0, 1.5, 1.5))
+    context = JobContext(on_progress=lambda *_: context.cancel())
+    with pytest.raises(JobCancelled):
+        fit_bias_field(to_sitk(head, geometry), head > 60, ctx=context)
+
+
+def test_brain_extraction_failure_and_thin_volumes_are_explained():
+    from napari_medadapt.core.preprocess.brain import extract_brain
+
+    with pytest.raises(VolumeError, match="found no brain"):
+        extract_brain(np.zeros((16, 32, 32), np.float32), device="cpu")
+    thin = _volume(_head()[:3], _affine(shape=(3, 64, 64)), "flair")
+    with pytest.raises(VolumeError, match="too thin"):
+        prepare_scans({"flair": thin})
 
 
 def test_bias_field_is_measured_and_removed():

@@ -66,13 +66,11 @@ def prepare(images: dict[str, str], args: argparse.Namespace, default_reference:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from napari_medadapt.cli import CLIError
-    from napari_medadapt.core.preprocess.chain import save_prepared
+    from napari_medadapt.core.preprocess.chain import check_outputs, save_prepared
 
     images = parse_images(args.image)
     folder = Path(args.out_dir)
-    if not folder.is_dir():
-        raise CLIError(f"--out-dir {folder}: not an existing folder; create it first.")
+    check_outputs(folder, list(images), inputs=list(images.values()))  # before the chain runs
     prepared = prepare(images, args)
     for path in save_prepared(prepared, folder, inputs=list(images.values())):
         print(path)

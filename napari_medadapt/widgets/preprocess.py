@@ -101,27 +101,36 @@ class PrepareScansWidget(JobDock):
         """List the image layers (not results of this dock); keep the user's ticks and reference."""
         from napari.layers import Image
 
+        from napari_medadapt.core.preprocess.chain import BRAIN_SEQUENCES, REFERENCE_ORDER
+
         ticked = {self.sequence_list.item(i).text(): self.sequence_list.item(i).checkState()
                   for i in range(self.sequence_list.count())}  # fmt: skip
         names = [layer.name for layer in self.viewer.layers
                  if isinstance(layer, Image) and not layer.name.endswith(PREPARED_SUFFIX)]  # fmt: skip
+        by_modality = {layer_modality(self.viewer.layers[n]): n for n in names}
         self.sequence_list.clear()
         for name in names:
             item = QListWidgetItem(name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(ticked.get(name, Qt.CheckState.Checked))
+            recognised = layer_modality(self.viewer.layers[name]) in BRAIN_SEQUENCES  # not a result map
+            default = Qt.CheckState.Checked if recognised else Qt.CheckState.Unchecked
+            item.setCheckState(ticked.get(name, default))
             self.sequence_list.addItem(item)
         previous = self.reference_combo.currentText()
         self.reference_combo.clear()
         self.reference_combo.addItems(names)
-        by_modality = {layer_modality(self.viewer.layers[n]): n for n in names}
-        default = next((by_modality[m] for m in ("flair", "t1c", "t1", "t2") if m in by_modality), None)
+        default = next((by_modality[m] for m in REFERENCE_ORDER if m in by_modality), None)
         self.reference_combo.setCurrentText(previous if previous in names else default or (names[0] if names else ""))
 
     def chosen_layers(self) -> list[Any]:
         """The ticked image layers, checked to be 3D volumes."""
-        layers = [self.viewer.layers[self.sequence_list.item(i).text()] for i in range(self.sequence_list.count())
-                  if self.sequence_list.item(i).checkState() == Qt.CheckState.Checked]  # fmt: skip
+        names = [self.sequence_list.item(i).text() for i in range(self.sequence_list.count())
+                 if self.sequence_list.item(i).checkState() == Qt.CheckState.Checked]  # fmt: skip
+        missing = [name for name in names if name not in self.viewer.layers]
+        if missing:
+            self.refresh_layers()
+            raise VolumeError(f"Layer {missing[0]!r} was renamed or removed; tick the sequences again.")
+        layers = [self.viewer.layers[name] for name in names]
         if not layers:
             raise VolumeError("Tick the sequences to prepare (open one patient's scans first).")
         for layer in layers:
@@ -133,18 +142,20 @@ class PrepareScansWidget(JobDock):
         from napari_medadapt.core.volume import Geometry, Volume
 
         sequences: dict[str, Any] = {}
+        names: dict[str, str] = {}  # modality -> layer name
         for layer in layers:
             modality = layer_modality(layer) or layer.name
             if modality in sequences:
                 raise VolumeError(
-                    f"Two ticked layers are {modality}: {sequences[modality].source_paths[0]!r} and {layer.name!r}. "
+                    f"Two ticked layers are {modality}: {names[modality]!r} and {layer.name!r}. "
                     "Tick one sequence per modality (one patient at a time)."
                 )
             geometry = layer_geometry(layer) or Geometry.from_display_grid(
                 layer.data.shape, tuple(layer.scale)[-3:], tuple(layer.translate)[-3:]
             )
             data = np.asarray(layer.data, dtype=np.float32)[None]
-            sequences[modality] = Volume(data, geometry, (modality,), (layer.name,))
+            sequences[modality] = Volume(data, geometry, (modality,), (_source_path(layer) or layer.name,))
+            names[modality] = layer.name
         return sequences
 
     # ------------------------------------------------------------------------------------------ run
@@ -157,10 +168,13 @@ class PrepareScansWidget(JobDock):
         try:
             layers = self.chosen_layers()
             sequences = self._sequences(layers)
-            reference_layer = self.viewer.layers[self.reference_combo.currentText()]
-        except (MedAdaptError, KeyError) as err:
-            self.report(err if isinstance(err, MedAdaptError) else VolumeError("Choose the reference sequence."))
+        except MedAdaptError as err:
+            self.report(err)
             return None
+        if self.reference_combo.currentText() not in self.viewer.layers:
+            self.report(VolumeError("Choose the reference sequence (the one whose grid the others are brought onto)."))
+            return None
+        reference_layer = self.viewer.layers[self.reference_combo.currentText()]
         if reference_layer.name not in [layer.name for layer in layers]:
             self.report(VolumeError(f"Tick the reference sequence {reference_layer.name!r} too."))
             return None
@@ -177,24 +191,22 @@ class PrepareScansWidget(JobDock):
         from napari_medadapt.core.intensity import percentile_range
 
         self.last_result = prepared
+        for layer in [layer for layer in self.viewer.layers if layer.name.endswith(PREPARED_SUFFIX)]:
+            self.viewer.layers.remove(layer)  # an earlier run's result (another reference, other sequences)
+        if MASK_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(MASK_LAYER)
         grid = {"scale": tuple(reference_layer.scale)[-3:], "translate": tuple(reference_layer.translate)[-3:]}
         for index, name in enumerate(prepared.volume.channels):
             data = prepared.volume.data[index]
-            title = f"{name}{PREPARED_SUFFIX}"
             metadata = medadapt_metadata(prepared.geometry, name, prepared.volume.source_paths[index])
-            if title in self.viewer.layers:
-                self.viewer.layers[title].data = data
-            else:
-                self.viewer.add_image(data, name=title, colormap="gray", contrast_limits=percentile_range(data, 0.5, 99.5),
-                                      visible=name == prepared.reference, metadata=metadata, **grid)  # fmt: skip
+            self.viewer.add_image(data, name=f"{name}{PREPARED_SUFFIX}", colormap="gray", metadata=metadata,
+                                  contrast_limits=percentile_range(data, 0.5, 99.5), visible=name == prepared.reference,
+                                  **grid)  # fmt: skip
         if prepared.brain_mask is not None:
-            mask = prepared.brain_mask.astype(np.uint8)
-            if MASK_LAYER in self.viewer.layers:
-                self.viewer.layers[MASK_LAYER].data = mask
-            else:
-                kwargs = labels_layer_kwargs(prepared.geometry, name=MASK_LAYER, class_names={0: "background", 1: "brain"})
-                kwargs["translate"] = grid["translate"]
-                self.viewer.add_labels(mask, opacity=0.7, **kwargs).contour = 1  # the outline: the scan stays visible
+            kwargs = labels_layer_kwargs(prepared.geometry, name=MASK_LAYER, class_names={0: "background", 1: "brain"})
+            kwargs["translate"] = grid["translate"]
+            mask_layer = self.viewer.add_labels(prepared.brain_mask.astype(np.uint8), opacity=0.7, **kwargs)
+            mask_layer.contour = 1  # the outline: the scan stays visible
         for layer in layers:
             layer.visible = False
         self._sources = [p for p in (_source_path(layer) for layer in layers) if p]

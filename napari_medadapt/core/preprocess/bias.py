@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import VolumeError
 from ..jobs import JobContext, ensure_context
+from .register import run_itk
 
 #: Fitting resolution: every SHRINK-th voxel along each axis (the field is smooth; fewer on small axes).
 SHRINK = 4
@@ -68,15 +70,10 @@ def fit_bias_field(
     small_mask = sitk.Shrink(mask_image, shrink)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations(list(iterations))
-    steps = [0]
-
-    def tick() -> None:
-        steps[0] += 1
-        if steps[0] % 10 == 0:
-            ctx.progress(min(steps[0], sum(iterations) - 1), sum(iterations), f"bias field {label}")
-
-    corrector.AddCommand(sitk.sitkIterationEvent, tick)
-    corrector.Execute(small, small_mask)
+    try:
+        run_itk(corrector, lambda: corrector.Execute(small, small_mask), ctx, f"bias field {label}", sum(iterations))
+    except RuntimeError as exc:
+        raise VolumeError(f"The bias field of {label or 'the image'} could not be fitted ({str(exc).strip().splitlines()[-1]}).") from exc
     log_field = corrector.GetLogBiasFieldAsImage(positive)
     return np.exp(sitk.GetArrayFromImage(log_field)).astype(np.float32)
 

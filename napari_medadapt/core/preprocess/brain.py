@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..errors import ModelError
+from ..errors import ModelError, VolumeError
 from ..hashing import sha256_file
 from ..jobs import JobContext, ensure_context
 
@@ -144,7 +144,13 @@ def extract_brain(array: np.ndarray, *, device: Any = None, ctx: JobContext | No
     extraction.model.to(torch_device)
     extraction.bbox_model.to(torch_device)
     ctx.progress(1, 2, "brain extraction: running deepbet")
-    probability = extraction.run_model(_to_ras(array.astype(np.float32)))
-    mask = extraction.postprocess(probability > 0.5)
+    try:
+        probability = extraction.run_model(_to_ras(array.astype(np.float32)))
+        mask = extraction.postprocess(probability > 0.5)
+    except (ValueError, AssertionError, RuntimeError) as exc:  # deepbet found no head or no brain
+        raise VolumeError(
+            f"Brain extraction found no brain in this scan ({type(exc).__name__}: {exc}). Is it a brain MRI covering "
+            "the head? Switch brain extraction off for other scans."
+        ) from exc
     ctx.progress(2, 2, "brain extraction: done")
     return _from_ras(mask.astype(bool))

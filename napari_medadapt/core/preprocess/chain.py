@@ -7,7 +7,8 @@ Nothing is written and the inputs are never changed; :func:`save_prepared` write
 sequence, or a sequence already on the reference grid); detect whether the reference is skull-stripped and, if
 not (and ``strip`` is ``"auto"``), compute the brain mask on the T1 (else T1c, else the reference) and apply it
 to every sequence; fit the bias field of every sequence inside the brain (or head) and remove it where
-``n4`` says so. Each step reports progress and honours cancellation.
+``n4`` says so. Registration and N4 report progress and stop on cancellation within ten iterations; brain
+extraction reports before and after its one network pass.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..jobs import JobContext, ensure_context
 from ..volume import Geometry, Volume, canonical_modality
 from .bias import CORRECT_ITERATIONS, STRONG_FIELD, BiasField, field_spread, fit_bias_field
 from .brain import MASK_SEQUENCES, StripCheck, check_stripped, extract_brain
+from .itk import to_sitk
 from .register import Registration, coregister, head_mask
 
 #: Reference sequences in order of preference when the requested one is absent.
@@ -34,6 +36,8 @@ REFERENCE_ORDER = ("flair", "t1c", "t1", "t2")
 BRAIN_SEQUENCES = ("t1", "t1c", "t2", "flair")
 N4_CHOICES = ("auto", "on", "off")
 STRIP_CHOICES = ("auto", "off")
+#: Fewest voxels along any axis of a sequence the chain accepts.
+MIN_SLICES = 8
 
 
 @dataclass
@@ -95,6 +99,8 @@ class PreparedScans:
 def choose_reference(modalities: list[str], requested: str | None) -> str:
     """The requested reference when given, else the first of :data:`REFERENCE_ORDER` present, else the first."""
     if requested:
+        if requested in modalities:
+            return requested
         key = canonical_modality(requested) or requested.lower()
         if key not in modalities:
             raise VolumeError(f"reference {requested!r} is not among the sequences given ({', '.join(modalities)}).")
@@ -108,6 +114,11 @@ def _check_inputs(sequences: Mapping[str, Volume]) -> None:
     for name, volume in sequences.items():
         if volume.data.shape[0] != 1:
             raise VolumeError(f"{name} holds {volume.data.shape[0]} channels; give one file per sequence.")
+        if min(volume.data.shape[1:]) < MIN_SLICES:
+            raise VolumeError(
+                f"{name} has shape {volume.data.shape[1:]}: too thin to register or extract a brain from (at least "
+                f"{MIN_SLICES} slices along every axis); leave out localisers and single slices."
+            )
     if "ct" in sequences:
         raise VolumeError(
             "The preparation chain (co-registration, brain extraction, bias-field correction) is for brain MRI; "
@@ -189,8 +200,6 @@ def prepare_scans(
         if unknown:
             notes.append(f"{', '.join(unknown)}: not a brain MRI sequence this chain knows; masked like the others.")
         brain = extract_brain(arrays[source], device=device, ctx=ctx)
-        if not brain.any():
-            raise VolumeError(f"brain extraction found no brain in {source}: is it a brain MRI?")
         for name in names:
             arrays[name] = arrays[name] * brain
         notes.append(
@@ -203,7 +212,7 @@ def prepare_scans(
     region = brain if brain is not None else (arrays[ref_name] != 0 if strip_check.stripped else head_mask(arrays[ref_name]))
     bias: list[BiasField] = []
     if n4 != "off":
-        images = {name: _on_grid(arrays[name], ref.geometry) for name in names}
+        images = {name: to_sitk(arrays[name].astype(np.float32), ref.geometry) for name in names}
         spreads = {name: field_spread(fit_bias_field(images[name], region, ctx=ctx, label=name), region) for name in names}
         strong = float(np.median(list(spreads.values())))
         correct = n4 == "on" or strong > STRONG_FIELD
@@ -226,12 +235,6 @@ def prepare_scans(
     return PreparedScans(volume, ref_name, brain, strip_check, registrations, bias, notes, seconds)
 
 
-def _on_grid(array: np.ndarray, geometry: Geometry) -> Any:
-    from .itk import to_sitk
-
-    return to_sitk(array.astype(np.float32), geometry)
-
-
 def load_sequences(paths: Mapping[str, str | Path]) -> tuple[dict[str, Volume], list[str]]:
     """Read ``{modality: file}``; a 2D image (a localiser) or a 4D series is skipped with a note."""
     from ..volume import file_layout, load_volume, open_nifti
@@ -251,16 +254,33 @@ def load_sequences(paths: Mapping[str, str | Path]) -> tuple[dict[str, Volume], 
     return sequences, skipped
 
 
+def output_paths(folder: str | Path, sequences: list[str]) -> list[Path]:
+    """The files :func:`save_prepared` writes into ``folder`` for ``sequences`` (the mask when one is made)."""
+    folder = Path(folder)
+    return [folder / f"{name}.nii.gz" for name in sequences] + [folder / "brain_mask.nii.gz", folder / "preprocess.json"]
+
+
+def check_outputs(folder: str | Path, sequences: list[str], inputs: list[str | Path] = ()) -> None:
+    """Refuse, before anything runs or is written, an output folder that is missing or where an output would
+    replace an input or a read-only file."""
+    from ..files import check_output_path
+
+    if not Path(folder).is_dir():
+        raise VolumeError(f"{folder} is not an existing folder; create it first.")
+    for path in output_paths(folder, sequences):
+        check_output_path(path, inputs=inputs, what="Output file")
+
+
 def save_prepared(prepared: PreparedScans, folder: str | Path, inputs: list[str | Path] = ()) -> list[Path]:
     """Write the prepared sequences (``MODALITY.nii.gz``), the brain mask (``brain_mask.nii.gz``) and
-    ``preprocess.json`` into ``folder`` on the reference grid; never over one of ``inputs``."""
+    ``preprocess.json`` into ``folder`` on the reference grid; every output is checked first (:func:`check_outputs`),
+    so nothing is written when one of them would replace an input."""
     from ..files import write_text_atomic
     from ..labelmaps import save_labels
     from ..volume import save_image
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise VolumeError(f"{folder} is not an existing folder; create it first.")
+    check_outputs(folder, list(prepared.volume.channels), inputs)
     written = [
         save_image(prepared.volume.channel(name), prepared.geometry, folder / f"{name}.nii.gz", inputs=inputs)
         for name in prepared.volume.channels

@@ -2,8 +2,8 @@
 
 Rigid (6 parameters), Mattes mutual information (the usual metric between MRI contrasts), a three-level
 pyramid (4, 2, 1 voxels; smoothing 2, 1, 0 mm) and a regular-step gradient descent, started from the scanner's
-own alignment (the headers); when the result is poor it is tried again from the centres of intensity mass and
-the better one is kept. Quality: the Dice overlap of the two head masks inside the shared field of view, and
+own alignment (the headers); when that fails or the result is poor it is tried again from the centres of
+intensity mass and the better one is kept. Quality: the Dice overlap of the two head masks inside the shared field of view, and
 the normalised mutual information (NMI) of the intensities inside them after registration. A registration
 whose head masks do not overlap, or whose intensities share no information (NMI near 1: another patient, or a
 failure), is refused with the figures.
@@ -125,17 +125,44 @@ def _rigid(
     method.SetSmoothingSigmasPerLevel([2, 1, 0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(start, inPlace=False)
-    steps = [0]
+    return run_itk(method, lambda: _execute(method, fixed, moving), ctx, f"registering {label}", 900)
 
-    def tick() -> None:  # called by SimpleITK at every iteration: progress and cancellation
-        steps[0] += 1
-        if steps[0] % 25 == 0:
-            ctx.progress(min(steps[0], 899), 900, f"registering {label}")
 
-    method.AddCommand(sitk.sitkIterationEvent, tick)
+def _execute(method: Any, fixed: Any, moving: Any) -> tuple[Any, float, float]:
     before = method.MetricEvaluate(fixed, moving)
     transform = method.Execute(fixed, moving)
     return transform, float(before), float(method.GetMetricValue())
+
+
+def run_itk(process: Any, execute: Any, ctx: JobContext, message: str, total: int) -> Any:
+    """``execute()`` a SimpleITK process with progress every 10 iterations and cancellation: a cancel inside
+    SimpleITK's callback stops the process and is raised again here (SimpleITK would turn it into a
+    RuntimeError); SimpleITK's own failures become a :class:`RuntimeError` the caller explains."""
+    import SimpleITK as sitk
+
+    steps, stopped = [0], []
+
+    def tick() -> None:
+        steps[0] += 1
+        if steps[0] % 10:
+            return
+        try:
+            ctx.progress(min(steps[0], total - 1), total, message)
+        except BaseException as exc:  # JobCancelled, KeyboardInterrupt: stop SimpleITK, re-raise below
+            stopped.append(exc)
+            stop = getattr(process, "StopRegistration", None) or process.Abort
+            stop()
+
+    process.AddCommand(sitk.sitkIterationEvent, tick)
+    try:
+        result = execute()
+    except RuntimeError:
+        if stopped:
+            raise stopped[0] from None
+        raise
+    if stopped:
+        raise stopped[0]
+    return result
 
 
 def _quality(reference: np.ndarray, moved: np.ndarray, covered: np.ndarray) -> tuple[float, float]:
@@ -176,21 +203,28 @@ def coregister(
     centre = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()])
     scanner = sitk.Euler3DTransform()
     scanner.SetCenter(centre)
-    transform, before, after = _rigid(fixed, moved_image, scanner, ctx, name)
-    moved, covered = resample(transform)
-    dice, nmi = _quality(reference.data[0], moved, covered)
-    start = "scanner"
-    if dice < RETRY_HEAD_DICE:
+    attempts = []
+    try:  # from the scanners' alignment (fails when the headers do not overlap at all)
+        attempts.append(("scanner", *_rigid(fixed, moved_image, scanner, ctx, name)))
+    except RuntimeError:
+        pass
+    if not attempts or _quality(reference.data[0], *resample(attempts[0][1]))[0] < RETRY_HEAD_DICE:
         moments = sitk.CenteredTransformInitializer(
             fixed, moved_image, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
         )
-        retry, retry_before, retry_after = _rigid(fixed, moved_image, moments, ctx, name)
-        retry_moved, retry_covered = resample(retry)
-        retry_dice, retry_nmi = _quality(reference.data[0], retry_moved, retry_covered)
-        if retry_dice > dice:
-            transform, after, moved, covered, dice, nmi, start = (
-                retry, retry_after, retry_moved, retry_covered, retry_dice, retry_nmi, "moments"
-            )
+        try:
+            attempts.append(("moments", *_rigid(fixed, moved_image, moments, ctx, name)))
+        except RuntimeError as exc:
+            if not attempts:
+                raise VolumeError(
+                    f"{name} could not be registered onto {reference.channels[0]} ({str(exc).strip().splitlines()[-1]}). "
+                    "Check that both are 3D scans of the same head."
+                ) from exc
+    scored = []
+    for start, transform, before, after in attempts:
+        moved, covered = resample(transform)
+        scored.append((_quality(reference.data[0], moved, covered), start, transform, before, after, moved))
+    (dice, nmi), start, transform, before, after, moved = max(scored, key=lambda item: item[0][0])
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(transform).GetNthTransform(0))
     angles = tuple(float(np.degrees(a)) for a in euler.GetParameters()[:3])
     shift = tuple(float(t) for t in euler.GetParameters()[3:])
