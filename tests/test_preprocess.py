@@ -222,3 +222,15 @@ def test_raw_case_is_prepared_and_segmented_on_the_flair_grid(tmp_path, capsys):
     with pytest.raises(VolumeError, match="failed the quality check"):  # another patient's stripped T1
         prepare_scans({"flair": load_volume(RAW / "flair.nii.gz", "flair"),
                        "t1": load_volume(REAL_DATA / "glioma_tcga_du7294" / "t1.nii.gz", "t1")})  # fmt: skip
+
+
+def test_brain_extraction_can_be_forced_on_a_scan_that_looks_stripped(monkeypatch):
+    from napari_medadapt.core.preprocess import chain
+
+    stripped = np.where(_head(scalp=False, background_noise=False) > 60, _head(), 0.0)
+    calls = []
+    monkeypatch.setattr(chain, "extract_brain", lambda array, **_: calls.append(array.shape) or array > 0)
+    one = {"t1": _volume(stripped, _affine(), "t1")}
+    assert prepare_scans(one, n4="off").brain_mask is None and not calls
+    forced = prepare_scans(one, strip="on", n4="off")
+    assert calls == [stripped.shape] and forced.brain_mask is not None

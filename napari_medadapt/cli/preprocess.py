@@ -1,7 +1,7 @@
 """``medadapt preprocess``: prepare one patient's raw brain MRI sequences for a model.
 
     medadapt preprocess --image MODALITY=PATH [--image MODALITY=PATH ...] --out-dir DIR
-                        [--reference flair] [--no-strip] [--n4 auto|on|off] [--device DEV]
+                        [--reference flair] [--no-strip | --force-strip] [--n4 auto|on|off] [--device DEV]
 
 Co-registers every sequence onto the reference (FLAIR by default), extracts the brain when the scans are not
 skull-stripped and removes a strong bias field (:mod:`napari_medadapt.core.preprocess.chain`). Writes
@@ -23,8 +23,11 @@ def add_chain_arguments(parser: argparse.ArgumentParser) -> None:
     """``--reference``, ``--no-strip`` and ``--n4`` (shared with ``segment --preprocess``)."""
     parser.add_argument("--reference", default=None, help="sequence whose grid the others are brought onto "
                         "(default: flair, else t1c, t1, t2)")
-    parser.add_argument("--no-strip", action="store_true", help="never extract the brain (default: when the "
-                        "scans are not skull-stripped)")
+    strip = parser.add_mutually_exclusive_group()
+    strip.add_argument("--no-strip", action="store_true", help="never extract the brain (default: when the "
+                       "scans are not skull-stripped)")
+    strip.add_argument("--force-strip", action="store_true", help="extract the brain even when the scans look "
+                       "skull-stripped already")
     parser.add_argument("--n4", choices=("auto", "on", "off"), default="auto",
                         help="bias-field correction: auto (when a strong field is found), on or off")
 
@@ -52,7 +55,8 @@ def prepare(images: dict[str, str], args: argparse.Namespace, default_reference:
     for note in skipped:
         print(f"note: {note}", file=sys.stderr)
     prepared = prepare_scans(
-        sequences, reference=args.reference or default_reference, strip="off" if args.no_strip else "auto", n4=args.n4,
+        sequences, reference=args.reference or default_reference, n4=args.n4,
+        strip="off" if args.no_strip else "on" if args.force_strip else "auto",
         device=args.device, ctx=JobContext(on_progress=text_progress("preprocess")),
     )
     for record in prepared.registrations:

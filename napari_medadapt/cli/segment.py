@@ -2,7 +2,7 @@
 
     medadapt segment --model NAME_OR_PATH --image MODALITY=PATH [--image MODALITY=PATH ...] --out OUT.nii.gz
                      [--tta none|bn_affine|normalizer|tent [--no-source-check]] [--all-components]
-                     [--preprocess [--reference MODALITY] [--no-strip] [--n4 auto|on|off]] [--device DEV]
+                     [--preprocess [--reference MODALITY] [--no-strip | --force-strip] [--n4 auto|on|off]] [--device DEV]
 
 The labels are written on the source grid of the first image, with its affine. With ``--preprocess`` the
 images are first prepared as ``medadapt preprocess`` does (co-registered onto the first image, or
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     if args.preprocess:
         volume = prepare(images, args, default_reference=next(iter(images))).volume
-    elif args.reference or args.no_strip or args.n4 != "auto":
-        raise CLIError("--reference, --no-strip and --n4 go with --preprocess.")
+    elif args.reference or args.no_strip or args.force_strip or args.n4 != "auto":
+        raise CLIError("--reference, --no-strip, --force-strip and --n4 go with --preprocess.")
     else:
         volume = load_images(images)
     model = load_checked_model(args.model, volume.channels)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 PREPARED_SUFFIX = " prepared"
 MASK_LAYER = "brain mask"
-STRIP_LABELS = {"auto": "when not skull-stripped", "off": "off"}
+STRIP_LABELS = {"auto": "when not skull-stripped", "on": "always", "off": "off"}
 N4_LABELS = {"auto": "when the field is strong", "on": "always", "off": "off"}
 
 

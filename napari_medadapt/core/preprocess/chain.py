@@ -35,7 +35,7 @@ REFERENCE_ORDER = ("flair", "t1c", "t1", "t2")
 #: Brain MRI sequences the chain is made for.
 BRAIN_SEQUENCES = ("t1", "t1c", "t2", "flair")
 N4_CHOICES = ("auto", "on", "off")
-STRIP_CHOICES = ("auto", "off")
+STRIP_CHOICES = ("auto", "on", "off")
 #: Fewest voxels along any axis of a sequence the chain accepts.
 MIN_SLICES = 8
 
@@ -144,7 +144,8 @@ def prepare_scans(
     reference
         The sequence whose grid the result is on (default: FLAIR, else T1c, T1, T2, else the first).
     strip
-        ``"auto"``: extract the brain when the reference is not skull-stripped; ``"off"``: never.
+        ``"auto"``: extract the brain when the reference is not skull-stripped; ``"on"``: also when it looks
+        stripped (the detection can be wrong); ``"off"``: never.
     n4
         ``"auto"``: remove the bias field of every sequence when their median field spread exceeds
         :data:`~napari_medadapt.core.preprocess.bias.STRONG_FIELD`; ``"on"``: always; ``"off"``: never.
@@ -186,7 +187,7 @@ def prepare_scans(
     strip_check = check_stripped(arrays[ref_name], ref.geometry.spacing)
     brain: np.ndarray | None = None
     unknown = [n for n in names if n not in BRAIN_SEQUENCES]
-    if strip_check.stripped:
+    if strip_check.stripped and strip != "on":
         notes.append(strip_check.describe(ref_name) + " No brain extraction.")
     elif strip == "off":
         notes.append(strip_check.describe(ref_name) + " Brain extraction was switched off.")
