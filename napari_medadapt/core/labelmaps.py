@@ -23,9 +23,17 @@ import nibabel as nib
 import numpy as np
 
 from .errors import VolumeError
-from .files import OutputError, atomic_write, check_output_path
+from .files import check_output_path
 from .geometry import Geometry
-from .volume import file_geometry, file_layout, is_nifti_path, name_tokens, open_nifti
+from .volume import (
+    file_geometry,
+    file_layout,
+    is_nifti_path,
+    name_tokens,
+    open_nifti,
+    source_grid_image,
+    write_nifti,
+)
 
 __all__ = ["LABEL_INTENT", "is_label_file", "is_label_name", "label_class_names", "load_labels", "save_labels"]
 
@@ -188,12 +196,7 @@ def save_labels(
             f"display shape {geometry.display_shape} (source shape {geometry.source_shape}); save labels "
             "drawn on this image."
         )
-    labels = geometry.to_source(_integer_labels(labels_zyx, "The label array"))
-    header = geometry.source_header.copy()
-    header.set_data_dtype(labels.dtype)
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    image = image_class(labels, None, header=header)
-    image.header.set_slope_inter(1.0, 0.0)
+    image = source_grid_image(geometry.to_source(_integer_labels(labels_zyx, "The label array")), geometry)
     image.header["cal_min"] = 0.0
     image.header["cal_max"] = 0.0
     image.header.set_intent(LABEL_INTENT, name="labels")
@@ -202,9 +205,4 @@ def save_labels(
         extensions.remove(extension)
     if class_names:
         extensions.append(_class_extension(class_names))
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    try:
-        atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=suffix)
-    except OSError as exc:
-        raise OutputError(f"Cannot write {path} ({exc.strerror or exc}); check the folder has space.") from exc
-    return path
+    return write_nifti(image, path)

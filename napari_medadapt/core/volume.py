@@ -332,6 +332,27 @@ def load_volume(path: str | os.PathLike, name: str | None = None) -> Volume:
     return Volume(geometry.to_display(data), geometry, channels, (str(path),) * n_channels)
 
 
+def source_grid_image(data_ijk: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
+    """A NIfTI image of source-ordered ``data_ijk`` with ``geometry``'s header (shape, affine, qform/sform codes,
+    units), its dtype, and scaling reset."""
+    header = geometry.source_header.copy()
+    header.set_data_dtype(data_ijk.dtype)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(data_ijk, None, header=header)
+    image.header.set_slope_inter(1.0, 0.0)
+    return image
+
+
+def write_nifti(image: nib.Nifti1Image, path: Path) -> Path:
+    """Save ``image`` to a checked ``path`` atomically (a hidden temporary file, then one rename)."""
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
+    try:
+        atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=suffix)
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path} ({exc.strerror or exc}); check the folder has space.") from exc
+    return path
+
+
 def save_image(
     array_zyx: np.ndarray, geometry: Geometry, path: str | os.PathLike, *, inputs: Sequence[str | os.PathLike] = ()
 ) -> Path:
@@ -346,14 +367,4 @@ def save_image(
     array_zyx = np.asarray(array_zyx, dtype=np.float32)
     if array_zyx.shape != geometry.display_shape:
         raise VolumeError(f"The image has shape {array_zyx.shape}, its grid {geometry.display_shape}.")
-    header = geometry.source_header.copy()
-    header.set_data_dtype(np.float32)
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    image = image_class(geometry.to_source(array_zyx), None, header=header)
-    image.header.set_slope_inter(1.0, 0.0)
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    try:
-        atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=suffix)
-    except OSError as exc:
-        raise OutputError(f"Cannot write {path} ({exc.strerror or exc}); check the folder has space.") from exc
-    return path
+    return write_nifti(source_grid_image(geometry.to_source(array_zyx), geometry), path)

@@ -101,9 +101,17 @@ class LiveTTS:
     ) -> LiveTTSResult:
         """Re-predict ``slices`` from the keypoints on each of them (a slice without keypoints returns to
         "before"); every other muted slice keeps its last prediction."""
+        positives, negatives = self._keypoints(positive_points, negative_points)
+        return self._update(slices, positives, negatives, alpha, keep_fraction, keep_background, ctx)
+
+    def _keypoints(self, positive_points: Any, negative_points: Any) -> tuple[np.ndarray, np.ndarray]:
         shape = self.before.shape
-        positives = validate_keypoints(positive_points, shape, "positive")
-        negatives = validate_keypoints(negative_points, shape, "negative")
+        return validate_keypoints(positive_points, shape, "positive"), validate_keypoints(negative_points, shape, "negative")
+
+    def _update(
+        self, slices: list[int], positives: np.ndarray, negatives: np.ndarray, alpha: float, keep_fraction: float,
+        keep_background: bool, ctx: JobContext | None,
+    ) -> LiveTTSResult:
         settings = (float(alpha), float(keep_fraction), bool(keep_background))
         result = LiveTTSResult(self.before, self.before, sorted(set(int(z) for z in slices)), {})
         for step, z in enumerate(result.slices):
@@ -142,14 +150,12 @@ class LiveTTS:
     ) -> LiveTTSResult:
         """Mute every slice that holds keypoints, and only those: re-predicts the slices whose keypoints or
         settings changed since the last call (slices whose keypoints are gone return to "before")."""
-        shape = self.before.shape
-        positives = validate_keypoints(positive_points, shape, "positive")
-        negatives = validate_keypoints(negative_points, shape, "negative")
+        positives, negatives = self._keypoints(positive_points, negative_points)
         settings = (float(alpha), float(keep_fraction), bool(keep_background))
         keyed = {int(z) for points in (positives, negatives) for z in points[:, 0]}
         wanted = {z: (_signature([p[p[:, 0] == z] for p in (positives, negatives)]), settings) for z in keyed}
         changed = [z for z in sorted(keyed | set(self._applied)) if self._applied.get(z) != wanted.get(z)]
-        return self.update(changed, positives, negatives, alpha, keep_fraction, keep_background, ctx)
+        return self._update(changed, positives, negatives, alpha, keep_fraction, keep_background, ctx)
 
 
 def _signature(points: list[np.ndarray]) -> tuple:

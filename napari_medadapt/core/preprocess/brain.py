@@ -26,6 +26,7 @@ from scipy import ndimage
 from ..errors import ModelError, VolumeError
 from ..hashing import sha256_file
 from ..jobs import JobContext, ensure_context
+from ..postprocess import keep_largest_component
 
 #: Fraction of the voxels away from the object that must be exactly zero in a skull-stripped scan.
 STRIPPED_OUTSIDE_ZERO = 0.95
@@ -66,11 +67,9 @@ def check_stripped(array: np.ndarray, spacing: tuple[float, float, float]) -> St
     nonzero = array != 0
     voxel_ml = float(np.prod(spacing)) / 1000.0
     nonzero_ml = float(nonzero.sum()) * voxel_ml
-    labels, n = ndimage.label(nonzero)
-    if n == 0:
+    if not nonzero.any():
         return StripCheck(False, 1.0, 0.0)
-    sizes = ndimage.sum_labels(nonzero, labels, index=np.arange(1, n + 1))
-    largest = labels == (1 + int(np.argmax(sizes)))
+    largest, _removed = keep_largest_component(nonzero)
     away = ~ndimage.binary_dilation(largest, iterations=3)
     outside_zero = float((array[away] == 0).mean()) if away.any() else 0.0
     return StripCheck(outside_zero >= STRIPPED_OUTSIDE_ZERO and nonzero_ml <= MAX_BRAIN_ML, outside_zero, nonzero_ml)

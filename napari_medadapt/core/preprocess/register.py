@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from ..errors import VolumeError
 from ..jobs import JobContext, ensure_context
+from ..postprocess import keep_largest_component
 from .itk import from_sitk, grid_of, to_sitk
 
 if TYPE_CHECKING:
@@ -78,11 +79,7 @@ def head_mask(array: np.ndarray) -> np.ndarray:
     values = array[array > 0]
     if values.size < 100:
         return np.zeros(array.shape, dtype=bool)
-    mask = array > threshold_otsu(values) * 0.5
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-        mask = labels == (1 + int(np.argmax(sizes)))
+    mask, _removed = keep_largest_component(array > threshold_otsu(values) * 0.5)
     mask = ndimage.binary_closing(mask, iterations=2)
     return np.stack([ndimage.binary_fill_holes(s) for s in mask])
 
@@ -203,27 +200,29 @@ def coregister(
     centre = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()])
     scanner = sitk.Euler3DTransform()
     scanner.SetCenter(centre)
-    attempts = []
+    scored = []  # ((head Dice, NMI), start, transform, metric before, metric after, moved array)
+
+    def attempt(start: str, initial: Any) -> None:
+        transform, before, after = _rigid(fixed, moved_image, initial, ctx, name)
+        moved, covered = resample(transform)
+        scored.append((_quality(reference.data[0], moved, covered), start, transform, before, after, moved))
+
     try:  # from the scanners' alignment (fails when the headers do not overlap at all)
-        attempts.append(("scanner", *_rigid(fixed, moved_image, scanner, ctx, name)))
+        attempt("scanner", scanner)
     except RuntimeError:
         pass
-    if not attempts or _quality(reference.data[0], *resample(attempts[0][1]))[0] < RETRY_HEAD_DICE:
+    if not scored or scored[0][0][0] < RETRY_HEAD_DICE:
         moments = sitk.CenteredTransformInitializer(
             fixed, moved_image, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
         )
         try:
-            attempts.append(("moments", *_rigid(fixed, moved_image, moments, ctx, name)))
+            attempt("moments", moments)
         except RuntimeError as exc:
-            if not attempts:
+            if not scored:
                 raise VolumeError(
                     f"{name} could not be registered onto {reference.channels[0]} ({str(exc).strip().splitlines()[-1]}). "
                     "Check that both are 3D scans of the same head."
                 ) from exc
-    scored = []
-    for start, transform, before, after in attempts:
-        moved, covered = resample(transform)
-        scored.append((_quality(reference.data[0], moved, covered), start, transform, before, after, moved))
     (dice, nmi), start, transform, before, after, moved = max(scored, key=lambda item: item[0][0])
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(transform).GetNthTransform(0))
     angles = tuple(float(np.degrees(a)) for a in euler.GetParameters()[:3])
