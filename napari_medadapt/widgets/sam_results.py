@@ -112,8 +112,9 @@ class SamResults:
         self.show_candidates(plane)
 
     @staticmethod
-    def describe_slices(outcomes: list[SliceOutcome], axis: int) -> str:
-        """Status text for segmented slices."""
+    def describe_slices(outcomes: list[SliceOutcome], axis: int, box_model: str | None = None) -> str:
+        """Status text for segmented slices; ``box_model``: the name of a box-trained model in use, which
+        adds advice where a slice was prompted without a box."""
         parts = []
         for outcome in outcomes:
             prediction = outcome.prediction
@@ -125,7 +126,13 @@ class SamResults:
                 f"slice {outcome.index}: {int(prediction.mask.sum())} voxels, predicted IoU "
                 f"{prediction.scores[prediction.best]:.2f}{choice}"
             )
-        return f"{PLANE_NAMES.get(axis, f'axis {axis}')} " + "; ".join(parts)
+        text = f"{PLANE_NAMES.get(axis, f'axis {axis}')} " + "; ".join(parts)
+        if box_model and any(o.prediction is not None and o.signature[1] is None for o in outcomes):
+            text += (
+                f"\n{box_model} learned from boxes only: clicks without a box give it little or no mask. "
+                "Draw a box around the object (SAM boxes layer); clicks then refine it."
+            )
+        return text
 
     def show_precompute(self, output: JobOutput) -> None:
         """Report a finished precomputation."""

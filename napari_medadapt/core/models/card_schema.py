@@ -158,6 +158,18 @@ class DownloadSchema(_Strict):
     sha256: str | None = None
     size_mb: Annotated[float, Field(ge=0)] = 0.0
     source: str = ""
+    #: a file shipped inside an installed Python distribution (its pip name) at ``package_path`` below
+    #: the distribution's root: found there, never downloaded or copied
+    package: str | None = None
+    package_path: str | None = None
+
+    @model_validator(mode="after")
+    def _package_path(self) -> DownloadSchema:
+        if (self.package is None) != (self.package_path is None):
+            raise ValueError("give both package and package_path, or neither")
+        if self.package_path is not None and (self.package_path.startswith("/") or ".." in self.package_path):
+            raise ValueError("package_path must be a relative path inside the package, without '..'")
+        return self
 
     @field_validator("sha256")
     @classmethod
@@ -171,10 +183,11 @@ class DownloadSchema(_Strict):
 
 
 class PromptableArchitectureSchema(BaseModel):
-    """``encoder``: ``small`` (the bundled CNN encoder, with its config) or a SAM ViT size."""
+    """``encoder``: ``small`` (the bundled CNN encoder, with its config), ``tiny_vit`` (LiteMedSAM's) or a SAM
+    ViT size."""
 
     model_config = ConfigDict(strict=True, extra="allow")
-    encoder: Literal["small", "vit_b", "vit_l", "vit_h"]
+    encoder: Literal["small", "tiny_vit", "vit_b", "vit_l", "vit_h"]
 
 
 class PromptableCardSchema(BaseModel):
@@ -187,7 +200,9 @@ class PromptableCardSchema(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     title: str = ""
     architecture: PromptableArchitectureSchema
-    preprocess: Literal["sam", "medsam"] = "sam"
+    preprocess: Literal["sam", "medsam", "litemedsam"] = "sam"
+    #: the prompt the model was trained to start from: the dock offers it first
+    first_prompt: Literal["click", "box"] = "click"
     dense_prompts: bool = False
     weights_file: str | None = None
     weights_sha256: str | None = None

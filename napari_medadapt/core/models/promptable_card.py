@@ -3,8 +3,8 @@
 A promptable card (``"kind": "promptable"``) names the encoder (``architecture.encoder``: ``small`` for the
 bundled CNN encoder, or ``vit_b``/``vit_l``/``vit_h``), the image preprocessing (``sam`` or ``medsam``) and
 where the weights are: ``weights_file`` beside the card (bundled, sha256 in ``weights_sha256``) or
-``download`` (a checkpoint fetched into the cache folder on first use, with its pinned sha256, or put there
-by hand when no URL exists). Documentation fields the schema does not know are kept as they are.
+``download`` (a checkpoint fetched into the cache folder on first use, with its pinned sha256, put there
+by hand when no URL exists, or a file of an installed package: ``package`` and ``package_path``). Documentation fields the schema does not know are kept as they are.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class PromptableCard:
     architecture: dict[str, Any]
     title: str = ""
     preprocess: str = "sam"
+    first_prompt: str = "click"
     dense_prompts: bool = False
     weights_file: str | None = None
     weights_sha256: str | None = None
@@ -45,7 +46,7 @@ class PromptableCard:
 
     @property
     def encoder(self) -> str:
-        """``"small"``, ``"vit_b"``, ``"vit_l"`` or ``"vit_h"``."""
+        """``"small"``, ``"tiny_vit"``, ``"vit_b"``, ``"vit_l"`` or ``"vit_h"``."""
         return str(self.architecture["encoder"])
 
     @property

@@ -18,6 +18,21 @@ from ._compat import ResizeLongestSide
 from .decoding import decode, dense_prior
 from .prompts import Prompts, check_inside, clip_box
 
+#: Image preprocessing of each model family (see :class:`PromptableModel`).
+PREPROCESSING = ("sam", "medsam", "litemedsam")
+
+
+def cpu_bf16_available() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN with AMX or AVX512-BF16) and the user allows it."""
+    import os
+
+    import torch
+
+    if os.environ.get("MEDADAPT_SAM_PRECISION", "").lower() == "fp32":
+        return False
+    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(checker is not None and checker())
+
 
 @dataclass
 class MaskPrediction:
@@ -61,8 +76,9 @@ class PromptableModel:
     model_hash
         sha256 of the weights (part of every embedding cache key).
     preprocess
-        ``"sam"`` (longest side resize, ImageNet pixel statistics, zero pad) or ``"medsam"``
-        (resize to the square input, intensities scaled to [0, 1]).
+        ``"sam"`` (longest side resize, ImageNet pixel statistics, zero pad), ``"medsam"``
+        (resize to the square input, intensities scaled to [0, 1]) or ``"litemedsam"`` (longest side
+        resize, each slice min-max scaled to [0, 1], zero pad).
     device
         torch device (string or ``torch.device``); default CPU.
     dense_prompts
@@ -78,14 +94,18 @@ class PromptableModel:
         preprocess: str = "sam",
         device: Any = None,
         dense_prompts: bool = False,
+        cpu_bf16: bool = False,
+        cpu_batch: int = 8,
     ) -> None:
         import torch
 
-        if preprocess not in ("sam", "medsam"):
-            raise ModelError(f"Unknown preprocessing {preprocess!r}.")
+        if preprocess not in PREPROCESSING:
+            raise ModelError(f"Unknown preprocessing {preprocess!r}; one of {PREPROCESSING}.")
         self.sam = sam.eval()
         self.name = name
-        self.model_hash = model_hash
+        self.weights_hash = model_hash
+        self.cpu_bf16 = bool(cpu_bf16)
+        self.cpu_batch = max(1, int(cpu_batch))
         self.preprocess = preprocess
         self.dense_prompts = bool(dense_prompts)
         self.image_size = int(sam.image_encoder.img_size)
@@ -95,6 +115,24 @@ class PromptableModel:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.sam.to(self.device)
         self.fallback_reason: str | None = None
+
+    @property
+    def encoder_precision(self) -> str:
+        """``"fp16"`` (CUDA), ``"bf16"`` (a CPU with native bfloat16, when the model allows it) or ``"fp32"``."""
+        if self.device.type == "cuda":
+            return "fp16"
+        return "bf16" if self.cpu_bf16 and cpu_bf16_available() else "fp32"
+
+    @property
+    def model_hash(self) -> str:
+        """The weights' sha256 plus the encoder precision when it is not fp32 (part of every cache key)."""
+        precision = self.encoder_precision
+        return self.weights_hash if precision == "fp32" else f"{self.weights_hash}:{precision}"
+
+    @property
+    def batch_size(self) -> int:
+        """Slices per encoder call: 8 on a GPU, :attr:`cpu_batch` on a CPU."""
+        return 8 if self.device.type == "cuda" else self.cpu_batch
 
     # ----------------------------------------------------------------- geometry
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
@@ -119,7 +157,11 @@ class PromptableModel:
         )
         if self.preprocess == "medsam":
             return tensor[0] / 255.0
-        x = (tensor[0] - self.sam.pixel_mean.cpu()) / self.sam.pixel_std.cpu()
+        if self.preprocess == "litemedsam":
+            low, high = tensor.min(), tensor.max()
+            x = (tensor[0] - low) / torch.clamp(high - low, min=1e-8)
+        else:
+            x = (tensor[0] - self.sam.pixel_mean.cpu()) / self.sam.pixel_std.cpu()
         return F.pad(x, (0, self.image_size - size[1], 0, self.image_size - size[0]))
 
     def embed(self, images_rgb: list[np.ndarray]) -> np.ndarray:
@@ -140,13 +182,17 @@ class PromptableModel:
     def _encode(self, batch: Any) -> np.ndarray:
         import torch
 
+        precision = self.encoder_precision
         with torch.inference_mode():
             x = batch.to(self.device)
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = self.sam.image_encoder(x)
-            else:
+            if getattr(self.sam.image_encoder, "channels_last", False):
+                x = x.contiguous(memory_format=torch.channels_last)
+            if precision == "fp32":
                 out = self.sam.image_encoder(x)
+            else:
+                dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+                with torch.autocast(self.device.type, dtype=dtype):
+                    out = self.sam.image_encoder(x)
             return out.float().cpu().numpy()
 
     def _fall_back_to_cpu(self, batch_size: int) -> None:

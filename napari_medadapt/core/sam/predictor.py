@@ -214,7 +214,7 @@ class SamPredictor:
         slices: np.ndarray | Sequence[np.ndarray],
         window: tuple[float, float] | str | None,
         ctx: JobContext | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
     ) -> PrecomputeStats:
         """Embed many slices (e.g. all slices of a volume along one axis) into the cache.
 
@@ -229,9 +229,11 @@ class SamPredictor:
         ctx
             Progress (one step per slice) and cancellation.
         batch_size
-            Slices per encoder call (larger batches pay off on a GPU).
+            Slices per encoder call; default the model's (:attr:`PromptableModel.batch_size`: batches
+            pay off on a GPU, not on a CPU).
         """
         ctx = ensure_context(ctx)
+        batch_size = batch_size or self.model.batch_size
         if isinstance(window, str) or window is None:
             window = resolve_window(np.asarray(slices), window)
         total = len(slices)

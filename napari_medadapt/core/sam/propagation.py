@@ -1,8 +1,9 @@
 """3D propagation of a 2D Segment Anything mask through a volume.
 
 From the annotated slice(s) the mask is propagated slice by slice outwards in both directions along
-one axis; each slice is prompted from its neighbour's mask (a box, interior points, or box + the
-neighbour's mask logits). Propagation stops where the object ends: empty prediction, IoU with the
+one axis; each slice is prompted from its neighbour's mask (a box, interior points, box + the
+neighbour's mask logits, or LiteMedSAM's published 3D recipe, ``box-margin``: the neighbour's box widened
+by 3 px of the model's input, and the annotated slice's box again where the neighbour's mask came out empty). Propagation stops where the object ends: empty prediction, IoU with the
 neighbour below a threshold, or a jump in area; also at a user range or at slices the user marked
 with a negative-only prompt ("stop" slices). Between two annotated slices, each slice is prompted
 from a shape interpolation (signed distance) of the two annotations.
@@ -22,7 +23,9 @@ from .clicks import interior_point, iou
 from .predictor import SamPredictor
 from .prompts import Prompts, box_from_mask, make_prompts, resolve_window
 
-MODES = ("box", "points", "mask")
+MODES = ("box", "points", "mask", "box-margin")
+#: ``box-margin``: the box grows by this many pixels of the model's input on every side (LiteMedSAM's recipe)
+BOX_MARGIN_PX = 3
 
 
 @dataclass
@@ -56,15 +59,19 @@ class PropagationResult:
         return sorted(s.index for s in self.stats)
 
 
-def _neighbour_prompts(mask: np.ndarray, mode: str, logits: np.ndarray | None) -> Prompts:
+def _neighbour_prompts(mask: np.ndarray, mode: str, logits: np.ndarray | None, margin: float = 0.0) -> Prompts:
     if mode == "points":
         labels, n = ndimage.label(mask)
         sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
         order = np.argsort(sizes)[::-1][:3]
         points = [interior_point(labels == k + 1) for k in order]
         return make_prompts(points=points, labels=[1] * len(points))
-    box = box_from_mask(mask)
-    return make_prompts(box=box, mask_input=logits if mode == "mask" else None)
+    r0, c0, r1, c1 = box_from_mask(mask)
+    if mode == "box-margin":
+        rows, cols = mask.shape
+        r0, c0 = max(0.0, r0 - margin), max(0.0, c0 - margin)
+        r1, c1 = min(rows - 1.0, r1 + margin), min(cols - 1.0, c1 + margin)
+    return make_prompts(box=(r0, c0, r1, c1), mask_input=logits if mode == "mask" else None)
 
 
 def mask_to_logits(predictor: SamPredictor, mask: np.ndarray) -> np.ndarray:
@@ -127,7 +134,9 @@ def propagate(
         Axis to propagate along (0, 1 or 2).
     mode
         How a slice is prompted from its neighbour's mask: ``"box"``, ``"points"`` (interior points
-        of its largest components) or ``"mask"`` (box + the neighbour's mask logits).
+        of its largest components), ``"mask"`` (box + the neighbour's mask logits) or ``"box-margin"``
+        (the box plus :data:`BOX_MARGIN_PX` input pixels; an empty result is tried once more with the
+        annotated slice's box before the direction stops).
     iou_threshold
         Stop when the new mask's IoU with its neighbour falls below this.
     max_area_ratio
@@ -144,8 +153,8 @@ def propagate(
         ``None`` disables the check.
     prefetch
         When a slice ahead is not embedded yet, embed it together with up to ``prefetch - 1`` further
-        slices in the propagation direction in one encoder batch (batches are cheaper per slice; at most
-        ``prefetch - 1`` embeddings are wasted where the object ends, and they stay cached).
+        slices in the propagation direction (in the model's encoder batches, which pay off on a GPU; at
+        most ``prefetch - 1`` embeddings are wasted where the object ends, and they stay cached).
     ctx
         Progress (one step per slice) and cancellation.
     """
@@ -187,6 +196,7 @@ def propagate(
             return False
         return abs(float(vol[index][mask].mean()) - seed_mean) > intensity_tolerance * seed_std
 
+    margin = BOX_MARGIN_PX * max(vol.shape[1:]) / predictor.model.image_size if mode == "box-margin" else 0.0
     logits_of: dict[int, np.ndarray] = {}
     if mode == "mask":
         logits_of = {k: mask_to_logits(predictor, m) for k, m in seeds.items()}
@@ -200,8 +210,8 @@ def propagate(
             if prior.sum() < min_area:
                 tick(f"slice {i}: empty interpolation")
                 continue
-            pred = predictor.predict(vol[i], window, _neighbour_prompts(prior, mode, mask_to_logits(predictor, prior)
-                                                                       if mode == "mask" else None))
+            prior_logits = mask_to_logits(predictor, prior) if mode == "mask" else None
+            pred = predictor.predict(vol[i], window, _neighbour_prompts(prior, mode, prior_logits, margin))
             use = pred.mask if iou(pred.mask, prior) >= iou_threshold else prior
             out[i] = use
             result.stats.append(
@@ -223,8 +233,10 @@ def propagate(
                 break
             if prefetch > 1 and not predictor.is_cached(vol[i], window):
                 ahead = [j for j in range(i, i + step * prefetch, step) if lo <= j <= hi and j not in stops]
-                predictor.precompute([vol[j] for j in ahead], window, batch_size=len(ahead))
-            pred = predictor.predict(vol[i], window, _neighbour_prompts(prev, mode, prev_logits))
+                predictor.precompute([vol[j] for j in ahead], window)
+            pred = predictor.predict(vol[i], window, _neighbour_prompts(prev, mode, prev_logits, margin))
+            if mode == "box-margin" and pred.mask.sum() < min_area:  # the recipe: the annotated box again
+                pred = predictor.predict(vol[i], window, _neighbour_prompts(seeds[start], mode, None, margin))
             area = int(pred.mask.sum())
             prev_area = max(1, int(prev.sum()))
             overlap = iou(pred.mask, prev)

