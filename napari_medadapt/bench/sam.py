@@ -24,6 +24,9 @@ from napari_medadapt.bench._common import add_report_arguments, resolve_paths
 from napari_medadapt.core.paths import source_checkout
 
 HELP = "interactive segmentation benchmark (NoC/NoF, box IoU, propagation Dice, timings)"
+#: propagation runs: the engine's modes, and box-margin limited to the reference's slice extent (the 3D box a
+#: LiteMedSAM user gives, as in its challenge's 3D protocol)
+PROPAGATION_RUNS = ("mask", "box", "points", "box-margin", "box-margin in extent")
 
 
 
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.sam.clicks import iou, jittered_box, summarize_sessions
     from napari_medadapt.core.sam.predictor import EmbeddingCache, SamPredictor
-    from napari_medadapt.core.sam.prompts import make_prompts
+    from napari_medadapt.core.sam.prompts import box_from_mask, make_prompts
+    from napari_medadapt.core.sam.propagation import MODES as PROPAGATION_MODES
     from napari_medadapt.core.sam.propagation import propagate
     from napari_medadapt.core.sam.registry import load_sam
     from napari_medadapt.core.volume import load_volume
@@ -126,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     click_times: list[float] = []
     click_cpu: list[float] = []
 
-    def sam_factory(feedback: bool) -> Any:
+    boxes = [jittered_box(t, rng, max_jitter=10) for t in targets]
+
+    def sam_factory(feedback: bool, with_box: bool = False) -> Any:
         def factory(k: int) -> Any:
             state: dict[str, Any] = {"feedback": None}
 
@@ -135,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 pred = predictor.predict(
                     image[slice_ids[k]],
                     window,
-                    make_prompts(points, point_labels, mask_input=state["feedback"]),
+                    make_prompts(points, point_labels, boxes[k] if with_box else None, state["feedback"]),
                 )
                 click_times.append(time.perf_counter() - t0)
                 click_cpu.append(time.process_time() - c0)
@@ -159,6 +165,13 @@ def run(args: argparse.Namespace) -> int:
     methods[f"{model.name}, no mask feedback"] = summarize_sessions(sessions, args.max_clicks)
     methods[f"{model.name}, no mask feedback"]["median_s_per_click"] = float(np.median(click_times))
     print("no feedback", methods[f"{model.name}, no mask feedback"], flush=True)
+    click_times.clear()
+    sessions = _click_sessions(sam_factory(True, with_box=True), targets, args.max_clicks)
+    methods[f"{model.name}, jittered box + clicks + mask feedback"] = summarize_sessions(sessions, args.max_clicks)
+    methods[f"{model.name}, jittered box + clicks + mask feedback"]["median_s_per_click"] = float(
+        np.median(click_times)
+    )
+    print("box + clicks", methods[f"{model.name}, jittered box + clicks + mask feedback"], flush=True)
 
     base_ids = list(range(0, len(slice_ids), max(1, args.baseline_every)))
     base_times: list[float] = []
@@ -179,21 +192,23 @@ def run(args: argparse.Namespace) -> int:
     methods["geodesic clicks (classical)"]["median_s_per_click"] = float(np.median(base_times))
     print("geodesic", methods["geodesic clicks (classical)"], flush=True)
 
-    box_ious = []
-    for k, t in enumerate(targets):
-        box = jittered_box(t, rng, max_jitter=10)
-        box_ious.append(iou(predictor.predict(image[slice_ids[k]], window, box=box).mask, t))
+    box_ious = [iou(predictor.predict(image[slice_ids[k]], window, box=boxes[k]).mask, t) for k, t in enumerate(targets)]
+    tight_ious = [
+        iou(predictor.predict(image[slice_ids[k]], window, box=box_from_mask(t)).mask, t) for k, t in enumerate(targets)
+    ]
 
     # propagation from the middle slice's reference mask, with fresh (uncached) embeddings first
     mid = slice_ids[len(slice_ids) // 2]
     propagation: dict[str, Any] = {"seed_slice": mid, "target_slices": len(slice_ids)}
-    for mode in ("mask", "box", "points"):
+    extent = (slice_ids[0], slice_ids[-1])
+    for mode in PROPAGATION_RUNS:
+        engine_mode, index_range = (mode, None) if mode in PROPAGATION_MODES else ("box-margin", extent)
         fresh = SamPredictor(model, cache=EmbeddingCache(max_bytes=2 * 1024**3))
         t1 = time.perf_counter()
-        result = propagate(fresh, image, {mid: target3d[mid]}, window, mode=mode)
+        result = propagate(fresh, image, {mid: target3d[mid]}, window, mode=engine_mode, index_range=index_range)
         uncached = time.perf_counter() - t1
         t1, c1 = time.perf_counter(), time.process_time()
-        propagate(fresh, image, {mid: target3d[mid]}, window, mode=mode)
+        propagate(fresh, image, {mid: target3d[mid]}, window, mode=engine_mode, index_range=index_range)
         cached = time.perf_counter() - t1
         cached_cpu = time.process_time() - c1
         pred3d = result.mask
@@ -213,19 +228,21 @@ def run(args: argparse.Namespace) -> int:
     slices155 = [image[i % image.shape[0]] for i in range(155)]
     rgb = [predictor_slice_rgb(s, window) for s in slices155]
     t1, c1 = time.perf_counter(), time.process_time()
-    for start in range(0, 155, 8):
-        model.embed(rgb[start : start + 8])
+    for start in range(0, 155, model.batch_size):
+        model.embed(rgb[start : start + model.batch_size])
     seconds["embed_155_slices_s"] = time.perf_counter() - t1
     seconds["embed_155_slices_cpu_s"] = time.process_time() - c1
     seconds["click_to_mask_cpu_s_median"] = cpu_click
     seconds["click_to_mask_s_median_cached"] = methods[f"{model.name} + mask feedback"]["median_s_per_click"]
     # per-100-slice figures from the run that crossed the most slices: a short run mostly measures overhead
-    timed_mode = max(("mask", "box", "points"), key=lambda m: propagation[m]["slices_filled"])
+    timed_mode = max(PROPAGATION_RUNS, key=lambda m: propagation[m]["slices_filled"])
     seconds["propagation_timed_mode"] = timed_mode
     seconds["propagation_timed_slices"] = propagation[timed_mode]["slices_filled"]
     seconds["propagation_100_slices_s_cached"] = propagation[timed_mode]["s_per_100_slices_cached"]
     seconds["propagation_100_slices_s_uncached"] = propagation[timed_mode]["s_per_100_slices_uncached"]
     seconds["propagation_100_slices_cpu_s_cached"] = propagation[timed_mode]["cpu_s_per_100_slices_cached"]
+    if model.preprocess == "litemedsam":
+        seconds.update(_litemedsam_encoder_paths(model, predictor, image, slice_ids, targets, window))
     if not args.skip_vit:
         _time_vit_b(seconds)
     print("timing", seconds, flush=True)
@@ -245,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
         "methods": methods,
         "box_iou_mean": float(np.mean(box_ious)),
         "box_iou_median": float(np.median(box_ious)),
+        "tight_box_iou_mean": float(np.mean(tight_ious)),
+        "tight_box_iou_median": float(np.median(tight_ious)),
         "propagation": propagation,
         "timing": seconds,
     }
@@ -255,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         report["cases"] = [
             c
             for c in report.get("cases", [])
-            if (c["image"], c["label_values"]) != (case["image"], case["label_values"])
+            if (c["image"], c["label_values"], c["model"]) != (case["image"], case["label_values"], case["model"])
         ]
     report["cases"].append(case)
     report["environment"] = {
@@ -270,6 +289,42 @@ def run(args: argparse.Namespace) -> int:
     write_markdown(report, args.md)
     print(f"wrote {json_path} and {args.md}")
     return 0
+
+
+def _litemedsam_encoder_paths(
+    model: Any, predictor: Any, image: np.ndarray, slice_ids: list[int], targets: list[np.ndarray],
+    window: tuple[float, float],
+) -> dict[str, float]:
+    """LiteMedSAM's encoder as published (fp32 eager, BatchNorm unfused) against the path in use (BN folded,
+    channels-last, bf16 where the CPU has it): ms per slice in this run (10 slices each, after a warm-up), and
+    the lowest IoU between the two paths' tight-box masks."""
+    from napari_medadapt.core.sam.clicks import iou
+    from napari_medadapt.core.sam.model import PromptableModel
+    from napari_medadapt.core.sam.prompts import box_from_mask, make_prompts
+    from napari_medadapt.core.sam.registry import checkpoint_path, load_state_dict
+    from napari_medadapt.core.sam.tiny_vit import build_litemedsam
+
+    plain = build_litemedsam()
+    plain.load_state_dict(load_state_dict(checkpoint_path(model.name)))
+    reference = PromptableModel(plain, model.name, model.weights_hash, "litemedsam", "cpu", cpu_bf16=False, cpu_batch=1)
+    picks = [slice_ids.index(i) for i in slice_ids[:: max(1, len(slice_ids) // 10)]][:10]
+    rgb = [predictor_slice_rgb(image[slice_ids[k]], window) for k in picks]
+    out: dict[str, float] = {}
+    for label, wrapper in (("fp32_eager", reference), ("in_use", model)):
+        wrapper.embed(rgb[:1])  # warm-up
+        t0 = time.perf_counter()
+        embeddings = [wrapper.embed([x])[0] for x in rgb]
+        out[f"encoder_ms_per_slice_{label}"] = (time.perf_counter() - t0) / len(rgb) * 1000
+        out[f"_{label}"] = embeddings  # type: ignore[assignment]
+    agreement = []
+    for k, ref_emb, use_emb in zip(picks, out.pop("_fp32_eager"), out.pop("_in_use"), strict=True):
+        box = make_prompts(box=box_from_mask(targets[k]))
+        size = image[slice_ids[k]].shape
+        agreement.append(iou(reference.predict(ref_emb, size, box).mask, model.predict(use_emb, size, box).mask))
+    out["encoder_speedup_in_use_vs_fp32_eager"] = out["encoder_ms_per_slice_fp32_eager"] / out["encoder_ms_per_slice_in_use"]
+    out["encoder_in_use_mask_iou_vs_fp32_eager_min"] = float(min(agreement))
+    out["encoder_in_use_precision"] = model.encoder_precision  # type: ignore[assignment]
+    return out
 
 
 def predictor_slice_rgb(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:

@@ -10,6 +10,7 @@ from napari_medadapt.cli._dispatch import register_targets
 TRAIN_TARGETS: dict[str, str] = {
     "glioma2d": "napari_medadapt.training.glioma2d",
     "sam-small": "napari_medadapt.training.sam_small",
+    "sam-clicks": "napari_medadapt.training.sam_clicks",
     "tts-trap": "napari_medadapt.training.tts_trap",
 }
 

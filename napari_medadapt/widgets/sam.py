@@ -347,7 +347,7 @@ class SamWidget(DockBody):
         self._notes(output.notes)
         self.results.apply_slices(self.preview_layer(image), output.value, axis)
         self.results.show_candidates(self._plane_or_none(image))
-        box_model = self.model_choice.name if self.box_first else None
+        box_model = self.model_choice.name if self.model_panel.needs_box else None
         self.status.setText(self.results.describe_slices(output.value, axis, box_model))
 
     def choose_candidate(self, position: int) -> None:

@@ -92,6 +92,14 @@ class ModelChoicePanel(QWidget):
         entry = REGISTRY.get(self.model_combo.currentData() or "")
         return entry is not None and entry.first_prompt == "box"
 
+    @property
+    def needs_box(self) -> bool:
+        """Whether clicks alone give the chosen model no mask (its card's ``clicks_without_box``)."""
+        from napari_medadapt.core.sam import REGISTRY
+
+        entry = REGISTRY.get(self.model_combo.currentData() or "")
+        return entry is not None and not entry.clicks_without_box
+
     def add_checkpoint(self, path: str) -> None:
         """Add a local checkpoint file to the model list and select it."""
         index = self.model_combo.findData(path)

@@ -207,14 +207,24 @@ class PromptableCardSchema(BaseModel):
     weights_file: str | None = None
     weights_sha256: str | None = None
     download: DownloadSchema | None = None
+    #: prompt encoder + mask decoder beside the card, replacing the checkpoint's (a fine-tuned decoder)
+    decoder_file: str | None = None
+    decoder_sha256: str | None = None
+    #: whether clicks alone (no box) give the model a mask; ``False``: the dock advises a box
+    clicks_without_box: bool = True
     description: str = ""
     license: str = ""
     note: str = ""
 
-    @field_validator("weights_sha256")
+    @field_validator("weights_sha256", "decoder_sha256")
     @classmethod
     def _hex(cls, value: str | None) -> str | None:
         return _check_sha256(value)
+
+    @field_validator("decoder_file")
+    @classmethod
+    def _decoder_name(cls, value: str | None) -> str | None:
+        return _check_file_name(value)
 
     @field_validator("weights_file")
     @classmethod
@@ -225,6 +235,8 @@ class PromptableCardSchema(BaseModel):
     def _one_source(self) -> PromptableCardSchema:
         if (self.weights_file is None) == (self.download is None):
             raise ValueError("give either weights_file (weights beside the card) or download (a checkpoint)")
+        if (self.decoder_file is None) != (self.decoder_sha256 is None):
+            raise ValueError("give decoder_file together with its decoder_sha256")
         return self
 
 

