@@ -3,7 +3,7 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
 
 Opens the demo (sample glioma case, every dock) and, as a user would: segments the volume with the bundled
-model; clicks once in the tumour for Segment Anything; adapts the model at test time; places a positive and
+model; draws a box around the tumour for Segment Anything (LiteMedSAM); adapts the model at test time; places a positive and
 a negative keypoint for TTS; then shows the coronal view; finally opens the same patient's raw export and
 prepares it in the Prepare scans dock (needs ../shared or MEDADAPT_DATA_DIR). One PNG per step goes to
 docs/images/. Takes a few minutes on a CPU (the adaptation is the longest step).
@@ -58,8 +58,10 @@ def main() -> int:
 
     sam_dock, sam = docks["Segment Anything"]
     sam_dock.raise_()
-    points, _boxes = sam.ensure_prompt_layers()
-    points.add([z, *centre])
+    _points, boxes = sam.ensure_prompt_layers()  # LiteMedSAM: the box tool is selected
+    rows, cols = np.nonzero(reference[z] > 0)  # a box around the tumour, a few voxels loose
+    r0, r1, c0, c1 = rows.min() - 3, rows.max() + 3, cols.min() - 3, cols.max() + 3
+    boxes.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]], float))
     settle()
     wait(sam.update_preview() or sam._predict_handle)
     shot(2, "segment_anything")

@@ -134,3 +134,44 @@ def test_bench_report_says_which_propagation_run_the_timing_comes_from(tmp_path)
     text = (tmp_path / "sam.md").read_text()
     assert "scaled to 100 slices from the box-mode run (30 slices" in text
     assert "| propagation through 100 slices (embeddings cached, wall) | 3.700 | <= 5 | yes |" in text
+
+
+def test_box_margin_mode_widens_the_box_and_retries_the_annotated_box() -> None:
+    """LiteMedSAM's recipe: the neighbour's box + 3 input pixels (scaled to the slice), and where the neighbour's
+    box finds nothing, the annotated slice's box once more before the direction stops."""
+    from types import SimpleNamespace
+
+    from napari_medadapt.core.sam.propagation import _neighbour_prompts
+
+    mask = np.zeros((64, 128), bool)
+    mask[10:20, 30:40] = True
+    assert _neighbour_prompts(mask, "box-margin", None, margin=1.5).box == (8.5, 28.5, 20.5, 40.5)
+    assert _neighbour_prompts(mask, "box", None).box == (10, 30, 19, 39)
+    edge = np.zeros((64, 128), bool)
+    edge[0:5, 120:128] = True
+    assert _neighbour_prompts(edge, "box-margin", None, margin=3.0).box == (0.0, 117.0, 7.0, 127.0)
+
+    class Shifting(ThresholdPredictor):
+        """The object moves sideways out of the neighbour's box at slice 13: only the seed box finds it."""
+
+        model = SimpleNamespace(image_size=256)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.boxes: list[tuple] = []
+
+        def predict(self, image, window, prompts):
+            self.boxes.append(prompts.box)
+            return super().predict(image, window, prompts)
+
+    volume = np.zeros((20, 48, 48), np.float32)
+    volume[6:13, 10:20, 10:20] = 1.0
+    volume[13:16, 10:20, 30:40] = 1.0  # jumps out of the previous slice's box, stays inside the annotated box
+    seed_with_far_part = volume[10] > 0.5
+    seed_with_far_part[10:20, 30:40] = True  # the annotation spans both places
+    predictor = Shifting()
+    result = propagate(predictor, volume, {10: seed_with_far_part}, (0.0, 1.0), mode="box-margin",
+                       iou_threshold=0.0, max_area_ratio=100.0, intensity_tolerance=None)
+    assert 13 in result.slices and 15 in result.slices  # found again with the annotated box
+    seed_box = _neighbour_prompts(seed_with_far_part, "box-margin", None, 3 * 48 / 256).box
+    assert seed_box in predictor.boxes

@@ -19,9 +19,12 @@ GOALS = {
 #: LiteMedSAM's encoder paths, in milliseconds or ratios (no goal in seconds)
 ENCODER_ROWS = {
     "encoder_ms_per_slice_fp32_eager": "LiteMedSAM encoder as published (fp32 eager), ms per slice",
-    "encoder_ms_per_slice_in_use": "LiteMedSAM encoder in use (BN folded, channels-last, bf16 on this CPU), ms per slice",
+    "encoder_ms_per_slice_in_use": "LiteMedSAM encoder in use (BN folded, channels-last, fp32), ms per slice",
     "encoder_speedup_in_use_vs_fp32_eager": "speed-up of the path in use (goal >= 2x)",
-    "encoder_in_use_mask_iou_vs_fp32_eager_min": "lowest tight-box mask IoU between the two paths (goal >= 0.98)",
+    "encoder_in_use_mask_iou_vs_fp32_eager_min": "lowest tight-box mask IoU, path in use vs published (goal >= 0.98)",
+    "encoder_ms_per_slice_bf16": "LiteMedSAM encoder, opt-in bf16 (MEDADAPT_SAM_PRECISION=bf16), ms per slice",
+    "encoder_speedup_bf16_vs_fp32_eager": "speed-up of the bf16 path",
+    "encoder_bf16_mask_iou_vs_fp32_eager_min": "lowest tight-box mask IoU, bf16 vs published (goal >= 0.98)",
 }
 
 
@@ -48,7 +51,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             "",
             f"Model `{case['model']}` (sha256 {case['model_sha256'][:12]}...), axis {case['axis']}, window "
             f"{case['window'][0]:.0f} to {case['window'][1]:.0f}, {case['slices_with_target']} slices with the "
-            f"target (classical baseline on {case['baseline_slices']}).",
+            f"target (classical baseline on {case['baseline_slices']}"
+            + (" of them)." if case["baseline_slices"] else ": not run with this model).")
+            + f" Torch threads: {case.get('torch_threads', 1)}.",
             "",
             "| method | NoC@80 | NoC@85 | NoC@90 | NoF@85 | NoF@90 | IoU@1 | IoU@3 | IoU@5 | s/click |",
             "|---|---|---|---|---|---|---|---|---|---|",

@@ -49,7 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-vit", action="store_true", help="skip the ViT-B CPU timings")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument(
-        "--baseline-every", type=int, default=1, help="run the classical baseline on every k-th slice"
+        "--baseline-every", type=int, default=1, help="run the classical baseline on every k-th slice (0: skip it)"
+    )
+    parser.add_argument(
+        "--compare-only", action="store_true",
+        help="a second model on a case: skip the no-feedback row, the 155-slice embedding and encoder timings",
     )
 
 
@@ -160,11 +164,12 @@ def run(args: argparse.Namespace) -> int:
     methods[f"{model.name} + mask feedback"]["median_s_per_click"] = float(np.median(click_times))
     cpu_click = float(np.median(click_cpu))
     print("with feedback", methods[f"{model.name} + mask feedback"], time.perf_counter() - t0, flush=True)
-    click_times.clear()
-    sessions = _click_sessions(sam_factory(False), targets, args.max_clicks)
-    methods[f"{model.name}, no mask feedback"] = summarize_sessions(sessions, args.max_clicks)
-    methods[f"{model.name}, no mask feedback"]["median_s_per_click"] = float(np.median(click_times))
-    print("no feedback", methods[f"{model.name}, no mask feedback"], flush=True)
+    if not args.compare_only:
+        click_times.clear()
+        sessions = _click_sessions(sam_factory(False), targets, args.max_clicks)
+        methods[f"{model.name}, no mask feedback"] = summarize_sessions(sessions, args.max_clicks)
+        methods[f"{model.name}, no mask feedback"]["median_s_per_click"] = float(np.median(click_times))
+        print("no feedback", methods[f"{model.name}, no mask feedback"], flush=True)
     click_times.clear()
     sessions = _click_sessions(sam_factory(True, with_box=True), targets, args.max_clicks)
     methods[f"{model.name}, jittered box + clicks + mask feedback"] = summarize_sessions(sessions, args.max_clicks)
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print("box + clicks", methods[f"{model.name}, jittered box + clicks + mask feedback"], flush=True)
 
-    base_ids = list(range(0, len(slice_ids), max(1, args.baseline_every)))
+    base_ids = list(range(0, len(slice_ids), args.baseline_every)) if args.baseline_every > 0 else []
     base_times: list[float] = []
 
     def geo_factory(k: int) -> Any:
@@ -187,10 +192,11 @@ def run(args: argparse.Namespace) -> int:
 
         return segment
 
-    sessions = _click_sessions(geo_factory, [targets[k] for k in base_ids], args.max_clicks)
-    methods["geodesic clicks (classical)"] = summarize_sessions(sessions, args.max_clicks)
-    methods["geodesic clicks (classical)"]["median_s_per_click"] = float(np.median(base_times))
-    print("geodesic", methods["geodesic clicks (classical)"], flush=True)
+    if base_ids:
+        sessions = _click_sessions(geo_factory, [targets[k] for k in base_ids], args.max_clicks)
+        methods["geodesic clicks (classical)"] = summarize_sessions(sessions, args.max_clicks)
+        methods["geodesic clicks (classical)"]["median_s_per_click"] = float(np.median(base_times))
+        print("geodesic", methods["geodesic clicks (classical)"], flush=True)
 
     box_ious = [iou(predictor.predict(image[slice_ids[k]], window, box=boxes[k]).mask, t) for k, t in enumerate(targets)]
     tight_ious = [
@@ -203,46 +209,45 @@ def run(args: argparse.Namespace) -> int:
     extent = (slice_ids[0], slice_ids[-1])
     for mode in PROPAGATION_RUNS:
         engine_mode, index_range = (mode, None) if mode in PROPAGATION_MODES else ("box-margin", extent)
-        fresh = SamPredictor(model, cache=EmbeddingCache(max_bytes=2 * 1024**3))
+        # compare-only: one run per mode on the shared cache (no timings)
+        fresh = predictor if args.compare_only else SamPredictor(model, cache=EmbeddingCache(max_bytes=2 * 1024**3))
         t1 = time.perf_counter()
         result = propagate(fresh, image, {mid: target3d[mid]}, window, mode=engine_mode, index_range=index_range)
         uncached = time.perf_counter() - t1
-        t1, c1 = time.perf_counter(), time.process_time()
-        propagate(fresh, image, {mid: target3d[mid]}, window, mode=engine_mode, index_range=index_range)
-        cached = time.perf_counter() - t1
-        cached_cpu = time.process_time() - c1
         pred3d = result.mask
         dice = 2 * np.logical_and(pred3d, target3d).sum() / max(1, pred3d.sum() + target3d.sum())
         n_prop = max(1, len(result.stats) - 1)
-        propagation[mode] = {
-            "dice_3d": float(dice),
-            "slices_filled": len(result.stats),
-            "stopped": result.stopped,
-            "s_per_100_slices_uncached": uncached / n_prop * 100,
-            "s_per_100_slices_cached": cached / n_prop * 100,
-            "cpu_s_per_100_slices_cached": cached_cpu / n_prop * 100,
-        }
+        propagation[mode] = {"dice_3d": float(dice), "slices_filled": len(result.stats), "stopped": result.stopped}
+        if not args.compare_only:
+            t1, c1 = time.perf_counter(), time.process_time()
+            propagate(fresh, image, {mid: target3d[mid]}, window, mode=engine_mode, index_range=index_range)
+            propagation[mode].update({
+                "s_per_100_slices_uncached": uncached / n_prop * 100,
+                "s_per_100_slices_cached": (time.perf_counter() - t1) / n_prop * 100,
+                "cpu_s_per_100_slices_cached": (time.process_time() - c1) / n_prop * 100,
+            })
         print("propagation", mode, propagation[mode], flush=True)
 
     seconds: dict[str, Any] = {}
-    slices155 = [image[i % image.shape[0]] for i in range(155)]
-    rgb = [predictor_slice_rgb(s, window) for s in slices155]
-    t1, c1 = time.perf_counter(), time.process_time()
-    for start in range(0, 155, model.batch_size):
-        model.embed(rgb[start : start + model.batch_size])
-    seconds["embed_155_slices_s"] = time.perf_counter() - t1
-    seconds["embed_155_slices_cpu_s"] = time.process_time() - c1
+    if not args.compare_only:
+        rgb = [predictor_slice_rgb(image[i % image.shape[0]], window) for i in range(155)]
+        t1, c1 = time.perf_counter(), time.process_time()
+        for start in range(0, 155, model.batch_size):
+            model.embed(rgb[start : start + model.batch_size])
+        seconds["embed_155_slices_s"] = time.perf_counter() - t1
+        seconds["embed_155_slices_cpu_s"] = time.process_time() - c1
     seconds["click_to_mask_cpu_s_median"] = cpu_click
     seconds["click_to_mask_s_median_cached"] = methods[f"{model.name} + mask feedback"]["median_s_per_click"]
     # per-100-slice figures from the run that crossed the most slices: a short run mostly measures overhead
     timed_mode = max(PROPAGATION_RUNS, key=lambda m: propagation[m]["slices_filled"])
-    seconds["propagation_timed_mode"] = timed_mode
-    seconds["propagation_timed_slices"] = propagation[timed_mode]["slices_filled"]
-    seconds["propagation_100_slices_s_cached"] = propagation[timed_mode]["s_per_100_slices_cached"]
-    seconds["propagation_100_slices_s_uncached"] = propagation[timed_mode]["s_per_100_slices_uncached"]
-    seconds["propagation_100_slices_cpu_s_cached"] = propagation[timed_mode]["cpu_s_per_100_slices_cached"]
-    if model.preprocess == "litemedsam":
-        seconds.update(_litemedsam_encoder_paths(model, predictor, image, slice_ids, targets, window))
+    if not args.compare_only:
+        seconds["propagation_timed_mode"] = timed_mode
+        seconds["propagation_timed_slices"] = propagation[timed_mode]["slices_filled"]
+        seconds["propagation_100_slices_s_cached"] = propagation[timed_mode]["s_per_100_slices_cached"]
+        seconds["propagation_100_slices_s_uncached"] = propagation[timed_mode]["s_per_100_slices_uncached"]
+        seconds["propagation_100_slices_cpu_s_cached"] = propagation[timed_mode]["cpu_s_per_100_slices_cached"]
+    if model.preprocess == "litemedsam" and not args.compare_only:
+        seconds.update(_litemedsam_encoder_paths(model, image, slice_ids, targets, window))
     if not args.skip_vit:
         _time_vit_b(seconds)
     print("timing", seconds, flush=True)
@@ -292,38 +297,53 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _litemedsam_encoder_paths(
-    model: Any, predictor: Any, image: np.ndarray, slice_ids: list[int], targets: list[np.ndarray],
-    window: tuple[float, float],
-) -> dict[str, float]:
-    """LiteMedSAM's encoder as published (fp32 eager, BatchNorm unfused) against the path in use (BN folded,
-    channels-last, bf16 where the CPU has it): ms per slice in this run (10 slices each, after a warm-up), and
-    the lowest IoU between the two paths' tight-box masks."""
+    model: Any, image: np.ndarray, slice_ids: list[int], targets: list[np.ndarray], window: tuple[float, float]
+) -> dict[str, Any]:
+    """LiteMedSAM's encoder as published (fp32 eager, BatchNorm unfused), the path in use (BN folded,
+    channels-last, fp32) and the opt-in bf16 path: ms per slice in this run (10 slices each, after a warm-up),
+    and the lowest IoU of each path's tight-box masks with the published path's."""
     from napari_medadapt.core.sam.clicks import iou
-    from napari_medadapt.core.sam.model import PromptableModel
+    from napari_medadapt.core.sam.model import PromptableModel, cpu_bf16_available
     from napari_medadapt.core.sam.prompts import box_from_mask, make_prompts
     from napari_medadapt.core.sam.registry import checkpoint_path, load_state_dict
     from napari_medadapt.core.sam.tiny_vit import build_litemedsam
 
     plain = build_litemedsam()
     plain.load_state_dict(load_state_dict(checkpoint_path(model.name)))
-    reference = PromptableModel(plain, model.name, model.weights_hash, "litemedsam", "cpu", cpu_bf16=False, cpu_batch=1)
-    picks = [slice_ids.index(i) for i in slice_ids[:: max(1, len(slice_ids) // 10)]][:10]
+    reference = PromptableModel(plain, model.name, model.weights_hash, "litemedsam", "cpu", cpu_batch=1)
+    picks = list(range(0, len(slice_ids), max(1, len(slice_ids) // 10)))[:10]
     rgb = [predictor_slice_rgb(image[slice_ids[k]], window) for k in picks]
-    out: dict[str, float] = {}
-    for label, wrapper in (("fp32_eager", reference), ("in_use", model)):
-        wrapper.embed(rgb[:1])  # warm-up
-        t0 = time.perf_counter()
-        embeddings = [wrapper.embed([x])[0] for x in rgb]
-        out[f"encoder_ms_per_slice_{label}"] = (time.perf_counter() - t0) / len(rgb) * 1000
-        out[f"_{label}"] = embeddings  # type: ignore[assignment]
-    agreement = []
-    for k, ref_emb, use_emb in zip(picks, out.pop("_fp32_eager"), out.pop("_in_use"), strict=True):
-        box = make_prompts(box=box_from_mask(targets[k]))
-        size = image[slice_ids[k]].shape
-        agreement.append(iou(reference.predict(ref_emb, size, box).mask, model.predict(use_emb, size, box).mask))
-    out["encoder_speedup_in_use_vs_fp32_eager"] = out["encoder_ms_per_slice_fp32_eager"] / out["encoder_ms_per_slice_in_use"]
-    out["encoder_in_use_mask_iou_vs_fp32_eager_min"] = float(min(agreement))
-    out["encoder_in_use_precision"] = model.encoder_precision  # type: ignore[assignment]
+    out: dict[str, Any] = {}
+    embeddings: dict[str, list[np.ndarray]] = {}
+    previous = os.environ.get("MEDADAPT_SAM_PRECISION")
+    try:
+        for label, wrapper, precision in (("fp32_eager", reference, "fp32"), ("in_use", model, "fp32"),
+                                          ("bf16", model, "bf16")):
+            os.environ["MEDADAPT_SAM_PRECISION"] = precision
+            if precision == "bf16" and not cpu_bf16_available():
+                continue
+            wrapper.embed(rgb[:1])  # warm-up
+            t0 = time.perf_counter()
+            embeddings[label] = [wrapper.embed([x])[0] for x in rgb]
+            out[f"encoder_ms_per_slice_{label}"] = (time.perf_counter() - t0) / len(rgb) * 1000
+    finally:
+        if previous is None:
+            os.environ.pop("MEDADAPT_SAM_PRECISION", None)
+        else:
+            os.environ["MEDADAPT_SAM_PRECISION"] = previous
+    masks = {label: [] for label in embeddings}
+    for n, k in enumerate(picks):
+        box, size = make_prompts(box=box_from_mask(targets[k])), image[slice_ids[k]].shape
+        for label, found in embeddings.items():
+            masks[label].append(reference.predict(found[n], size, box).mask)
+    for label in embeddings:
+        if label != "fp32_eager":
+            out[f"encoder_speedup_{label}_vs_fp32_eager"] = (
+                out["encoder_ms_per_slice_fp32_eager"] / out[f"encoder_ms_per_slice_{label}"]
+            )
+            out[f"encoder_{label}_mask_iou_vs_fp32_eager_min"] = float(
+                min(iou(a, b) for a, b in zip(masks[label], masks["fp32_eager"], strict=True))
+            )
     return out
 
 

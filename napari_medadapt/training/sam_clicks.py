@@ -40,14 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-root", type=Path, default=None,
         help="folder of the real cases (default: MEDADAPT_DATA_DIR, or ../shared/data/real beside a checkout)",
     )
-    parser.add_argument("--minutes", type=float, default=80.0, help="wall-time cap for the training steps")
-    parser.add_argument("--max-steps", type=int, default=1500, help="steps; the learning-rate schedule follows them")
+    parser.add_argument("--minutes", type=float, default=60.0, help="wall-time cap for the training steps")
+    parser.add_argument("--max-steps", type=int, default=1000, help="steps; the learning-rate schedule follows them")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--slices-per-axis", type=int, default=12, help="slices per volume and axis (evenly spaced)")
-    parser.add_argument("--max-clicks", type=int, default=8, help="most simulated clicks before the trained round")
+    parser.add_argument("--max-clicks", type=int, default=6, help="most simulated clicks before the trained round")
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT,
         help=f"weights path, the card is written beside it (default: ./{DEFAULT_OUT})",

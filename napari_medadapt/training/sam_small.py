@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         "format_version": 1,
         "kind": "promptable",
         "name": "sam-small",
-        "title": "Bundled small SAM (CPU, trained on MRI/CT slices)",
+        "title": "Bundled small SAM (instant masks on a slow CPU; less accurate than LiteMedSAM)",
         "description": (
             "Small promptable model in Segment Anything's architecture: SAM's PromptEncoder and "
             "MaskDecoder (TwoWayTransformer) on a small CNN image encoder; 256 px input, "

@@ -23,12 +23,13 @@ PREPROCESSING = ("sam", "medsam", "litemedsam")
 
 
 def cpu_bf16_available() -> bool:
-    """Whether this CPU computes bfloat16 natively (oneDNN with AMX or AVX512-BF16) and the user allows it."""
+    """Whether the user asked for bfloat16 (``MEDADAPT_SAM_PRECISION=bf16``) and this CPU computes it natively
+    (oneDNN with AMX or AVX512-BF16). Off by default: it changed LiteMedSAM's glioma masks (docs/benchmarks/sam.md)."""
     import os
 
     import torch
 
-    if os.environ.get("MEDADAPT_SAM_PRECISION", "").lower() == "fp32":
+    if os.environ.get("MEDADAPT_SAM_PRECISION", "").lower() != "bf16":
         return False
     checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(checker is not None and checker())
@@ -84,6 +85,13 @@ class PromptableModel:
     dense_prompts
         The model also takes its prompts as a logit map with a residual output (the bundled small
         model; see ``decoding.dense_prior``). Official SAM checkpoints: ``False``.
+    cpu_bf16
+        The encoder may run in bfloat16 autocast on a CPU with native bfloat16 (AMX / AVX512-BF16) when the
+        user sets ``MEDADAPT_SAM_PRECISION=bf16`` (faster, but LiteMedSAM's masks change). The precision is
+        part of :attr:`model_hash`, so cached embeddings never mix precisions.
+    cpu_batch
+        Slices per encoder call on a CPU (1 for LiteMedSAM, whose full-resolution first stage made
+        batches slower per slice).
     """
 
     def __init__(
@@ -118,7 +126,8 @@ class PromptableModel:
 
     @property
     def encoder_precision(self) -> str:
-        """``"fp16"`` (CUDA), ``"bf16"`` (a CPU with native bfloat16, when the model allows it) or ``"fp32"``."""
+        """``"fp16"`` (CUDA), ``"bf16"`` (asked for, on a CPU with native bfloat16, for a model that allows it) or
+        ``"fp32"``."""
         if self.device.type == "cuda":
             return "fp16"
         return "bf16" if self.cpu_bf16 and cpu_bf16_available() else "fp32"
