@@ -180,3 +180,22 @@ def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch) -> None
     (tmp_path / "litemedsam_clicks.safetensors").write_bytes(b"not the decoder")
     with pytest.raises(ModelError, match="does not have the sha256"):
         load_sam(entry.name, device="cpu")
+
+
+@needs_weights
+def test_the_shipped_click_decoder_takes_a_click_alone() -> None:
+    """``litemedsam-clicks`` (LiteMedSAM's encoder + the bundled click decoder): a single click in the held-out
+    glioma gives a mask where LiteMedSAM as published gives none."""
+    from napari_medadapt.core.labelmaps import load_labels
+    from napari_medadapt.core.sam import first_click
+    from napari_medadapt.core.volume import load_volume
+
+    entry = REGISTRY["litemedsam-clicks"]
+    assert entry.decoder_file == "litemedsam_clicks.safetensors" and entry.clicks_without_box
+    volume = load_volume(SAMPLE_CASE / "flair.nii.gz")
+    target = np.isin(load_labels(SAMPLE_CASE / "seg_fusion.nii.gz", volume.geometry), [1, 2, 4])
+    z = int(np.argmax(target.sum(axis=(1, 2))))
+    click = first_click(target[z])
+    clicks = SamPredictor(load_sam("litemedsam-clicks", device="cpu")).predict(volume.data[0][z], "mri-auto",
+                                                                               points=[click])
+    assert iou(clicks.mask, target[z]) > 0.3

@@ -73,7 +73,7 @@ def test_box_first_mask_and_propagation(plugin_viewer, open_plugin_dock, qtbot, 
     points.add([z2, r, c])
     qtbot.wait(40)
     _wait(qtbot, dock.update_preview() or dock._predict_handle)
-    assert "learned from boxes only" in dock.status.text() and "Draw a box" in dock.status.text()
+    assert "learned from boxes only" in dock.status.text() and "click decoder" in dock.status.text()
     points.data = np.zeros((0, 3))
     qtbot.wait(40)
     _wait(qtbot, dock.update_preview() or dock._predict_handle)

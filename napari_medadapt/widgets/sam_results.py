@@ -130,7 +130,8 @@ class SamResults:
         if box_model and any(o.prediction is not None and o.signature[1] is None for o in outcomes):
             text += (
                 f"\n{box_model} learned from boxes only: clicks without a box give it little or no mask. "
-                "Draw a box around the object (SAM boxes layer); clicks then refine it."
+                "Draw a box around the object (SAM boxes layer), or choose the model 'LiteMedSAM + click decoder' "
+                "to work with clicks."
             )
         return text
 

@@ -120,10 +120,14 @@ class CheckpointEntry:
 
 
 def _registry() -> dict[str, CheckpointEntry]:
-    """Entries in menu order: the default, the bundled one, then SAM checkpoints by size, then MedSAM-style."""
+    """Entries in menu order: the default, the other LiteMedSAM models, the bundled one, then SAM checkpoints by
+    size, then MedSAM-style."""
     entries = [CheckpointEntry.from_card(c) for c in list_cards("promptable") if isinstance(c, PromptableCard)]
     entries.sort(
-        key=lambda e: (e.name != DEFAULT_MODEL_NAME, not e.bundled, e.preprocess != "sam", e.size_mb, e.name)
+        key=lambda e: (
+            e.name != DEFAULT_MODEL_NAME, e.preprocess != "litemedsam", not e.bundled, e.preprocess != "sam",
+            e.size_mb, e.name,
+        )
     )
     return {entry.name: entry for entry in entries}
 
