@@ -145,16 +145,16 @@ def test_box_margin_mode_widens_the_box_and_retries_the_annotated_box() -> None:
 
     mask = np.zeros((64, 128), bool)
     mask[10:20, 30:40] = True
-    assert _neighbour_prompts(mask, "box-margin", None, margin=1.5).box == (8.5, 28.5, 20.5, 40.5)
+    assert _neighbour_prompts(mask, "box-margin", None, margin=(1.5, 1.5)).box == (8.5, 28.5, 20.5, 40.5)
     assert _neighbour_prompts(mask, "box", None).box == (10, 30, 19, 39)
     edge = np.zeros((64, 128), bool)
     edge[0:5, 120:128] = True
-    assert _neighbour_prompts(edge, "box-margin", None, margin=3.0).box == (0.0, 117.0, 7.0, 127.0)
+    assert _neighbour_prompts(edge, "box-margin", None, margin=(3.0, 3.0)).box == (0.0, 117.0, 7.0, 127.0)
 
     class Shifting(ThresholdPredictor):
         """The object moves sideways out of the neighbour's box at slice 13: only the seed box finds it."""
 
-        model = SimpleNamespace(image_size=256)
+        model = SimpleNamespace(input_size=lambda shape: (256, 256))  # a 48 x 48 slice scaled to 256
 
         def __init__(self) -> None:
             super().__init__()
@@ -173,5 +173,5 @@ def test_box_margin_mode_widens_the_box_and_retries_the_annotated_box() -> None:
     result = propagate(predictor, volume, {10: seed_with_far_part}, (0.0, 1.0), mode="box-margin",
                        iou_threshold=0.0, max_area_ratio=100.0, intensity_tolerance=None)
     assert 13 in result.slices and 15 in result.slices  # found again with the annotated box
-    seed_box = _neighbour_prompts(seed_with_far_part, "box-margin", None, 3 * 48 / 256).box
+    seed_box = _neighbour_prompts(seed_with_far_part, "box-margin", None, (3 * 48 / 256, 3 * 48 / 256)).box
     assert seed_box in predictor.boxes

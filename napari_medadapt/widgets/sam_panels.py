@@ -85,20 +85,21 @@ class ModelChoicePanel(QWidget):
         return ModelChoice(name, encoder if local and encoder != "auto" else None)
 
     @property
-    def box_first(self) -> bool:
-        """Whether the chosen model was trained to start from a box (its card's ``first_prompt``)."""
+    def entry(self) -> Any:
+        """The chosen registry model's :class:`~napari_medadapt.core.sam.CheckpointEntry` (``None``: a local file)."""
         from napari_medadapt.core.sam import REGISTRY
 
-        entry = REGISTRY.get(self.model_combo.currentData() or "")
-        return entry is not None and entry.first_prompt == "box"
+        return REGISTRY.get(self.model_combo.currentData() or "")
+
+    @property
+    def box_first(self) -> bool:
+        """Whether the chosen model's card starts from a box (``first_prompt``)."""
+        return self.entry is not None and self.entry.first_prompt == "box"
 
     @property
     def needs_box(self) -> bool:
-        """Whether clicks alone give the chosen model no mask (its card's ``clicks_without_box``)."""
-        from napari_medadapt.core.sam import REGISTRY
-
-        entry = REGISTRY.get(self.model_combo.currentData() or "")
-        return entry is not None and not entry.clicks_without_box
+        """Whether clicks alone give the chosen model no mask (its card's ``clicks_without_box`` is false)."""
+        return self.entry is not None and not self.entry.clicks_without_box
 
     def add_checkpoint(self, path: str) -> None:
         """Add a local checkpoint file to the model list and select it."""
@@ -203,7 +204,10 @@ class PropagationPanel(QGroupBox):
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(list(PROPAGATION_MODES))
         self.mode_combo.setCurrentText("mask")
-        self.mode_combo.setToolTip("Prompt each next slice from the previous mask's box, interior points, or box + mask")
+        self.mode_combo.setToolTip(
+            "Prompt each next slice from the previous mask's box, interior points, box + mask, or box + 3 px "
+            "(box-margin: LiteMedSAM's published recipe)"
+        )
         self.iou_spin = QDoubleSpinBox()
         self.iou_spin.setRange(0.0, 1.0)
         self.iou_spin.setSingleStep(0.05)

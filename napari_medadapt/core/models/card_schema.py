@@ -162,6 +162,7 @@ class DownloadSchema(_Strict):
     #: the distribution's root: found there, never downloaded or copied
     package: str | None = None
     package_path: str | None = None
+    package_version: str | None = None
 
     @model_validator(mode="after")
     def _package_path(self) -> DownloadSchema:
@@ -237,6 +238,8 @@ class PromptableCardSchema(BaseModel):
             raise ValueError("give either weights_file (weights beside the card) or download (a checkpoint)")
         if (self.decoder_file is None) != (self.decoder_sha256 is None):
             raise ValueError("give decoder_file together with its decoder_sha256")
+        if self.decoder_file is not None and self.architecture.encoder != "tiny_vit":
+            raise ValueError("decoder_file is read for tiny_vit (LiteMedSAM) models only")
         return self
 
 

@@ -130,7 +130,7 @@ class PromptableModel:
         ``"fp32"``."""
         if self.device.type == "cuda":
             return "fp16"
-        return "bf16" if self.cpu_bf16 and cpu_bf16_available() else "fp32"
+        return "bf16" if self.device.type == "cpu" and self.cpu_bf16 and cpu_bf16_available() else "fp32"
 
     @property
     def model_hash(self) -> str:

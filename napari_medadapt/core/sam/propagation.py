@@ -3,7 +3,8 @@
 From the annotated slice(s) the mask is propagated slice by slice outwards in both directions along
 one axis; each slice is prompted from its neighbour's mask (a box, interior points, box + the
 neighbour's mask logits, or LiteMedSAM's published 3D recipe, ``box-margin``: the neighbour's box widened
-by 3 px of the model's input, and the annotated slice's box again where the neighbour's mask came out empty). Propagation stops where the object ends: empty prediction, IoU with the
+by 3 px of the model's input, and the annotated slice's box again where the neighbour's mask came out empty).
+Propagation stops where the object ends: empty prediction, IoU with the
 neighbour below a threshold, or a jump in area; also at a user range or at slices the user marked
 with a negative-only prompt ("stop" slices). Between two annotated slices, each slice is prompted
 from a shape interpolation (signed distance) of the two annotations.
@@ -59,7 +60,9 @@ class PropagationResult:
         return sorted(s.index for s in self.stats)
 
 
-def _neighbour_prompts(mask: np.ndarray, mode: str, logits: np.ndarray | None, margin: float = 0.0) -> Prompts:
+def _neighbour_prompts(
+    mask: np.ndarray, mode: str, logits: np.ndarray | None, margin: tuple[float, float] = (0.0, 0.0)
+) -> Prompts:
     if mode == "points":
         labels, n = ndimage.label(mask)
         sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
@@ -69,8 +72,8 @@ def _neighbour_prompts(mask: np.ndarray, mode: str, logits: np.ndarray | None, m
     r0, c0, r1, c1 = box_from_mask(mask)
     if mode == "box-margin":
         rows, cols = mask.shape
-        r0, c0 = max(0.0, r0 - margin), max(0.0, c0 - margin)
-        r1, c1 = min(rows - 1.0, r1 + margin), min(cols - 1.0, c1 + margin)
+        r0, c0 = max(0.0, r0 - margin[0]), max(0.0, c0 - margin[1])
+        r1, c1 = min(rows - 1.0, r1 + margin[0]), min(cols - 1.0, c1 + margin[1])
     return make_prompts(box=(r0, c0, r1, c1), mask_input=logits if mode == "mask" else None)
 
 
@@ -196,7 +199,10 @@ def propagate(
             return False
         return abs(float(vol[index][mask].mean()) - seed_mean) > intensity_tolerance * seed_std
 
-    margin = BOX_MARGIN_PX * max(vol.shape[1:]) / predictor.model.image_size if mode == "box-margin" else 0.0
+    margin = (0.0, 0.0)
+    if mode == "box-margin":  # BOX_MARGIN_PX of the model's input, in slice voxels along rows and columns
+        h, w = predictor.model.input_size(vol.shape[1:])
+        margin = (BOX_MARGIN_PX * vol.shape[1] / h, BOX_MARGIN_PX * vol.shape[2] / w)
     logits_of: dict[int, np.ndarray] = {}
     if mode == "mask":
         logits_of = {k: mask_to_logits(predictor, m) for k, m in seeds.items()}

