@@ -396,15 +396,9 @@ class SamWidget(DockBody):
         self.status.setText(f"Embedding {data.shape[plane.axis]} slices...")
         # same key as clicks: a click interrupts it (no message), and it resumes afterwards
         handle = get_worker(self.viewer, self).submit(
-            self.session.precompute,
-            choice,
-            data,
-            self._window_spec(image),
-            plane.axis,
-            description="Segment Anything: precompute",
-            interactive_key="sam",
-            on_result=self.results.show_precompute,
-            on_error=self._job_failed,
+            self.session.precompute, choice, data, self._window_spec(image), plane.axis,
+            description="Segment Anything: precompute", interactive_key="sam",
+            on_result=self.results.show_precompute, on_error=self._job_failed,
         )
         return self._track_long(handle, resume_when_superseded=True)
 
@@ -416,13 +410,7 @@ class SamWidget(DockBody):
         except MedAdaptError as err:
             self.report(err)
             return None
-        preview = self._layer(sp.PREVIEW_LAYER)
-        seeds = {
-            i: np.asarray(preview.data[sp.Plane(plane.axis, i).slicer()] > 0)
-            for (a, i) in self.results.applied
-            if a == plane.axis and preview is not None and prompts.get(i) is not None and not prompts[i].negative_only
-        }
-        seeds = {i: m for i, m in seeds.items() if m.any()}
+        seeds = self.results.seeds(self._layer(sp.PREVIEW_LAYER), plane.axis, prompts)
         if choice is None or not seeds:
             self.report(MedAdaptError("Segment the object on at least one slice of this plane, then propagate."))
             return None
@@ -430,13 +418,7 @@ class SamWidget(DockBody):
         generation = self._generation
         self.status.setText(f"Propagating from slice(s) {', '.join(map(str, sorted(seeds)))}...")
         handle = get_worker(self.viewer, self).submit(
-            self.session.propagate,
-            choice,
-            data,
-            self._window_spec(image),
-            plane.axis,
-            seeds,
-            stop_slices=stops,
+            self.session.propagate, choice, data, self._window_spec(image), plane.axis, seeds, stop_slices=stops,
             **self.propagation_panel.options(seeds, data.shape[plane.axis]),
             description="Segment Anything: propagation",
             on_result=lambda output: self._show_propagation(output, image, plane.axis, generation),

@@ -135,6 +135,18 @@ class SamResults:
             )
         return text
 
+    def seeds(self, preview: Any, axis: int, prompts: dict[int, Prompts]) -> dict[int, np.ndarray]:
+        """The preview's non-empty masks on the slices of ``axis`` segmented from positive prompts (propagation
+        seeds); slices with only negative clicks are stops, not seeds."""
+        if preview is None:
+            return {}
+        seeds = {
+            i: np.asarray(preview.data[Plane(axis, i).slicer()] > 0)
+            for (a, i) in self.applied
+            if a == axis and prompts.get(i) is not None and not prompts[i].negative_only
+        }
+        return {i: m for i, m in seeds.items() if m.any()}
+
     def show_precompute(self, output: JobOutput) -> None:
         """Report a finished precomputation."""
         self._show_notes(output.notes)
