@@ -2,10 +2,13 @@
 
 Simulates a user (METHODS section 5) on every slice (along ``--axis``) that contains the target
 (union of ``--label-values``) and reports NoC@80/85/90, NoF@85/90, mean IoU after 1, 3 and 5
-clicks, IoU from a jittered box, seconds per click, and the 3D Dice of propagation from the middle
-slice's reference mask. In the same run it compares the model with mask feedback, the same model
-without mask feedback, and a classical geodesic click baseline; and times click latency, embedding
-155 slices, propagation through 100 slices, and SAM ViT-B's decoder/encoder on CPU (random weights).
+clicks, IoU from a tight and a jittered box, seconds per click, and the 3D Dice of propagation from the
+middle slice's reference mask (every propagation mode, and box-margin within the reference's slice extent).
+In the same run it compares the model with mask feedback, without mask feedback, with a jittered box kept and
+clicks added, and a classical geodesic click baseline; and times click latency, embedding 155 slices,
+propagation through 100 slices, LiteMedSAM's encoder paths, and SAM ViT-B's decoder/encoder on CPU (random
+weights). ``--append`` adds a model or case to the report; ``--compare-only`` runs a further model on a case
+without the timings.
 """
 
 from __future__ import annotations
@@ -170,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         methods[f"{model.name}, no mask feedback"] = summarize_sessions(sessions, args.max_clicks)
         methods[f"{model.name}, no mask feedback"]["median_s_per_click"] = float(np.median(click_times))
         print("no feedback", methods[f"{model.name}, no mask feedback"], flush=True)
+    click_times.clear()
     click_times.clear()
     sessions = _click_sessions(sam_factory(True, with_box=True), targets, args.max_clicks)
     methods[f"{model.name}, jittered box + clicks + mask feedback"] = summarize_sessions(sessions, args.max_clicks)
