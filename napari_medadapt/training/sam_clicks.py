@@ -184,8 +184,10 @@ def _first_prompts(
         boxes = torch.tensor(xyxy, dtype=torch.float32)
     else:
         for k, t in enumerate(data.targets[picks]):
-            rr, cc = np.nonzero(t)
-            r, c = interior_point(t) if rng.random() < 0.5 else (lambda i: (rr[i], cc[i]))(rng.integers(len(rr)))
+            if rng.random() < 0.5:
+                r, c = interior_point(t)
+            else:
+                r, c = np.argwhere(t)[rng.integers(int(t.sum()))]
             points[k].append((float(c), float(r), 1))
     return boxes, points
 

@@ -119,8 +119,10 @@ class CheckpointEntry:
         return cls(
             card.name, card.title or card.name, card.encoder, str(filename), url, sha, size, card.preprocess,
             source, card.license, card.note, str(card.path or ""), card.bundled,
-            download.get("package"), download.get("package_path"), card.first_prompt, card.clicks_without_box,
-            card.decoder_file, card.decoder_sha256, download.get("package_version"),
+            package=download.get("package"), package_path=download.get("package_path"),
+            package_version=download.get("package_version"), first_prompt=card.first_prompt,
+            clicks_without_box=card.clicks_without_box, decoder_file=card.decoder_file,
+            decoder_sha256=card.decoder_sha256,
         )
 
     @property

@@ -18,19 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: LiteMedSAM's encoder configuration (embed dims, depths, heads and windows per stage).
-LITEMEDSAM_CONFIG = {
-    "image_size": 256,
-    "embed_dims": (64, 128, 160, 320),
-    "depths": (2, 2, 6, 2),
-    "num_heads": (2, 4, 5, 10),
-    "window_sizes": (7, 7, 14, 7),
-    "mlp_ratio": 4.0,
-    "mbconv_expand_ratio": 4.0,
-    "local_conv_size": 3,
-    "out_chans": 256,
-}
-
 
 class ConvBN(nn.Sequential):
     """Convolution without bias followed by BatchNorm (``c``, ``bn``: the checkpoint's names)."""
@@ -197,7 +184,8 @@ class TinyViT(nn.Module):
     ----------
     image_size, embed_dims, depths, num_heads, window_sizes, mlp_ratio, mbconv_expand_ratio,
     local_conv_size, out_chans
-        See :data:`LITEMEDSAM_CONFIG`.
+        Input side, and per stage: widths, blocks, attention heads and windows; MLP and MBConv expansion,
+        the depthwise kernel, the embedding's channels. The defaults are LiteMedSAM's.
     """
 
     def __init__(
@@ -282,13 +270,11 @@ def build_litemedsam(state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """
     from . import _compat
 
-    config = dict(LITEMEDSAM_CONFIG)
-    size = int(config.pop("image_size"))
-    embed = int(config["out_chans"])
-    grid = size // 4
+    encoder = TinyViT()  # its defaults are LiteMedSAM's
+    embed = encoder.neck[-1].weight.shape[0]
     sam = _compat.sam_modeling().Sam(
-        image_encoder=TinyViT(image_size=size, **config),
-        prompt_encoder=_compat.build_prompt_encoder(embed, grid, size),
+        image_encoder=encoder,
+        prompt_encoder=_compat.build_prompt_encoder(embed, encoder.out_resolution, encoder.img_size),
         mask_decoder=_compat.build_mask_decoder(embed, mlp_dim=2048),
         pixel_mean=list(_compat.PIXEL_MEAN),
         pixel_std=list(_compat.PIXEL_STD),
