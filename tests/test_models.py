@@ -60,9 +60,10 @@ def test_copy_is_independent_and_head_swappable():
         for p in clone.parameters():
             p.add_(1.0)
     assert not torch.equal(next(model.parameters()), next(clone.parameters()))
-    clone.head = torch.nn.Conv2d(4, 4, 1)
+    clone.replace_head(torch.nn.Conv2d(model.decoder_channels, 2, 1))
     assert isinstance(model.head, torch.nn.Module) and model.head is not clone.head
-    assert clone(torch.zeros(1, 4, 16, 16)).shape == (1, 4, 16, 16)
+    assert clone(torch.zeros(1, 4, 16, 16)).shape == (1, 2, 16, 16)  # the new head gives the logits
+    assert model(torch.zeros(1, 4, 16, 16)).shape == (1, 4, 16, 16)  # the source keeps its own
 
 
 def test_normalizer_starts_as_identity_and_prototypes_give_similarities():

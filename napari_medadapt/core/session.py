@@ -70,6 +70,7 @@ class ModelSession:
         self._variants: dict[str, SegModel] = {}  # derived models: kept until the session ends
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
         self._sam: SamSession | None = None
+        self._artefacts: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self.loads = 0  # model files read
         self.hits = 0  # segmentations served from the cache
 
@@ -166,8 +167,25 @@ class ModelSession:
         prediction = self._predictions[key]
         return replace(prediction, labels=prediction.labels.copy(), notes=list(prediction.notes))
 
+    def keep(self, key: tuple, value: Any, nbytes: int) -> None:
+        """Keep a computed artefact of a volume (the frozen features of a few-shot fit) under ``key``; older
+        ones are dropped once they use more than ``max_prediction_bytes`` (the newest is always kept)."""
+        self._artefacts[key] = (value, int(nbytes))
+        self._artefacts.move_to_end(key)
+        while len(self._artefacts) > 1 and sum(n for _, n in self._artefacts.values()) > self.max_prediction_bytes:
+            self._artefacts.popitem(last=False)
+
+    def cached(self, key: tuple) -> Any:
+        """An artefact kept by :meth:`keep`, or ``None``."""
+        if key not in self._artefacts:
+            return None
+        self._artefacts.move_to_end(key)
+        self.hits += 1
+        return self._artefacts[key][0]
+
     def clear(self) -> None:
-        """Forget every model, variant and segmentation."""
+        """Forget every model, variant, segmentation and kept artefact."""
+        self._artefacts.clear()
         self._models.clear()
         self._variants.clear()
         self._predictions.clear()

@@ -2,7 +2,7 @@
 
 A card's ``kind`` says what it describes: ``"segmentation"`` (a MONAI DynUNet segmenter, the default),
 ``"promptable"`` (a Segment Anything-family model: bundled weights beside the card, or a checkpoint
-downloaded on first use). Every card has a ``name``, ``tags`` (``"demonstration"`` keeps a model out of the
+downloaded on first use), ``"fewshot_adapter"`` (a head trained on a frozen model from a few labelled slices). Every card has a ``name``, ``tags`` (``"demonstration"`` keeps a model out of the
 ordinary model lists) and documentation fields.
 
 A card is JSON written by people and by other tools, so every field is checked for its type and range
@@ -243,8 +243,61 @@ class PromptableCardSchema(BaseModel):
         return self
 
 
+class SupportPlaneSchema(_Strict):
+    axis: Annotated[int, Field(ge=0, le=2)]
+    index: Annotated[int, Field(ge=0)]
+    classes: list[Annotated[int, Field(ge=1, le=255)]] = []
+
+
+class AdapterCardSchema(BaseModel):
+    """A few-shot adapter's card: what was trained on which frozen model, from which slices."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    format_version: Annotated[int, Field(ge=1)] = 1
+    kind: Literal["fewshot_adapter"]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    base_model: Annotated[str, Field(min_length=1)]
+    base_sha256: str
+    backbone: Literal["segmentation", "promptable"] = "segmentation"
+    tap: Annotated[str, Field(min_length=1)] = "decoder"
+    method: Literal["adapter", "linear_probe", "ft_last", "full"]
+    channels: PositiveInt
+    spatial_dims: Literal[2, 3] = 2
+    labels: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=2)]
+    class_names: list[str] = []
+    support: list[SupportPlaneSchema] = []
+    settings: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    created: str = ""
+    software: str = ""
+    weights_file: str
+    weights_sha256: str
+
+    @field_validator("base_sha256", "weights_sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        return _check_sha256(value)  # type: ignore[return-value]
+
+    @field_validator("weights_file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return _check_file_name(value)  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _background_first(self) -> AdapterCardSchema:
+        if self.labels[0] != 0 or len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must start with background (0) and list each id once")
+        if self.class_names and len(self.class_names) != len(self.labels):
+            raise ValueError("class_names must name every label")
+        return self
+
+
 #: card kind -> its schema
-SCHEMAS: dict[str, type[BaseModel]] = {"segmentation": CardSchema, "promptable": PromptableCardSchema}
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "segmentation": CardSchema,
+    "promptable": PromptableCardSchema,
+    "fewshot_adapter": AdapterCardSchema,
+}
 
 
 def card_kind(data: Any) -> str:

@@ -206,11 +206,12 @@ class SegModel(nn.Module):
     # ------------------------------------------------------------------ head
     @property
     def head(self) -> nn.Module:
-        """The final 1x1 convolution: decoder features -> logits. Assign a module to swap it."""
+        """The final 1x1 convolution: decoder features -> logits (:meth:`replace_head` swaps it)."""
         return self.network.output_block
 
-    @head.setter
-    def head(self, module: nn.Module) -> None:
+    def replace_head(self, module: nn.Module) -> None:
+        """Use ``module`` (decoder features -> logits) as the head; a method, because ``nn.Module`` registers an
+        assigned module as a new child instead of calling a property's setter."""
         self.network.output_block = module
 
     # ------------------------------------------------------------------ BatchNorm

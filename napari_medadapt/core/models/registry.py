@@ -40,6 +40,10 @@ def model_dirs() -> list[Path]:
     return dirs
 
 
+#: Card kinds that are models (listed and loaded by name); other kinds (few-shot adapters) have their own readers.
+MODEL_KINDS = ("segmentation", "promptable")
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
@@ -68,8 +72,8 @@ def list_cards(kind: str | None = None) -> list[ModelCard | PromptableCard]:
             continue
         for card_path in sorted(folder.glob("*.json")):
             data = _read_json(card_path)
-            if isinstance(data, dict) and kind is not None and card_kind(data) != kind:
-                continue
+            if isinstance(data, dict) and (kind is not None and card_kind(data) != kind or card_kind(data) not in MODEL_KINDS):
+                continue  # another kind, or an artefact that is not a model (a few-shot adapter)
             if isinstance(data, dict) and not {"kind", "architecture", "modalities", "labels"} & set(data):
                 continue  # some other tool's JSON file sharing the folder
             try:

@@ -1,0 +1,403 @@
+"""Few-shot adaptation: the user labels a few slices of a volume, a small head on the frozen model segments the
+rest of it (METHODS section 4, with the authors' settings).
+
+Methods (:data:`METHODS`):
+
+- ``adapter`` (default): a residual block (conv 3x3 -> ReLU -> conv 3x3, no bias, last conv zero) on the frozen
+  model's last decoder map, then a 1x1 head initialised from the source head where the class exists in it;
+- ``linear_probe``: the 1x1 head only;
+- ``ft_last``: the last decoder block and the head (the backbone's block at lr 1e-4);
+- ``full``: every weight at lr 1e-4 (the baseline that collapses with few shots).
+
+AdamW (lr 1e-2 for adapter and head, weight decay 1e-5), cosine decay, soft Dice + marginal cross-entropy on the
+support planes; with ``prior`` the transductive size prior (margin 0.3, weight 0.1) on the unlabelled planes
+between them for the second half of the steps. The backbone stays in eval mode (BatchNorm statistics untouched);
+for ``adapter`` and ``linear_probe`` its features are computed once per volume (kept by the session), so a step
+costs only the head. The source model is never changed: the result holds an adapted copy whose head is swapped,
+segmenting the whole volume on the one inference path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ModelError, VolumeError
+from ..jobs import JobContext, ensure_context
+from .fewshot_backbone import SegBackbone
+from .fewshot_support import AXIS_NAMES, Support, SupportPlane, expected_areas, find_support
+from .fewshot_train import BackbonePlanes, CachedPlanes, PlaneTarget, train
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models import SegModel
+    from ..sam.predictor import SamPredictor
+    from ..session import ModelSession
+    from ..volume import Volume
+    from .fewshot_backbone import FeatureVolume
+
+METHODS = ("adapter", "linear_probe", "ft_last", "full")
+#: Steps of a fit (each one sees every support plane): the published 100 epochs.
+DEFAULT_STEPS = 100
+HEAD_LR = 1e-2
+BACKBONE_LR = 1e-4
+
+
+@dataclass
+class FewShotResult:
+    """What a fit produced.
+
+    Attributes
+    ----------
+    model
+        The adapted copy (the source model is untouched); its card lists background + the support's classes.
+    labels
+        uint8 ``(Z, Y, X)`` labels of the whole volume on its own grid, the support planes copied from the user.
+    predicted
+        The adapted model's labels before the support planes were copied in.
+    probabilities
+        float16 ``(K, Z, Y, X)`` per-class probabilities (background first, then :attr:`classes`).
+    zero_shot
+        The source model's labels of the volume (the floor).
+    support
+        The planes used and the classes.
+    history
+        One entry per step: ``loss``, ``seg`` (Dice + cross-entropy) and ``prior`` (NaN while it is off).
+    leave_one_out
+        Support plane index -> foreground Dice of a fit without that plane (two planes or more).
+    seconds
+        ``features``, ``fit``, ``predict`` and ``leave_one_out`` wall times.
+    """
+
+    model: SegModel
+    labels: np.ndarray
+    predicted: np.ndarray
+    probabilities: np.ndarray
+    zero_shot: np.ndarray
+    support: Support
+    method: str
+    prior: bool
+    history: list[dict[str, float]]
+    class_names: dict[int, str]
+    settings: dict[str, Any]
+    leave_one_out: dict[int, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    reused_classes: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        """The label ids of the fit (without background)."""
+        return self.support.classes
+
+    @property
+    def prior_terms(self) -> list[float]:
+        """The size-prior term of every step (NaN while it is off)."""
+        return [h["prior"] for h in self.history]
+
+    def suggest_next(self, count: int = 3) -> list[tuple[int, float]]:
+        """``(plane index, mean entropy)`` of the unlabelled planes along the support axis on which the adapted
+        model is least sure inside the predicted object's extent, most uncertain first."""
+        return rank_uncertain_planes(self.probabilities, self.predicted, self.support, count)
+
+
+def rank_uncertain_planes(
+    probabilities: np.ndarray, predicted: np.ndarray, support: Support, count: int = 3
+) -> list[tuple[int, float]]:
+    """Unlabelled planes along the support axis ranked by mean entropy of ``probabilities`` inside the bounding
+    box of the ``predicted`` foreground (its extent along the axis, each side widened by a tenth)."""
+    fg = predicted > 0
+    if not fg.any():
+        return []
+    box = []
+    for axis in range(3):
+        idx = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))
+        pad = max(1, (idx[-1] - idx[0] + 1) // 10)
+        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, fg.shape[axis])))
+    taken = set(support.indices)
+    scores = []
+    for index in range(box[support.axis].start, box[support.axis].stop):
+        if index in taken:
+            continue
+        region = list(box)
+        region[support.axis] = slice(index, index + 1)
+        p = probabilities[(slice(None), *region)].astype(np.float32)
+        entropy = -(p * np.log(np.clip(p, 1e-6, 1))).sum(axis=0)
+        scores.append((index, float(entropy.mean())))
+    scores.sort(key=lambda item: -item[1])
+    return scores[:count]
+
+
+# ------------------------------------------------------------------------------------------------ training
+@dataclass
+class _Problem:
+    """A fit's inputs on the feature grid."""
+
+    backbone: SegBackbone
+    cache: FeatureVolume
+    support: Support
+    planes: list[PlaneTarget]
+    query: dict[int, torch.Tensor]
+    classes: tuple[int, ...]
+
+
+def _problem(backbone: SegBackbone, cache: FeatureVolume, labels: np.ndarray, support: Support) -> _Problem:
+    import torch
+
+    classes = support.classes
+    lut = np.zeros(256, dtype=np.int64)
+    lut[list(classes)] = np.arange(1, len(classes) + 1)
+    grid = np.zeros(backbone.grid_shape, dtype=np.uint8)
+    planes, grid_planes = [], []
+    for plane in support.planes:
+        mapped = backbone.to_grid(np.take(labels, plane.index, axis=support.axis), support.axis, plane.index)
+        if mapped is None:
+            continue
+        index, values = mapped
+        known = torch.zeros(len(classes) + 1, dtype=torch.bool)
+        known[0] = True
+        for cls in plane.classes or classes:
+            known[int(lut[cls])] = True
+        target = torch.from_numpy(lut[values.astype(np.int64)].ravel())
+        planes.append(PlaneTarget(index, target, known))
+        grid_planes.append(SupportPlane(support.axis, index, plane.classes))
+        sl = [slice(None)] * 3
+        sl[support.axis] = index
+        grid[tuple(sl)] = values
+    if not planes:
+        raise VolumeError(
+            "every labelled slice lies outside the region with image data (where the answer is background "
+            "anyway): paint slices through the object."
+        )
+    areas = expected_areas(grid, Support(support.axis, grid_planes, classes), classes)
+    taken = {p.index for p in planes}
+    query = {}
+    for index in range(grid.shape[support.axis]):
+        expected = [float("nan")] + [float(areas[c][index]) for c in classes]
+        if index not in taken and np.isfinite(expected[1:]).any():
+            query[index] = torch.tensor(expected, dtype=torch.float32)
+    return _Problem(backbone, cache, support, planes, query, classes)
+
+
+def _fit_head(
+    problem: _Problem, method: str, prior: bool, steps: int, seed: int, device, ctx, on_step, label: str,
+    skip: int | None = None,
+) -> tuple[Any, list[dict[str, float]], list[int]]:
+    """Train a new head (and for ``ft_last``/``full`` part of a model copy) on the problem's planes (all but the
+    ``skip``-th); return the adapted model, the loss history and the label ids the head took from the source."""
+    import torch
+
+    torch.manual_seed(seed)
+    adapted, head, reused = problem.backbone.trainable(method, problem.classes)
+    for parameter in adapted.parameters():
+        parameter.requires_grad_(False)
+    adapted.to(device).eval()
+    head_ids = {id(p) for p in head.parameters()}
+    body: list[torch.nn.Parameter] = []
+    if method in ("ft_last", "full"):
+        trained = adapted.network.upsamples[-1] if method == "ft_last" else adapted
+        body = [p for p in trained.parameters() if id(p) not in head_ids]
+    for parameter in [*body, *head.parameters()]:
+        parameter.requires_grad_(True)
+    params = [{"params": list(head.parameters()), "lr": HEAD_LR}]
+    if body:
+        params.append({"params": body, "lr": BACKBONE_LR})
+    planes = _planes(problem, adapted, head, method, device)
+    support = [p for n, p in enumerate(problem.planes) if n != skip]
+    with torch.enable_grad():
+        history = train(planes, params, support, problem.query, steps, prior, seed, ctx, on_step, label)
+    for parameter in adapted.parameters():
+        parameter.requires_grad_(False)
+    return adapted, history, reused
+
+
+def _planes(problem: _Problem, adapted: Any, head: Any, method: str, device) -> Any:
+    """Where a plane's logits come from: the cached features through the head, or the model copy itself."""
+    if method in ("adapter", "linear_probe"):
+        return CachedPlanes(problem, head, device)
+    return BackbonePlanes(problem.backbone, adapted, device)
+
+
+def _leave_one_out(problem: _Problem, method: str, prior: bool, steps: int, seed: int, device, ctx) -> dict[int, float]:
+    """Foreground Dice on each painted support plane of a fit without it."""
+    import torch
+
+    from ..metrics import dice
+
+    scores = {}
+    painted = [n for n, p in enumerate(problem.planes) if bool(p.target.any())]
+    for count, n in enumerate(painted):
+        label = f"leave-one-out {count + 1} of {len(painted)}"
+        adapted, _history, _ = _fit_head(problem, method, prior, steps, seed, device, ctx, None, label, skip=n)
+        plane = problem.planes[n]
+        planes = _planes(problem, adapted, problem.backbone.head_of(adapted), method, device)
+        with torch.no_grad():
+            predicted = planes.logits(plane.index).argmax(dim=0).cpu().numpy()
+        source_index = problem.support.planes[n].index
+        scores[source_index] = dice(predicted > 0, plane.target.numpy() > 0)
+    return scores
+
+
+def make_backbone(
+    model: SegModel | SamPredictor, volume: Volume, modalities: Mapping[str, str | None] | None = None,
+    channel: str | None = None,
+) -> Any:
+    """The frozen part of a fit: a segmentation model's decoder tap, or a promptable model's features."""
+    if hasattr(model, "decoder_channels"):
+        if channel is not None:
+            raise ModelError("channel picks the image of a promptable backbone; a segmentation model takes modalities.")
+        return SegBackbone(model, volume, modalities)
+    from .fewshot_sam import SamBackbone
+
+    if channel is not None and channel not in volume.channels:
+        raise VolumeError(f"channel {channel!r} is not in the volume ({', '.join(volume.channels)}).")
+    return SamBackbone(model, volume, channel)
+
+
+def fit(
+    model: SegModel | SamPredictor,
+    volume: Volume,
+    support_labels: np.ndarray,
+    method: str = "adapter",
+    *,
+    prior: bool = True,
+    channel: str | None = None,
+    steps: int = DEFAULT_STEPS,
+    empty_planes: Iterable[tuple[int, int]] = (),
+    modalities: Mapping[str, str | None] | None = None,
+    leave_one_out: bool = True,
+    largest_component: bool | None = None,
+    device: Any = None,
+    session: ModelSession | None = None,
+    seed: int = 0,
+    on_step: Callable[[int, int, dict[str, float]], Any] | None = None,
+    ctx: JobContext | None = None,
+) -> FewShotResult:
+    """Adapt ``model`` to ``volume`` from the few planes painted in ``support_labels`` and segment the rest.
+
+    Parameters
+    ----------
+    model
+        A segmentation model (its ``decoder`` tap is the frozen features) or a promptable model's predictor
+        (LiteMedSAM: its prompt-free decoder features, any anatomy and modality); never changed.
+    volume
+        The volume; ``support_labels`` lie on its display grid.
+    support_labels
+        ``(Z, Y, X)`` integer labels, painted on a few planes of one axis (0 elsewhere); every label id painted
+        becomes a class (a new one too).
+    method
+        One of :data:`METHODS`.
+    prior
+        The transductive size prior (second half of the steps).
+    channel
+        The image of a promptable (single-channel) backbone (default: the volume's first channel).
+    steps
+        Optimisation steps (each sees every support plane).
+    empty_planes
+        ``(axis, index)`` planes marked *annotated, empty*.
+    modalities
+        Explicit model-modality -> channel assignments.
+    leave_one_out
+        Also fit once without each painted plane and score it (two planes or more).
+    largest_component
+        Keep only the largest connected component (``None``: the source card's setting).
+    device
+        Torch device (default: the best available).
+    session
+        Keeps the frozen features between fits on the same volume.
+    seed
+        Seeds the head's initialisation and the prior's plane sampling.
+    on_step
+        ``on_step(step, steps, {"loss", "seg", "prior"})`` after every step (a live loss plot).
+    ctx
+        Progress and cancellation.
+
+    Raises
+    ------
+    VolumeError
+        Labels not on the volume's grid, nothing painted, every plane painted.
+    ModelError
+        Unknown method; ``ft_last``/``full`` on planes other than the model's own (axial) planes.
+    """
+
+    from ..device import select_device
+
+    if method not in METHODS:
+        raise ModelError(f"unknown few-shot method {method!r}; choose one of {', '.join(METHODS)}.")
+    if steps < 1:
+        raise ModelError(f"steps must be at least 1, got {steps}.")
+    labels = np.asarray(support_labels)
+    shape = volume.geometry.display_shape
+    if labels.shape != tuple(shape):
+        raise VolumeError(
+            f"the support labels have shape {labels.shape} but the image has {tuple(shape)}: paint them on the "
+            "image's own grid (a Labels layer made from the image, or a label file saved from it)."
+        )
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise VolumeError("the support labels must be integer label ids between 0 and 255.")
+    support = find_support(labels, empty_planes)
+    backbone = make_backbone(model, volume, modalities, channel)
+    if method in ("ft_last", "full") and (backbone.spatial_dims != 2 or support.axis != 0):
+        raise ModelError(
+            f"{method} trains the model itself and needs slices painted on its own (axial) planes of a "
+            f"slice-wise model; these are {AXIS_NAMES[support.axis]}. Use adapter or linear_probe."
+        )
+    ctx = ensure_context(ctx)
+    torch_device = select_device(device)
+    if largest_component is None:
+        card = getattr(model, "card", None)
+        largest_component = bool(card is not None and card.postprocess.get("largest_component", False))
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    cache = backbone.compute(torch_device, ctx, session)
+    seconds["features"] = time.perf_counter() - start
+    problem = _problem(backbone, cache, labels, support)
+    start = time.perf_counter()
+    adapted, history, reused = _fit_head(problem, method, prior, steps, seed, torch_device, ctx, on_step, method)
+    seconds["fit"] = time.perf_counter() - start
+    start = time.perf_counter()
+    predicted, probabilities = backbone.predict(adapted, problem.classes, torch_device, ctx, largest_component, session)
+    seconds["predict"] = time.perf_counter() - start
+    merged = predicted.copy()
+    for plane in support.planes:
+        index = [slice(None)] * 3
+        index[support.axis] = plane.index
+        merged[tuple(index)] = labels[tuple(index)]
+    scores: dict[int, float] = {}
+    if leave_one_out and sum(bool(p.classes) for p in support.planes) >= 2:
+        start = time.perf_counter()
+        scores = _leave_one_out(problem, method, prior, steps, seed, torch_device, ctx)
+        seconds["leave_one_out"] = time.perf_counter() - start
+    notes = list(getattr(getattr(backbone, "prepared", None), "notes", []))
+    if len(problem.planes) < len(support.planes):
+        notes.append("slices outside the region with image data were not used (the answer there is background).")
+    if prior and not problem.query:
+        notes.append("the size prior needs two labelled slices of a class to interpolate between: it had no effect.")
+    return FewShotResult(
+        model=adapted,
+        labels=merged.astype(np.uint8),
+        predicted=predicted,
+        probabilities=probabilities,
+        zero_shot=cache.zero_shot,
+        support=support,
+        method=method,
+        prior=prior,
+        history=history,
+        class_names=backbone.class_names(problem.classes),
+        settings={
+            "method": method, "prior": prior, "steps": steps, "seed": seed, "largest_component": largest_component,
+            "base_model": backbone.base_name, "base_sha256": backbone.base_sha256,
+            "backbone": "segmentation" if isinstance(backbone, SegBackbone) else "promptable",
+            "channels": backbone.channels, "spatial_dims": backbone.spatial_dims,
+            "channel": getattr(backbone, "channel", None), "window": list(getattr(backbone, "window", ())) or None,
+        },
+        leave_one_out=scores,
+        seconds=seconds,
+        reused_classes=reused,
+        notes=notes,
+    )
