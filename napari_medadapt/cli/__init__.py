@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "napari_medadapt.cli.train",
     "napari_medadapt.cli.bench",
     "napari_medadapt.cli.tts",
+    "napari_medadapt.cli.fewshot",
     "napari_medadapt.cli.shift_score",
 )
 

@@ -81,6 +81,8 @@ def select_device(preference: str | None = None) -> torch.device:
     """
     import torch
 
+    if isinstance(preference, torch.device):
+        return preference
     if preference is not None and preference.strip():
         requested, source = preference.strip().lower(), "requested device"
     else:

@@ -194,6 +194,7 @@ def apply_adapter(
     volume: Volume,
     session: ModelSession,
     *,
+    model: str | Path | None = None,
     modalities: Mapping[str, str | None] | None = None,
     channel: str | None = None,
     device: Any = None,
@@ -201,7 +202,9 @@ def apply_adapter(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Segment ``volume`` with a saved adapter (no retraining): ``(labels, probabilities, card)``.
 
-    The base model comes from ``session`` (loaded once for a whole study); a promptable backbone embeds the
+    The base model (``model``, a name or path; default: the adapter's ``base_model`` by name) comes from
+    ``session`` (loaded once for a whole study) and must be the one the adapter was made for; a promptable
+    backbone embeds the
     volume's ``channel`` (default: the channel the adapter was fitted on when the volume has it, else the first).
     """
     from ..device import select_device
@@ -213,14 +216,14 @@ def apply_adapter(
     largest = bool(card["settings"].get("largest_component", False))
     torch_device = select_device(device)
     if card["backbone"] == "segmentation":
-        base = session.model(card["base_model"], ctx)
+        base = session.model(model or card["base_model"], ctx)
         backbone: Any = SegBackbone(base, volume, modalities)
         adapted: Any = load_adapter(folder, base)
     else:
         from ..sam.session import ModelChoice
         from .fewshot_sam import SamBackbone
 
-        predictor = session.sam.predictor(ModelChoice(card["base_model"]), ensure_context(ctx), [])
+        predictor = session.sam.predictor(ModelChoice(str(model or card["base_model"])), ensure_context(ctx), [])
         state = _checked_weights(card, predictor.model.name, predictor.model.weights_hash)
         adapted = FewShotHead(card["channels"], len(card["labels"]), 2, adapter=card["method"] == "adapter")
         _load_state(adapted, state, repr(card["base_model"]))
