@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -24,12 +23,11 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
-    QWidget,
 )
 
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._loss_plot import LossPlot, LossRelay
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 
 if TYPE_CHECKING:
@@ -62,52 +60,6 @@ def adapt_job(
     return adapt_and_segment(session, model, volume, settings, on_loss=on_loss, ctx=ctx)
 
 
-class _LossRelay(QObject):
-    """Carries ``(iteration, loss, job generation)`` from the compute thread to the Qt main thread."""
-
-    loss = Signal(int, float, int)
-
-
-class LossPlot(QWidget):
-    """A small matplotlib plot of the loss per iteration, updated live."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        # constrained layout adapts to the dock's size; the minimum size keeps the axes from collapsing to
-        # zero (matplotlib then warns, and napari shows that warning as a notification)
-        self.figure = Figure(figsize=(3.2, 2.0), layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumSize(200, 140)
-        self.axes = self.figure.add_subplot(111)
-        self.iterations: list[int] = []
-        self.losses: list[float] = []
-        (self.line,) = self.axes.plot([], [], marker="o", markersize=3)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
-        self.clear()
-
-    def clear(self, ylabel: str = "loss") -> None:
-        """Empty the plot."""
-        self.iterations, self.losses = [], []
-        self.line.set_data([], [])
-        self.axes.set_xlabel("iteration")
-        self.axes.set_ylabel(ylabel)
-        self.canvas.draw_idle()
-
-    def add_point(self, iteration: int, loss: float) -> None:
-        """Append one point and redraw."""
-        self.iterations.append(iteration)
-        self.losses.append(loss)
-        self.line.set_data(self.iterations, self.losses)
-        self.axes.relim()
-        self.axes.autoscale_view()
-        self.canvas.draw_idle()
-
-
 class TTAWidget(JobDock):
     """Dock widget: model and inputs, method and settings, measure / adapt / reset / cancel, results."""
 
@@ -118,7 +70,7 @@ class TTAWidget(JobDock):
         self.cancelled_text = "Cancelled; the source model and the layers are unchanged."
         self.last_outcome: AdaptOutcome | None = None
         self.last_score: float | None = None
-        self._relay = _LossRelay()
+        self._relay = LossRelay()
         self._relay.loss.connect(self._on_loss)
 
         layout = self.layout_

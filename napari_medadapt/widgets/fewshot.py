@@ -1,0 +1,451 @@
+"""Few-shot dock: paint a few slices of a structure, press Adapt, get the rest of the volume.
+
+Pick the frozen model (a segmentation model with its image inputs, or LiteMedSAM with one image of any
+modality), the Labels layer holding the painted slices (the dock lists the support slices it finds in it, on
+whichever axis they were painted) and the method. "Adapt" fits in the compute worker with a live loss curve,
+progress and Cancel; the result is a new Labels layer and a probability layer, with the leave-one-slice-out
+Dice of the painted slices. "Accept" copies the result into the painted layer on the slices nobody painted
+(one undoable step); "Suggest next slice" moves the viewer to the slice the adapted model is least sure of;
+adapters can be saved and applied to another volume of the study. The computation is
+:func:`napari_medadapt.core.adapt.fewshot.fit`; this module only wires widgets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+)
+
+from napari_medadapt.core.errors import MedAdaptError, VolumeError
+from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._keypoints import current_plane
+from napari_medadapt.widgets._layers import (
+    labels_layer_kwargs,
+    layer_geometry,
+    set_labels_undoable,
+    volume_from_layers,
+)
+from napari_medadapt.widgets._loss_plot import LossPlot, LossRelay
+from napari_medadapt.widgets._model_inputs import ModelInputsPanel
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_medadapt.core.adapt.fewshot import FewShotResult
+    from napari_medadapt.core.jobs import JobContext
+    from napari_medadapt.core.session import ModelSession
+    from napari_medadapt.core.volume import Volume
+
+FOUNDATION = "litemedsam"
+BACKBONES = {"segmentation": "Segmentation model (below)", FOUNDATION: "LiteMedSAM (any anatomy, one image)"}
+METHOD_LABELS = {
+    "adapter": "Adapter (residual block + head)",
+    "linear_probe": "Linear probe (head only)",
+    "ft_last": "Last decoder block + head",
+    "full": "Full fine-tuning (baseline)",
+}
+AXES = ("axial", "coronal", "sagittal")
+
+
+def fit_job(
+    backbone: str, model_ref: str, volume: Volume, labels: np.ndarray, settings: dict[str, Any],
+    session: ModelSession, on_step: Any, *, ctx: JobContext,
+) -> tuple[FewShotResult, str | None]:
+    """Fit in the compute thread; a segmentation model's adapted copy becomes a session variant."""
+    from napari_medadapt.core.adapt.fewshot import fit
+
+    if backbone == FOUNDATION:
+        from napari_medadapt.core.sam.session import ModelChoice
+
+        frozen: Any = session.sam.predictor(ModelChoice(FOUNDATION), ctx, [])
+    else:
+        frozen = session.model(model_ref, ctx)
+    result = fit(frozen, volume, labels, session=session, on_step=on_step, ctx=ctx, **settings)
+    variant = None
+    if backbone != FOUNDATION:
+        variant = session.add_variant(result.model, f"{frozen.card.name} (few-shot {result.method})")
+    return result, variant
+
+
+def apply_job(folder: str, volume: Volume, model_ref: str | None, session: ModelSession, *, ctx: JobContext) -> tuple:
+    """:func:`~napari_medadapt.core.adapt.fewshot_io.apply_adapter` in the compute thread."""
+    from napari_medadapt.core.adapt.fewshot_io import apply_adapter
+
+    return apply_adapter(folder, volume, session, model=model_ref, ctx=ctx)
+
+
+class FewShotWidget(JobDock):
+    """Dock widget: frozen model and inputs, painted slices, method, Adapt / Accept / Suggest, adapters."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(napari_viewer)
+        from napari_medadapt.core.adapt.fewshot import DEFAULT_STEPS, METHODS
+
+        self.cancelled_text = "Cancelled; the model and the layers are unchanged."
+        self.result: FewShotResult | None = None
+        self.result_layer_name: str | None = None
+        self.empty_planes: list[tuple[int, int]] = []
+        self._relay = LossRelay()
+        self._relay.loss.connect(self._on_loss)
+        layout = self.layout_
+
+        form = QFormLayout()
+        self.backbone_combo = QComboBox()
+        for key, text in BACKBONES.items():
+            self.backbone_combo.addItem(text, key)
+        self.backbone_combo.setToolTip(
+            "The frozen model whose features the adapter learns from: a segmentation model (its inputs below) or "
+            "the LiteMedSAM foundation model (CT, MR and more: any structure, from one image)"
+        )
+        form.addRow("Frozen model", self.backbone_combo)
+        layout.addLayout(form)
+        self.inputs = ModelInputsPanel(self.viewer, tooltip="Segmentation model whose decoder features are used")
+        self.model_combo = self.inputs.model_combo
+        layout.addWidget(self.inputs)
+        layers_form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The image LiteMedSAM embeds (any modality)")
+        self.image_label = QLabel("Image")
+        layers_form.addRow(self.image_label, self.image_combo)
+        self.labels_combo = QComboBox()
+        self.labels_combo.setToolTip("The Labels layer in which you painted a few slices of the structure")
+        layers_form.addRow("Painted slices", self.labels_combo)
+        layout.addLayout(layers_form)
+        self.support_label = QLabel()
+        self.support_label.setWordWrap(True)
+        layout.addWidget(self.support_label)
+        marks = QHBoxLayout()
+        self.mark_empty_button = QPushButton("Mark displayed slice empty")
+        self.mark_empty_button.setToolTip("This slice was checked: the structure is not on it (a support slice too)")
+        self.clear_marks_button = QPushButton("Clear marks")
+        marks.addWidget(self.mark_empty_button)
+        marks.addWidget(self.clear_marks_button)
+        layout.addLayout(marks)
+
+        settings = QFormLayout()
+        self.method_combo = QComboBox()
+        for method in METHODS:
+            self.method_combo.addItem(METHOD_LABELS[method], method)
+        settings.addRow("Method", self.method_combo)
+        self.prior_check = QCheckBox("Size prior on the unlabelled slices")
+        self.prior_check.setChecked(True)
+        self.prior_check.setToolTip(
+            "Second half of the fit: the object's area on the slices between painted ones stays within 30 % of "
+            "the area interpolated from the painted slices"
+        )
+        settings.addRow(self.prior_check)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 2000)
+        self.steps_spin.setValue(DEFAULT_STEPS)
+        settings.addRow("Steps", self.steps_spin)
+        layout.addLayout(settings)
+
+        buttons = QHBoxLayout()
+        self.adapt_button = QPushButton("Adapt")
+        self.accept_button = QPushButton("Accept")
+        self.accept_button.setToolTip("Copy the result into the painted layer on the slices nobody painted (Ctrl+Z undoes)")
+        self.suggest_button = QPushButton("Suggest next slice")
+        for button in (self.adapt_button, self.accept_button, self.suggest_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        files = QHBoxLayout()
+        self.save_button = QPushButton("Save adapter...")
+        self.apply_button = QPushButton("Apply adapter...")
+        self.apply_button.setToolTip("Segment the open volume with a saved adapter (no painting, no retraining)")
+        files.addWidget(self.save_button)
+        files.addWidget(self.apply_button)
+        layout.addLayout(files)
+        layout.addWidget(self.job_panel)
+        self.loss_plot = LossPlot()
+        layout.addWidget(self.loss_plot)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.backbone_combo.currentIndexChanged.connect(self._on_backbone_changed)
+        self.labels_combo.currentIndexChanged.connect(self.update_support)
+        self.adapt_button.clicked.connect(self.adapt)
+        self.accept_button.clicked.connect(self.accept)
+        self.suggest_button.clicked.connect(self.suggest)
+        self.mark_empty_button.clicked.connect(self.mark_empty)
+        self.clear_marks_button.clicked.connect(self.clear_marks)
+        self.save_button.clicked.connect(self._choose_save_folder)
+        self.apply_button.clicked.connect(self._choose_adapter)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
+                      self.viewer.layers.events.changed):
+            event.connect(self.refresh_layers)
+        self.refresh_layers()
+        self._on_backbone_changed()
+        self._show_result_buttons()
+        self.status.setText("Paint the structure on a few slices (three spread over it), then press Adapt.")
+
+    # ------------------------------------------------------------------------------------------ layers
+    @property
+    def backbone(self) -> str:
+        """``"segmentation"`` or ``"litemedsam"``."""
+        return self.backbone_combo.currentData()
+
+    def _on_backbone_changed(self, *_: Any) -> None:
+        foundation = self.backbone == FOUNDATION
+        self.inputs.setVisible(not foundation)
+        self.image_combo.setVisible(foundation)
+        self.image_label.setVisible(foundation)
+        for method in ("ft_last", "full"):  # the foundation model itself is not trained
+            item = self.method_combo.model().item(self.method_combo.findData(method))
+            item.setEnabled(not foundation)
+        if foundation and self.method_combo.currentData() in ("ft_last", "full"):
+            self.method_combo.setCurrentIndex(self.method_combo.findData("adapter"))
+
+    def refresh_layers(self, *_: Any) -> None:
+        """Fill the image and Labels layer lists (keeping the choices that still exist)."""
+        from napari.layers import Image, Labels
+
+        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
+            chosen = combo.currentText()
+            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
+            if kind is Labels and self.result_layer_name in names and len(names) > 1:
+                names.remove(self.result_layer_name)  # the result is not what the user painted
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if chosen in names:
+                combo.setCurrentText(chosen)
+            combo.blockSignals(False)
+        self.update_support()
+
+    def _labels_layer(self) -> Any:
+        name = self.labels_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise VolumeError("Choose the Labels layer with your painted slices (add one with the Labels button).")
+        return self.viewer.layers[name]
+
+    def update_support(self, *_: Any) -> None:
+        """Show the support slices found in the chosen Labels layer."""
+        from napari_medadapt.core.adapt.fewshot_support import find_support
+
+        try:
+            support = find_support(np.asarray(self._labels_layer().data), self.empty_planes)
+        except MedAdaptError as err:
+            self.support_label.setText(f"Support: {err}")
+            return
+        planes = "; ".join(p.describe() for p in support.planes)
+        self.support_label.setText(f"Support: {len(support.planes)} slice(s): {planes}.")
+
+    def mark_empty(self) -> None:
+        """Mark the displayed slice as checked and empty (it joins the support with no structure on it)."""
+        try:
+            plane = current_plane(self.viewer, self._labels_layer())
+        except MedAdaptError as err:
+            self.report(err)
+            return
+        if (plane.axis, plane.index) not in self.empty_planes:
+            self.empty_planes.append((plane.axis, plane.index))
+        self.update_support()
+
+    def clear_marks(self) -> None:
+        """Forget the slices marked empty."""
+        self.empty_planes = []
+        self.update_support()
+
+    def _volume(self) -> Volume:
+        if self.backbone == FOUNDATION:
+            name = self.image_combo.currentText()
+            if not name or name not in self.viewer.layers:
+                raise VolumeError("Open an image (any modality) for LiteMedSAM to embed.")
+            layer = self.viewer.layers[name]
+            return volume_from_layers({name.lower(): layer})
+        return self.inputs.volume()
+
+    # ------------------------------------------------------------------------------------------ jobs
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~napari_medadapt.core.adapt.fewshot.fit` from the form."""
+        return {
+            "method": self.method_combo.currentData(),
+            "prior": self.prior_check.isChecked(),
+            "steps": int(self.steps_spin.value()),
+            "empty_planes": list(self.empty_planes),
+        }
+
+    def adapt(self) -> None:
+        """Fit on the painted slices and segment the rest of the volume."""
+        if self.busy:
+            return
+        try:
+            volume = self._volume()
+            layer = self._labels_layer()
+            model_ref = self.inputs.model_ref if self.backbone != FOUNDATION else FOUNDATION
+        except MedAdaptError as err:
+            self.report(err)
+            return
+        labels = np.array(layer.data, copy=True)  # the user may keep painting while it runs
+        settings = self.settings()
+        self.loss_plot.clear("Dice + CE (+ prior)")
+        generation = self._generation
+
+        def on_step(step: int, _steps: int, entry: dict[str, float]) -> None:
+            self._relay.loss.emit(step, entry["loss"], generation)
+
+        self.status.setText(f"Adapting ({METHOD_LABELS[settings['method']]})...")
+        self.run_job(
+            fit_job, self.backbone, model_ref, volume, labels, settings, self.worker.session, on_step,
+            description="Few-shot adapt", on_result=lambda out: self._show_result(out, layer.name, volume),
+            disable=(self.adapt_button, self.apply_button),
+        )
+
+    def job_finished(self) -> None:
+        """Adapt and Apply are possible again."""
+        self.adapt_button.setEnabled(True)
+        self.apply_button.setEnabled(True)
+
+    def _on_loss(self, step: int, loss: float, generation: int) -> None:
+        if generation == self._generation:
+            self.loss_plot.add_point(step, loss)
+
+    def _add_result_layers(self, labels: np.ndarray, probabilities: np.ndarray, volume: Volume, name: str,
+                           class_names: dict[int, str]) -> None:
+        kwargs = labels_layer_kwargs(volume.geometry, name=name, class_names=class_names)
+        layer = self.viewer.add_labels(labels, opacity=0.6, **kwargs)
+        self.result_layer_name = layer.name
+        foreground = (1.0 - probabilities[0].astype(np.float32)).clip(0, 1)
+        self.viewer.add_image(
+            foreground, name=f"{name} probability", scale=volume.geometry.spacing, colormap="magma",
+            blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0), visible=False,
+        )
+        self.viewer.layers.selection.active = self.viewer.layers[self.result_layer_name]
+        self.refresh_layers()
+
+    def _show_result(self, outcome: tuple[FewShotResult, str | None], painted: str, volume: Volume) -> None:
+        result, variant = outcome
+        self.result = result
+        if variant is not None:
+            self.worker.publish_variant(result.model.card)
+        self._add_result_layers(result.predicted, result.probabilities, volume,
+                                f"few-shot {result.method} ({painted})", result.class_names)
+        if painted in self.viewer.layers:
+            self.labels_combo.setCurrentText(painted)
+        seconds = sum(result.seconds.values())
+        parts = [f"Adapted on {len(result.support.planes)} slice(s) in {seconds:.1f} s."]
+        if result.leave_one_out:
+            scores = ", ".join(f"{AXES[result.support.axis]} {k}: {v:.2f}" for k, v in result.leave_one_out.items())
+            parts.append(f"Leave-one-slice-out Dice {scores}.")
+        parts += result.notes
+        if variant is not None:
+            parts.append(f"The adapted model is '{variant}' in the other docks' model lists.")
+        self.status.setText(" ".join(parts))
+        self._show_result_buttons()
+        show_info(parts[0])
+
+    def _show_result_buttons(self) -> None:
+        for button in (self.accept_button, self.suggest_button, self.save_button):
+            button.setEnabled(self.result is not None)
+
+    # ------------------------------------------------------------------------------------------ result actions
+    def accept(self) -> int:
+        """Copy the result into the painted layer on every slice with no paint on it (one undoable step);
+        returns the voxels changed."""
+        if self.result is None:
+            return 0
+        try:
+            layer = self._labels_layer()
+        except MedAdaptError as err:
+            self.report(err)
+            return 0
+        current = np.asarray(layer.data)
+        if current.shape != self.result.labels.shape:
+            self.report(f"Layer {layer.name!r} is not on the grid of the result; choose the layer you painted.")
+            return 0
+        axis = self.result.support.axis
+        painted = current.any(axis=tuple(a for a in range(3) if a != axis))
+        painted[self.result.support.indices] = True  # slices marked empty too
+        merged = current.copy()
+        free = [slice(None)] * 3
+        free[axis] = ~painted
+        merged[tuple(free)] = self.result.predicted[tuple(free)]
+        changed = set_labels_undoable(layer, merged)
+        self.status.setText(
+            f"Accepted: {changed} voxels written into {layer.name!r} on {int((~painted).sum())} unpainted "
+            f"{AXES[axis]} slices; painted slices untouched (Ctrl+Z undoes)."
+        )
+        return changed
+
+    def suggest(self) -> int | None:
+        """Move the viewer to the unpainted slice the adapted model is least sure of; returns its index."""
+        if self.result is None:
+            return None
+        ranked = self.result.suggest_next(1)
+        if not ranked:
+            self.status.setText("No slice to suggest: the adapted model found no structure.")
+            return None
+        index, entropy = ranked[0]
+        axis = self.result.support.axis
+        layer = self.viewer.layers[self.result_layer_name] if self.result_layer_name in self.viewer.layers else None
+        spacing = layer_geometry(layer).spacing if layer is not None and layer_geometry(layer) else (1, 1, 1)
+        offset = self.viewer.dims.ndim - 3
+        self.viewer.dims.set_point(axis + offset, index * float(spacing[axis]))
+        self.status.setText(
+            f"Suggested: {AXES[axis]} slice {index} (mean uncertainty {entropy:.3f} inside the object). Paint it "
+            "and press Adapt again."
+        )
+        return index
+
+    def save_adapter(self, folder: str) -> str | None:
+        """Save the last fit's adapter into the new folder ``folder``."""
+        from napari_medadapt.core.adapt.fewshot_io import save_adapter
+
+        if self.result is None:
+            return None
+        try:
+            path = save_adapter(self.result, folder)
+        except MedAdaptError as err:
+            self.report(err)
+            return None
+        self.status.setText(f"Adapter saved in {path.parent}.")
+        return str(path.parent)
+
+    def apply_adapter(self, folder: str) -> None:
+        """Segment the open volume with a saved adapter."""
+        from napari_medadapt.core.adapt.fewshot_io import read_adapter_card
+
+        if self.busy:
+            return
+        try:
+            card = read_adapter_card(folder)
+            foundation = card["backbone"] == "promptable"
+            self.backbone_combo.setCurrentIndex(self.backbone_combo.findData(FOUNDATION if foundation else "segmentation"))
+            volume = self._volume()
+            model_ref = None
+            if not foundation and self.inputs.card is not None and self.inputs.card.name == card["base_model"]:
+                model_ref = self.inputs.model_ref
+        except MedAdaptError as err:
+            self.report(err)
+            return
+        names = dict(zip(card["labels"], card["class_names"] or map(str, card["labels"]), strict=True))
+
+        def show(outcome: tuple) -> None:
+            labels, probabilities, _card = outcome
+            self._add_result_layers(labels, probabilities, volume, f"adapter {card['name']}", names)
+            self.status.setText(f"Segmented with the adapter {card['name']!r} (base model {card['base_model']}).")
+
+        self.status.setText(f"Applying the adapter {card['name']!r}...")
+        self.run_job(apply_job, folder, volume, model_ref, self.worker.session, description="Apply adapter",
+                     on_result=show, disable=(self.adapt_button, self.apply_button))
+
+    def _choose_save_folder(self) -> None:
+        folder, _ = QFileDialog.getSaveFileName(self, "New folder for the adapter", "fewshot_adapter")
+        if folder:
+            self.save_adapter(folder)
+
+    def _choose_adapter(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of a saved adapter")
+        if folder:
+            self.apply_adapter(folder)
