@@ -4,7 +4,7 @@
 
 Opens the demo (sample glioma case, every dock) and, as a user would: segments the volume with the bundled
 model; draws a box around the tumour for Segment Anything (LiteMedSAM); adapts the model at test time; places a positive and
-a negative keypoint for TTS; then shows the coronal view; finally opens the same patient's raw export and
+a negative keypoint for TTS; adapts a few-shot adapter to three painted slices; then shows the coronal view; finally opens the same patient's raw export and
 prepares it in the Prepare scans dock (needs ../shared or MEDADAPT_DATA_DIR). One PNG per step goes to
 docs/images/. Takes a few minutes on a CPU (the adaptation is the longest step).
 """
@@ -83,6 +83,22 @@ def main() -> int:
     settle()
     wait(tts.apply_to_volume())
     shot(4, "tts_keypoint_muting")
+
+    fewshot_dock, fewshot = docks["Few-shot adapter"]
+    fewshot_dock.raise_()
+    extent = np.flatnonzero((reference > 0).any(axis=(1, 2)))
+    painted = np.zeros_like(reference)
+    slices = [int(extent[int(round(q * (len(extent) - 1)))]) for q in (0.25, 0.5, 0.75)]
+    painted[slices] = reference[slices]  # as if the user had painted three slices through the tumour
+    viewer.add_labels(painted, name="painted slices", scale=viewer.layers["flair"].scale)
+    fewshot.labels_combo.setCurrentText("painted slices")
+    fewshot.model_combo.setCurrentIndex(fewshot.model_combo.findText("glioma2d"))
+    fewshot.adapt()
+    wait(fewshot.handle)
+    viewer.layers["painted slices"].visible = False
+    viewer.dims.set_point(0, (slices[0] + slices[1]) // 2 * viewer.layers["flair"].scale[0])
+    settle()
+    shot(6, "few-shot_adapter")
 
     viewer.dims.order = (1, 0, 2)  # coronal
     viewer.dims.set_point(1, centre[0] * viewer.layers["flair"].scale[1])

@@ -47,6 +47,9 @@ def test_adapt_accept_suggest_save_and_apply(painted_viewer, open_plugin_dock, q
     _adapt(widget, qtbot)
     result = widget.result
     assert result is not None and result.support.indices == [5, 8, 11]
+    with qtbot.waitSignal(widget.handle.finished, timeout=120000):  # then the leave-one-slice-out check
+        pass
+    assert set(result.leave_one_out) == {5, 8, 11}
     qtbot.waitUntil(lambda: len(widget.loss_plot.losses) == 120, timeout=5000)
     assert viewer.layers[-2].name == "few-shot adapter (painted)" and viewer.layers[-1].name.endswith("probability")
     np.testing.assert_array_equal(viewer.layers["few-shot adapter (painted)"].data, result.predicted)

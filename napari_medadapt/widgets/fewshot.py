@@ -71,11 +71,27 @@ def fit_job(
         frozen: Any = session.sam.predictor(ModelChoice(FOUNDATION), ctx, [])
     else:
         frozen = session.model(model_ref, ctx)
-    result = fit(frozen, volume, labels, session=session, on_step=on_step, ctx=ctx, **settings)
+    result = fit(frozen, volume, labels, session=session, on_step=on_step, ctx=ctx, leave_one_out=False, **settings)
     variant = None
     if backbone != FOUNDATION:
         variant = session.add_variant(result.model, f"{frozen.card.name} (few-shot {result.method})")
     return result, variant
+
+
+def leave_one_out_job(
+    backbone: str, model_ref: str, volume: Volume, labels: np.ndarray, settings: dict[str, Any],
+    session: ModelSession, *, ctx: JobContext,
+) -> dict[int, float]:
+    """The leave-one-slice-out check of a fit, in the compute thread (the frozen features are the session's)."""
+    from napari_medadapt.core.adapt.fewshot import leave_one_out
+
+    if backbone == FOUNDATION:
+        from napari_medadapt.core.sam.session import ModelChoice
+
+        frozen: Any = session.sam.predictor(ModelChoice(FOUNDATION), ctx, [])
+    else:
+        frozen = session.model(model_ref, ctx)
+    return leave_one_out(frozen, volume, labels, session=session, ctx=ctx, **settings)
 
 
 def apply_job(folder: str, volume: Volume, model_ref: str | None, session: ModelSession, *, ctx: JobContext) -> tuple:
@@ -296,9 +312,10 @@ class FewShotWidget(JobDock):
             self._relay.loss.emit(step, entry["loss"], generation)
 
         self.status.setText(f"Adapting ({METHOD_LABELS[settings['method']]})...")
+        inputs = (self.backbone, model_ref, volume, labels, settings)
         self.run_job(
-            fit_job, self.backbone, model_ref, volume, labels, settings, self.worker.session, on_step,
-            description="Few-shot adapt", on_result=lambda out: self._show_result(out, layer.name, volume),
+            fit_job, *inputs, self.worker.session, on_step,
+            description="Few-shot adapt", on_result=lambda out: self._show_result(out, layer.name, volume, inputs),
             disable=(self.adapt_button, self.apply_button),
         )
 
@@ -324,7 +341,9 @@ class FewShotWidget(JobDock):
         self.viewer.layers.selection.active = self.viewer.layers[self.result_layer_name]
         self.refresh_layers()
 
-    def _show_result(self, outcome: tuple[FewShotResult, str | None], painted: str, volume: Volume) -> None:
+    def _show_result(
+        self, outcome: tuple[FewShotResult, str | None], painted: str, volume: Volume, inputs: tuple
+    ) -> None:
         result, variant = outcome
         self.result = result
         if variant is not None:
@@ -334,16 +353,26 @@ class FewShotWidget(JobDock):
         if painted in self.viewer.layers:
             self.labels_combo.setCurrentText(painted)
         seconds = sum(result.seconds.values())
-        parts = [f"Adapted on {len(result.support.planes)} slice(s) in {seconds:.1f} s."]
-        if result.leave_one_out:
-            scores = ", ".join(f"{AXES[result.support.axis]} {k}: {v:.2f}" for k, v in result.leave_one_out.items())
-            parts.append(f"Leave-one-slice-out Dice {scores}.")
-        parts += result.notes
+        parts = [f"Adapted on {len(result.support.planes)} slice(s) in {seconds:.1f} s.", *result.notes]
         if variant is not None:
             parts.append(f"The adapted model is '{variant}' in the other docks' model lists.")
         self.status.setText(" ".join(parts))
         self._show_result_buttons()
         show_info(parts[0])
+        if sum(bool(p.classes) for p in result.support.planes) >= 2:
+            self.status.setText(self.status.text() + " Checking each painted slice against a fit without it...")
+            self.run_job(
+                leave_one_out_job, *inputs, self.worker.session, description="Leave-one-slice-out check",
+                on_result=lambda scores: self._show_leave_one_out(scores, " ".join(parts)),
+                disable=(self.adapt_button, self.apply_button),
+            )
+
+    def _show_leave_one_out(self, scores: dict[int, float], text: str) -> None:
+        if self.result is None:
+            return
+        self.result.leave_one_out = scores
+        listed = ", ".join(f"{AXES[self.result.support.axis]} {k}: {v:.2f}" for k, v in scores.items())
+        self.status.setText(f"{text} Leave-one-slice-out Dice {listed}.")
 
     def _show_result_buttons(self) -> None:
         for button in (self.accept_button, self.suggest_button, self.save_button):

@@ -259,6 +259,64 @@ def make_backbone(
     return SamBackbone(model, volume, channel)
 
 
+def _setup(
+    model: Any, volume: Volume, support_labels: np.ndarray, method: str, steps: int,
+    empty_planes: Iterable[tuple[int, int]], modalities: Mapping[str, str | None] | None, channel: str | None,
+) -> tuple[np.ndarray, Support, Any]:
+    """Checked support labels, the support found in them and the backbone."""
+    if method not in METHODS:
+        raise ModelError(f"unknown few-shot method {method!r}; choose one of {', '.join(METHODS)}.")
+    if steps < 1:
+        raise ModelError(f"steps must be at least 1, got {steps}.")
+    labels = np.asarray(support_labels)
+    shape = volume.geometry.display_shape
+    if labels.shape != tuple(shape):
+        raise VolumeError(
+            f"the support labels have shape {labels.shape} but the image has {tuple(shape)}: paint them on the "
+            "image's own grid (a Labels layer made from the image, or a label file saved from it)."
+        )
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise VolumeError("the support labels must be integer label ids between 0 and 255.")
+    support = find_support(labels, empty_planes)
+    backbone = make_backbone(model, volume, modalities, channel)
+    if method in ("ft_last", "full") and (backbone.spatial_dims != 2 or support.axis != 0):
+        raise ModelError(
+            f"{method} trains the model itself and needs slices painted on its own (axial) planes of a "
+            f"slice-wise model; these are {AXIS_NAMES[support.axis]}. Use adapter or linear_probe."
+        )
+    return labels, support, backbone
+
+
+def leave_one_out(
+    model: SegModel | SamPredictor,
+    volume: Volume,
+    support_labels: np.ndarray,
+    method: str = "adapter",
+    *,
+    prior: bool = True,
+    steps: int = DEFAULT_STEPS,
+    empty_planes: Iterable[tuple[int, int]] = (),
+    modalities: Mapping[str, str | None] | None = None,
+    channel: str | None = None,
+    device: Any = None,
+    session: ModelSession | None = None,
+    seed: int = 0,
+    ctx: JobContext | None = None,
+) -> dict[int, float]:
+    """Support plane index -> foreground Dice on that painted plane of a fit without it (the same settings
+    as :func:`fit`; with ``session`` the frozen features of an earlier fit are reused). Empty with fewer than
+    two painted planes."""
+    from ..device import select_device
+
+    labels, support, backbone = _setup(model, volume, support_labels, method, steps, empty_planes, modalities, channel)
+    if sum(bool(p.classes) for p in support.planes) < 2:
+        return {}
+    torch_device = select_device(device)
+    ctx = ensure_context(ctx)
+    problem = _problem(backbone, backbone.compute(torch_device, ctx, session), labels, support)
+    return _leave_one_out(problem, method, prior, steps, seed, torch_device, ctx)
+
+
 def fit(
     model: SegModel | SamPredictor,
     volume: Volume,
@@ -325,28 +383,9 @@ def fit(
         Unknown method; ``ft_last``/``full`` on planes other than the model's own (axial) planes.
     """
 
+    labels, support, backbone = _setup(model, volume, support_labels, method, steps, empty_planes, modalities, channel)
     from ..device import select_device
 
-    if method not in METHODS:
-        raise ModelError(f"unknown few-shot method {method!r}; choose one of {', '.join(METHODS)}.")
-    if steps < 1:
-        raise ModelError(f"steps must be at least 1, got {steps}.")
-    labels = np.asarray(support_labels)
-    shape = volume.geometry.display_shape
-    if labels.shape != tuple(shape):
-        raise VolumeError(
-            f"the support labels have shape {labels.shape} but the image has {tuple(shape)}: paint them on the "
-            "image's own grid (a Labels layer made from the image, or a label file saved from it)."
-        )
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
-        raise VolumeError("the support labels must be integer label ids between 0 and 255.")
-    support = find_support(labels, empty_planes)
-    backbone = make_backbone(model, volume, modalities, channel)
-    if method in ("ft_last", "full") and (backbone.spatial_dims != 2 or support.axis != 0):
-        raise ModelError(
-            f"{method} trains the model itself and needs slices painted on its own (axial) planes of a "
-            f"slice-wise model; these are {AXIS_NAMES[support.axis]}. Use adapter or linear_probe."
-        )
     ctx = ensure_context(ctx)
     torch_device = select_device(device)
     if largest_component is None:
