@@ -9,6 +9,7 @@ from napari_medadapt.cli._dispatch import register_targets
 # target name -> module under napari_medadapt.bench defining HELP, add_arguments and run
 BENCH_TARGETS: dict[str, str] = {
     "engine": "napari_medadapt.bench.engine",
+    "fewshot": "napari_medadapt.bench.fewshot",
     "preprocess": "napari_medadapt.bench.preprocess",
     "sam": "napari_medadapt.bench.sam",
     "tts": "napari_medadapt.bench.tts",

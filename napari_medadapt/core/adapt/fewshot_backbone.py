@@ -40,7 +40,8 @@ class FeatureVolume:
     box
         The region of the model grid the network ran on (:func:`~napari_medadapt.core.inference.crop_box`).
     zero_shot
-        The source model's labels on the volume's own grid (the same pass).
+        The source model's labels on the volume's own grid (the same pass, with the card's post-processing:
+        what the Segment dock shows).
     seconds
         Time the pass took.
     """
@@ -135,7 +136,6 @@ class SegBackbone:
         recorder = _Recorder(store, self.box, self.spatial_dims)
         labels, _probs, _confidence, _notes = predict_prepared(
             self.model, self.prepared, ctx=ctx, device=device, return_probabilities=False, feature_hook=recorder,
-            largest_component=False,
         )
         result = FeatureVolume(store, self.box, labels, time.perf_counter() - start)
         if session is not None:
