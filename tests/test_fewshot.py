@@ -261,3 +261,18 @@ def test_promptable_backbone_fits_on_slice_embeddings():
     assert _unlabelled_dice(result, labels > 0, [5, 11]) > 0.5
     with pytest.raises(ModelError, match="adapter or linear_probe"):
         fit(predictor, volume, _painted(labels, [5, 11]), "full", steps=1)
+
+
+def test_components_touching_the_painted_object_are_kept_not_the_largest():
+    from napari_medadapt.core.postprocess import keep_components_touching
+
+    labels = np.zeros((10, 20, 20), np.uint8)
+    labels[0:3, 0:10, 0:10] = 1  # a large false positive
+    labels[6:8, 12:15, 12:15] = 2  # the painted object, small
+    labels[6:8, 17:19, 17:19] = 2  # a second piece, also painted
+    marked = np.zeros_like(labels, bool)
+    marked[7, 13, 13] = marked[7, 18, 18] = True
+    kept, removed = keep_components_touching(labels, marked)
+    assert removed == 300 and kept[0].max() == 0 and np.count_nonzero(kept) == 18 + 8
+    largest, _ = keep_components_touching(labels, np.zeros_like(marked))
+    assert np.count_nonzero(largest) == 300  # nothing painted touches it: the largest component

@@ -51,3 +51,25 @@ def keep_largest_component(labels: np.ndarray) -> tuple[np.ndarray, int]:
     sizes[0] = 0
     kept = components == int(np.argmax(sizes))
     return np.where(kept, labels, 0).astype(labels.dtype), int(sizes.sum() - sizes.max())
+
+
+def keep_components_touching(labels: np.ndarray, marked: np.ndarray) -> tuple[np.ndarray, int]:
+    """Zero every foreground component of ``labels != 0`` that has no voxel in ``marked`` (the voxels a user
+    painted as the object); the largest component when none touches it.
+
+    The few-shot methods keep the object the user showed them: the largest component can be a false
+    positive far from it, and an object in several pieces (both kidneys painted) keeps every piece.
+
+    Returns
+    -------
+    labels, removed
+        The cleaned labels (same dtype; a new array) and the number of voxels set to background.
+    """
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels != 0)
+    touching = np.unique(components[np.asarray(marked, dtype=bool) & (components > 0)])
+    if touching.size == 0:
+        return keep_largest_component(labels)
+    kept = np.isin(components, touching)
+    return np.where(kept, labels, 0).astype(labels.dtype), int(np.count_nonzero(components) - np.count_nonzero(kept))

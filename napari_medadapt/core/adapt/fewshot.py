@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ModelError, VolumeError
 from ..jobs import JobContext, ensure_context
+from ..postprocess import keep_components_touching
 from .fewshot_backbone import SegBackbone
 from .fewshot_support import AXIS_NAMES, Support, SupportPlane, expected_areas, find_support
 from .fewshot_train import BackbonePlanes, CachedPlanes, PlaneTarget, train
@@ -363,7 +364,8 @@ def fit(
     leave_one_out
         Also fit once without each painted plane and score it (two planes or more).
     largest_component
-        Keep only the largest connected component (``None``: the source card's setting).
+        Keep only connected components of the prediction that touch the painted object (the largest one when
+        none does); ``None``: when the source card keeps its largest component.
     device
         Torch device (default: the best available).
     session
@@ -400,7 +402,9 @@ def fit(
     adapted, history, reused = _fit_head(problem, method, prior, steps, seed, torch_device, ctx, on_step, method)
     seconds["fit"] = time.perf_counter() - start
     start = time.perf_counter()
-    predicted, probabilities = backbone.predict(adapted, problem.classes, torch_device, ctx, largest_component, session)
+    predicted, probabilities = backbone.predict(adapted, problem.classes, torch_device, ctx, False, session)
+    if largest_component:
+        predicted, _removed = keep_components_touching(predicted, labels > 0)
     seconds["predict"] = time.perf_counter() - start
     merged = predicted.copy()
     for plane in support.planes:
