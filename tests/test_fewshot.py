@@ -157,7 +157,9 @@ def test_adapter_learns_the_structure_from_three_slices_and_leaves_the_source_un
     result = fit(tiny_model, volume, _painted(labels, [5, 8, 11]), session=session, steps=200,
                  on_step=lambda step, steps, entry: losses.append(entry["loss"]))
     assert result.support.indices == [5, 8, 11] and result.classes == (1, 2)
-    assert _unlabelled_dice(result, labels, [5, 8, 11]) > 0.75  # features of an untrained tiny network
+    floor = dice(result.zero_shot[[0, 1, 2, 3, 4, 6, 7, 9, 10, 12, 13, 14, 15]] > 0,
+                 labels[[0, 1, 2, 3, 4, 6, 7, 9, 10, 12, 13, 14, 15]] > 0)
+    assert _unlabelled_dice(result, labels, [5, 8, 11]) > max(0.5, floor + 0.3)  # an untrained tiny network
     assert losses[-1] < losses[0] and len(result.history) == 200
     assert np.isnan(result.prior_terms[0]) and np.isfinite(result.prior_terms[-1])  # on for the second half
     np.testing.assert_array_equal(result.labels[[5, 8, 11]], labels[[5, 8, 11]])  # the user's slices kept

@@ -12,7 +12,8 @@ GOAL_SECONDS_3 = 30.0
 
 
 def _label(row: dict[str, Any]) -> str:
-    return f"{row['method']}{' + prior' if row['prior'] else ''}"
+    empty = " + 2 slices marked empty" if row.get("empty") else ""
+    return f"{row['method']}{' + prior' if row['prior'] else ''}{empty}"
 
 
 def _find(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
@@ -36,7 +37,7 @@ def _curve_table(rows: list[dict[str, Any]], counts: list[int], key: str, floor:
 
 def _ordering(rows: list[dict[str, Any]], key: str, count: int) -> str:
     values = {}
-    for name, where in (("adapter + prior", {"method": "adapter", "prior": True}),
+    for name, where in (("adapter + prior", {"method": "adapter", "prior": True, "empty": []}),
                         ("linear probe", {"method": "linear_probe", "prior": False}),
                         ("full fine-tuning", {"method": "full", "prior": False})):
         row = _find(rows, count=count, **where)
@@ -65,11 +66,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
     glioma = report.get("glioma")
     if glioma:
         rows = glioma["rows"]
-        floor = {r["count"]: r["zero_shot"]["WT"] for r in rows if r["method"] == rows[0]["method"] and r["prior"]}
+        floor = {r["count"]: r["zero_shot"]["WT"] for r in rows if _label(r) == _label(rows[0])}
         lines += [f"## Glioma {glioma['case']} (held out), frozen model {glioma['model']}", "",
                   "Whole tumour (WT) Dice:", "", *_curve_table(rows, counts, "WT", floor), ""]
         for key in ("TC", "ET", "NCR", "ED"):
-            floor_k = {r["count"]: r["zero_shot"][key] for r in rows if r["method"] == rows[0]["method"] and r["prior"]}
+            floor_k = {r["count"]: r["zero_shot"][key] for r in rows if _label(r) == _label(rows[0])}
             lines += [f"{key} Dice:", "", *_curve_table(rows, counts, key, floor_k), ""]
         lines += ["Seconds per fit (features + fit + predict; the features are computed once per volume and kept "
                   "by the session, so only the first fit of a volume pays them):", "",
@@ -90,7 +91,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
         ordering = [_ordering(rows, "WT", k) for k in counts]
         lines += ["Ordering of the paper (adapter + prior >= linear probe >> full fine-tuning), WT:", ""]
         lines += [f"- {o}" for o in ordering if o] + [""]
-        best3 = _find(rows, count=3, method="adapter", prior=True)
+        best3 = _find(rows, count=3, method="adapter", prior=True, empty=[])
         if best3:
             wt = best3["dice"]["WT"]
             total = best3["seconds"]["fit"] + best3["seconds"]["predict"] + first["features"]
@@ -104,7 +105,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
         for organ in dict.fromkeys(r["organ"] for r in ct["rows"]):
             rows = [r for r in ct["rows"] if r["organ"] == organ]
             lines += [f"{organ} Dice:", "", *_curve_table(rows, counts, organ, None), ""]
-        liver = _find(ct["rows"], organ="liver", count=3, method="adapter", prior=True)
+        liver = _find(ct["rows"], organ="liver", count=3, method="adapter", prior=True, empty=[])
         if liver:
             value = liver["dice"]["liver"]
             goals.append(f"liver >= {GOAL_LIVER_3} with 3 slices (adapter + prior): {value:.3f}: "

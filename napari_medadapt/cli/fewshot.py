@@ -2,7 +2,7 @@
 
     medadapt fewshot --image MODALITY=PATH [--image ...] --support LABELS.nii.gz --out OUT.nii.gz
                      [--model NAME_OR_PATH] [--method adapter|linear_probe|ft_last|full] [--no-prior]
-                     [--steps N] [--channel NAME] [--no-leave-one-out] [--save-adapter DIR] [--json OUT.json]
+                     [--steps N] [--cross-entropy] [--channel NAME] [--no-leave-one-out] [--save-adapter DIR] [--json OUT.json]
     medadapt fewshot --image MODALITY=PATH [--image ...] --adapter DIR --out OUT.nii.gz [--json OUT.json]
 
 ``--support`` is a label file on the first image's grid in which only a few slices are painted (on any one
@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=METHOD_CHOICES, default="adapter", help="what to train (default: adapter)")
     parser.add_argument("--no-prior", action="store_true", help="without the transductive size prior")
     parser.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+    parser.add_argument(
+        "--cross-entropy", action="store_true", help="add the marginal cross-entropy to the Dice loss (off by default)"
+    )
     parser.add_argument("--channel", default=None, help="the image a promptable backbone embeds (default: first)")
     parser.add_argument(
         "--no-leave-one-out", action="store_true", help="skip the leave-one-slice-out check (one fit per slice)"
@@ -62,8 +65,10 @@ def _check(args: argparse.Namespace, images: dict[str, str]) -> None:
 
     if (args.support is None) == (args.adapter is None):
         raise CLIError("give --support (labels painted on a few slices: fit an adapter) or --adapter DIR (apply one).")
-    if args.adapter is not None and (args.save_adapter or args.method != "adapter" or args.no_prior):
-        raise CLIError("--adapter applies a saved adapter: --method, --no-prior and --save-adapter go with --support.")
+    if args.adapter is not None and (args.save_adapter or args.method != "adapter" or args.no_prior or args.cross_entropy):
+        raise CLIError(
+            "--adapter applies a saved adapter: --method, --no-prior, --cross-entropy and --save-adapter go with --support."
+        )
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}.")
     check_nifti_out(args.out, inputs=[*images.values(), *([args.support] if args.support else [])])
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         backbone = _backbone(args, session, volume.channels, ctx)
         result = fit(
             backbone, volume, support, args.method, prior=not args.no_prior, steps=args.steps, channel=args.channel,
+            cross_entropy=args.cross_entropy,
             leave_one_out=not args.no_leave_one_out, device=device, session=session, ctx=ctx,
         )
         labels, class_names = result.labels, result.class_names

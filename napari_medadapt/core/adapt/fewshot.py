@@ -9,8 +9,8 @@ Methods (:data:`METHODS`):
 - ``ft_last``: the last decoder block and the head (the backbone's block at lr 1e-4);
 - ``full``: every weight at lr 1e-4 (the baseline that collapses with few shots).
 
-AdamW (lr 1e-2 for adapter and head, weight decay 1e-5), cosine decay, soft Dice + marginal cross-entropy on the
-support planes; with ``prior`` the transductive size prior (margin 0.3, weight 0.1) on the unlabelled planes
+AdamW (lr 1e-2 for adapter and head, weight decay 1e-5), cosine decay, soft Dice on the support planes (the
+marginal cross-entropy is an option); with ``prior`` the transductive size prior (margin 0.3, weight 0.1) on the unlabelled planes
 between them for the second half of the steps. The backbone stays in eval mode (BatchNorm statistics untouched);
 for ``adapter`` and ``linear_probe`` its features are computed once per volume (kept by the session), so a step
 costs only the head. The source model is never changed: the result holds an adapted copy whose head is swapped,
@@ -165,7 +165,7 @@ def _problem(backbone: SegBackbone, cache: FeatureVolume, labels: np.ndarray, su
         for cls in plane.classes or classes:
             known[int(lut[cls])] = True
         target = torch.from_numpy(lut[values.astype(np.int64)].ravel())
-        planes.append(PlaneTarget(index, target, known))
+        planes.append(PlaneTarget(index, target, known, plane.index))
         grid_planes.append(SupportPlane(support.axis, index, plane.classes))
         sl = [slice(None)] * 3
         sl[support.axis] = index
@@ -187,10 +187,10 @@ def _problem(backbone: SegBackbone, cache: FeatureVolume, labels: np.ndarray, su
 
 def _fit_head(
     problem: _Problem, method: str, prior: bool, steps: int, seed: int, device, ctx, on_step, label: str,
-    skip: int | None = None,
+    cross_entropy: bool = False,
 ) -> tuple[Any, list[dict[str, float]], list[int]]:
-    """Train a new head (and for ``ft_last``/``full`` part of a model copy) on the problem's planes (all but the
-    ``skip``-th); return the adapted model, the loss history and the label ids the head took from the source."""
+    """Train a new head (and for ``ft_last``/``full`` part of a model copy) on the problem's planes; return the
+    adapted model, the loss history and the label ids the head took from the source."""
     import torch
 
     torch.manual_seed(seed)
@@ -209,9 +209,10 @@ def _fit_head(
     if body:
         params.append({"params": body, "lr": BACKBONE_LR})
     planes = _planes(problem, adapted, head, method, device)
-    support = [p for n, p in enumerate(problem.planes) if n != skip]
     with torch.enable_grad():
-        history = train(planes, params, support, problem.query, steps, prior, seed, ctx, on_step, label)
+        history = train(
+            planes, params, problem.planes, problem.query, steps, prior, seed, ctx, on_step, label, cross_entropy
+        )
     for parameter in adapted.parameters():
         parameter.requires_grad_(False)
     return adapted, history, reused
@@ -224,23 +225,31 @@ def _planes(problem: _Problem, adapted: Any, head: Any, method: str, device) -> 
     return BackbonePlanes(problem.backbone, adapted, device)
 
 
-def _leave_one_out(problem: _Problem, method: str, prior: bool, steps: int, seed: int, device, ctx) -> dict[int, float]:
-    """Foreground Dice on each painted support plane of a fit without it."""
+def _leave_one_out(
+    problem: _Problem, labels: np.ndarray, method: str, prior: bool, steps: int, seed: int, device, ctx,
+    cross_entropy: bool = False,
+) -> dict[int, float]:
+    """Foreground Dice on each painted support plane of a fit without it (its classes and its area left out of
+    the fit and of the size prior)."""
     import torch
 
     from ..metrics import dice
 
     scores = {}
-    painted = [n for n, p in enumerate(problem.planes) if bool(p.target.any())]
-    for count, n in enumerate(painted):
+    painted = [p for p in problem.support.planes if p.classes]
+    for count, held in enumerate(painted):
+        rest = [p for p in problem.support.planes if p is not held]
+        classes = tuple(sorted({c for p in rest for c in p.classes}))
+        sub = _problem(problem.backbone, problem.cache, labels, Support(problem.support.axis, rest, classes))
+        target = next((p for p in problem.planes if p.source_index == held.index), None)
+        if target is None:
+            continue
         label = f"leave-one-out {count + 1} of {len(painted)}"
-        adapted, _history, _ = _fit_head(problem, method, prior, steps, seed, device, ctx, None, label, skip=n)
-        plane = problem.planes[n]
-        planes = _planes(problem, adapted, problem.backbone.head_of(adapted), method, device)
+        adapted, _history, _ = _fit_head(sub, method, prior, steps, seed, device, ctx, None, label, cross_entropy)
+        planes = _planes(sub, adapted, sub.backbone.head_of(adapted), method, device)
         with torch.no_grad():
-            predicted = planes.logits(plane.index).argmax(dim=0).cpu().numpy()
-        source_index = problem.support.planes[n].index
-        scores[source_index] = dice(predicted > 0, plane.target.numpy() > 0)
+            predicted = planes.logits(target.index).argmax(dim=0).cpu().numpy()
+        scores[held.index] = dice(predicted > 0, target.target.numpy() > 0)
     return scores
 
 
@@ -296,6 +305,7 @@ def leave_one_out(
     *,
     prior: bool = True,
     steps: int = DEFAULT_STEPS,
+    cross_entropy: bool = False,
     empty_planes: Iterable[tuple[int, int]] = (),
     modalities: Mapping[str, str | None] | None = None,
     channel: str | None = None,
@@ -315,7 +325,7 @@ def leave_one_out(
     torch_device = select_device(device)
     ctx = ensure_context(ctx)
     problem = _problem(backbone, backbone.compute(torch_device, ctx, session), labels, support)
-    return _leave_one_out(problem, method, prior, steps, seed, torch_device, ctx)
+    return _leave_one_out(problem, labels, method, prior, steps, seed, torch_device, ctx, cross_entropy)
 
 
 def fit(
@@ -327,6 +337,7 @@ def fit(
     prior: bool = True,
     channel: str | None = None,
     steps: int = DEFAULT_STEPS,
+    cross_entropy: bool = False,
     empty_planes: Iterable[tuple[int, int]] = (),
     modalities: Mapping[str, str | None] | None = None,
     leave_one_out: bool = True,
@@ -357,6 +368,9 @@ def fit(
         The image of a promptable (single-channel) backbone (default: the volume's first channel).
     steps
         Optimisation steps (each sees every support plane).
+    cross_entropy
+        Add the marginal cross-entropy to the soft Dice (off: it did not help on the data defaults were
+        chosen on).
     empty_planes
         ``(axis, index)`` planes marked *annotated, empty*.
     modalities
@@ -399,7 +413,9 @@ def fit(
     seconds["features"] = time.perf_counter() - start
     problem = _problem(backbone, cache, labels, support)
     start = time.perf_counter()
-    adapted, history, reused = _fit_head(problem, method, prior, steps, seed, torch_device, ctx, on_step, method)
+    adapted, history, reused = _fit_head(
+        problem, method, prior, steps, seed, torch_device, ctx, on_step, method, cross_entropy
+    )
     seconds["fit"] = time.perf_counter() - start
     start = time.perf_counter()
     predicted, probabilities = backbone.predict(adapted, problem.classes, torch_device, ctx, False, session)
@@ -414,7 +430,7 @@ def fit(
     scores: dict[int, float] = {}
     if leave_one_out and sum(bool(p.classes) for p in support.planes) >= 2:
         start = time.perf_counter()
-        scores = _leave_one_out(problem, method, prior, steps, seed, torch_device, ctx)
+        scores = _leave_one_out(problem, labels, method, prior, steps, seed, torch_device, ctx, cross_entropy)
         seconds["leave_one_out"] = time.perf_counter() - start
     notes = list(getattr(getattr(backbone, "prepared", None), "notes", []))
     if len(problem.planes) < len(support.planes):
@@ -434,6 +450,7 @@ def fit(
         class_names=backbone.class_names(problem.classes),
         settings={
             "method": method, "prior": prior, "steps": steps, "seed": seed, "largest_component": largest_component,
+            "cross_entropy": cross_entropy,
             "base_model": backbone.base_name, "base_sha256": backbone.base_sha256,
             "backbone": "segmentation" if isinstance(backbone, SegBackbone) else "promptable",
             "channels": backbone.channels, "spatial_dims": backbone.spatial_dims,

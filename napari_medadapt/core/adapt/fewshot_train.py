@@ -4,8 +4,10 @@
   at zero, so training starts exactly at the frozen model's features.
 - :func:`new_head`: a 1x1 convolution onto background + the support's classes, its rows copied from the source
   model's head for the label ids the source knows (a new class starts at zero).
-- Losses on a plane: the marginal cross-entropy (classes not painted on a plane are merged into background
-  there), a soft Dice over the painted classes, and the transductive size prior on unlabelled planes.
+- Losses on a plane: a soft Dice over the classes painted on it (the others are unknown there), optionally the
+  marginal cross-entropy (classes not painted on a plane merged into background there; off by default: on the
+  training case and the CT's stomach and aorta it never helped, docs/benchmarks/fewshot.md), and the
+  transductive size prior on unlabelled planes.
 """
 
 from __future__ import annotations
@@ -184,9 +186,13 @@ def size_prior(logits: torch.Tensor, expected: torch.Tensor, margin: float = PRI
 # ------------------------------------------------------------------------------------- training loop
 @dataclass
 class PlaneTarget:
-    index: int  # on the feature grid, along the support axis
-    target: torch.Tensor  # (P,) class indices
-    known: torch.Tensor  # (K,) bool
+    """A painted plane: its index on the label grid along the support axis, class indices ``(P,)``, which
+    classes it knows ``(K,)`` and its index in the volume."""
+
+    index: int
+    target: torch.Tensor
+    known: torch.Tensor
+    source_index: int
 
 
 class CachedPlanes:
@@ -244,7 +250,10 @@ def train(
     ctx: JobContext,
     on_step: Callable[[int, int, dict[str, float]], Any] | None,
     label: str,
+    cross_entropy: bool = False,
 ) -> list[dict[str, float]]:
+    """Optimise ``params`` for ``steps`` steps: soft Dice over the support planes (+ their marginal
+    cross-entropy with ``cross_entropy``), + the size prior on sampled ``query`` planes in the second half."""
     optimizer = torch.optim.AdamW(params, weight_decay=WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     rng = np.random.default_rng(seed)
@@ -259,7 +268,9 @@ def train(
         for plane in support:
             ce, i, t = plane_losses(planes.logits(plane.index), plane.target, plane.known)
             ce_total, inter, total = ce_total + ce, inter + i, total + t
-        seg = ce_total / len(support) + dice_loss(inter, total, present)
+        seg = dice_loss(inter, total, present)
+        if cross_entropy:
+            seg = seg + ce_total / len(support)
         loss = seg
         prior_value = float("nan")
         if prior and query_indices and step >= int(PRIOR_START * steps):
