@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_fewshot import _blob_volume
+from test_fewshot import _blob_volume, fewshot_card
 
 from napari_medadapt.cli import main
 from napari_medadapt.core.labelmaps import load_labels, save_labels
-from napari_medadapt.core.models import ModelCard, default_architecture
 from napari_medadapt.core.volume import read_geometry, save_image
 
 
@@ -22,13 +21,7 @@ def case(tmp_path, save_tiny_model) -> Path:
     painted = np.zeros_like(labels)
     painted[[5, 8, 11]] = labels[[5, 8, 11]]
     save_labels(painted, volume.geometry, tmp_path / "painted.nii.gz")
-    card = ModelCard(
-        name="tinyfs",
-        architecture=default_architecture(2, 1, 3, filters=(8, 16, 32), res_block=False),
-        modalities=["ct"],
-        labels=[0, 1, 2],
-        intensity={"method": "none"},
-    )
+    card = fewshot_card("tinyfs")
     save_tiny_model(tmp_path, card)
     return tmp_path
 

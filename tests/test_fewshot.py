@@ -121,16 +121,20 @@ def _blob_volume(seed: int = 0) -> tuple[Volume, np.ndarray]:
     return Volume(image[None], Geometry.from_display_grid(image.shape), ("ct",)), labels
 
 
-@pytest.fixture
-def tiny_model(tmp_path, save_tiny_model):
-    card = ModelCard(
-        name="tinyct",
+def fewshot_card(name: str = "tinyct") -> ModelCard:
+    """A tiny untrained 2D model with one input (``ct``) and the phantom's classes 1 and 2."""
+    return ModelCard(
+        name=name,
         architecture=default_architecture(2, 1, 3, filters=(8, 16, 32), res_block=False),
         modalities=["ct"],
         labels=[0, 1, 2],
         intensity={"method": "none"},
     )
-    return load_model(save_tiny_model(tmp_path, card))
+
+
+@pytest.fixture
+def tiny_model(tmp_path, save_tiny_model):
+    return load_model(save_tiny_model(tmp_path, fewshot_card()))
 
 
 def _painted(labels: np.ndarray, planes: list[int], axis: int = 0) -> np.ndarray:

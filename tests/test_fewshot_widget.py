@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_fewshot import _blob_volume
-
-from napari_medadapt.core.models import ModelCard, default_architecture
+from test_fewshot import _blob_volume, fewshot_card
 
 DOCK = "Few-shot adapter"
 
 
 @pytest.fixture
 def painted_viewer(plugin_viewer, register_tiny_model):
-    card = ModelCard(
-        name="tinyct",
-        architecture=default_architecture(2, 1, 3, filters=(8, 16, 32), res_block=False),
-        modalities=["ct"],
-        labels=[0, 1, 2],
-        intensity={"method": "none"},
-    )
+    card = fewshot_card()
     register_tiny_model(card)
     volume, labels = _blob_volume()
     viewer = plugin_viewer()

@@ -462,6 +462,8 @@ class FewShotWidget(JobDock):
 
         def show(outcome: tuple) -> None:
             labels, probabilities, _card = outcome
+            self.result = None  # Accept and Suggest act on a fit of this dock, not on an applied adapter
+            self._show_result_buttons()
             self._add_result_layers(labels, probabilities, volume, f"adapter {card['name']}", names)
             self.status.setText(f"Segmented with the adapter {card['name']!r} (base model {card['base_model']}).")
 
