@@ -79,8 +79,8 @@ GLIOMA_REGIONS = {
 
 
 def empty_slices(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Two axial slices a user checks and marks empty: 3 slices beyond each end of the object (inside the
-    volume)."""
+    """Up to two axial slices a user checks and marks empty: 3 slices beyond each end of the object (those
+    inside the volume)."""
     extent = np.flatnonzero(mask.any(axis=(1, 2)))
     candidates = (int(extent[0]) - 3, int(extent[-1]) + 3)
     return [(0, z) for z in candidates if 0 <= z < mask.shape[0]]
@@ -154,7 +154,8 @@ def run_glioma(args: argparse.Namespace, counts: list[int], methods: list[str]) 
         support = np.zeros_like(reference)
         support[slices] = reference[slices]
         runs = [(method, prior, ()) for method in methods for prior in (True, False)]
-        runs.append(("adapter", True, tuple(empty_slices(reference > 0))))
+        if empty_slices(reference > 0):
+            runs.append(("adapter", True, tuple(empty_slices(reference > 0))))
         for method, prior, empty in runs:
             row = _fit_row(fit, model, volume, reference, support, method, prior, args.steps, session,
                            GLIOMA_REGIONS, empty)
@@ -188,7 +189,8 @@ def run_ct(args: argparse.Namespace, counts: list[int], methods: list[str]) -> d
             support = np.zeros_like(reference)
             support[slices] = reference[slices]
             runs = [(method, prior, ()) for method in methods for prior in (True, False)]
-            runs.append(("adapter", True, tuple(empty_slices(reference > 0))))
+            if empty_slices(reference > 0):  # none when the organ reaches both ends of the volume
+                runs.append(("adapter", True, tuple(empty_slices(reference > 0))))
             for method, prior, empty in runs:
                 row = _fit_row(fit, predictor, volume, reference, support, method, prior, args.steps, session,
                                {organ: lambda a: a > 0}, empty, largest_component=True)
