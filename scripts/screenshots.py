@@ -95,6 +95,7 @@ def main() -> int:
     fewshot.model_combo.setCurrentIndex(fewshot.model_combo.findText("glioma2d"))
     fewshot.adapt()
     wait(fewshot.handle)
+    wait(fewshot.handle)  # then the leave-one-slice-out check
     viewer.layers["painted slices"].visible = False
     viewer.dims.set_point(0, (slices[0] + slices[1]) // 2 * viewer.layers["flair"].scale[0])
     settle()

@@ -43,6 +43,10 @@ def test_support_found_on_the_painted_axis_with_its_classes():
     assert find_support(coronal).axis == 1 and find_support(coronal).indices == [7, 21]
     marked = find_support(labels, empty_planes=[(0, 18)])
     assert marked.indices == [5, 12, 18] and marked.planes[-1].classes == ()
+    small = np.zeros((40, 40, 40), np.uint8)
+    small[[10, 12, 14, 16, 18], 30:34, 30:34] = 1  # a small lesion on 5 axial slices: 4 coronal planes, unbroken
+    assert find_support(small).axis == 0 and find_support(small).indices == [10, 12, 14, 16, 18]
+    assert find_support(small, axis=1).axis == 1  # the axis can be given
 
 
 @pytest.mark.parametrize(
@@ -84,6 +88,11 @@ def test_head_starts_at_the_source_head_for_known_classes_and_new_ones_at_zero()
     assert torch.count_nonzero(out[:, 2]) == 0
     wide = FewShotHead(256, 3, adapter=True)
     assert wide.reduce is not None and wide(torch.randn(1, 256, 8, 8)).shape == (1, 3, 8, 8)
+    wide_source = torch.nn.Conv2d(64, 3, 1)  # a wide model's head: the projected adapter cannot reuse its rows
+    head, reused = new_head(wide_source, [0, 1, 2], (1,), channels=64, spatial_dims=2, adapter=True)
+    assert reused == [] and head(torch.randn(1, 64, 4, 4)).shape == (1, 2, 4, 4)
+    probe, reused = new_head(wide_source, [0, 1, 2], (1,), channels=64, spatial_dims=2, adapter=False)
+    assert reused == [0, 1]
 
 
 def test_marginal_loss_merges_unpainted_classes_into_background():
@@ -194,6 +203,9 @@ def test_coronal_slices_a_new_class_and_partial_labels(tiny_model):
     assert result.support.axis == 1 and result.classes == (1, 9)
     assert result.class_names[9] == "label 9" and result.reused_classes == [0, 1]
     assert set(np.unique(result.predicted)) <= {0, 1, 9}
+    plane = result.labels[:, 27]  # painted class 9 kept as painted; class 1 (not painted there) as predicted
+    np.testing.assert_array_equal(plane[support[:, 27] == 9], 9)
+    np.testing.assert_array_equal(plane[support[:, 27] == 0], np.where(result.predicted[:, 27] == 1, 1, 0)[support[:, 27] == 0])
     # trained on strips of the cached axial features, predicted by the adapted model on the inference path:
     # the two agree on the painted planes (the generalisation of an untrained network's features is not the
     # point here; the bundled model's coronal fit is in test_fewshot_real)
@@ -210,6 +222,8 @@ def test_bad_support_and_cancelled_fit(tiny_model):
         fit(tiny_model, volume, labels[:, :20], steps=1)
     with pytest.raises(VolumeError, match="no labelled slice"):
         fit(tiny_model, volume, np.zeros_like(labels), steps=1)
+    with pytest.raises(VolumeError, match="no structure is painted"):
+        fit(tiny_model, volume, np.zeros_like(labels), empty_planes=[(0, 3)], steps=1)
     with pytest.raises(ModelError, match="unknown few-shot method"):
         fit(tiny_model, volume, _painted(labels, [8]), "magic")
     ctx = JobContext()

@@ -2,7 +2,7 @@
 
     medadapt fewshot --image MODALITY=PATH [--image ...] --support LABELS.nii.gz --out OUT.nii.gz
                      [--model NAME_OR_PATH] [--method adapter|linear_probe|ft_last|full] [--no-prior]
-                     [--steps N] [--cross-entropy] [--channel NAME] [--no-leave-one-out] [--save-adapter DIR] [--json OUT.json]
+                     [--axis axial|coronal|sagittal] [--steps N] [--cross-entropy] [--channel NAME] [--no-leave-one-out] [--save-adapter DIR] [--json OUT.json]
     medadapt fewshot --image MODALITY=PATH [--image ...] --adapter DIR --out OUT.nii.gz [--json OUT.json]
 
 ``--support`` is a label file on the first image's grid in which only a few slices are painted (on any one
@@ -29,6 +29,7 @@ from napari_medadapt.cli._common import (
 )
 
 METHOD_CHOICES = ("adapter", "linear_probe", "ft_last", "full")
+AXIS_CHOICES = ("axial", "coronal", "sagittal")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="OUT.nii.gz", help="where to write the labels")
     parser.add_argument("--method", choices=METHOD_CHOICES, default="adapter", help="what to train (default: adapter)")
     parser.add_argument("--no-prior", action="store_true", help="without the transductive size prior")
+    parser.add_argument(
+        "--axis", choices=AXIS_CHOICES, default=None,
+        help="the view the slices were painted in (default: found from the labels)",
+    )
     parser.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
     parser.add_argument(
         "--cross-entropy", action="store_true", help="add the marginal cross-entropy to the Dice loss (off by default)"
@@ -65,9 +70,12 @@ def _check(args: argparse.Namespace, images: dict[str, str]) -> None:
 
     if (args.support is None) == (args.adapter is None):
         raise CLIError("give --support (labels painted on a few slices: fit an adapter) or --adapter DIR (apply one).")
-    if args.adapter is not None and (args.save_adapter or args.method != "adapter" or args.no_prior or args.cross_entropy):
+    if args.adapter is not None and (
+        args.save_adapter or args.method != "adapter" or args.no_prior or args.cross_entropy or args.axis
+    ):
         raise CLIError(
-            "--adapter applies a saved adapter: --method, --no-prior, --cross-entropy and --save-adapter go with --support."
+            "--adapter applies a saved adapter: --method, --no-prior, --cross-entropy, --axis and --save-adapter go "
+            "with --support."
         )
     if args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}.")
@@ -124,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         backbone = _backbone(args, session, volume.channels, ctx)
         result = fit(
             backbone, volume, support, args.method, prior=not args.no_prior, steps=args.steps, channel=args.channel,
-            cross_entropy=args.cross_entropy,
+            cross_entropy=args.cross_entropy, axis=None if args.axis is None else AXIS_CHOICES.index(args.axis),
             leave_one_out=not args.no_leave_one_out, device=device, session=session, ctx=ctx,
         )
         labels, class_names = result.labels, result.class_names
@@ -135,17 +143,17 @@ def run(args: argparse.Namespace) -> int:
             scores = ", ".join(f"{k}: {v:.3f}" for k, v in result.leave_one_out.items())
             print(f"leave-one-slice-out Dice: {scores}", file=sys.stderr)
         report.update(
-            method=result.method, prior=result.prior, base_model=result.settings["base_model"],
+            method=result.method, prior=result.prior, base_model=result.settings["base_model"], axis=result.support.axis,
             support=[{"axis": p.axis, "index": p.index, "classes": list(p.classes)} for p in result.support.planes],
             classes=list(result.classes), steps=result.settings["steps"], final_loss=result.history[-1]["loss"],
             leave_one_out_dice={str(k): v for k, v in result.leave_one_out.items()}, seconds=result.seconds,
             suggested_next_slices=[i for i, _ in result.suggest_next(3)],
         )
-        if args.save_adapter is not None:
-            report["adapter"] = str(save_adapter(result, args.save_adapter).parent)
-            print(f"adapter saved to {report['adapter']}", file=sys.stderr)
     written = save_labels(labels, volume.geometry, args.out, class_names=class_names, inputs=list(images.values()))
     report["out"] = str(written)
+    if args.adapter is None and args.save_adapter is not None:  # after the labels: a failed save loses no result
+        report["adapter"] = str(save_adapter(result, args.save_adapter).parent)
+        print(f"adapter saved to {report['adapter']}", file=sys.stderr)
     if args.json is not None:
         write_text_atomic(args.json, json.dumps(report, indent=2), what="--json")
     print(f"labels written to {written}", file=sys.stderr)

@@ -32,7 +32,6 @@ from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._keypoints import current_plane
 from napari_medadapt.widgets._layers import (
     labels_layer_kwargs,
-    layer_geometry,
     set_labels_undoable,
     volume_from_layers,
 )
@@ -111,6 +110,7 @@ class FewShotWidget(JobDock):
         self.cancelled_text = "Cancelled; the model and the layers are unchanged."
         self.result: FewShotResult | None = None
         self.result_layer_name: str | None = None
+        self.painted_layer_name: str | None = None
         self.empty_planes: list[tuple[int, int]] = []
         self._relay = LossRelay()
         self._relay.loss.connect(self._on_loss)
@@ -305,7 +305,7 @@ class FewShotWidget(JobDock):
             return
         labels = np.array(layer.data, copy=True)  # the user may keep painting while it runs
         settings = self.settings()
-        self.loss_plot.clear("Dice + CE (+ prior)")
+        self.loss_plot.clear("Dice loss (+ prior)")
         generation = self._generation
 
         def on_step(step: int, _steps: int, entry: dict[str, float]) -> None:
@@ -320,9 +320,10 @@ class FewShotWidget(JobDock):
         )
 
     def job_finished(self) -> None:
-        """Adapt and Apply are possible again."""
-        self.adapt_button.setEnabled(True)
-        self.apply_button.setEnabled(True)
+        """Adapt and Apply are possible again once no job of the dock is queued (the check after a fit)."""
+        if not self.busy:
+            self.adapt_button.setEnabled(True)
+            self.apply_button.setEnabled(True)
 
     def _on_loss(self, step: int, loss: float, generation: int) -> None:
         if generation == self._generation:
@@ -346,6 +347,7 @@ class FewShotWidget(JobDock):
     ) -> None:
         result, variant = outcome
         self.result = result
+        self.painted_layer_name = painted  # Accept writes into the layer the fit learnt from
         if variant is not None:
             self.worker.publish_variant(result.model.card)
         self._add_result_layers(result.predicted, result.probabilities, volume,
@@ -384,11 +386,10 @@ class FewShotWidget(JobDock):
         returns the voxels changed."""
         if self.result is None:
             return 0
-        try:
-            layer = self._labels_layer()
-        except MedAdaptError as err:
-            self.report(err)
+        if self.painted_layer_name not in self.viewer.layers:
+            self.report(f"The painted layer {self.painted_layer_name!r} of the fit was removed; nothing was written.")
             return 0
+        layer = self.viewer.layers[self.painted_layer_name]
         current = np.asarray(layer.data)
         if current.shape != self.result.labels.shape:
             self.report(f"Layer {layer.name!r} is not on the grid of the result; choose the layer you painted.")
@@ -417,10 +418,14 @@ class FewShotWidget(JobDock):
             return None
         index, entropy = ranked[0]
         axis = self.result.support.axis
-        layer = self.viewer.layers[self.result_layer_name] if self.result_layer_name in self.viewer.layers else None
-        spacing = layer_geometry(layer).spacing if layer is not None and layer_geometry(layer) else (1, 1, 1)
+        if self.result_layer_name not in self.viewer.layers:
+            self.report("The result layer was removed: adapt again to get a suggestion.")
+            return None
+        layer = self.viewer.layers[self.result_layer_name]
+        point = [0.0, 0.0, 0.0]
+        point[axis] = float(index)
         offset = self.viewer.dims.ndim - 3
-        self.viewer.dims.set_point(axis + offset, index * float(spacing[axis]))
+        self.viewer.dims.set_point(axis + offset, float(layer.data_to_world(point)[axis]))
         self.status.setText(
             f"Suggested: {AXES[axis]} slice {index} (mean uncertainty {entropy:.3f} inside the object). Paint it "
             "and press Adapt again."

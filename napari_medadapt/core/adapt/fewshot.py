@@ -58,7 +58,8 @@ class FewShotResult:
     model
         The adapted copy (the source model is untouched); its card lists background + the support's classes.
     labels
-        uint8 ``(Z, Y, X)`` labels of the whole volume on its own grid, the support planes copied from the user.
+        uint8 ``(Z, Y, X)`` labels of the whole volume on its own grid: on the support planes the user's paint,
+        and the prediction of the classes not painted on a plane where nothing is painted.
     predicted
         The adapted model's labels before the support planes were copied in.
     probabilities
@@ -68,7 +69,8 @@ class FewShotResult:
     support
         The planes used and the classes.
     history
-        One entry per step: ``loss``, ``seg`` (Dice + cross-entropy) and ``prior`` (NaN while it is off).
+        One entry per step: ``loss``, ``seg`` (soft Dice, + cross-entropy when asked) and ``prior`` (NaN while it
+        is off).
     leave_one_out
         Support plane index -> foreground Dice of a fit without that plane (two planes or more).
     seconds
@@ -272,6 +274,7 @@ def make_backbone(
 def _setup(
     model: Any, volume: Volume, support_labels: np.ndarray, method: str, steps: int,
     empty_planes: Iterable[tuple[int, int]], modalities: Mapping[str, str | None] | None, channel: str | None,
+    axis: int | None = None,
 ) -> tuple[np.ndarray, Support, Any]:
     """Checked support labels, the support found in them and the backbone."""
     if method not in METHODS:
@@ -287,7 +290,9 @@ def _setup(
         )
     if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise VolumeError("the support labels must be integer label ids between 0 and 255.")
-    support = find_support(labels, empty_planes)
+    support = find_support(labels, empty_planes, axis)
+    if not support.classes:
+        raise VolumeError("no structure is painted (only slices marked empty): paint it on a few slices.")
     backbone = make_backbone(model, volume, modalities, channel)
     if method in ("ft_last", "full") and (backbone.spatial_dims != 2 or support.axis != 0):
         raise ModelError(
@@ -307,6 +312,7 @@ def leave_one_out(
     steps: int = DEFAULT_STEPS,
     cross_entropy: bool = False,
     empty_planes: Iterable[tuple[int, int]] = (),
+    axis: int | None = None,
     modalities: Mapping[str, str | None] | None = None,
     channel: str | None = None,
     device: Any = None,
@@ -319,7 +325,9 @@ def leave_one_out(
     two painted planes."""
     from ..device import select_device
 
-    labels, support, backbone = _setup(model, volume, support_labels, method, steps, empty_planes, modalities, channel)
+    labels, support, backbone = _setup(
+        model, volume, support_labels, method, steps, empty_planes, modalities, channel, axis
+    )
     if sum(bool(p.classes) for p in support.planes) < 2:
         return {}
     torch_device = select_device(device)
@@ -339,6 +347,7 @@ def fit(
     steps: int = DEFAULT_STEPS,
     cross_entropy: bool = False,
     empty_planes: Iterable[tuple[int, int]] = (),
+    axis: int | None = None,
     modalities: Mapping[str, str | None] | None = None,
     leave_one_out: bool = True,
     largest_component: bool | None = None,
@@ -373,6 +382,8 @@ def fit(
         chosen on).
     empty_planes
         ``(axis, index)`` planes marked *annotated, empty*.
+    axis
+        The axis the slices were painted on (default: found, :func:`~.fewshot_support.find_support`).
     modalities
         Explicit model-modality -> channel assignments.
     leave_one_out
@@ -399,7 +410,9 @@ def fit(
         Unknown method; ``ft_last``/``full`` on planes other than the model's own (axial) planes.
     """
 
-    labels, support, backbone = _setup(model, volume, support_labels, method, steps, empty_planes, modalities, channel)
+    labels, support, backbone = _setup(
+        model, volume, support_labels, method, steps, empty_planes, modalities, channel, axis
+    )
     from ..device import select_device
 
     ctx = ensure_context(ctx)
@@ -426,7 +439,11 @@ def fit(
     for plane in support.planes:
         index = [slice(None)] * 3
         index[support.axis] = plane.index
-        merged[tuple(index)] = labels[tuple(index)]
+        index = tuple(index)
+        # the painted voxels as painted; elsewhere on the plane, classes not painted on it stay predicted
+        unknown = np.isin(predicted[index], [c for c in support.classes if c not in plane.classes])
+        keep_predicted = (labels[index] == 0) & unknown if plane.classes else np.zeros_like(unknown)
+        merged[index] = np.where(keep_predicted, predicted[index], labels[index])
     scores: dict[int, float] = {}
     if leave_one_out and sum(bool(p.classes) for p in support.planes) >= 2:
         start = time.perf_counter()

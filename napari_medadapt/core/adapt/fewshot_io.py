@@ -115,6 +115,7 @@ def save_adapter(result: FewShotResult, folder: str | Path, name: str | None = N
     card_path = check_output_path(folder / ADAPTER_CARD, what="adapter card")
     state = _trained_state(result)
     card = adapter_card(result, name)
+    validate_card({**card, "weights_file": ADAPTER_WEIGHTS, "weights_sha256": "0" * 64}, f"adapter card {card_path}")
     atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"medadapt": "fewshot_adapter"}))
     card["weights_file"] = ADAPTER_WEIGHTS
     card["weights_sha256"] = sha256_file(weights_path)
@@ -173,13 +174,13 @@ def load_adapter(folder: str | Path, base: SegModel) -> SegModel:
         Not an adapter, a changed weight file, or an adapter made for another base model (the message names
         the model it needs).
     """
-    from .fewshot_backbone import adapted_copy
+    from .fewshot_backbone import adapted_copy, model_sha256
     from .fewshot_train import FewShotHead
 
     card = read_adapter_card(folder)
     if card["backbone"] != "segmentation":
         raise ModelError(f"the adapter {card['path']} works on {card['base_model']!r} features, not on a segmentation model.")
-    state = _checked_weights(card, base.card.name, base.card.weights_sha256)
+    state = _checked_weights(card, base.card.name, model_sha256(base))
     if base.decoder_channels != card["channels"] or base.spatial_dims != card["spatial_dims"]:
         raise ModelError(f"the adapter {card['path']} does not fit {base.card.name!r} (feature channels differ).")
     head = FewShotHead(card["channels"], len(card["labels"]), card["spatial_dims"], adapter=card["method"] == "adapter")
@@ -202,7 +203,9 @@ def apply_adapter(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Segment ``volume`` with a saved adapter (no retraining): ``(labels, probabilities, card)``.
 
-    The base model (``model``, a name or path; default: the adapter's ``base_model`` by name) comes from
+    Nothing is painted on the new volume, so with the adapter's post-processing the largest connected component
+    is kept (the fit kept the components touching the paint). The base model (``model``, a name or path;
+    default: the adapter's ``base_model`` by name) comes from
     ``session`` (loaded once for a whole study) and must be the one the adapter was made for; a promptable
     backbone embeds the
     volume's ``channel`` (default: the channel the adapter was fitted on when the volume has it, else the first).

@@ -2,8 +2,9 @@
 size on the planes in between (the transductive size prior).
 
 The user paints a few slices of a Labels layer, in whichever view they like. The support planes are found
-along the axis on which the labelled voxels occupy the fewest planes (painting three axial slices fills three
-axial planes but whole rows of coronal and sagittal ones). A plane with no label is not a support plane unless
+along the axis on which the labelled voxels occupy the fewest planes with gaps between them (painting three
+axial slices apart fills three separate axial planes, but unbroken runs of coronal and sagittal ones), unless
+the axis is given. A plane with no label is not a support plane unless
 it is given as *annotated, empty*. On a support plane only the classes painted on it are known (the marginal
 loss treats the others as background there); on an empty plane every class is known to be absent.
 """
@@ -103,7 +104,7 @@ def find_support(
         if axes_with_empty and not painted.any():
             axis = axes_with_empty.pop()
         else:
-            axis = int(np.argmin([len(p) if len(p) else labels.shape[k] + 1 for k, p in enumerate(per_axis)]))
+            axis = _painted_axis(per_axis, labels.shape)
     indices = {int(i) for i in per_axis[axis]}
     for plane_axis, index in empty:
         if plane_axis != axis:
@@ -131,6 +132,18 @@ def find_support(
         planes.append(SupportPlane(axis, index, classes))
     classes = tuple(int(v) for v in np.unique(labels[painted]))
     return Support(axis, planes, classes)
+
+
+def _painted_axis(per_axis: list[np.ndarray], shape: tuple[int, ...]) -> int:
+    """The axis the slices were painted on: one labelled plane on an axis is one painted slice; otherwise the
+    fewest labelled planes among the axes on which they are not one unbroken run (slices painted apart leave
+    gaps; along the other axes a small object fills a run), else the fewest labelled planes."""
+    def planes(k: int) -> int:
+        return len(per_axis[k]) if len(per_axis[k]) else shape[k] + 1
+
+    single = [k for k in range(3) if len(per_axis[k]) == 1]
+    gapped = [k for k, p in enumerate(per_axis) if len(p) > 1 and p[-1] - p[0] + 1 > len(p)]
+    return min(single or gapped or range(3), key=planes)
 
 
 def expected_areas(

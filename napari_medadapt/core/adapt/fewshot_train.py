@@ -111,7 +111,7 @@ def new_head(
         return head, reused  # no source head: the default initialisation
     nn.init.zeros_(head.classifier.weight)
     nn.init.zeros_(head.classifier.bias)
-    if conv.weight.shape[1] == channels:
+    if head.reduce is None and conv.weight.shape[1] == head.classifier.in_channels:  # same feature space
         rows = {int(label): row for row, label in enumerate(source_labels)}
         with torch.no_grad():
             for out, label in enumerate([0, *classes]):
