@@ -75,6 +75,21 @@ def _open_image_files(viewer: Any) -> list[str]:
     ]
 
 
+def _provenance(attributes: dict[str, Any]) -> dict[str, Any] | None:
+    """The full record of a layer a dock made (its draft in the metadata, the inputs hashed now), or ``None``."""
+    from napari_medadapt.core.provenance import provenance_record
+
+    draft = ((attributes.get("metadata") or {}).get("medadapt") or {}).get("provenance")
+    if not isinstance(draft, dict):
+        return None
+    draft = {**draft, "settings": {**(draft.get("settings") or {}), "napari_layer": attributes.get("name")}}
+    if draft.get("device") is None:  # the dock ran on the session's default: the best available device
+        from napari_medadapt.core.device import select_device
+
+        draft["device"] = str(select_device())
+    return provenance_record(**draft)
+
+
 def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Save a Labels layer's data with :func:`~napari_medadapt.core.labelmaps.save_labels`.
 
@@ -109,5 +124,6 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         target,
         class_names=_class_names(attributes.get("features")),
         inputs=_open_image_files(viewer) if viewer is not None else (),
+        provenance=_provenance(attributes),
     )
     return [str(written)]

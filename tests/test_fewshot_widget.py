@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from test_fewshot import _blob_volume, fewshot_card
 
+from napari_medadapt.core.provenance import read_provenance
+
 DOCK = "Few-shot adapter"
 
 
@@ -45,6 +47,12 @@ def test_adapt_accept_suggest_save_and_apply(painted_viewer, open_plugin_dock, q
     qtbot.waitUntil(lambda: len(widget.loss_plot.losses) == 120, timeout=5000)
     assert viewer.layers[-2].name == "few-shot adapter (painted)" and viewer.layers[-1].name.endswith("probability")
     np.testing.assert_array_equal(viewer.layers["few-shot adapter (painted)"].data, result.predicted)
+    saved = tmp_path / "fewshot.nii.gz"  # saved from napari with the plugin's writer: with its provenance
+    viewer.layers["few-shot adapter (painted)"].save(str(saved), plugin="napari-medadapt")
+    record = read_provenance(saved)
+    assert record["method"] == "fewshot" and record["model"]["name"] == "tinyct" and record["device"] == "cpu"
+    assert [p["index"] for p in record["settings"]["support"]] == [5, 8, 11]
+    assert record["settings"]["napari_layer"] == "few-shot adapter (painted)"
     assert "Leave-one-slice-out Dice axial 5:" in widget.status.text()
     assert widget.labels_combo.currentText() == "painted"  # the result layer is not offered as painted slices
 

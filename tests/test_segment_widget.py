@@ -59,6 +59,19 @@ def test_auto_match_run_new_layer_and_table(dock, qtbot):
     assert confidence.shape == layer.data.shape and 0.25 <= confidence.min() <= confidence.max() <= 1.0
 
 
+def test_saved_labels_carry_their_provenance(dock, qtbot, tmp_path):
+    from napari_medadapt.core.provenance import read_provenance
+
+    viewer, widget = dock
+    _run(qtbot, widget)
+    layer = viewer.layers["tinywidget labels"]
+    layer.save(str(tmp_path / "saved.nii.gz"), plugin="napari-medadapt")
+    record = read_provenance(tmp_path / "saved.nii.gz")
+    assert record["method"] == "segment" and record["model"]["name"] == "tinywidget" and record["model"]["sha256"]
+    assert set(record["inputs"]) == set(MODALITIES) and all(e["sha256"] for e in record["inputs"].values())
+    assert record["settings"]["largest_component"] is widget.largest_check.isChecked()
+
+
 def test_replace_existing_labels_is_undoable(dock, qtbot):
     viewer, widget = dock
     target = viewer.layers["seg_fusion"]

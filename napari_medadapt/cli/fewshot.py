@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.files import write_text_atomic
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import load_labels, save_labels
+    from napari_medadapt.core.provenance import model_entry, provenance_record
     from napari_medadapt.core.session import ModelSession
 
     images = parse_images(args.image)
@@ -127,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
         )
         class_names = dict(zip(card["labels"], card["class_names"] or map(str, card["labels"]), strict=True))
         report.update(adapter=str(args.adapter), base_model=card["base_model"], method=card["method"])
+        record = provenance_record(
+            "fewshot-apply", inputs=images, model={"name": card["base_model"], "sha256": card["base_sha256"]},
+            adapter={"name": card["name"], "path": card["path"], "sha256": card["weights_sha256"],
+                     "method": card["method"], "support": card["support"], "settings": card["settings"]},
+            device=str(device),
+        )
     else:
         support = load_labels(args.support, volume.geometry)
         backbone = _backbone(args, session, volume.channels, ctx)
@@ -136,6 +143,13 @@ def run(args: argparse.Namespace) -> int:
             leave_one_out=not args.no_leave_one_out, device=device, session=session, ctx=ctx,
         )
         labels, class_names = result.labels, result.class_names
+        record = provenance_record(
+            "fewshot", inputs={**images, "support": args.support}, model=model_entry(backbone),
+            settings={**{k: v for k, v in result.settings.items() if k not in ("base_model", "base_sha256")},
+                      "support": [{"axis": p.axis, "index": p.index, "classes": list(p.classes)}
+                                  for p in result.support.planes]},
+            device=str(device),
+        )
         print(f"support: {result.support.describe()}", file=sys.stderr)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -149,7 +163,10 @@ def run(args: argparse.Namespace) -> int:
             leave_one_out_dice={str(k): v for k, v in result.leave_one_out.items()}, seconds=result.seconds,
             suggested_next_slices=[i for i, _ in result.suggest_next(3)],
         )
-    written = save_labels(labels, volume.geometry, args.out, class_names=class_names, inputs=list(images.values()))
+    written = save_labels(
+        labels, volume.geometry, args.out, class_names=class_names, inputs=[*images.values(), *filter(None, [args.support])],
+        provenance=record,
+    )
     report["out"] = str(written)
     if args.adapter is None and args.save_adapter is not None:  # after the labels: a failed save loses no result
         report["adapter"] = str(save_adapter(result, args.save_adapter).parent)

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import save_labels
+    from napari_medadapt.core.provenance import model_entry, provenance_record
     from napari_medadapt.core.session import ModelSession
 
     images = parse_images(args.image)
@@ -106,8 +107,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
     for note in prediction.notes:
         print(f"note: {note}", file=sys.stderr)
+    record = provenance_record(
+        "segment" if args.tta == "none" else "segment+tta",
+        inputs=images,
+        model=model_entry(model),
+        settings={"tta": args.tta, "largest_component": largest_component, "preprocess": bool(args.preprocess),
+                  "reference": args.reference, "strip": not args.no_strip, "force_strip": args.force_strip,
+                  "n4": args.n4},
+        device=str(device),
+    )
     written = save_labels(
-        prediction.labels, volume.geometry, args.out, class_names=prediction.class_names, inputs=list(images.values())
+        prediction.labels, volume.geometry, args.out, class_names=prediction.class_names, inputs=list(images.values()),
+        provenance=record,
     )
     print(prediction.format_volumes())
     print(f"labels written to {written}", file=sys.stderr)

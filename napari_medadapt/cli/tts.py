@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import save_labels
     from napari_medadapt.core.metrics import label_volumes_ml
+    from napari_medadapt.core.provenance import model_entry, provenance_record
     from napari_medadapt.core.session import ModelSession
 
     images = parse_images(args.image)
@@ -164,8 +165,18 @@ def run(args: argparse.Namespace) -> int:
     for message in dict.fromkeys(result.warnings):
         print(f"warning: {message}", file=sys.stderr)
     class_names = dict(zip(model.card.labels, model.card.class_names, strict=True))
+    record = provenance_record(
+        "tts",
+        inputs={**images, "points": args.points},
+        model=model_entry(model),
+        settings={"alpha": args.alpha, "keep": args.keep, "layer": args.layer, "whole_volume": args.whole_volume,
+                  "tta_flips": args.tta_flips, "mute_background": args.mute_background,
+                  "positives_ijk": np.asarray(positives_ijk).tolist(), "negatives_ijk": np.asarray(negatives_ijk).tolist()},
+        device=str(model.device),
+    )
     written = save_labels(
-        result.after.astype(np.uint8), geometry, args.out, class_names=class_names, inputs=images.values()
+        result.after.astype(np.uint8), geometry, args.out, class_names=class_names, inputs=images.values(),
+        provenance=record,
     )
     before = label_volumes_ml(result.before, geometry.spacing)
     after = label_volumes_ml(result.after, geometry.spacing)

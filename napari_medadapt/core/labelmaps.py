@@ -18,12 +18,13 @@ import re
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from .errors import VolumeError
-from .files import check_output_path
+from .files import OutputError, check_output_path, write_text_atomic
 from .geometry import Geometry
 from .volume import (
     file_geometry,
@@ -78,19 +79,53 @@ def is_label_file(path: str | os.PathLike) -> bool:
     return bool(np.all(np.isfinite(data)) and np.array_equal(data, np.round(data)))
 
 
-def label_class_names(path: str | os.PathLike) -> dict[int, str]:
-    """``{label id: class name}`` stored by :func:`save_labels` in the file, or ``{}``."""
+def read_medadapt_extension(path: str | os.PathLike) -> dict[str, Any]:
+    """The plugin's document in a NIfTI file's header (``classes``, ``provenance``), or ``{}``."""
     image = open_nifti(path)
     for extension in image.header.extensions:
         if extension.get_code() != 6:  # comment
             continue
         try:
-            document = json.loads(extension.get_content())
-            classes = document[_EXTENSION_KEY]["classes"]
-            return {int(k): str(v) for k, v in classes.items()}
+            document = json.loads(extension.get_content())[_EXTENSION_KEY]
         except (ValueError, TypeError, KeyError, AttributeError):
             continue
+        if isinstance(document, dict):
+            return document
     return {}
+
+
+def sidecar_path(label_path: str | os.PathLike) -> Path:
+    """Where a label file's provenance sidecar goes: ``labels.nii.gz`` -> ``labels.provenance.json`` beside it
+    (a name of its own: ``labels.json`` may be a model card or another tool's file)."""
+    path = Path(label_path)
+    name = path.name
+    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+    return path.with_name(f"{stem}.provenance.json")
+
+
+def _check_sidecar(path: Path, inputs: Iterable[str | os.PathLike]) -> Path:
+    """The sidecar may replace only an earlier provenance record (never an input or another file)."""
+    sidecar = check_output_path(sidecar_path(path), inputs=inputs, what="Provenance file")
+    if sidecar.exists():
+        try:
+            ours = json.loads(sidecar.read_text(encoding="utf-8")).get("format", "").startswith("napari-medadapt")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise OutputError(
+                f"{sidecar} exists and is not a napari-medadapt provenance record; it is left as it is. Move it, "
+                "or save the labels under another name."
+            )
+    return sidecar
+
+
+def label_class_names(path: str | os.PathLike) -> dict[int, str]:
+    """``{label id: class name}`` stored by :func:`save_labels` in the file, or ``{}``."""
+    classes = read_medadapt_extension(path).get("classes")
+    try:
+        return {int(k): str(v) for k, v in classes.items()} if isinstance(classes, dict) else {}
+    except (ValueError, TypeError):
+        return {}
 
 
 def _integer_labels(data: np.ndarray, what: str) -> np.ndarray:
@@ -142,9 +177,13 @@ def load_labels(path: str | os.PathLike, geometry: Geometry | None = None) -> np
     return own.to_display(labels)
 
 
-def _class_extension(class_names: Mapping[int, str]) -> nib.nifti1.Nifti1Extension:
-    document = {_EXTENSION_KEY: {"classes": {str(int(k)): str(v) for k, v in sorted(class_names.items())}}}
-    return nib.nifti1.Nifti1Extension("comment", json.dumps(document).encode("utf-8"))
+def _medadapt_extension(class_names: Mapping[int, str] | None, provenance: Mapping[str, Any] | None) -> nib.nifti1.Nifti1Extension:
+    document: dict[str, Any] = {}
+    if class_names:
+        document["classes"] = {str(int(k)): str(v) for k, v in sorted(class_names.items())}
+    if provenance:
+        document["provenance"] = dict(provenance)
+    return nib.nifti1.Nifti1Extension("comment", json.dumps({_EXTENSION_KEY: document}).encode("utf-8"))
 
 
 def save_labels(
@@ -154,6 +193,7 @@ def save_labels(
     *,
     class_names: Mapping[int, str] | None = None,
     inputs: Iterable[str | os.PathLike] = (),
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a display-grid label map as NIfTI on the source grid of ``geometry``, atomically.
 
@@ -174,6 +214,9 @@ def save_labels(
         ``{label id: name}`` stored in the file.
     inputs
         Files that must not be replaced (the images the labels were computed from).
+    provenance
+        A record of :mod:`~napari_medadapt.core.provenance`: stored in the header beside the class names and in
+        the sidecar ``<name>.json`` (written atomically after the labels; refused when it is an input).
 
     Returns
     -------
@@ -203,6 +246,11 @@ def save_labels(
     extensions = image.header.extensions
     for extension in [e for e in extensions if e.get_code() == 6 and _EXTENSION_KEY.encode() in e.get_content()]:
         extensions.remove(extension)
-    if class_names:
-        extensions.append(_class_extension(class_names))
-    return write_nifti(image, path)
+    if class_names or provenance:
+        extensions.append(_medadapt_extension(class_names, provenance))
+    if provenance:
+        sidecar = _check_sidecar(path, inputs)
+    written = write_nifti(image, path)
+    if provenance:
+        write_text_atomic(sidecar, json.dumps(dict(provenance), indent=2) + "\n", what="Provenance file")
+    return written

@@ -123,14 +123,20 @@ def volume_from_layers(layers: Mapping[str, Any], modalities: Sequence[str] | No
 
 
 def labels_layer_kwargs(
-    geometry: Geometry, name: str = "labels", source_path: str = "", class_names: Mapping[int, str] | None = None
+    geometry: Geometry, name: str = "labels", source_path: str = "", class_names: Mapping[int, str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``viewer.add_labels`` that put labels on ``geometry`` (scale and metadata) and
-    name their classes (hovering a voxel shows ``class: edema``; the writer stores the names in the file)."""
+    name their classes (hovering a voxel shows ``class: edema``; the writer stores the names in the file).
+    ``provenance``: the arguments of :func:`~napari_medadapt.core.provenance.provenance_record` for the result
+    (the writer completes the record, hashing the inputs, when the layer is saved)."""
+    metadata = medadapt_metadata(geometry, LABELS_MODALITY, source_path)
+    if provenance:
+        metadata["medadapt"]["provenance"] = dict(provenance)
     kwargs: dict[str, Any] = {
         "name": name,
         "scale": geometry.spacing,
-        "metadata": medadapt_metadata(geometry, LABELS_MODALITY, source_path),
+        "metadata": metadata,
     }
     if class_names:
         kwargs["features"] = class_features(class_names)
@@ -188,3 +194,17 @@ def set_labels_undoable(labels_layer: Any, new_data: np.ndarray) -> int:
         return 0
     labels_layer.data_setitem(changed, new[changed].astype(dtype))
     return int(changed[0].size)
+
+
+def provenance_draft(
+    method: str, volume: Any, model: Mapping[str, Any] | None, settings: Mapping[str, Any], device: Any = None,
+    adapter: Mapping[str, Any] | None = None, extra_inputs: Mapping[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """The arguments of :func:`~napari_medadapt.core.provenance.provenance_record` for a dock's result: the
+    volume's channel files (none for an array made in napari), the model, settings and device."""
+    inputs = dict(zip(volume.channels, volume.source_paths or [None] * len(volume.channels), strict=True))
+    return {
+        "method": method, "inputs": {**inputs, **(extra_inputs or {})}, "model": dict(model) if model else None,
+        "adapter": dict(adapter) if adapter else None, "settings": dict(settings),
+        "device": None if device is None else str(device),
+    }

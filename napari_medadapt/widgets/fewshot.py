@@ -32,6 +32,7 @@ from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._keypoints import current_plane
 from napari_medadapt.widgets._layers import (
     labels_layer_kwargs,
+    provenance_draft,
     set_labels_undoable,
     volume_from_layers,
 )
@@ -330,8 +331,8 @@ class FewShotWidget(JobDock):
             self.loss_plot.add_point(step, loss)
 
     def _add_result_layers(self, labels: np.ndarray, probabilities: np.ndarray, volume: Volume, name: str,
-                           class_names: dict[int, str]) -> None:
-        kwargs = labels_layer_kwargs(volume.geometry, name=name, class_names=class_names)
+                           class_names: dict[int, str], provenance: dict[str, Any]) -> None:
+        kwargs = labels_layer_kwargs(volume.geometry, name=name, class_names=class_names, provenance=provenance)
         layer = self.viewer.add_labels(labels, opacity=0.6, **kwargs)
         self.result_layer_name = layer.name
         foreground = (1.0 - probabilities[0].astype(np.float32)).clip(0, 1)
@@ -350,8 +351,15 @@ class FewShotWidget(JobDock):
         self.painted_layer_name = painted  # Accept writes into the layer the fit learnt from
         if variant is not None:
             self.worker.publish_variant(result.model.card)
+        settings = {k: v for k, v in result.settings.items() if k not in ("base_model", "base_sha256")}
+        settings["support"] = [{"axis": p.axis, "index": p.index, "classes": list(p.classes)}
+                               for p in result.support.planes]
+        draft = provenance_draft(
+            "fewshot", volume, {"name": result.settings["base_model"], "sha256": result.settings["base_sha256"]},
+            settings, self.worker.session.device, extra_inputs={"support": None},
+        )
         self._add_result_layers(result.predicted, result.probabilities, volume,
-                                f"few-shot {result.method} ({painted})", result.class_names)
+                                f"few-shot {result.method} ({painted})", result.class_names, draft)
         if painted in self.viewer.layers:
             self.labels_combo.setCurrentText(painted)
         seconds = sum(result.seconds.values())
@@ -469,7 +477,13 @@ class FewShotWidget(JobDock):
             labels, probabilities, _card = outcome
             self.result = None  # Accept and Suggest act on a fit of this dock, not on an applied adapter
             self._show_result_buttons()
-            self._add_result_layers(labels, probabilities, volume, f"adapter {card['name']}", names)
+            draft = provenance_draft(
+                "fewshot-apply", volume, {"name": card["base_model"], "sha256": card["base_sha256"]}, {},
+                self.worker.session.device,
+                adapter={"name": card["name"], "path": card["path"], "sha256": card["weights_sha256"],
+                         "method": card["method"], "support": card["support"], "settings": card["settings"]},
+            )
+            self._add_result_layers(labels, probabilities, volume, f"adapter {card['name']}", names, draft)
             self.status.setText(f"Segmented with the adapter {card['name']!r} (base model {card['base_model']}).")
 
         self.status.setText(f"Applying the adapter {card['name']!r}...")

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton
 
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._layers import provenance_draft
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 
 if TYPE_CHECKING:
@@ -127,17 +128,22 @@ class SegmentWidget(JobDock):
             return
         target = self.output_combo.currentText()
         self.status.setText(f"Segmenting with {card.name}...")
+        draft = provenance_draft(
+            "segment", volume, {"name": card.name, "sha256": card.weights_sha256, "card": card.path},
+            {"largest_component": self.largest_check.isChecked()}, self.worker.session.device,
+        )
         self.run_job(
             self.worker.session.segment, self.inputs.model_ref, volume,
             largest_component=self.largest_check.isChecked(), description=f"Segment ({card.name})",
-            on_result=lambda prediction: self._show_result(prediction, target, card), disable=(self.run_button,),
+            on_result=lambda prediction: self._show_result(prediction, target, card, draft),
+            disable=(self.run_button,),
         )
 
     def job_finished(self) -> None:
         """The segmentation ended: Segment is available again when a model is chosen."""
         self.run_button.setEnabled(self.card is not None)
 
-    def _show_result(self, prediction: Prediction, target: str, card: ModelCard) -> None:
+    def _show_result(self, prediction: Prediction, target: str, card: ModelCard, draft: dict[str, Any]) -> None:
         from napari_medadapt.core.metrics import region_volumes_ml
         from napari_medadapt.widgets._layers import (
             class_features,
@@ -157,9 +163,12 @@ class SegmentWidget(JobDock):
                 return
             if layer.features.shape[1] == 0:  # name the classes, unless the layer names its own
                 layer.features = class_features(names)
+            layer.metadata = {**layer.metadata, "medadapt": {**layer.metadata.get("medadapt", {}), "provenance": draft}}
             show_info(f"{target}: {changed} voxels changed (Ctrl+Z to undo).")
         else:
-            kwargs = labels_layer_kwargs(prediction.geometry, name=f"{card.name} labels", class_names=names)
+            kwargs = labels_layer_kwargs(
+                prediction.geometry, name=f"{card.name} labels", class_names=names, provenance=draft
+            )
             layer = self.viewer.add_labels(prediction.labels, opacity=0.6, **kwargs)
         if self.confidence_check.isChecked():
             if CONFIDENCE_LAYER in self.viewer.layers:

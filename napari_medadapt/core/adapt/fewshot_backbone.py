@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import ModelError
 from ..inference import BatchPlace, crop_box, predict_prepared
 from ..model_input import ModelInput, prepare_model_input
+from ..provenance import model_sha256
 from ..session import volume_fingerprint
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ class SegBackbone:
 
     @property
     def base_sha256(self) -> str | None:
-        """The source model's weights checksum (:func:`model_sha256`)."""
+        """The source model's weights checksum (:func:`~napari_medadapt.core.provenance.model_sha256`)."""
         return model_sha256(self.model)
 
     def class_names(self, classes: tuple[int, ...]) -> dict[int, str]:
@@ -240,17 +241,3 @@ def adapted_copy(model: SegModel, head: torch.nn.Module, classes: tuple[int, ...
         path=None,
     )
     return adapted
-
-
-def model_sha256(model: SegModel) -> str | None:
-    """The sha256 of a saved model's weight file (the card's, else hashed from the file); ``None`` for a model
-    that exists only in a session (an adapted copy)."""
-    card = model.card
-    if not card.path:
-        return None
-    if card.weights_sha256:
-        return card.weights_sha256
-    from ..hashing import sha256_file
-    from ..models.io import resolve_model
-
-    return sha256_file(resolve_model(card.path)[1])

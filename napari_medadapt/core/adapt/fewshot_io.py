@@ -174,7 +174,8 @@ def load_adapter(folder: str | Path, base: SegModel) -> SegModel:
         Not an adapter, a changed weight file, or an adapter made for another base model (the message names
         the model it needs).
     """
-    from .fewshot_backbone import adapted_copy, model_sha256
+    from ..provenance import model_sha256
+    from .fewshot_backbone import adapted_copy
     from .fewshot_train import FewShotHead
 
     card = read_adapter_card(folder)
