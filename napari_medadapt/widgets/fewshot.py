@@ -58,6 +58,15 @@ METHOD_LABELS = {
 AXES = ("axial", "coronal", "sagittal")
 
 
+def _frozen(backbone: str, model_ref: str, session: ModelSession, ctx: JobContext) -> Any:
+    """The session's frozen model: LiteMedSAM's predictor, or the segmentation model."""
+    if backbone == FOUNDATION:
+        from napari_medadapt.core.sam.session import ModelChoice
+
+        return session.sam.predictor(ModelChoice(FOUNDATION), ctx, [])
+    return session.model(model_ref, ctx)
+
+
 def fit_job(
     backbone: str, model_ref: str, volume: Volume, labels: np.ndarray, settings: dict[str, Any],
     session: ModelSession, on_step: Any, *, ctx: JobContext,
@@ -65,12 +74,7 @@ def fit_job(
     """Fit in the compute thread; a segmentation model's adapted copy becomes a session variant."""
     from napari_medadapt.core.adapt.fewshot import fit
 
-    if backbone == FOUNDATION:
-        from napari_medadapt.core.sam.session import ModelChoice
-
-        frozen: Any = session.sam.predictor(ModelChoice(FOUNDATION), ctx, [])
-    else:
-        frozen = session.model(model_ref, ctx)
+    frozen = _frozen(backbone, model_ref, session, ctx)
     result = fit(frozen, volume, labels, session=session, on_step=on_step, ctx=ctx, leave_one_out=False, **settings)
     variant = None
     if backbone != FOUNDATION:
@@ -85,12 +89,7 @@ def leave_one_out_job(
     """The leave-one-slice-out check of a fit, in the compute thread (the frozen features are the session's)."""
     from napari_medadapt.core.adapt.fewshot import leave_one_out
 
-    if backbone == FOUNDATION:
-        from napari_medadapt.core.sam.session import ModelChoice
-
-        frozen: Any = session.sam.predictor(ModelChoice(FOUNDATION), ctx, [])
-    else:
-        frozen = session.model(model_ref, ctx)
+    frozen = _frozen(backbone, model_ref, session, ctx)
     return leave_one_out(frozen, volume, labels, session=session, ctx=ctx, **settings)
 
 

@@ -363,7 +363,7 @@ def fit(
     ----------
     model
         A segmentation model (its ``decoder`` tap is the frozen features) or a promptable model's predictor
-        (LiteMedSAM: its prompt-free decoder features, any anatomy and modality); never changed.
+        (LiteMedSAM: its slice embeddings, any anatomy and modality); never changed.
     volume
         The volume; ``support_labels`` lie on its display grid.
     support_labels
@@ -409,12 +409,11 @@ def fit(
     ModelError
         Unknown method; ``ft_last``/``full`` on planes other than the model's own (axial) planes.
     """
+    from ..device import select_device
 
     labels, support, backbone = _setup(
         model, volume, support_labels, method, steps, empty_planes, modalities, channel, axis
     )
-    from ..device import select_device
-
     ctx = ensure_context(ctx)
     torch_device = select_device(device)
     if largest_component is None:
