@@ -43,7 +43,7 @@ def default_window(image: np.ndarray) -> str:
 
 
 class SamBackbone:
-    """The prompt-free decoder features of a promptable model on one channel of a volume.
+    """The slice embeddings of a promptable model on one channel of a volume.
 
     Parameters
     ----------
