@@ -75,6 +75,9 @@ def test_adapt_and_segment_adds_layers_curve_and_volumes(dock, qtbot):
     assert widget.loss_plot.losses == pytest.approx(outcome.result.loss_history)
     assert widget.volume_table.rowCount() == 3
     assert "Before:" in widget.shift_label.text() and "After:" in widget.shift_label.text()
+    after = viewer.layers[-1].metadata["medadapt"]["provenance"]
+    assert after["method"] == "segment+tta" and after["settings"]["tta"]["iterations"] == 3
+    assert viewer.layers[-2].metadata["medadapt"]["provenance"]["method"] == "segment"
     widget.reset()
     assert widget.last_outcome is None and widget.loss_plot.losses == []
     assert widget.shift_label.text() == "Shift score: not measured."  # no stale "After" score

@@ -98,6 +98,9 @@ def test_dock_live_slice_apply_and_reset(plugin_viewer, open_plugin_dock, qtbot,
     others, before = result.after[[0, 1, 3]], segmented.labels[[0, 1, 3]]
     assert np.all((others == before) | (others == 0))
     np.testing.assert_array_equal(viewer.layers[AFTER_LAYER].data, result.after)
+    record = viewer.layers[AFTER_LAYER].metadata["medadapt"]["provenance"]  # what the writer completes on save
+    assert record["method"] == "tts" and record["settings"]["keep"] == dock.keep_fraction
+    assert len(record["settings"]["positives_zyx"]) + len(record["settings"]["negatives_zyx"]) >= 1
 
     dock.background_check.setChecked(False)  # the published rule: nothing outside the top 25 % stays on
     _wait(qtbot, dock.apply_to_volume())

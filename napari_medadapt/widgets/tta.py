@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._layers import provenance_draft
 from napari_medadapt.widgets._loss_plot import LossPlot, LossRelay
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 
@@ -223,8 +224,13 @@ class TTAWidget(JobDock):
         def on_loss(iteration: int, loss: float) -> None:
             self._relay.loss.emit(iteration, loss, generation)
 
+        model = {"name": card.name, "sha256": card.weights_sha256, "card": card.path}
+        device = self.worker.session.device
+        drafts = (provenance_draft("segment", volume, model, {}, device),
+                  provenance_draft("segment+tta", volume, model, {"tta": dict(settings)}, device))
         self._submit(adapt_job, self.inputs.model_ref, volume, extra=(settings, on_loss),
-                     description=f"Adapt ({card.name})", on_result=lambda outcome: self._show_outcome(outcome, card))
+                     description=f"Adapt ({card.name})",
+                     on_result=lambda outcome: self._show_outcome(outcome, card, drafts))
 
     def _forget(self) -> None:
         """Drop the running job, the scores, loss curve and table (another model was chosen, or Reset)."""
@@ -257,7 +263,7 @@ class TTAWidget(JobDock):
         self.shift_label.setText(line[0].upper() + line[1:] + ".")
         self.status.setText("Shift measured.")
 
-    def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard) -> None:
+    def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard, drafts: tuple[dict, dict]) -> None:
         from napari_medadapt.core.metrics import region_volumes_ml
         from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs
 
@@ -266,9 +272,10 @@ class TTAWidget(JobDock):
         self.worker.publish_variant(result.model.card)  # selectable in the other docks
         names = class_names_of(card)
         added = []
-        for prediction, suffix in ((outcome.before, "before TTA"), (outcome.after, f"after TTA ({result.method})")):
+        runs = ((outcome.before, "before TTA", drafts[0]), (outcome.after, f"after TTA ({result.method})", drafts[1]))
+        for prediction, suffix, draft in runs:
             name = f"{card.name} {suffix}"  # new layers every run: earlier results (and edits) are kept
-            kwargs = labels_layer_kwargs(prediction.geometry, name=name, class_names=names)
+            kwargs = labels_layer_kwargs(prediction.geometry, name=name, class_names=names, provenance=draft)
             added.append(self.viewer.add_labels(prediction.labels, opacity=0.6, **kwargs))
         self.shift_label.setText(f"Before: {outcome.rating_before}.\nAfter: {outcome.rating_after}.")
         before, after = outcome.before.volumes_ml, outcome.after.volumes_ml

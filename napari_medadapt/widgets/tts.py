@@ -38,6 +38,7 @@ from napari_medadapt.widgets._layers import (
     class_names_of,
     labels_layer_kwargs,
     layer_geometry,
+    provenance_draft,
     set_labels_undoable,
     volume_from_layers,
 )
@@ -292,12 +293,20 @@ class TTSWidget(JobDock):
     def _run(self, layers: dict[str, Any], reference: Any, volume: Any, positives: np.ndarray,
              negatives: np.ndarray, *, interactive: bool) -> Any:
         """Live jobs follow "latest wins"; Apply is never replaced by a later live update."""
+        card = self.inputs.card
+        draft = provenance_draft(
+            "tts", volume, {"name": card.name, "sha256": card.weights_sha256, "card": card.path},
+            {"alpha": self.alpha, "keep": self.keep_fraction, "layer": self.tap,
+             "mute_background": self.background_check.isChecked(), "slice_by_slice": self.slice_by_slice,
+             "positives_zyx": np.asarray(positives).tolist(), "negatives_zyx": np.asarray(negatives).tolist()},
+            self.worker.session.device,
+        )
         return self.run_job(
             self._workspace.apply, self.model_name, self._layers_key(layers), volume, self.tap, positives,
             negatives, self.alpha, self.keep_fraction, self.background_check.isChecked(), self.slice_by_slice,
             description="TTS slices" if interactive else "TTS volume",
             interactive_key="tts-slice" if interactive else None,
-            on_result=lambda result: self._show(result, reference),
+            on_result=lambda result: self._show(result, reference, draft),
         )
 
     def _workspace_reset(self, *_: Any) -> None:
@@ -355,13 +364,17 @@ class TTSWidget(JobDock):
         if len(selection.background):
             self.kept_list.addItem(f"+ {len(selection.background)} background channel(s), never muted")
 
-    def _show(self, result: LiveTTSResult, reference: Any) -> None:
-        """Paste a result: both label layers (only changed voxels, undoable), attention of the computed
-        slices, the kept channels of the displayed (else the last re-predicted) slice, and what changed."""
+    def _show(self, result: LiveTTSResult, reference: Any, draft: dict[str, Any]) -> None:
+        """Paste a result: both label layers (only changed voxels, undoable, with their provenance), attention
+        of the computed slices, the kept channels of the displayed (else the last re-predicted) slice, and what
+        changed."""
         self.last_result = result
         active = self.viewer.layers.selection.active  # adding result layers must not end keypoint placing
-        for name, labels in ((BEFORE_LAYER, result.before), (AFTER_LAYER, result.after)):
-            set_labels_undoable(self._labels_layer(name, reference), labels.astype(np.uint8))
+        before = {**draft, "method": "segment", "settings": {}}
+        for name, labels, record in ((BEFORE_LAYER, result.before, before), (AFTER_LAYER, result.after, draft)):
+            layer = self._labels_layer(name, reference)
+            set_labels_undoable(layer, labels.astype(np.uint8))
+            layer.metadata = {**layer.metadata, "medadapt": {**layer.metadata.get("medadapt", {}), "provenance": record}}
         for name, attention in (
             (ATTENTION_BEFORE_LAYER, result.attention_before),
             (ATTENTION_AFTER_LAYER, result.attention_after),
