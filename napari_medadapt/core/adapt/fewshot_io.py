@@ -52,7 +52,7 @@ def _trained_state(result: FewShotResult) -> dict[str, Any]:
 
 def adapter_card(result: FewShotResult, name: str | None = None) -> dict[str, Any]:
     """The card of ``result``'s adapter (without the weight file's checksum)."""
-    from napari_medadapt import __version__
+    from ..provenance import package_version
 
     source = result.settings["base_model"]
     if not result.settings.get("base_sha256"):
@@ -83,7 +83,7 @@ def adapter_card(result: FewShotResult, name: str | None = None) -> dict[str, An
         },
         "metrics": metrics,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "software": f"napari-medadapt {__version__}",
+        "software": f"napari-medadapt {package_version('napari-medadapt')}",
     }
 
 
