@@ -86,7 +86,19 @@ def empty_slices(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(0, z) for z in candidates if 0 <= z < mask.shape[0]]
 
 
-def _fit_row(fit, frozen, volume, reference, support, method, prior, steps, session, regions, empty=(), **kwargs) -> dict:
+def _runs(methods: list[str], reference: np.ndarray) -> list[tuple[str, bool, tuple]]:
+    """Every method with and without the prior, then the adapter with the prior and the slices a user marks
+    empty (none when the object reaches both ends of the volume)."""
+    runs = [(method, prior, ()) for method in methods for prior in (True, False)]
+    empty = tuple(empty_slices(reference > 0))
+    if empty:
+        runs.append(("adapter", True, empty))
+    return runs
+
+
+def _fit_row(frozen, volume, reference, support, method, prior, steps, session, regions, empty=(), **kwargs) -> dict:
+    from napari_medadapt.core.adapt.fewshot import fit
+
     slices = sorted({int(i) for i in np.flatnonzero(support.any(axis=(1, 2)))})
     result = fit(frozen, volume, support, method, prior=prior, steps=steps, session=session, leave_one_out=False,
                  empty_planes=empty, **kwargs)
@@ -139,7 +151,6 @@ def recompute_ratio(model, volume, support: np.ndarray, steps: int) -> dict[str,
 
 
 def run_glioma(args: argparse.Namespace, counts: list[int], methods: list[str]) -> dict[str, Any]:
-    from napari_medadapt.core.adapt.fewshot import fit
     from napari_medadapt.core.cases import load_case
     from napari_medadapt.core.session import ModelSession
 
@@ -153,11 +164,8 @@ def run_glioma(args: argparse.Namespace, counts: list[int], methods: list[str]) 
         slices = support_slices(reference > 0, count)
         support = np.zeros_like(reference)
         support[slices] = reference[slices]
-        runs = [(method, prior, ()) for method in methods for prior in (True, False)]
-        if empty_slices(reference > 0):
-            runs.append(("adapter", True, tuple(empty_slices(reference > 0))))
-        for method, prior, empty in runs:
-            row = _fit_row(fit, model, volume, reference, support, method, prior, args.steps, session,
+        for method, prior, empty in _runs(methods, reference):
+            row = _fit_row(model, volume, reference, support, method, prior, args.steps, session,
                            GLIOMA_REGIONS, empty)
             rows.append({"count": count, **row})
             print(f"glioma k={count} {method} prior={prior} empty={row['empty']}: WT {row['dice']['WT']:.3f} "
@@ -170,7 +178,6 @@ def run_glioma(args: argparse.Namespace, counts: list[int], methods: list[str]) 
 
 
 def run_ct(args: argparse.Namespace, counts: list[int], methods: list[str]) -> dict[str, Any]:
-    from napari_medadapt.core.adapt.fewshot import fit
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.sam.session import ModelChoice
@@ -188,11 +195,8 @@ def run_ct(args: argparse.Namespace, counts: list[int], methods: list[str]) -> d
             slices = support_slices(reference > 0, count)
             support = np.zeros_like(reference)
             support[slices] = reference[slices]
-            runs = [(method, prior, ()) for method in methods for prior in (True, False)]
-            if empty_slices(reference > 0):  # none when the organ reaches both ends of the volume
-                runs.append(("adapter", True, tuple(empty_slices(reference > 0))))
-            for method, prior, empty in runs:
-                row = _fit_row(fit, predictor, volume, reference, support, method, prior, args.steps, session,
+            for method, prior, empty in _runs(methods, reference):
+                row = _fit_row(predictor, volume, reference, support, method, prior, args.steps, session,
                                {organ: lambda a: a > 0}, empty, largest_component=True)
                 row.pop("zero_shot")
                 rows.append({"organ": organ, "count": count, **row})

@@ -146,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
         record = provenance_record(
             "fewshot", inputs={**images, "support": args.support}, model=model_entry(backbone),
             settings={**{k: v for k, v in result.settings.items() if k not in ("base_model", "base_sha256")},
-                      "support": [{"axis": p.axis, "index": p.index, "classes": list(p.classes)}
-                                  for p in result.support.planes]},
+                      "support": result.support.as_records()},
             device=str(device),
         )
         print(f"support: {result.support.describe()}", file=sys.stderr)
@@ -158,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"leave-one-slice-out Dice: {scores}", file=sys.stderr)
         report.update(
             method=result.method, prior=result.prior, base_model=result.settings["base_model"], axis=result.support.axis,
-            support=[{"axis": p.axis, "index": p.index, "classes": list(p.classes)} for p in result.support.planes],
+            support=result.support.as_records(),
             classes=list(result.classes), steps=result.settings["steps"], final_loss=result.history[-1]["loss"],
             leave_one_out_dice={str(k): v for k, v in result.leave_one_out.items()}, seconds=result.seconds,
             suggested_next_slices=[i for i, _ in result.suggest_next(3)],

@@ -70,8 +70,9 @@ def _frozen(backbone: str, model_ref: str, session: ModelSession, ctx: JobContex
 def fit_job(
     backbone: str, model_ref: str, volume: Volume, labels: np.ndarray, settings: dict[str, Any],
     session: ModelSession, on_step: Any, *, ctx: JobContext,
-) -> tuple[FewShotResult, str | None]:
-    """Fit in the compute thread; a segmentation model's adapted copy becomes a session variant."""
+) -> tuple[FewShotResult, str | None, list[tuple[int, float]]]:
+    """Fit in the compute thread; a segmentation model's adapted copy becomes a session variant; with the
+    slice to suggest next."""
     from napari_medadapt.core.adapt.fewshot import fit
 
     frozen = _frozen(backbone, model_ref, session, ctx)
@@ -79,7 +80,7 @@ def fit_job(
     variant = None
     if backbone != FOUNDATION:
         variant = session.add_variant(result.model, f"{frozen.card.name} (few-shot {result.method})")
-    return result, variant
+    return result, variant, result.suggest_next(1)  # the ranking reads the whole volume: not on the UI thread
 
 
 def leave_one_out_job(
@@ -111,6 +112,7 @@ class FewShotWidget(JobDock):
         self.result: FewShotResult | None = None
         self.result_layer_name: str | None = None
         self.painted_layer_name: str | None = None
+        self.suggestions: list[tuple[int, float]] = []
         self.empty_planes: list[tuple[int, int]] = []
         self._relay = LossRelay()
         self._relay.loss.connect(self._on_loss)
@@ -343,16 +345,16 @@ class FewShotWidget(JobDock):
         self.refresh_layers()
 
     def _show_result(
-        self, outcome: tuple[FewShotResult, str | None], painted: str, volume: Volume, inputs: tuple
+        self, outcome: tuple[FewShotResult, str | None, list[tuple[int, float]]], painted: str, volume: Volume,
+        inputs: tuple,
     ) -> None:
-        result, variant = outcome
+        result, variant, self.suggestions = outcome
         self.result = result
         self.painted_layer_name = painted  # Accept writes into the layer the fit learnt from
         if variant is not None:
             self.worker.publish_variant(result.model.card)
         settings = {k: v for k, v in result.settings.items() if k not in ("base_model", "base_sha256")}
-        settings["support"] = [{"axis": p.axis, "index": p.index, "classes": list(p.classes)}
-                               for p in result.support.planes]
+        settings["support"] = result.support.as_records()
         draft = provenance_draft(
             "fewshot", volume, {"name": result.settings["base_model"], "sha256": result.settings["base_sha256"]},
             settings, self.worker.session.device, extra_inputs={"support": None},
@@ -419,7 +421,7 @@ class FewShotWidget(JobDock):
         """Move the viewer to the unpainted slice the adapted model is least sure of; returns its index."""
         if self.result is None:
             return None
-        ranked = self.result.suggest_next(1)
+        ranked = self.suggestions
         if not ranked:
             self.status.setText("No slice to suggest: the adapted model found no structure.")
             return None

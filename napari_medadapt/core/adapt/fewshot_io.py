@@ -76,7 +76,7 @@ def adapter_card(result: FewShotResult, name: str | None = None) -> dict[str, An
         "spatial_dims": int(result.settings["spatial_dims"]),
         "labels": [0, *result.classes],
         "class_names": [result.class_names[i] for i in (0, *result.classes)],
-        "support": [{"axis": p.axis, "index": p.index, "classes": list(p.classes)} for p in result.support.planes],
+        "support": result.support.as_records(),
         "settings": {
             k: v for k, v in result.settings.items()
             if k not in ("base_model", "base_sha256", "backbone", "channels", "spatial_dims")

@@ -65,6 +65,10 @@ class Support:
         """One line per plane."""
         return "\n".join(p.describe() for p in self.planes)
 
+    def as_records(self) -> list[dict[str, object]]:
+        """The planes as JSON objects ``{"axis", "index", "classes"}`` (adapter cards, provenance, reports)."""
+        return [{"axis": p.axis, "index": p.index, "classes": list(p.classes)} for p in self.planes]
+
 
 def find_support(
     labels: np.ndarray, empty_planes: Iterable[tuple[int, int]] = (), axis: int | None = None
