@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "napari_medadapt.cli.bench",
     "napari_medadapt.cli.tts",
     "napari_medadapt.cli.fewshot",
+    "napari_medadapt.cli.explain",
     "napari_medadapt.cli.provenance",
     "napari_medadapt.cli.shift_score",
 )

@@ -9,6 +9,7 @@ from napari_medadapt.cli._dispatch import register_targets
 # target name -> module under napari_medadapt.training defining HELP, add_arguments and run
 TRAIN_TARGETS: dict[str, str] = {
     "glioma2d": "napari_medadapt.training.glioma2d",
+    "glioma2d-prototypes": "napari_medadapt.training.glioma2d_prototypes",
     "sam-small": "napari_medadapt.training.sam_small",
     "sam-clicks": "napari_medadapt.training.sam_clicks",
     "tts-trap": "napari_medadapt.training.tts_trap",

@@ -2,7 +2,8 @@
 
 A card's ``kind`` says what it describes: ``"segmentation"`` (a MONAI DynUNet segmenter, the default),
 ``"promptable"`` (a Segment Anything-family model: bundled weights beside the card, or a checkpoint
-downloaded on first use), ``"fewshot_adapter"`` (a head trained on a frozen model from a few labelled slices). Every card has a ``name``, ``tags`` (``"demonstration"`` keeps a model out of the
+downloaded on first use), ``"fewshot_adapter"`` (a head trained on a frozen model from a few labelled slices), ``"prototype_bank"``
+(prototypes projected onto real training patches, for explanations). Every card has a ``name``, ``tags`` (``"demonstration"`` keeps a model out of the
 ordinary model lists) and documentation fields.
 
 A card is JSON written by people and by other tools, so every field is checked for its type and range
@@ -51,6 +52,7 @@ class PrototypeSchema(_Strict):
     per_class: PositiveInt = 10
     dim: PositiveInt = 128
     scale: Annotated[float, Field(gt=0)] = 10.0
+    forgotten: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
 
 
 class ArchitectureSchema(_Strict):
@@ -292,11 +294,74 @@ class AdapterCardSchema(BaseModel):
         return self
 
 
+class PrototypeSourceSchema(BaseModel):
+    """Where a prototype was projected: a training case (or phantom), its axial plane and position."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    case: Annotated[str, Field(min_length=1)]
+    plane: Annotated[int, Field(ge=0)]
+    y: Annotated[int, Field(ge=0)]
+    x: Annotated[int, Field(ge=0)]
+
+
+class BankPrototypeSchema(_Strict):
+    id: Annotated[int, Field(ge=0)]
+    network_class: Annotated[int, Field(ge=0)]
+    label: Annotated[int, Field(ge=0, le=255)]
+    similarity: float
+    source: PrototypeSourceSchema
+
+
+class PrototypeBankSchema(BaseModel):
+    """A prototype bank's card: prototypes projected onto real training patches, with their sources."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    format_version: Annotated[int, Field(ge=1)] = 1
+    kind: Literal["prototype_bank"]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    base_model: Annotated[str, Field(min_length=1)]
+    base_sha256: str
+    space: Literal["head", "decoder"]
+    method: Literal["head-projection", "kmeans-projection"]
+    dim: PositiveInt
+    labels: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=2)]
+    class_names: list[str] = []
+    modalities: Annotated[list[str], Field(min_length=1)]
+    patch_size: PositiveInt
+    prototypes: Annotated[list[BankPrototypeSchema], Field(min_length=1)]
+    projection: dict[str, Any] = {}
+    training_cases: dict[str, Any] = {}
+    created: str = ""
+    software: str = ""
+    license: str = ""
+    weights_file: str
+    weights_sha256: str
+
+    @field_validator("base_sha256", "weights_sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        return _check_sha256(value)  # type: ignore[return-value]
+
+    @field_validator("weights_file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return _check_file_name(value)  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrototypeBankSchema:
+        if [p.id for p in self.prototypes] != list(range(len(self.prototypes))):
+            raise ValueError("prototype ids must be 0, 1, 2, ... in order")
+        if any(p.network_class >= len(self.labels) for p in self.prototypes):
+            raise ValueError("a prototype's network_class must index labels")
+        return self
+
+
 #: card kind -> its schema
 SCHEMAS: dict[str, type[BaseModel]] = {
     "segmentation": CardSchema,
     "promptable": PromptableCardSchema,
     "fewshot_adapter": AdapterCardSchema,
+    "prototype_bank": PrototypeBankSchema,
 }
 
 

@@ -3,13 +3,16 @@
 Decoder features ``F`` (B, C_dec, *spatial) are projected by two 1x1 convolutions (ReLU between) to
 ``F_L`` with ``dim`` channels. Each class has ``per_class`` (K) learnable prototypes in that space. For every
 position the cosine similarity to every prototype gives ``similarity`` maps (B, classes*K, *spatial), ordered
-class-major (prototype ``p`` belongs to class ``p // K``). The class score at a position is the mean of its K
+class-major (prototype ``p`` belongs to class ``p // K``). The class score at a position is the weighted sum of its K
 prototypes' similarities (the frozen ``w_ck = 1/K`` classifier), times ``scale`` to turn cosine values in
-[-1, 1] into logits a softmax can make confident.
+[-1, 1] into logits a softmax can make confident. A *forgotten* prototype (judged spurious by a user) has its
+weight ``w_ck`` set to 0; nothing is retrained. The forgotten ids are part of the architecture config
+(``prototypes.forgotten``), so a saved model keeps them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +46,9 @@ class PrototypeHead(nn.Module):
     spatial_dims
         2 or 3.
     scale
-        Logit scale applied to the mean cosine similarity.
+        Logit scale applied to the class's weighted cosine similarity.
+    forgotten
+        Prototype ids whose weight is 0.
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class PrototypeHead(nn.Module):
         dim: int = 128,
         spatial_dims: int = 2,
         scale: float = 10.0,
+        forgotten: Iterable[int] = (),
     ) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
@@ -67,6 +73,21 @@ class PrototypeHead(nn.Module):
             conv(dim, dim, kernel_size=1),
         )
         self.prototypes = nn.Parameter(torch.randn(self.num_classes * self.per_class, self.dim))
+        # w_ck: not a learnt parameter and not in the weight file (the card's architecture carries the ids)
+        self.register_buffer("weights", torch.full((len(self.prototypes),), 1.0 / self.per_class), persistent=False)
+        self.forgotten: tuple[int, ...] = ()
+        self.forget(forgotten)
+
+    def forget(self, ids: Iterable[int]) -> None:
+        """Set the weight of prototypes ``ids`` to 0 (and every other one back to 1/K)."""
+        ids = tuple(sorted({int(i) for i in ids}))
+        bad = [i for i in ids if not 0 <= i < len(self.prototypes)]
+        if bad:
+            raise ValueError(f"prototype ids {bad} do not exist; this head has 0..{len(self.prototypes) - 1}.")
+        self.weights.fill_(1.0 / self.per_class)
+        if ids:
+            self.weights[list(ids)] = 0.0
+        self.forgotten = ids
 
     def prototype_class(self, index: int) -> int:
         """Network class of prototype ``index``."""
@@ -83,5 +104,6 @@ class PrototypeHead(nn.Module):
         embedding = self.project(features)
         sim = self.similarity(embedding)
         batch, _, *spatial = sim.shape
-        per_class = sim.reshape(batch, self.num_classes, self.per_class, *spatial).mean(dim=2)
+        weighted = sim * self.weights.view(1, -1, *([1] * len(spatial)))
+        per_class = weighted.reshape(batch, self.num_classes, self.per_class, *spatial).sum(dim=2)
         return PrototypeOutput(logits=self.scale * per_class, similarity=sim, embedding=embedding)

@@ -66,22 +66,28 @@ def phantom_slice_bank(
     images = np.zeros((n_phantoms * slices_per_phantom, 4) + GRID_SHAPE[1:], dtype=np.float16)
     labels = np.zeros((n_phantoms * slices_per_phantom,) + GRID_SHAPE[1:], dtype=np.uint8)
     for p in range(n_phantoms):
-        phantom_seed = seed * 100_003 + p
-        params = random_phantom_params(phantom_seed)
-        stack, lab = [], []
-        for s in range(slices_per_phantom):
-            image, label = make_phantom_slice(
-                phantom_seed * 64 + s, tumour_probability=1.0 if s % 2 == 0 else 0.0, params=params
-            )
-            stack.append(image)
-            lab.append(label)
-        volume = np.stack(stack, axis=1)  # (4, S, Y, X): pooled statistics over the phantom's slices
         start = p * slices_per_phantom
-        images[start : start + slices_per_phantom] = normalize_channels(volume).transpose(1, 0, 2, 3)
-        labels[start : start + slices_per_phantom] = np.stack(lab)
+        planes, plane_labels = phantom_planes(seed * 100_003 + p, slices_per_phantom)
+        images[start : start + slices_per_phantom] = planes
+        labels[start : start + slices_per_phantom] = plane_labels
         if ctx is not None:
             ctx.progress(p + 1, n_phantoms, "rendering phantom slices")
     return images, labels
+
+
+def phantom_planes(phantom_seed: int, slices_per_phantom: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised slices ``(S, 4, 240, 240)`` and labels ``(S, 240, 240)`` one phantom contributes to a
+    slice bank (even slices through the tumour, odd ones at any brain level); the same for the same seed."""
+    params = random_phantom_params(phantom_seed)
+    stack, lab = [], []
+    for s in range(slices_per_phantom):
+        image, label = make_phantom_slice(
+            phantom_seed * 64 + s, tumour_probability=1.0 if s % 2 == 0 else 0.0, params=params
+        )
+        stack.append(image)
+        lab.append(label)
+    volume = np.stack(stack, axis=1)  # (4, S, Y, X): pooled statistics over the phantom's slices
+    return normalize_channels(volume).transpose(1, 0, 2, 3), np.stack(lab)
 
 
 def real_slice_bank(case_dir: str | Path, label_name: str = "seg_fusion") -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +98,12 @@ def real_slice_bank(case_dir: str | Path, label_name: str = "seg_fusion") -> tup
     images, labels
         float16 ``(N, 4, Y, X)`` in :data:`MODALITIES` order and uint8 ``(N, Y, X)`` BraTS ids.
     """
+    images, labels, _planes = real_case_planes(case_dir, label_name)
+    return images, labels
+
+
+def real_case_planes(case_dir: str | Path, label_name: str = "seg_fusion") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`real_slice_bank` with the axial plane index of each slice in the case (third array)."""
     from ..cases import load_case
 
     volume, label_maps = load_case(case_dir)
@@ -99,7 +111,7 @@ def real_slice_bank(case_dir: str | Path, label_name: str = "seg_fusion") -> tup
     norm = normalize_channels(data)
     seg = label_maps[label_name].astype(np.uint8)
     keep = np.flatnonzero(np.any(data != 0, axis=(0, 2, 3)))
-    return norm[:, keep].transpose(1, 0, 2, 3).astype(np.float16), seg[keep]
+    return norm[:, keep].transpose(1, 0, 2, 3).astype(np.float16), seg[keep], keep
 
 
 def _smooth_noise(generator, batch: int, size: tuple[int, int], cells: int, device) -> torch.Tensor:
