@@ -4,7 +4,8 @@
 
 Opens the demo (sample glioma case, every dock) and, as a user would: segments the volume with the bundled
 model; draws a box around the tumour for Segment Anything (LiteMedSAM); adapts the model at test time; places a positive and
-a negative keypoint for TTS; adapts a few-shot adapter to three painted slices; then shows the coronal view; finally opens the same patient's raw export and
+a negative keypoint for TTS; adapts a few-shot adapter to three painted slices; explains the predicted tumour by its prototypes and
+opens the top prototype's training slice; then shows the coronal view; finally opens the same patient's raw export and
 prepares it in the Prepare scans dock (needs ../shared or MEDADAPT_DATA_DIR). One PNG per step goes to
 docs/images/. Takes a few minutes on a CPU (the adaptation is the longest step).
 """
@@ -100,6 +101,27 @@ def main() -> int:
     viewer.dims.set_point(0, (slices[0] + slices[1]) // 2 * viewer.layers["flair"].scale[0])
     settle()
     shot(6, "few-shot_adapter")
+
+    explain_dock, explain = docks["Prototype explanations"]
+    explain_dock.raise_()
+    explain.model_combo.setCurrentIndex(explain.model_combo.findText("glioma2d"))
+    wait(explain.handle)  # finding the model's prototype bank
+    explain.place_point()
+    viewer.layers["explain point"].add([z, *centre])
+    explain.target_combo.setCurrentText("predicted region")
+    explain.explain()
+    wait(explain.handle)
+    viewer.dims.set_point(0, z * viewer.layers["flair"].scale[0])
+    explain.table.selectRow(0)
+    explain.open_source()
+    wait(explain.handle)
+    shown = {"flair", "explain point", "evidence"} | {name for name in (layer.name for layer in viewer.layers) if name.startswith("prototype #")}
+    for layer in viewer.layers:  # the explanation alone over the FLAIR: the other docks' results hidden
+        layer.visible = layer.name in shown
+    viewer.layers["evidence"].visible = False
+    viewer.reset_view()
+    settle()
+    shot(7, "prototype_explanations")
 
     viewer.dims.order = (1, 0, 2)  # coronal
     viewer.dims.set_point(1, centre[0] * viewer.layers["flair"].scale[1])

@@ -69,25 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bank.set_defaults(func=run_bank)
 
 
-def _case_folders(folder: Path) -> list[Path]:
-    from napari_medadapt.cli import CLIError
-
-    if not folder.is_dir():
-        raise CLIError(f"--cases {folder}: not a folder; give a folder of labelled case folders.")
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return subfolders or [folder]
-
-
 def run_bank(args: argparse.Namespace) -> int:
     from napari_medadapt.cli import CLIError
-    from napari_medadapt.core.explain import case_slices, kmeans_bank, save_bank
+    from napari_medadapt.core.explain.bank import save_bank
+    from napari_medadapt.core.explain.projection import case_folders, case_slices, kmeans_bank
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.models import load_model
 
     if args.per_class < 1:
         raise CLIError(f"--per-class {args.per_class}: give at least 1.")
     model = load_model(args.model)
-    cases = _case_folders(args.cases)
+    cases = case_folders(args.cases)
     slices = case_slices(cases, model, on_case=lambda c: print(f"read {c}", file=sys.stderr))
     bank = kmeans_bank(model, slices, per_class=args.per_class, seed=args.seed, ctx=JobContext(on_progress=text_progress("bank")))
     path = save_bank(bank, args.out)

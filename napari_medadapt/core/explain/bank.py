@@ -87,22 +87,29 @@ class PrototypeBank:
         return f"#{index} {self.class_name(index)}, {source['case']} plane {source['plane']} (y {source['y']}, x {source['x']})"
 
 
-def bank_path_for(model: SegModel) -> Path:
-    """Where ``model``'s bank card is: beside a saved model's card, else in the user cache."""
-    card = model.card
-    if card.path:
-        path = Path(card.path)
-        return path.with_name(path.name.removesuffix(".json") + BANK_SUFFIX + ".json")
-    return cache_dir() / "prototype_banks" / f"{card.name}{BANK_SUFFIX}.json"
+def bank_path_for(model: SegModel) -> Path | None:
+    """The bank card beside a saved model's card (``NAME.prototypes.json``); ``None`` for a model in memory."""
+    if not model.card.path:
+        return None
+    path = Path(model.card.path)
+    return path.with_name(path.name.removesuffix(".json") + BANK_SUFFIX + ".json")
+
+
+def cache_bank_path(model: SegModel) -> Path | None:
+    """The bank card in the user cache for ``model`` (named by the model and its weights' sha256)."""
+    from ..provenance import model_sha256
+
+    sha = model_sha256(model)
+    if sha is None:
+        return None
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.card.name)
+    return cache_dir() / "prototype_banks" / f"{name}-{sha[:12]}{BANK_SUFFIX}.json"
 
 
 def find_bank(model: SegModel) -> PrototypeBank | None:
-    """The bank beside ``model`` (or in the user cache for its name), checked against it; ``None`` if there is none."""
-    candidates = [bank_path_for(model)]
-    if model.card.path:
-        candidates.append(cache_dir() / "prototype_banks" / f"{model.card.name}{BANK_SUFFIX}.json")
-    for path in candidates:
-        if path.is_file():
+    """The bank beside ``model``'s card, else in the user cache, checked against it; ``None`` if there is none."""
+    for path in (bank_path_for(model), cache_bank_path(model)):
+        if path is not None and path.is_file():
             return load_bank(path, model)
     return None
 

@@ -123,7 +123,7 @@ class Explainer:
         source, model = self.prepared.source_shape, self.prepared.data.shape[1:]
         return tuple(min(int((int(i) + 0.5) * m / s), m - 1) for i, m, s in zip(zyx, model, source, strict=True))  # type: ignore[return-value]
 
-    def _check_voxel(self, zyx: Sequence[int]) -> tuple[int, int, int]:
+    def check_voxel(self, zyx: Sequence[int]) -> tuple[int, int, int]:
         shape = self.prepared.source_shape
         if len(zyx) != 3 or not all(0 <= int(i) < n for i, n in zip(zyx, shape, strict=True)):
             raise PromptError(f"the voxel {tuple(int(i) for i in zyx)} is outside the image (shape {tuple(shape)}); pick a voxel inside it.")
@@ -192,7 +192,7 @@ class Explainer:
     def explain_voxel(self, zyx: Sequence[int], top_k: int = 5) -> Explanation:
         """The top-k prototypes at voxel ``zyx`` (display grid), its predicted class and the class-score shares."""
         start = time.perf_counter()
-        zyx = self._check_voxel(zyx)
+        zyx = self.check_voxel(zyx)
         z, y, x = self._model_index(zyx)
         planes = [z] if self.model.spatial_dims == 2 else None
         embedding, probs = self._plane_outputs(planes)

@@ -238,6 +238,14 @@ def with_prototypes(model: SegModel, vectors: np.ndarray) -> SegModel:
     return copied
 
 
+def case_folders(folder: str | Path) -> list[Path]:
+    """The case folders of a cohort folder (its sub-folders), or the folder itself when it is one case."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"{folder} is not a folder; give a folder of labelled case folders (or one case folder).")
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) or [folder]
+
+
 def case_slices(
     cases: Sequence[Any], model: SegModel, label_name: str | None = None,
     on_case: Callable[[str], None] | None = None,

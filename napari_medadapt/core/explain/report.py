@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 OUTLINE = (255, 140, 0)
 
 
-def _display_channel(modalities: Sequence[str]) -> int:
+def display_channel(modalities: Sequence[str]) -> int:
+    """The channel shown for a patch or source slice: FLAIR when present, else the first."""
     return list(modalities).index("flair") if "flair" in modalities else 0
 
 
@@ -41,7 +42,7 @@ def thumbnail(bank: PrototypeBank, index: int, zoom: int = 3) -> np.ndarray:
     """RGB uint8 image of prototype ``index``'s source patch: grey input, its class outlined, centre marked."""
     from scipy import ndimage
 
-    patch = bank.patches[index, _display_channel(bank.card["modalities"])].astype(np.float32)
+    patch = bank.patches[index, display_channel(bank.card["modalities"])].astype(np.float32)
     rgb = np.repeat(_grey(patch)[..., None], 3, axis=2)
     region = bank.patch_labels[index] == bank.entry(index)["label"]
     outline = region & ~ndimage.binary_erosion(region)

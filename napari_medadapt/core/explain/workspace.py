@@ -1,0 +1,164 @@
+"""The compute side of the Prototype explanations dock (and of scripted sessions): one explainer per model,
+volume and bank, kept while they stay the same; explanations with the current plane's heatmaps first; volume
+heatmaps, source slices, forgetting and post-hoc banks on demand. Runs in the compute thread only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..jobs import JobContext, ensure_context
+from .explain import Explainer, Explanation
+from .targets import component_at, resolve_bank
+
+if TYPE_CHECKING:
+    from ..session import ModelSession
+    from ..volume import Volume
+    from .bank import PrototypeBank
+
+TARGETS = ("voxel", "predicted region", "label region")
+
+
+@dataclass
+class ExplainResult:
+    """An explanation with the heatmaps of its matches on ``plane`` (float16 (n, Z, Y, X), other planes 0),
+    the evidence map of a region (same grid), the region explained (``None`` for a voxel) and the prediction."""
+
+    explanation: Explanation
+    plane: int
+    heatmaps: np.ndarray
+    evidence: np.ndarray | None
+    region: np.ndarray | None
+    prediction: np.ndarray | None
+
+
+@dataclass
+class ForgetResult:
+    """Labels before and after forgetting ``forgotten`` (display grid), and the session variant's name."""
+
+    before: np.ndarray
+    after: np.ndarray
+    forgotten: tuple[int, ...]
+    variant: str | None
+
+
+class ExplainWorkspace:
+    """Explanations of session models on a volume.
+
+    Parameters
+    ----------
+    session
+        The model session (models are loaded once; a model with forgotten prototypes becomes a session variant).
+    """
+
+    def __init__(self, session: ModelSession) -> None:
+        self.session = session
+        self._key: tuple | None = None
+        self._explainer: Explainer | None = None
+        self._prediction: np.ndarray | None = None
+
+    def explainer(self, model_ref: str, volume: Volume, bank: str | Path | None = None) -> Explainer:
+        """The explainer of ``model_ref`` on ``volume`` with ``bank`` (the model's own by default), reused."""
+        from ..model_input import prepare_model_input
+        from ..session import volume_fingerprint
+
+        key = (model_ref, volume_fingerprint(volume), str(bank) if bank else None)
+        if key != self._key or self._explainer is None:
+            model = self.session.model(model_ref)
+            explainer = Explainer(model, resolve_bank(model, bank), prepare_model_input(model, volume), device=None)
+            self._key, self._explainer, self._prediction = key, explainer, None
+        return self._explainer
+
+    @property
+    def current_bank(self) -> PrototypeBank | None:
+        """The bank of the last explanation."""
+        return None if self._explainer is None else self._explainer.bank
+
+    @property
+    def forgotten(self) -> tuple[int, ...]:
+        """Prototype ids forgotten in the current explainer."""
+        return () if self._explainer is None else self._explainer.forgotten
+
+    def evidence(self, explanation: Explanation, heatmaps: np.ndarray) -> np.ndarray:
+        """The evidence map of a region's explanation from its matches' heatmaps."""
+        return self._explainer.evidence(explanation, heatmaps)
+
+    def build_bank(self, model_ref: str, cases: Path, out: Path | None = None, ctx: JobContext | None = None) -> Path:
+        """A post-hoc bank for ``model_ref`` from a folder of labelled case folders (or one case folder), saved at
+        ``out`` or in the user cache (where the model's bank is looked for); returns the card's path."""
+        from .bank import cache_bank_path, save_bank
+        from .projection import case_folders, case_slices, kmeans_bank
+
+        model = self.session.model(model_ref)
+        bank = kmeans_bank(model, case_slices(case_folders(cases), model), ctx=ctx)
+        target = out or cache_bank_path(model)
+        if target is None:
+            from ..errors import ModelError
+
+            raise ModelError(f"the model {model.card.name!r} exists only in this session; save it before building a bank.")
+        return save_bank(bank, target)
+
+    def bank(self, model_ref: str, bank: str | Path | None = None, ctx: JobContext | None = None) -> PrototypeBank | str:
+        """The bank that would explain ``model_ref`` (the given one, else the model's own), or, when there is
+        none or it does not fit, the message saying why and how to build one."""
+        from ..errors import ModelError
+
+        try:
+            return resolve_bank(self.session.model(model_ref, ctx), bank)
+        except ModelError as err:
+            return str(err)
+
+    def prediction(self, explainer: Explainer, ctx: JobContext | None = None) -> np.ndarray:
+        """The explained model's labels on the volume (computed once per explainer and forgotten set)."""
+        if self._prediction is None:
+            self._prediction = explainer.predict(ctx=ctx)
+        return self._prediction
+
+    def explain(
+        self, model_ref: str, volume: Volume, target: str, *, zyx: Sequence[int] | None = None,
+        region: np.ndarray | None = None, top_k: int = 5, bank: str | Path | None = None,
+        ctx: JobContext | None = None,
+    ) -> ExplainResult:
+        """Explain a ``voxel`` (``zyx``), the ``predicted region`` (connected component) at ``zyx``, or a
+        ``label region`` (``region`` mask); heatmaps of the matches on the target's plane."""
+        ctx = ensure_context(ctx)
+        explainer = self.explainer(model_ref, volume, bank)
+        prediction = None
+        if target == "voxel":
+            explanation = explainer.explain_voxel(zyx, top_k)
+            plane = int(zyx[0])
+        else:
+            if target == "predicted region":
+                explainer.check_voxel(zyx)
+                prediction = self.prediction(explainer, ctx)
+                region = component_at(prediction, zyx)
+                description = "predicted region at the point"
+            else:
+                description = "label region"
+            explanation = explainer.explain_region(region, top_k, description=description, ctx=ctx)
+            plane = int(zyx[0]) if zyx is not None and region[int(zyx[0])].any() else int(np.argmax(region.sum(axis=(1, 2))))
+        heatmaps = explainer.heatmaps([m.id for m in explanation.matches], planes=[plane], ctx=ctx)
+        evidence = None if region is None else explainer.evidence(explanation, heatmaps)
+        return ExplainResult(explanation, plane, heatmaps, evidence, region, prediction)
+
+    def volume_heatmaps(self, explanation: Explanation, ctx: JobContext | None = None) -> np.ndarray:
+        """Heatmaps of ``explanation``'s matches over the whole volume (with progress)."""
+        return self._explainer.heatmaps([m.id for m in explanation.matches], ctx=ctx)
+
+    def forget(self, ids: Sequence[int], ctx: JobContext | None = None) -> ForgetResult:
+        """Predict again with prototypes ``ids`` forgotten (``()`` restores every one); the model with the
+        forgotten prototypes becomes a session variant (usable in every dock; its card lists them)."""
+        explainer = self._explainer
+        before = self.prediction(explainer, ctx)
+        explainer.forget(ids)
+        self._prediction = None
+        after = self.prediction(explainer, ctx)
+        variant = None
+        if explainer.forgotten:
+            name = f"{explainer.base.card.name} without prototypes {','.join(map(str, explainer.forgotten))}"
+            variant = self.session.add_variant(explainer.model, name)
+        return ForgetResult(before, after, explainer.forgotten, variant)

@@ -1,0 +1,468 @@
+"""Prototype explanations dock: which training patches a voxel or region resembles, and where each fires.
+
+Choose the model and its inputs, place a point (or pick a label region), Explain: the table lists the top
+prototypes (thumbnail of each source patch, class, cosine similarity, share of the class score, source case and
+plane); the selected prototypes' heatmaps appear as layers (the current plane at once, the whole volume on
+demand), with a combined evidence map for a region. "Open source slice" shows the training slice beside the
+volume with the patch outlined; "Forget" predicts again with the selected prototypes weighted 0 (nothing
+retrained) and shows what changes; "Export report" writes PNG + HTML + NIfTI heatmaps. A model without a bank
+gets "Build bank...": k-means of its decoder features over a folder of labelled cases. Computing is in
+:mod:`napari_medadapt.core.explain`, in the compute worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_info
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+)
+
+from napari_medadapt.core.errors import MedAdaptError, PromptError
+from napari_medadapt.core.explain.workspace import TARGETS, ExplainWorkspace
+from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._keypoints import grid_kwargs, read_points
+from napari_medadapt.widgets._model_inputs import ModelInputsPanel
+
+if TYPE_CHECKING:
+    from napari_medadapt.core.explain.workspace import ExplainResult, ForgetResult
+
+POINT_LAYER = "explain point"
+EVIDENCE_LAYER = "evidence"
+HEADERS = ("", "prototype", "class", "similarity", "share", "source")
+
+
+def heatmap_layer_name(pid: int) -> str:
+    """Name of prototype ``pid``'s heatmap layer."""
+    return f"prototype #{pid} heatmap"
+
+
+def _pixmap(rgb: np.ndarray) -> QPixmap:
+    rgb = np.ascontiguousarray(rgb)
+    image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1], QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(image.copy())
+
+
+class ExplainWidget(JobDock):
+    """Dock widget: model + inputs, target, Explain, prototype table, heatmaps, source slices, forget, report."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer)
+        self.cancelled_text = "Cancelled; nothing was changed."
+        self.result: ExplainResult | None = None
+        self.bank = None
+        self.bank_path: Path | None = None  # a bank chosen by the user (None: the model's own)
+        self._workspace: ExplainWorkspace | None = None
+
+        layout = self.layout_
+        self.inputs = ModelInputsPanel(self.viewer)
+        self.model_combo = self.inputs.model_combo
+        layout.addWidget(self.inputs)
+        self.bank_label = QLabel("Prototype bank: choose a model")
+        self.bank_label.setWordWrap(True)
+        layout.addWidget(self.bank_label)
+        bank_row = QHBoxLayout()
+        self.build_button = QPushButton("Build bank...")
+        self.build_button.setToolTip("Post-hoc prototypes for any model: k-means of its decoder features over a folder of labelled cases")
+        self.load_bank_button = QPushButton("Load bank...")
+        bank_row.addWidget(self.build_button)
+        bank_row.addWidget(self.load_bank_button)
+        layout.addLayout(bank_row)
+
+        form = QFormLayout()
+        self.target_combo = QComboBox()
+        self.target_combo.addItems(TARGETS)
+        self.target_combo.setToolTip("Explain the clicked voxel, the predicted region containing it, or a label region")
+        form.addRow("Explain", self.target_combo)
+        self.point_button = QPushButton("Place point")
+        self.point_button.setToolTip(f"Click a voxel in the viewer (layer '{POINT_LAYER}'); the last point is explained")
+        form.addRow(self.point_button)
+        self.labels_combo = QComboBox()
+        form.addRow("Label region", self.labels_combo)
+        self.values_edit = QLineEdit()
+        self.values_edit.setPlaceholderText("all non-zero, or e.g. 1,2,4")
+        form.addRow("Label values", self.values_edit)
+        self.topk_spin = QSpinBox()
+        self.topk_spin.setRange(1, 20)
+        self.topk_spin.setValue(5)
+        form.addRow("Top prototypes", self.topk_spin)
+        layout.addLayout(form)
+        self.explain_button = QPushButton("Explain")
+        layout.addWidget(self.explain_button)
+        layout.addWidget(self.job_panel)
+        layout.addWidget(self.status)
+
+        self.table = QTableWidget(0, len(HEADERS))
+        self.table.setHorizontalHeaderLabels(HEADERS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setIconSize(QSize(64, 64))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(240)
+        layout.addWidget(self.table)
+        actions = QGridLayout()
+        self.volume_button = QPushButton("Heatmaps: whole volume")
+        self.source_button = QPushButton("Open source slice")
+        self.forget_button = QPushButton("Forget selected")
+        self.restore_button = QPushButton("Restore all")
+        self.export_button = QPushButton("Export report...")
+        for index, button in enumerate(
+            (self.volume_button, self.source_button, self.forget_button, self.restore_button, self.export_button)
+        ):
+            actions.addWidget(button, index // 2, index % 2)
+            button.setEnabled(False)
+        layout.addLayout(actions)
+        layout.addStretch(1)
+
+        self.inputs.model_changed.connect(self._on_model_changed)
+        self.point_button.clicked.connect(self.place_point)
+        self.explain_button.clicked.connect(self.explain)
+        self.table.itemSelectionChanged.connect(self._show_selected)
+        self.volume_button.clicked.connect(self.volume_heatmaps)
+        self.source_button.clicked.connect(self.open_source)
+        self.forget_button.clicked.connect(lambda: self.forget(self.selected_ids()))
+        self.restore_button.clicked.connect(lambda: self.forget([]))
+        self.export_button.clicked.connect(self._choose_report_folder)
+        self.build_button.clicked.connect(self._choose_bank_cases)
+        self.load_bank_button.clicked.connect(self._choose_bank_file)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_labels)
+        self._refresh_labels()
+        self._on_model_changed()
+
+    # ------------------------------------------------------------------ model and bank
+    @property
+    def workspace(self) -> ExplainWorkspace:
+        """The dock's explanation workspace on the viewer's model session."""
+        if self._workspace is None:
+            self._workspace = ExplainWorkspace(self.worker.session)
+        return self._workspace
+
+    def _on_model_changed(self) -> None:
+        self.bank, self.bank_path, self.result = None, None, None
+        self.table.setRowCount(0)
+        self.explain_button.setEnabled(False)
+        self._refresh_actions()
+        if self.inputs.card is None:
+            self.bank_label.setText("Prototype bank: choose a model")
+            return
+        self.bank_label.setText("Prototype bank: looking for the model's bank...")
+        self.run_job(
+            self.workspace.bank, self.inputs.model_ref, None, description="Find the prototype bank",
+            on_result=self._show_bank, interactive_key="explain-bank",
+        )
+
+    def _show_bank(self, bank: Any) -> None:
+        if isinstance(bank, str):  # no bank for this model, or the chosen one does not fit: say why and how
+            self.bank_label.setText(f"Prototype bank: {bank}")
+            self.explain_button.setEnabled(self.bank is not None)
+            return
+        self.bank = bank
+        projected = bank.space == "head" and bank.card.get("projection", {}).get("kept", False)
+        kind = "projected prototypes of the model's head" if projected else (
+            "the model's head prototypes with their nearest training patches" if bank.space == "head" else "post-hoc (k-means of decoder features)"
+        )
+        self.bank_label.setText(f"Prototype bank: {bank.card['name']} - {len(bank)} prototypes, {kind}.")
+        self.explain_button.setEnabled(True)
+        self.status.setText("")
+
+    def job_finished(self) -> None:
+        """A job ended: the result's buttons follow."""
+        self._refresh_actions()
+
+    def load_bank(self, path: str | Path) -> None:
+        """Explain with the bank at ``path`` (checked against the chosen model in the worker)."""
+        self.bank_path = Path(path)
+        self.run_job(self.workspace.bank, self.inputs.model_ref, self.bank_path, description="Load a prototype bank", on_result=self._show_bank)
+
+    def _choose_bank_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Prototype bank", "", "Prototype banks (*.prototypes.json)")
+        if path:
+            self.load_bank(path)
+
+    def build_bank(self, cases: str | Path, out: str | Path | None = None) -> None:
+        """Build a post-hoc bank for the chosen model from a folder of labelled case folders (saved at ``out``, or
+        in the user cache where the model's bank is looked for) and use it."""
+        self.status.setText(f"Building a prototype bank from {cases}...")
+        self.run_job(
+            self.workspace.build_bank, self.inputs.model_ref, Path(cases), None if out is None else Path(out),
+            description="Build a prototype bank", on_result=self.load_bank, disable=(self.build_button, self.explain_button),
+        )
+
+    def _choose_bank_cases(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of labelled cases (one folder per case)")
+        if folder:
+            self.build_bank(folder)
+
+    # ------------------------------------------------------------------ target
+    def _refresh_labels(self, *_: Any) -> None:
+        from napari.layers import Labels
+
+        previous = self.labels_combo.currentText()
+        self.labels_combo.clear()
+        self.labels_combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Labels)])
+        if previous:
+            self.labels_combo.setCurrentText(previous)
+
+    def _image(self) -> Any:
+        chosen = self.inputs.chosen_layers()
+        if not chosen:
+            raise MedAdaptError("Choose the image layers of the model's inputs first.")
+        return next(iter(chosen.values()))
+
+    def place_point(self) -> None:
+        """Select (or create on the image's grid) the point layer in add mode: the next click is the target."""
+        try:
+            image = self._image()
+        except MedAdaptError as err:
+            self.report(err)
+            return
+        if POINT_LAYER not in self.viewer.layers:
+            self.viewer.add_points(np.zeros((0, 3)), ndim=3, name=POINT_LAYER, size=5, face_color="cyan", **grid_kwargs(image))
+        layer = self.viewer.layers[POINT_LAYER]
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add"
+        self.status.setText("Click the voxel to explain, then press Explain.")
+
+    def target_voxel(self) -> tuple[int, int, int]:
+        """The last point of the point layer as a voxel of the input image (z, y, x)."""
+        image = self._image()
+        if POINT_LAYER not in self.viewer.layers or len(self.viewer.layers[POINT_LAYER].data) == 0:
+            raise PromptError("Place a point first: press 'Place point' and click the voxel to explain.")
+        voxels, _positive, _plane = read_points(self.viewer.layers[POINT_LAYER], image, "Point")
+        return tuple(int(v) for v in np.rint(voxels[-1]))  # type: ignore[return-value]
+
+    def _region(self, shape: tuple[int, ...]) -> np.ndarray:
+        from napari_medadapt.core.explain.targets import region_mask
+
+        name = self.labels_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise PromptError("Choose a Labels layer holding the region to explain.")
+        data = np.asarray(self.viewer.layers[name].data)
+        if data.shape != shape:
+            raise PromptError(f"Labels layer {name!r} has shape {data.shape}; the image has {shape}. Choose labels drawn on this image.")
+        text = self.values_edit.text().strip()
+        try:
+            values = [int(v) for v in text.replace(" ", "").split(",") if v] if text else None
+        except ValueError:
+            raise PromptError(f"Label values {text!r}: give whole numbers separated by commas, e.g. 1,2,4.") from None
+        return region_mask(data, values, what=f"Labels layer {name!r}")
+
+    # ------------------------------------------------------------------ explain
+    def explain(self) -> None:
+        """Explain the target in the compute worker; the table and the current plane's heatmaps follow."""
+        if self.busy or self.bank is None:
+            return
+        target = self.target_combo.currentText()
+        try:
+            volume = self.inputs.volume()
+            zyx = self.target_voxel() if target != "label region" else None
+            region = self._region(volume.geometry.display_shape) if target == "label region" else None
+        except MedAdaptError as err:
+            self.report(err)
+            return
+        self.clear_report()
+        self.status.setText(f"Explaining the {target}...")
+        self._volume = volume
+        self.run_job(
+            self.workspace.explain, self.inputs.model_ref, volume, target, zyx=zyx, region=region,
+            top_k=self.topk_spin.value(), bank=self.bank_path, description="Explain with prototypes",
+            on_result=self._show_result, disable=(self.explain_button,),
+        )
+
+    def _show_result(self, result: ExplainResult) -> None:
+        from napari_medadapt.core.explain.report import thumbnail
+
+        self.result = result
+        explanation = result.explanation
+        self.table.setRowCount(0)
+        for match in explanation.matches:
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            icon = QTableWidgetItem()
+            icon.setIcon(QIcon(_pixmap(thumbnail(self.bank, match.id, zoom=2))))
+            share = "" if match.share is None else f"{match.share:.0%}"
+            source = match.source
+            cells = [icon, f"#{match.id}" + (" (forgotten)" if match.forgotten else ""), match.class_name,
+                     f"{match.similarity:.3f}", share, f"{source['case']}, plane {source['plane']} (y {source['y']}, x {source['x']})"]
+            for column, cell in enumerate(cells):
+                item = cell if isinstance(cell, QTableWidgetItem) else QTableWidgetItem(cell)
+                item.setData(Qt.ItemDataRole.UserRole, match.id)
+                self.table.setItem(row, column, item)
+            self.table.setRowHeight(row, 68)
+        self.table.resizeColumnsToContents()
+        if result.evidence is not None:
+            self._set_image(EVIDENCE_LAYER, result.evidence, "viridis")
+        self.table.selectRow(0)
+        notes = " ".join(explanation.notes)
+        self.status.setText(
+            f"Predicted {explanation.predicted_class} (probability {explanation.probability:.2f}) in "
+            f"{explanation.seconds:.2f} s. Heatmaps on plane {result.plane}; 'Heatmaps: whole volume' for all. {notes}".strip()
+        )
+        self._refresh_actions()
+
+    def selected_ids(self) -> list[int]:
+        """Prototype ids of the selected table rows."""
+        rows = sorted({index.row() for index in self.table.selectedIndexes()})
+        return [int(self.table.item(row, 1).data(Qt.ItemDataRole.UserRole)) for row in rows]
+
+    def _set_image(self, name: str, data: np.ndarray, colormap: str) -> None:
+        scale = self._volume.geometry.spacing
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = data
+            return
+        self.viewer.add_image(data, name=name, scale=scale, colormap=colormap, contrast_limits=(0.0, 1.0), opacity=0.6, blending="additive")
+
+    def _show_selected(self) -> None:
+        if self.result is None:
+            return
+        ids = [m.id for m in self.result.explanation.matches]
+        selected = set(self.selected_ids())
+        for pid, heat in zip(ids, self.result.heatmaps, strict=True):
+            name = heatmap_layer_name(pid)
+            if pid in selected:
+                self._set_image(name, heat, "inferno")
+            elif name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self._refresh_actions()
+
+    def _refresh_actions(self) -> None:
+        ready = self.result is not None and not self.busy
+        chosen = ready and bool(self.table.selectedIndexes())
+        self.volume_button.setEnabled(ready)
+        self.export_button.setEnabled(ready)
+        self.source_button.setEnabled(chosen)
+        head = self.bank is not None and self.bank.space == "head"
+        self.forget_button.setEnabled(chosen and head)
+        self.restore_button.setEnabled(ready and head)
+
+    # ------------------------------------------------------------------ on demand
+    def volume_heatmaps(self) -> None:
+        """Compute the heatmaps of the listed prototypes over the whole volume (progress, Cancel)."""
+        if self.result is None or self.busy:
+            return
+        self.run_job(
+            self.workspace.volume_heatmaps, self.result.explanation, description="Prototype heatmaps (volume)",
+            on_result=self._show_volume_heatmaps, disable=(self.volume_button, self.explain_button),
+        )
+
+    def _show_volume_heatmaps(self, heatmaps: np.ndarray) -> None:
+        self.result.heatmaps = heatmaps
+        if self.result.evidence is not None:
+            self.result.evidence = self.workspace.evidence(self.result.explanation, heatmaps)
+            self._set_image(EVIDENCE_LAYER, self.result.evidence, "viridis")
+        self._show_selected()
+        self.status.setText("Heatmaps computed for the whole volume.")
+
+    def open_source(self) -> None:
+        """Show the selected prototype's training slice beside the volume, its patch outlined."""
+        ids = self.selected_ids()
+        if not ids:
+            return
+        pid = ids[0]
+        self.run_job(
+            _source, self.bank, pid, description="Open the source slice", on_result=lambda out: self._show_source(pid, out)
+        )
+
+    def _show_source(self, pid: int, out: tuple[np.ndarray, str | None]) -> None:
+        plane, message = out
+        spacing = self._volume.geometry.spacing
+        width = self._volume.geometry.display_shape[2]
+        offset = (width + 20) * spacing[2]
+        name = f"prototype #{pid} source" if message is None else f"prototype #{pid} stored patch"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.viewer.add_image(plane, name=name, scale=spacing[1:], translate=(0.0, offset), colormap="gray")
+        entry = self.bank.entry(pid)["source"]
+        half = self.bank.card["patch_size"] / 2
+        y, x = (entry["y"], entry["x"]) if message is None else (half, half)
+        corners = np.array([[y - half, x - half], [y + half, x + half]]) * np.asarray(spacing[1:]) + [0.0, offset]
+        outline = f"prototype #{pid} patch"
+        if outline in self.viewer.layers:
+            self.viewer.layers.remove(outline)
+        self.viewer.add_shapes([corners], shape_type="rectangle", name=outline, edge_color="orange", face_color="transparent", edge_width=1.5)
+        self.status.setText(message or f"Source of prototype #{pid}: {self.bank.describe(pid)} (right of the volume).")
+
+    def forget(self, ids: list[int]) -> None:
+        """Predict again with prototypes ``ids`` forgotten (``[]`` restores all); the changed labels are shown."""
+        if self.result is None or self.busy:
+            return
+        current = set(self.workspace.forgotten)
+        wanted = sorted(current | set(ids)) if ids else []
+        self.status.setText("Predicting again without the forgotten prototypes..." if wanted else "Restoring every prototype...")
+        self.run_job(self.workspace.forget, wanted, description="Forget prototypes", on_result=self._show_forget, disable=(self.explain_button,))
+
+    def _show_forget(self, result: ForgetResult) -> None:
+        from napari_medadapt.core.metrics import label_volumes_ml
+        from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs
+
+        changed = int((result.after != result.before).sum())
+        name = "prediction without forgotten prototypes"
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = result.after
+        else:
+            kwargs = labels_layer_kwargs(self._volume.geometry, name=name, class_names=class_names_of(self.inputs.card))
+            self.viewer.add_labels(result.after, opacity=0.5, **kwargs)
+        spacing = self._volume.geometry.spacing
+        before = sum(label_volumes_ml(result.before, spacing).values())
+        after = sum(label_volumes_ml(result.after, spacing).values())
+        if result.variant:
+            self.worker.publish_variant(self.worker.session.model(result.variant).card)
+        which = ", ".join(f"#{i}" for i in result.forgotten) or "none"
+        self.status.setText(f"Forgotten: {which}. {changed} voxels changed; foreground {before:.1f} -> {after:.1f} mL.")
+        show_info(f"Prototypes forgotten: {which}; {changed} voxels changed.")
+
+    def export_report(self, folder: str | Path) -> None:
+        """Write the explanation (JSON, NIfTI heatmaps over the volume, thumbnails, heatmaps.png, report.html)."""
+        if self.result is None:
+            return
+        image = self._image()
+        self.run_job(
+            _export, self.workspace, self.result, self._volume, np.asarray(image.data), Path(folder),
+            description="Export the explanation report", on_result=lambda path: self.status.setText(f"Report written: {path}"),
+        )
+
+    def _choose_report_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the explanation report")
+        if folder:
+            self.export_report(folder)
+
+
+def _source(bank: Any, pid: int, ctx: Any = None) -> tuple[np.ndarray, str | None]:
+    from napari_medadapt.core.explain.report import display_channel
+    from napari_medadapt.core.explain.sources import SourceUnavailable, source_plane
+
+    channel = display_channel(bank.card["modalities"])
+    try:
+        image, _labels = source_plane(bank.entry(pid)["source"], bank.card["modalities"])
+        return image[channel], None
+    except SourceUnavailable as err:
+        return bank.patches[pid, channel].astype(np.float32), str(err)
+
+
+def _export(workspace: ExplainWorkspace, result: Any, volume: Any, image: np.ndarray, folder: Path, ctx: Any = None) -> Path:
+    from napari_medadapt.core.explain.report import write_explanation
+
+    heatmaps = workspace.volume_heatmaps(result.explanation, ctx=ctx)
+    evidence = None if result.region is None else workspace.evidence(result.explanation, heatmaps)
+    written = write_explanation(
+        folder, result.explanation, workspace.current_bank, heatmaps, volume.geometry, plane_image=image[result.plane],
+        plane=result.plane, evidence=evidence, inputs=[p for p in volume.source_paths if p],
+    )
+    return written["html"]
