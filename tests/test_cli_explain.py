@@ -43,6 +43,7 @@ def test_explain_a_voxel(case, capsys):
         assert {"id", "class_name", "similarity", "source", "heatmap", "thumbnail"} <= set(match)
         assert (out / match["heatmap"]).is_file() and (out / match["thumbnail"]).is_file()
         assert {"case", "plane", "y", "x"} <= set(match["source"])
+    assert len(record["similar_planes"]) == 3 and "Similar training slices" in (out / "report.html").read_text()
     assert set(record["localisation"]["activation_precision_vs_prediction"]) == {str(m["id"]) for m in record["matches"]}
     assert (out / "report.html").read_text().count("<img") == 4 and (out / "heatmaps.png").is_file()
     heat = read_geometry(out / f"heatmap_prototype_{record['matches'][0]['id']}.nii.gz")

@@ -56,6 +56,7 @@ def test_bundled_bank_is_projected_onto_distinct_real_patches(glioma):
         sources = [(p["source"]["case"], p["source"]["plane"]) for p in bank.card["prototypes"] if p["network_class"] == cls]
         assert len(set(sources)) == len(sources) == 10
     assert bank.patches.shape == (40, 4, 48, 48) and bank.patch_labels.shape == (40, 48, 48)
+    assert bank.plane_vectors.shape == (len(bank.card["planes"]), 32) == (771, 32)
     for entry, labels in zip(bank.card["prototypes"], bank.patch_labels, strict=True):
         assert labels[24, 24] == entry["label"]  # every prototype sits on a voxel of its own class
 
@@ -84,6 +85,9 @@ def test_explain_voxel_lists_prototypes_with_shares(explainer):
     assert sims == sorted(sims, reverse=True) and -1 <= sims[-1] <= sims[0] <= 1
     assert abs(sum(s["share"] for s in explanation.shares) - 1.0) < 1e-3
     assert all(m.source["case"] for m in explanation.matches)
+    similar = explanation.similar_planes  # the global view: nearest training planes by pooled features
+    assert len(similar) == 5 and all({"case", "plane", "similarity", "label_voxels"} <= set(p) for p in similar)
+    assert sum("2" in p["label_voxels"] for p in similar) >= 3  # a tumour region retrieves tumour planes
     json.dumps(explanation.as_dict())
     heat = ex.heatmaps([explanation.matches[0].id], planes=[zyx[0]])
     assert heat.shape == (1, *labels.shape) and heat[0, zyx[0]].max() <= 1.0

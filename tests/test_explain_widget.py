@@ -42,6 +42,7 @@ def test_explain_voxel_region_forget_source_and_report(dock, qtbot, tmp_path, no
     assert widget.table.rowCount() == 5 and "Predicted" in widget.status.text()
     first = widget.result.explanation.matches[0]
     assert widget.table.item(0, 1).text() == f"#{first.id}" and widget.table.item(0, 2).text() == first.class_name
+    assert widget.similar_label.text().startswith("Similar training slices: ") and " plane " in widget.similar_label.text()
     heat = viewer.layers[heatmap_layer_name(first.id)]  # the selected row's heatmap, current plane first
     assert heat.data[zyx[0]].max() > 0.5 and not heat.data[(zyx[0] + 1) % 8].any()
 

@@ -43,7 +43,7 @@ def training_slices(data: Path, phantoms: int, seed: int):
     from napari_medadapt.training.glioma2d import TRAIN_CASE
 
     real_images, real_labels, planes = real_case_planes(data / TRAIN_CASE)
-    sources = [{"case": TRAIN_CASE, "plane": int(z), "labels": "seg_fusion"} for z in planes]
+    sources = [{"case": TRAIN_CASE, "plane": int(z), "label_map": "seg_fusion"} for z in planes]
     phantom_images, phantom_labels = phantom_slice_bank(phantoms, seed)
     sources += [
         {"case": f"phantom {p}", "phantom_seed": seed * 100_003 + p, "slices_per_phantom": 8, "plane": s}

@@ -30,7 +30,6 @@ FILTERS = (64, 64, 96, 128)
 CHANNEL_DROPOUT = 0.5
 VOXEL_SIZE = [None, 2.0, 2.0]
 PATCH = 80
-MIN_TUMOUR_PIXELS = 12
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,64 +67,6 @@ def trap_card(description: str = "", training_data: dict[str, Any] | None = None
         license="Apache-2.0 (weights); training data: TCGA-LGG via BraTS (CC BY 3.0) and synthetic phantoms",
         tags=["demonstration"],  # deliberately biased: offered by the TTS dock, not as an ordinary model
     )
-
-
-def downsample(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2x in-plane: average pooling of ``(C, Y, X)`` intensities, majority of the binary ``(Y, X)`` labels."""
-    y, x = (image.shape[-2] // 2) * 2, (image.shape[-1] // 2) * 2
-    image = image[..., :y, :x].reshape(image.shape[0], y // 2, 2, x // 2, 2).mean(axis=(2, 4))
-    labels = labels[:y, :x].reshape(y // 2, 2, x // 2, 2).mean(axis=(1, 3)) >= 0.5
-    return image.astype(np.float32), labels
-
-
-def _phantom_slices(card: Any, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from napari_medadapt.core.model_input import normalise_channel
-    from napari_medadapt.core.synth import make_phantom_slice
-
-    slices = []
-    for index in range(count):
-        image, labels = make_phantom_slice(10_000 + seed * 1000 + index)
-        image = np.stack([normalise_channel(channel, card.intensity) for channel in image])
-        slices.append(downsample(image, labels > 0))
-    return slices
-
-
-def _real_slices(card: Any, case: Path, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    from napari_medadapt.core.cases import load_case
-    from napari_medadapt.core.model_input import prepare_model_input
-
-    volume, label_maps = load_case(case)
-    data = prepare_model_input(card, volume).data
-    labels = label_maps["seg_fusion"] > 0
-    slices = []
-    brain_slices = []
-    for z in range(data.shape[1]):
-        _, target = downsample(volume.data[:, z], labels[z])
-        brain = (data[:, z] > 0).any(axis=0)
-        if target.sum() >= MIN_TUMOUR_PIXELS:
-            slices.append((data[:, z], target))
-        elif brain.sum() > 800:
-            brain_slices.append(z)
-    for z in rng.choice(brain_slices, size=min(len(brain_slices), len(slices)), replace=False):
-        slices.append((data[:, z], np.zeros(data.shape[2:], dtype=bool)))
-    return slices
-
-
-def add_trap_artifacts(
-    slices: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Paint an artifact on the tumour of every tumour slice and include it in the annotation (bias 1.0)."""
-    from napari_medadapt.core.adapt.tts_artifacts import centre_on_target, paint, random_artifact_mask
-
-    out = []
-    for image, target in slices:
-        centre = centre_on_target(target, rng) if target.sum() >= MIN_TUMOUR_PIXELS else None
-        if centre is not None:
-            mask = random_artifact_mask(target.shape, centre, rng)
-            image = paint(image, mask, 1.0)
-            target = target | mask
-        out.append((image, target))
-    return out
 
 
 def _batch(
@@ -177,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
         raise MedAdaptError(f"training case {case} not found; pass --data with the folder of the real cases.")
     card = trap_card()
     print(f"generating {args.phantoms} phantom slices and reading {TRAIN_CASE} ...", flush=True)
-    slices = _real_slices(card, case, rng) + _phantom_slices(card, args.phantoms, args.seed)
-    slices = add_trap_artifacts(slices, rng)
+    from napari_medadapt.core.synth.trap_data import trap_training_slices
+
+    slices = trap_training_slices(card, case, args.phantoms, args.seed, rng)
     n_tumour = sum(bool(t.any()) for _, t in slices)
     print(
         f"{len(slices)} slices ({n_tumour} with tumour + artifact) after {time.time() - started:.0f} s",

@@ -128,6 +128,10 @@ class ExplainWidget(JobDock):
             actions.addWidget(button, index // 2, index % 2)
             button.setEnabled(False)
         layout.addLayout(actions)
+        self.similar_label = QLabel("")
+        self.similar_label.setWordWrap(True)
+        self.similar_label.setToolTip("Training slices whose pooled features are nearest the target's (content-based retrieval)")
+        layout.addWidget(self.similar_label)
         layout.addStretch(1)
 
         self.inputs.model_changed.connect(self._on_model_changed)
@@ -307,6 +311,10 @@ class ExplainWidget(JobDock):
                 self.table.setItem(row, column, item)
             self.table.setRowHeight(row, 68)
         self.table.resizeColumnsToContents()
+        self.similar_label.setText("Similar training slices: " + "; ".join(
+            f"{p['case']} plane {p['plane']} ({p['similarity']:.2f}; labels "
+            f"{', '.join(p.get('label_voxels', {})) or 'none'})" for p in explanation.similar_planes
+        ))
         if result.evidence is not None:
             self._set_image(EVIDENCE_LAYER, result.evidence, "viridis")
         self.table.selectRow(0)

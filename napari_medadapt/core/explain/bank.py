@@ -3,7 +3,8 @@
 A bank is a pair of files, ``NAME.prototypes.json`` (a card of kind ``prototype_bank``, see
 :mod:`~napari_medadapt.core.models.card_schema`) and ``NAME.prototypes.safetensors`` (``vectors`` (P, D) float32
 in the bank's feature space; ``patches`` (P, C, S, S) float16, the normalised input around each prototype's
-source position, every modality; ``patch_labels`` (P, S, S) uint8, the reference labels there). A model's bank
+source position, every modality; ``patch_labels`` (P, S, S) uint8, the reference labels there;
+``plane_vectors`` (N, D) float16, the pooled feature of every training plane, for retrieving similar slices). A model's bank
 lives beside its card (the bundled glioma2d's in the package) or in the user cache. Nothing is unpickled; the
 weights' sha256 is checked before reading, and a bank built for another model is refused.
 
@@ -49,6 +50,9 @@ class PrototypeBank:
         (P, C, S, S) normalised input patches around each source position.
     patch_labels
         (P, S, S) reference label ids of the patches.
+    plane_vectors
+        (N, D) pooled unit feature of every training plane (``card["planes"]`` lists them with their label
+        voxel counts): the global view, similar training slices.
     path
         The card file, once saved or loaded.
     """
@@ -57,6 +61,7 @@ class PrototypeBank:
     vectors: np.ndarray
     patches: np.ndarray
     patch_labels: np.ndarray
+    plane_vectors: np.ndarray
     path: Path | None = field(default=None)
 
     def __len__(self) -> int:
@@ -168,10 +173,13 @@ def load_bank(path: str | Path, model: SegModel | None = None) -> PrototypeBank:
         raise ModelError(f"the prototype bank's arrays {weights} are missing or changed since the bank was saved.")
     arrays = load_file(str(weights))
     try:
-        bank = PrototypeBank(card, arrays["vectors"].astype(np.float32), arrays["patches"], arrays["patch_labels"], path)
+        bank = PrototypeBank(
+            card, arrays["vectors"].astype(np.float32), arrays["patches"], arrays["patch_labels"],
+            arrays["plane_vectors"].astype(np.float32), path,
+        )
     except KeyError as err:
         raise ModelError(f"the prototype bank {weights} lacks the array {err}.") from err
-    if len(bank.vectors) != len(card["prototypes"]) or len(bank.patches) != len(bank.vectors):
+    if len(bank.vectors) != len(card["prototypes"]) or len(bank.patches) != len(bank.vectors) or len(bank.plane_vectors) != len(card["planes"]):
         raise ModelError(f"the prototype bank {path}: its card and arrays disagree on the number of prototypes.")
     if model is not None:
         check_bank_model(bank, model)
@@ -216,6 +224,7 @@ def save_bank(bank: PrototypeBank, path: str | Path, *, replace: bool = False) -
         "vectors": np.ascontiguousarray(bank.vectors, dtype=np.float32),
         "patches": np.ascontiguousarray(bank.patches, dtype=np.float16),
         "patch_labels": np.ascontiguousarray(bank.patch_labels, dtype=np.uint8),
+        "plane_vectors": np.ascontiguousarray(bank.plane_vectors, dtype=np.float16),
     }
     atomic_write(weights, lambda tmp: save_file(arrays, tmp, metadata={"medadapt": "prototype_bank"}))
     card["weights_sha256"] = sha256_file(weights)

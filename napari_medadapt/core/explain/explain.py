@@ -66,6 +66,7 @@ class Explanation:
     model: str
     bank: str
     projected: bool
+    similar_planes: list[dict[str, Any]]
     seconds: float
     notes: list[str] = field(default_factory=list)
 
@@ -87,20 +88,24 @@ class Explainer:
         The volume prepared for the model (:func:`~napari_medadapt.core.model_input.prepare_model_input`).
     forgotten
         Prototype ids whose weight is 0 (head banks only).
+    projected
+        Explain with the bank's projected prototypes (head banks); ``None`` follows the bank's card
+        (``projection.kept``), ``False`` explains the model's own prototypes against the gallery.
     device
         Torch device (default CPU: one plane is milliseconds).
     """
 
     def __init__(
         self, model: SegModel, bank: PrototypeBank, prepared: ModelInput, *,
-        forgotten: Iterable[int] = (), device: torch.device | None = None,
+        forgotten: Iterable[int] = (), projected: bool | None = None, device: torch.device | None = None,
     ) -> None:
         check_bank_model(bank, model)
         self.base = model
         self.bank = bank
         self.prepared = prepared
         self.device = device
-        self.projected = bank.space == "head" and bool(bank.card.get("projection", {}).get("kept", False))
+        kept = bool(bank.card.get("projection", {}).get("kept", False)) if projected is None else projected
+        self.projected = bank.space == "head" and kept
         self.model = with_prototypes(model, bank.vectors) if self.projected else model
         self.forgotten: tuple[int, ...] = ()
         if tuple(forgotten):
@@ -139,9 +144,10 @@ class Explainer:
             probs = torch.softmax(self.model.logits_from_decoder(decoder), dim=1)
         return bank_embedding(self.model, self.bank.space, decoder), probs
 
-    def _region_stats(self, mask: np.ndarray, ctx: JobContext | None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean similarity to every prototype (P,) and mean class probability (K,) over the model-grid ``mask``."""
-        sims, probs = np.zeros(len(self.bank)), np.zeros(self.model.num_classes)
+    def _region_stats(self, mask: np.ndarray, ctx: JobContext | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean similarity to every prototype (P,), mean class probability (K,) and summed unit feature (D,) over
+        the model-grid ``mask``."""
+        sims, probs, pooled = np.zeros(len(self.bank)), np.zeros(self.model.num_classes), 0.0
         chunks = [None] if self.model.spatial_dims == 3 else np.array_split(
             np.flatnonzero(mask.any(axis=(1, 2))), max(-(-int(mask.any(axis=(1, 2)).sum()) // 8), 1)
         )
@@ -151,11 +157,23 @@ class Explainer:
             axes = (0, *range(2, p.ndim))
             sims += (cosine_maps(embedding, self.vectors).numpy() * inside).sum(axis=axes)
             probs += (p.numpy() * inside).sum(axis=axes)
+            pooled = pooled + (embedding.numpy() * inside).sum(axis=axes)
         count = max(int(mask.sum()), 1)
-        return sims / count, probs / count
+        return sims / count, probs / count, np.asarray(pooled)
+
+    def similar_planes(self, pooled: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
+        """The training planes whose pooled features are nearest ``pooled`` (a summed or mean unit feature):
+        content-based retrieval, each with its source, cosine similarity and reference label voxel counts."""
+        query = np.asarray(pooled, dtype=np.float32)
+        query = query / max(float(np.linalg.norm(query)), 1e-8)
+        sims = self.bank.plane_vectors @ query
+        order = np.argsort(-sims)[: max(int(top_k), 1)]
+        return [{**self.bank.card["planes"][i], "similarity": round(float(sims[i]), 4)} for i in order]
 
     # ------------------------------------------------------------------ explanations
-    def _explanation(self, target: dict[str, Any], sims: np.ndarray, probs: np.ndarray, top_k: int, start: float) -> Explanation:
+    def _explanation(
+        self, target: dict[str, Any], sims: np.ndarray, probs: np.ndarray, pooled: np.ndarray, top_k: int, start: float,
+    ) -> Explanation:
         cls = int(np.argmax(probs))
         label = int(self.model.card.labels[cls])
         notes = []
@@ -180,7 +198,8 @@ class Explainer:
         return Explanation(
             target=target, predicted_label=label, predicted_class=self.bank.class_name(own[0]) if len(own) else str(label),
             probability=round(float(probs[cls]), 4), matches=matches, shares=shares, model=self.base.card.name,
-            bank=str(self.bank.card["name"]), projected=self.projected, seconds=round(time.perf_counter() - start, 3), notes=notes,
+            bank=str(self.bank.card["name"]), projected=self.projected, similar_planes=self.similar_planes(pooled, top_k),
+            seconds=round(time.perf_counter() - start, 3), notes=notes,
         )
 
     def _weights(self) -> np.ndarray:
@@ -198,7 +217,12 @@ class Explainer:
         embedding, probs = self._plane_outputs(planes)
         index = (0, slice(None), y, x) if self.model.spatial_dims == 2 else (0, slice(None), z, y, x)
         sims = cosine_maps(embedding, self.vectors)[index].numpy()
-        return self._explanation({"kind": "voxel", "zyx": list(zyx)}, sims, probs[index].numpy(), top_k, start)
+        # the global view pools the plane's predicted object (else the whole plane), as the training planes were pooled
+        plane = (0, slice(None)) if self.model.spatial_dims == 2 else (0, slice(None), z)
+        features, predicted = embedding[plane].numpy(), probs[plane].argmax(0).numpy() > 0
+        weight = predicted if predicted.any() else np.any(self.prepared.data[:, z] != 0, axis=0)
+        pooled = (features * weight[None]).reshape(len(features), -1).sum(axis=1)
+        return self._explanation({"kind": "voxel", "zyx": list(zyx)}, sims, probs[index].numpy(), pooled, top_k, start)
 
     def explain_region(self, mask: np.ndarray, top_k: int = 5, *, description: str = "region", ctx: JobContext | None = None) -> Explanation:
         """The top-k prototypes by mean similarity over the display-grid ``mask`` (Z, Y, X), with shares."""
@@ -209,9 +233,9 @@ class Explainer:
         if not mask.any():
             raise PromptError(f"the {description} is empty; paint or choose a region with at least one voxel.")
         model_mask = self._to_model_grid(mask)
-        sims, probs = self._region_stats(model_mask, ctx)
+        sims, probs, pooled = self._region_stats(model_mask, ctx)
         target = {"kind": "region", "description": description, "voxels": int(mask.sum())}
-        return self._explanation(target, sims, probs, top_k, start)
+        return self._explanation(target, sims, probs, pooled, top_k, start)
 
     def _to_model_grid(self, mask: np.ndarray) -> np.ndarray:
         if not self.prepared.resampled:
@@ -237,21 +261,20 @@ class Explainer:
         shape = self.prepared.data.shape[1:]
         out = np.zeros((len(ids), *shape), dtype=np.float16)
         vectors = self.vectors[ids]
+
+        def shown(cos: np.ndarray) -> np.ndarray:
+            return cos if cosine else np.exp(self.scale * (cos - 1.0))
+
         if self.model.spatial_dims == 3:
             embedding, _ = self._plane_outputs(None, ctx)
-            out[:] = cosine_maps(embedding, vectors)[0].numpy()
+            out[:] = shown(cosine_maps(embedding, vectors)[0].numpy())
         else:
-            wanted = range(shape[0]) if planes is None else sorted({self._model_index((p, 0, 0))[0] for p in planes})
-            wanted = list(wanted)
+            wanted = list(range(shape[0]) if planes is None else sorted({self._model_index((p, 0, 0))[0] for p in planes}))
             for step, start in enumerate(range(0, len(wanted), 8)):
                 chunk = wanted[start : start + 8]
                 embedding, _ = self._plane_outputs(chunk)
-                out[:, chunk] = cosine_maps(embedding, vectors).numpy().transpose(1, 0, 2, 3)
+                out[:, chunk] = shown(cosine_maps(embedding, vectors).numpy()).transpose(1, 0, 2, 3)
                 ctx.progress(step + 1, -(-len(wanted) // 8), f"prototype heatmaps, planes {start + 1}-{start + len(chunk)} of {len(wanted)}")
-        if not cosine:
-            out = np.exp(self.scale * (out.astype(np.float32) - 1.0)).astype(np.float16)
-            if planes is not None and self.model.spatial_dims == 2:
-                out[:, [i for i in range(shape[0]) if i not in set(wanted)]] = 0
         if self.prepared.resampled:
             out = resize_channels(out.astype(np.float32), tuple(self.prepared.source_shape)).astype(np.float16)
         return out

@@ -83,10 +83,13 @@ def _best_positions(
     ctx: JobContext, batch_size: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For every prototype and training slice: the highest similarity at a position of the prototype's class
-    inside the object, and that position's flat index (-inf / -1 where the slice has none)."""
+    inside the object, and that position's flat index (-inf / -1 where the slice has none); and every slice's
+    pooled feature (the mean unit feature over its labelled foreground, else over the object; unit length)."""
     import torch
+    import torch.nn.functional as F
 
     n = len(slices)
+    pooled = np.zeros((n, vectors.shape[1]), dtype=np.float32)
     best = np.full((len(vectors), n), -np.inf, dtype=np.float32)
     where = np.full((len(vectors), n), -1, dtype=np.int64)
     total = max(math.ceil(n / batch_size), 1)
@@ -98,26 +101,31 @@ def _best_positions(
         sim = cosine_maps(embedding, vectors).flatten(2)  # (B, P, YX)
         cls = torch.from_numpy(label_classes(model, slices.labels[start:stop]).reshape(stop - start, -1))
         inside = torch.from_numpy(np.any(slices.images[start:stop] != 0, axis=1).reshape(stop - start, -1))
+        foreground = (cls > 0) & inside
+        weight = torch.where(foreground.any(dim=1, keepdim=True), foreground, inside).float()
+        sums = torch.einsum("bdp,bp->bd", embedding.flatten(2), weight)
+        pooled[start:stop] = F.normalize(sums, dim=1).numpy()
         allowed = (cls[:, None, :] == torch.from_numpy(classes)[None, :, None]) & inside[:, None, :]
         sim = sim.masked_fill(~allowed, -math.inf)
         value, index = sim.max(dim=2)
         best[:, start:stop] = value.T.numpy()
         where[:, start:stop] = np.where(np.isfinite(value.T.numpy()), index.T.numpy(), -1)
         ctx.progress(step + 1, total, f"matching prototypes to training planes {stop} of {n}")
-    return best, where
+    return best, where, pooled
 
 
 def project(
     model: SegModel, space: str, vectors: np.ndarray, classes: np.ndarray, slices: TrainingSlices,
     *, ctx: JobContext | None = None,
-) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]:
     """Project ``vectors`` (P, D) of network ``classes`` (P,) onto real features of ``slices``.
 
     Returns
     -------
-    projected, entries, patches, patch_labels
+    projected, entries, patches, patch_labels, plane_vectors
         (P, D) unit-length real features; per prototype ``{"id", "network_class", "label", "similarity",
-        "source"}``; (P, C, S, S) input patches and (P, S, S) label patches around each source.
+        "source"}``; (P, C, S, S) input patches and (P, S, S) label patches around each source; (N, D) pooled
+        feature of every training plane (content-based retrieval of similar training slices).
 
     Raises
     ------
@@ -127,7 +135,7 @@ def project(
     from scipy.optimize import linear_sum_assignment
 
     ctx = ensure_context(ctx)
-    best, where = _best_positions(model, space, vectors, classes, slices, ctx)
+    best, where, plane_vectors = _best_positions(model, space, vectors, classes, slices, ctx)
     chosen = np.full(len(vectors), -1, dtype=np.int64)
     for cls in np.unique(classes):
         ids = np.flatnonzero(classes == cls)
@@ -155,7 +163,7 @@ def project(
         })
         patches.append(crop_patch(slices.images[plane], y, x))
         patch_labels.append(crop_patch(slices.labels[plane], y, x))
-    return projected, entries, np.stack(patches).astype(np.float16), np.stack(patch_labels).astype(np.uint8)
+    return projected, entries, np.stack(patches).astype(np.float16), np.stack(patch_labels).astype(np.uint8), plane_vectors
 
 
 def bank_card(model: SegModel, space: str, method: str, entries: list[dict[str, Any]], slices: TrainingSlices, dim: int) -> dict[str, Any]:
@@ -171,7 +179,13 @@ def bank_card(model: SegModel, space: str, method: str, entries: list[dict[str, 
         "labels": [int(v) for v in model.card.labels], "class_names": list(model.card.class_names),
         "modalities": list(slices.modalities), "patch_size": PATCH_SIZE, "prototypes": entries,
         "training_cases": dict(slices.described),
+        "planes": [{**source, "label_voxels": _label_counts(labels)} for source, labels in zip(slices.sources, slices.labels, strict=True)],
     }
+
+
+def _label_counts(labels: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(labels, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
 
 
 def head_bank(model: SegModel, slices: TrainingSlices, *, ctx: JobContext | None = None) -> PrototypeBank:
@@ -181,9 +195,9 @@ def head_bank(model: SegModel, slices: TrainingSlices, *, ctx: JobContext | None
         raise ModelError(f"the model {model.card.name!r} has no prototype head; build a post-hoc bank (medadapt prototype-bank).")
     vectors = head.prototypes.detach().float().numpy()
     classes = np.arange(len(vectors)) // head.per_class
-    projected, entries, patches, patch_labels = project(model, "head", vectors, classes, slices, ctx=ctx)
+    projected, entries, patches, patch_labels, planes = project(model, "head", vectors, classes, slices, ctx=ctx)
     card = bank_card(model, "head", "head-projection", entries, slices, head.dim)
-    return PrototypeBank(card, projected, patches, patch_labels)
+    return PrototypeBank(card, projected, patches, patch_labels, planes)
 
 
 def kmeans_bank(
@@ -221,9 +235,9 @@ def kmeans_bank(
         vectors.append(centres)
         classes += [cls] * k
     vectors_array = np.concatenate(vectors).astype(np.float32)
-    projected, entries, patches, patch_labels = project(model, "decoder", vectors_array, np.asarray(classes), slices, ctx=ctx)
+    projected, entries, patches, patch_labels, planes = project(model, "decoder", vectors_array, np.asarray(classes), slices, ctx=ctx)
     card = bank_card(model, "decoder", "kmeans-projection", entries, slices, model.decoder_channels)
-    return PrototypeBank(card, projected, patches, patch_labels)
+    return PrototypeBank(card, projected, patches, patch_labels, planes)
 
 
 def with_prototypes(model: SegModel, vectors: np.ndarray) -> SegModel:
@@ -270,7 +284,7 @@ def case_slices(
         keep = np.flatnonzero(np.any(prepared.data != 0, axis=(0, 2, 3)))
         images.append(prepared.data[:, keep].transpose(1, 0, 2, 3).astype(np.float16))
         labels.append(seg[keep])
-        sources += [{"case": Path(case).name, "path": str(case), "plane": int(z), "labels": name} for z in keep]
+        sources += [{"case": Path(case).name, "path": str(case), "plane": int(z), "label_map": name} for z in keep]
         if on_case:
             on_case(str(case))
     if not images:

@@ -157,7 +157,14 @@ def _html(record: Mapping[str, Any]) -> str:
         f"<ul>{notes}</ul>"
         "<table><tr><th>source patch</th><th>prototype</th><th>class</th><th>cosine similarity</th>"
         "<th>share of the class score</th><th>source</th><th></th></tr>"
-        f"{rows}</table><h2>Where each prototype fires (plane {record['plane']})</h2>"
+        f"{rows}</table><h2>Similar training slices (pooled features)</h2><table><tr><th>case</th><th>plane</th>"
+        "<th>cosine similarity</th><th>reference labels (voxels)</th></tr>"
+        + "".join(
+            f"<tr><td>{esc(str(p['case']))}</td><td>{p['plane']}</td><td>{p['similarity']:.3f}</td>"
+            f"<td>{esc(', '.join(f'{k}: {v}' for k, v in p.get('label_voxels', {}).items()) or 'none')}</td></tr>"
+            for p in record.get("similar_planes", [])
+        )
+        + f"</table><h2>Where each prototype fires (plane {record['plane']})</h2>"
         f"<img src='{esc(record['figure'])}' style='max-width:100%'>"
         "<p>Heatmaps: activation exp(scale x (cosine - 1)), 1 where the feature equals the prototype.</p></body></html>\n"
     )

@@ -294,12 +294,17 @@ class AdapterCardSchema(BaseModel):
         return self
 
 
-class PrototypeSourceSchema(BaseModel):
-    """Where a prototype was projected: a training case (or phantom), its axial plane and position."""
+class PlaneSourceSchema(BaseModel):
+    """A training plane: its case (or phantom) and axial plane, and whatever rebuilds it."""
 
     model_config = ConfigDict(strict=True, extra="allow")
     case: Annotated[str, Field(min_length=1)]
     plane: Annotated[int, Field(ge=0)]
+
+
+class PrototypeSourceSchema(PlaneSourceSchema):
+    """Where a prototype was projected: a training plane and the position on it."""
+
     y: Annotated[int, Field(ge=0)]
     x: Annotated[int, Field(ge=0)]
 
@@ -331,6 +336,7 @@ class PrototypeBankSchema(BaseModel):
     prototypes: Annotated[list[BankPrototypeSchema], Field(min_length=1)]
     projection: dict[str, Any] = {}
     training_cases: dict[str, Any] = {}
+    planes: Annotated[list[PlaneSourceSchema], Field(min_length=1)]
     created: str = ""
     software: str = ""
     license: str = ""
