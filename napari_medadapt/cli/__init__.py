@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "napari_medadapt.cli.tts",
     "napari_medadapt.cli.fewshot",
     "napari_medadapt.cli.explain",
+    "napari_medadapt.cli.batch",
     "napari_medadapt.cli.provenance",
     "napari_medadapt.cli.shift_score",
 )

@@ -8,7 +8,9 @@ from napari_medadapt.cli._dispatch import register_targets
 
 # target name -> module under napari_medadapt.bench defining HELP, add_arguments and run
 BENCH_TARGETS: dict[str, str] = {
+    "batch": "napari_medadapt.bench.batch",
     "engine": "napari_medadapt.bench.engine",
+    "explain": "napari_medadapt.bench.explain",
     "fewshot": "napari_medadapt.bench.fewshot",
     "preprocess": "napari_medadapt.bench.preprocess",
     "sam": "napari_medadapt.bench.sam",

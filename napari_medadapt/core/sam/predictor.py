@@ -41,10 +41,16 @@ class EmbeddingCache:
         Memory budget; least recently used embeddings are evicted beyond it.
     disk_dir
         Folder for the disk store (``True`` uses ``embedding_cache_dir()``); ``None`` disables it.
+    write_disk
+        Store new embeddings on disk too (``False``: only read those stored there, e.g. by ``medadapt batch
+        embed``).
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, disk_dir: str | Path | bool | None = None) -> None:
+    def __init__(
+        self, max_bytes: int = DEFAULT_CACHE_BYTES, disk_dir: str | Path | bool | None = None, write_disk: bool = True,
+    ) -> None:
         self.max_bytes = int(max_bytes)
+        self.write_disk = bool(write_disk)
         if disk_dir is True:
             from ..paths import embedding_cache_dir
 
@@ -94,7 +100,7 @@ class EmbeddingCache:
         """Store an embedding (converted to fp16); returns the stored array."""
         value = np.ascontiguousarray(embedding, dtype=np.float16)
         self._remember(key, value)
-        path = self._disk_path(key)
+        path = self._disk_path(key) if self.write_disk else None
         if path is not None and not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npy")

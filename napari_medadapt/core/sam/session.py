@@ -61,10 +61,13 @@ class JobOutput:
 class SamSession:
     """The model (one at a time) with its embedding cache, and resolved intensity windows.
 
-    Used only from the compute thread (the session's thread).
+    The cache keeps embeddings in memory and reads those stored on disk (``embedding_cache_dir()``) by
+    ``medadapt batch embed``; with ``write_disk`` it stores new ones there too. Used only from the compute thread
+    (the session's thread).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, write_disk: bool = False) -> None:
+        self.write_disk = write_disk  # store embeddings in the disk cache too (batch runs), not only read it
         self._predictor: SamPredictor | None = None
         self._choice: ModelChoice | None = None
         self._windows: dict[tuple, tuple[float, float]] = {}
@@ -81,7 +84,7 @@ class SamSession:
 
     def predictor(self, choice: ModelChoice, ctx: JobContext, notes: list[str]) -> SamPredictor:
         """The predictor for ``choice``, loading (and for registry models downloading) it when needed."""
-        from .predictor import SamPredictor
+        from .predictor import EmbeddingCache, SamPredictor
         from .registry import REGISTRY, checkpoint_path, fetch_checkpoint, load_sam
 
         if self._predictor is not None and self._choice == choice:
@@ -95,7 +98,9 @@ class SamSession:
             ctx.progress(0, 0, f"loading {entry.title if entry else choice.name}")
             model = load_sam(choice.name, architecture=choice.architecture)
         notes.extend(str(w.message) for w in caught if issubclass(w.category, UserWarning))
-        self._predictor, self._choice = SamPredictor(model), choice
+        # embeddings stored on disk by ``medadapt batch embed`` are read; the dock's own stay in memory
+        cache = EmbeddingCache(disk_dir=True, write_disk=self.write_disk)
+        self._predictor, self._choice = SamPredictor(model, cache=cache), choice
         return self._predictor
 
     def prepare(
