@@ -10,6 +10,7 @@ import pytest
 from _data import SAMPLE_CASE
 
 from napari_medadapt._reader import medadapt_metadata
+from napari_medadapt.core.provenance import read_provenance
 from napari_medadapt.core.sam import MaskPrediction, PromptableModel, SamPredictor, make_prompts
 from napari_medadapt.core.sam.small_model import SMALL_WEIGHTS
 from napari_medadapt.core.volume import Geometry, load_volume
@@ -85,7 +86,7 @@ def _settle(qtbot, dock):
     _wait(qtbot, dock.update_preview() or dock._predict_handle)
 
 
-def test_points_box_candidates_commit_undo_clear(plugin_viewer, qtbot, make_dock, flair, predictor):
+def test_points_box_candidates_commit_undo_clear(plugin_viewer, qtbot, make_dock, flair, predictor, tmp_path):
     viewer = plugin_viewer()
     image = _add_flair(viewer, flair)
     dock = make_dock(viewer)
@@ -124,6 +125,13 @@ def test_points_box_candidates_commit_undo_clear(plugin_viewer, qtbot, make_dock
     dock.commit_panel.background_check.setChecked(True)
     dock.commit()
     assert labels.data[10, r, c] == 7 and np.count_nonzero(labels.data == 3) == written - 1
+    draft = labels.metadata["medadapt"]["provenance"]  # saved from napari, the layer carries its record
+    assert draft["method"] == "segment-anything" and [o["label"] for o in draft["settings"]["objects"]] == [3, 3]
+    saved = tmp_path / "sam.nii.gz"
+    labels.save(str(saved), plugin="napari-medadapt")
+    record = read_provenance(saved)
+    assert record["method"] == "segment-anything" and record["model"]["name"] == dock.model_choice.name
+    assert record["settings"]["objects"][0]["axial_planes"]
 
     # 'T' on the points layer toggles the next point's polarity; a negative click refines the mask
     toggle = next(binding for key, binding in points.keymap.items() if str(key) == "T")

@@ -38,7 +38,7 @@ from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane, put_on_grid
 from napari_medadapt.widgets._layers import same_layer
 from napari_medadapt.widgets.sam_panels import CommitPanel, ModelChoicePanel, PropagationPanel
-from napari_medadapt.widgets.sam_results import SamResults
+from napari_medadapt.widgets.sam_results import SamResults, record_commit
 
 if TYPE_CHECKING:
     import napari
@@ -466,6 +466,9 @@ class SamWidget(DockBody):
             self.report(err)
             return 0
         label = self.commit_panel.label_spin.value()
+        choice = self.model_choice
+        record_commit(target, image, np.asarray(preview.data) > 0, label, choice.name if choice else None,
+                      get_worker(self.viewer, self).session)
         self.status.setText(f"Committed {changed} voxels as label {label} into {target.name!r} (Ctrl+Z undoes).")
         show_info(self.status.text())
         return changed

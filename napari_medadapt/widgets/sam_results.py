@@ -184,3 +184,30 @@ class SamResults:
             f"Propagated to {len(filled)} slice(s), object spans slices {indices[0]}-{indices[-1]}. Stopped {stops}. "
             "Check the preview, then Commit."
         )
+
+
+class _SingleImage:
+    """The channel name and source file of one image layer, as :func:`provenance_draft` reads a volume."""
+
+    def __init__(self, name: str, source: str | None) -> None:
+        self.channels, self.source_paths = (name,), (source,)
+
+
+def record_commit(target: Any, image: Any, mask: np.ndarray, label: int, model_name: str | None, session: Any) -> None:
+    """Add a committed object to the provenance draft in ``target``'s metadata (the writer completes it when the
+    layer is saved): the image's file, the promptable model (its weights' hash once loaded) and, per object, its
+    label id, image layer, axial extent and size."""
+    from napari_medadapt.widgets._layers import provenance_draft
+
+    meta = dict(target.metadata.get("medadapt") or {})
+    draft = meta.get("provenance")
+    if draft is None or draft.get("method") != "segment-anything":
+        source = (image.metadata.get("medadapt") or {}).get("source_path") or None
+        model = {"name": model_name, "sha256": session.sam.loaded_weights_hash if session.sam.loaded else None}
+        draft = provenance_draft("segment-anything", _SingleImage(image.name, source), model, {"objects": []}, session.device)
+    planes = np.flatnonzero(mask.any(axis=(1, 2)))
+    draft["settings"]["objects"].append({
+        "label": int(label), "image_layer": image.name, "voxels": int(mask.sum()),
+        "axial_planes": [int(planes.min()), int(planes.max())] if len(planes) else [],
+    })
+    target.metadata = {**target.metadata, "medadapt": {**meta, "provenance": draft}}

@@ -78,6 +78,11 @@ class SamSession:
         """The model currently loaded."""
         return self._choice
 
+    @property
+    def loaded_weights_hash(self) -> str | None:
+        """The sha256 of the loaded model's weights (``None`` before a model is loaded)."""
+        return None if self._predictor is None else self._predictor.model.weights_hash
+
     def use(self, choice: ModelChoice, predictor: SamPredictor) -> None:
         """Use an already built predictor (e.g. one shared with a script) whenever ``choice`` is asked for."""
         self._predictor, self._choice = predictor, choice
