@@ -223,3 +223,15 @@ def test_captum_baselines_and_scores(glioma):
     truth = deletion_insertion(score, image, target.astype(np.float32) + np.random.default_rng(0).random(target.shape) * 0.1, inside, steps=10)
     shuffled = deletion_insertion(score, image, np.random.default_rng(1).random(target.shape), inside, steps=10)
     assert truth["iad"] > shuffled["iad"] + 0.1
+
+
+def test_plane_heatmaps_on_a_resampled_input_match_the_volume_ones(glioma):
+    """A 2 mm in-plane volume runs on the model's 1 mm grid: a plane computed alone is not dimmed."""
+    volume, _labels = phantom_volume()
+    coarse = volume.data[:, :, ::2, ::2]
+    small = Volume(coarse, Geometry.from_display_grid(coarse.shape[1:], (1.0, 2.0, 2.0)), volume.channels)
+    ex = Explainer(glioma, find_bank(glioma), prepare_model_input(glioma, small))
+    assert ex.prepared.resampled
+    plane, volume_maps = ex.heatmaps([26], planes=[3]), ex.heatmaps([26])
+    assert plane.shape == (1, 8, 120, 120)
+    np.testing.assert_allclose(plane[0, 3].astype(np.float32), volume_maps[0, 3].astype(np.float32), atol=2e-3)

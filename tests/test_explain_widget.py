@@ -76,7 +76,8 @@ def test_explain_voxel_region_forget_source_and_report(dock, qtbot, tmp_path, no
 
     widget.export_report(tmp_path / "report")
     _wait(widget, qtbot)
-    assert (tmp_path / "report" / "report.html").is_file() and (tmp_path / "report" / "explanation.json").is_file()
+    (report,) = (tmp_path / "report").iterdir()  # a new sub-folder, never among the case's files
+    assert report.name.startswith("explanation_") and (report / "report.html").is_file() and (report / "explanation.json").is_file()
     assert "Report written" in widget.status.text()
 
 

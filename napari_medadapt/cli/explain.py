@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_checked_model(args.model, volume.channels, device=select_device(args.device))
     bank = resolve_bank(model, args.bank)
     explainer = Explainer(model, bank, prepare_model_input(model, volume), device=model.device)
+    forget = _ints(args.forget, "--forget") if args.forget else []
+    unknown = [i for i in forget if not 0 <= i < len(bank)]
+    if unknown:
+        raise CLIError(f"--forget {args.forget}: prototype ids {unknown} do not exist; this bank has 0..{len(bank) - 1}.")
     ctx = JobContext(on_progress=text_progress("explain"))
     inputs = [*images.values(), *([args.region] if args.region else [])]
     if args.voxel:
@@ -139,10 +143,10 @@ def run(args: argparse.Namespace) -> int:
         },
         "inputs": {k: str(v) for k, v in images.items()},
     }
-    if args.forget:
-        extra["forget"] = _forget(explainer, _ints(args.forget, "--forget"), prediction, geometry.spacing, ctx)
-    if args.baselines:
-        extra["baselines"] = _baselines(explainer, model, plane, prediction, explanation, geometry, args.out_dir, inputs)
+    if args.baselines:  # on the explained model, before any prototype is forgotten
+        extra["baselines"] = _baselines(explainer, plane, prediction, explanation, geometry, args.out_dir, inputs)
+    if forget:
+        extra["forget"] = _forget(explainer, forget, prediction, geometry.spacing, ctx)
     flair = list(volume.channels).index("flair") if "flair" in volume.channels else 0
     written = write_explanation(
         args.out_dir, explanation, bank, heatmaps, geometry, plane_image=volume.data[flair, plane], plane=plane,
@@ -172,12 +176,13 @@ def _forget(explainer, ids: list[int], before, spacing, ctx) -> dict:
     }
 
 
-def _baselines(explainer, model, plane, prediction, explanation, geometry, out_dir, inputs) -> dict:
+def _baselines(explainer, plane, prediction, explanation, geometry, out_dir, inputs) -> dict:
     import numpy as np
 
     from napari_medadapt.core.explain.attribution import activation_precision, gradient_map, occlusion_map
     from napari_medadapt.core.volume import save_image
 
+    model = explainer.model
     if model.spatial_dims != 2 or explainer.prepared.resampled:
         return {"skipped": "baselines are computed for 2D models on their own grid only"}
     target = prediction[plane] == explanation.predicted_label

@@ -159,6 +159,7 @@ class ExplainWidget(JobDock):
         return self._workspace
 
     def _on_model_changed(self) -> None:
+        self.forget_jobs()  # an explanation or bank of the previous model must not arrive now
         self.bank, self.bank_path, self.result = None, None, None
         self.table.setRowCount(0)
         self.explain_button.setEnabled(False)
@@ -172,12 +173,12 @@ class ExplainWidget(JobDock):
             on_result=self._show_bank, interactive_key="explain-bank",
         )
 
-    def _show_bank(self, bank: Any) -> None:
+    def _show_bank(self, bank: Any, path: Path | None = None) -> None:
         if isinstance(bank, str):  # no bank for this model, or the chosen one does not fit: say why and how
             self.bank_label.setText(f"Prototype bank: {bank}")
             self.explain_button.setEnabled(self.bank is not None)
             return
-        self.bank = bank
+        self.bank, self.bank_path = bank, path  # a chosen bank is used only once it fits
         projected = bank.space == "head" and bank.card.get("projection", {}).get("kept", False)
         kind = "projected prototypes of the model's head" if projected else (
             "the model's head prototypes with their nearest training patches" if bank.space == "head" else "post-hoc (k-means of decoder features)"
@@ -192,8 +193,11 @@ class ExplainWidget(JobDock):
 
     def load_bank(self, path: str | Path) -> None:
         """Explain with the bank at ``path`` (checked against the chosen model in the worker)."""
-        self.bank_path = Path(path)
-        self.run_job(self.workspace.bank, self.inputs.model_ref, self.bank_path, description="Load a prototype bank", on_result=self._show_bank)
+        chosen = Path(path)
+        self.run_job(
+            self.workspace.bank, self.inputs.model_ref, chosen, description="Load a prototype bank",
+            on_result=lambda bank: self._show_bank(bank, chosen),
+        )
 
     def _choose_bank_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Prototype bank", "", "Prototype banks (*.prototypes.json)")
@@ -300,7 +304,7 @@ class ExplainWidget(JobDock):
             row = self.table.rowCount()
             self.table.insertRow(row)
             icon = QTableWidgetItem()
-            icon.setIcon(QIcon(_pixmap(thumbnail(self.bank, match.id, zoom=2))))
+            icon.setIcon(QIcon(_pixmap(thumbnail(result.bank, match.id, zoom=2))))
             share = "" if match.share is None else f"{match.share:.0%}"
             source = match.source
             cells = [icon, f"#{match.id}" + (" (forgotten)" if match.forgotten else ""), match.class_name,
@@ -315,8 +319,14 @@ class ExplainWidget(JobDock):
             f"{p['case']} plane {p['plane']} ({p['similarity']:.2f}; labels "
             f"{', '.join(p.get('label_voxels', {})) or 'none'})" for p in explanation.similar_planes
         ))
+        listed = {heatmap_layer_name(m.id) for m in explanation.matches}
+        for layer in [layer for layer in self.viewer.layers if layer.name.endswith(" heatmap") and layer.name.startswith("prototype #")]:
+            if layer.name not in listed:  # heatmaps of an earlier explanation
+                self.viewer.layers.remove(layer)
         if result.evidence is not None:
             self._set_image(EVIDENCE_LAYER, result.evidence, "viridis")
+        elif EVIDENCE_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(EVIDENCE_LAYER)
         self.table.selectRow(0)
         notes = " ".join(explanation.notes)
         self.status.setText(
@@ -385,7 +395,7 @@ class ExplainWidget(JobDock):
             return
         pid = ids[0]
         self.run_job(
-            _source, self.bank, pid, description="Open the source slice", on_result=lambda out: self._show_source(pid, out)
+            _source, self.result.bank, pid, description="Open the source slice", on_result=lambda out: self._show_source(pid, out)
         )
 
     def _show_source(self, pid: int, out: tuple[np.ndarray, str | None]) -> None:
@@ -397,15 +407,16 @@ class ExplainWidget(JobDock):
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         self.viewer.add_image(plane, name=name, scale=spacing[1:], translate=(0.0, offset), colormap="gray")
-        entry = self.bank.entry(pid)["source"]
-        half = self.bank.card["patch_size"] / 2
+        bank = self.result.bank
+        entry = bank.entry(pid)["source"]
+        half = bank.card["patch_size"] / 2
         y, x = (entry["y"], entry["x"]) if message is None else (half, half)
         corners = np.array([[y - half, x - half], [y + half, x + half]]) * np.asarray(spacing[1:]) + [0.0, offset]
         outline = f"prototype #{pid} patch"
         if outline in self.viewer.layers:
             self.viewer.layers.remove(outline)
         self.viewer.add_shapes([corners], shape_type="rectangle", name=outline, edge_color="orange", face_color="transparent", edge_width=1.5)
-        self.status.setText(message or f"Source of prototype #{pid}: {self.bank.describe(pid)} (right of the volume).")
+        self.status.setText(message or f"Source of prototype #{pid}: {bank.describe(pid)} (right of the volume).")
 
     def forget(self, ids: list[int]) -> None:
         """Predict again with prototypes ``ids`` forgotten (``[]`` restores all); the changed labels are shown."""
@@ -430,19 +441,23 @@ class ExplainWidget(JobDock):
         spacing = self._volume.geometry.spacing
         before = sum(label_volumes_ml(result.before, spacing).values())
         after = sum(label_volumes_ml(result.after, spacing).values())
-        if result.variant:
-            self.worker.publish_variant(self.worker.session.model(result.variant).card)
+        if result.variant is not None:
+            self.worker.publish_variant(result.variant)
         which = ", ".join(f"#{i}" for i in result.forgotten) or "none"
         self.status.setText(f"Forgotten: {which}. {changed} voxels changed; foreground {before:.1f} -> {after:.1f} mL.")
         show_info(f"Prototypes forgotten: {which}; {changed} voxels changed.")
 
     def export_report(self, folder: str | Path) -> None:
-        """Write the explanation (JSON, NIfTI heatmaps over the volume, thumbnails, heatmaps.png, report.html)."""
+        """Write the explanation (JSON, NIfTI heatmaps over the volume, thumbnails, heatmaps.png, report.html)
+        into a new sub-folder ``explanation_<date-time>`` of ``folder`` (never among a case's files)."""
+        import datetime as dt
+
         if self.result is None:
             return
         image = self._image()
+        target = Path(folder) / f"explanation_{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         self.run_job(
-            _export, self.workspace, self.result, self._volume, np.asarray(image.data), Path(folder),
+            _export, self.workspace, self.result, self._volume, np.asarray(image.data), target,
             description="Export the explanation report", on_result=lambda path: self.status.setText(f"Report written: {path}"),
         )
 
@@ -470,7 +485,7 @@ def _export(workspace: ExplainWorkspace, result: Any, volume: Any, image: np.nda
     heatmaps = workspace.volume_heatmaps(result.explanation, ctx=ctx)
     evidence = None if result.region is None else workspace.evidence(result.explanation, heatmaps)
     written = write_explanation(
-        folder, result.explanation, workspace.current_bank, heatmaps, volume.geometry, plane_image=image[result.plane],
+        folder, result.explanation, result.bank, heatmaps, volume.geometry, plane_image=image[result.plane],
         plane=result.plane, evidence=evidence, inputs=[p for p in volume.source_paths if p],
     )
     return written["html"]

@@ -112,10 +112,20 @@ def cache_bank_path(model: SegModel) -> Path | None:
 
 
 def find_bank(model: SegModel) -> PrototypeBank | None:
-    """The bank beside ``model``'s card, else in the user cache, checked against it; ``None`` if there is none."""
+    """The bank beside ``model``'s card, else in the user cache, checked against it; ``None`` if there is none.
+
+    A bank beside the card that does not fit (another model's weights) gives way to one in the cache; without one
+    there, its refusal is raised.
+    """
+    refusal: ModelError | None = None
     for path in (bank_path_for(model), cache_bank_path(model)):
         if path is not None and path.is_file():
-            return load_bank(path, model)
+            try:
+                return load_bank(path, model)
+            except ModelError as err:
+                refusal = refusal or err
+    if refusal is not None:
+        raise refusal
     return None
 
 
@@ -187,7 +197,8 @@ def load_bank(path: str | Path, model: SegModel | None = None) -> PrototypeBank:
 
 
 def save_bank(bank: PrototypeBank, path: str | Path, *, replace: bool = False) -> Path:
-    """Write ``bank`` as ``path`` (``NAME.prototypes.json``) and its ``.safetensors`` beside it, atomically.
+    """Write ``bank`` as ``path`` (``NAME.prototypes.json``) and its ``.safetensors`` beside it, each file
+    atomically, the arrays first: an interrupted save leaves no card, never a card pointing at missing arrays.
 
     Raises
     ------

@@ -92,7 +92,8 @@ class Explainer:
         Explain with the bank's projected prototypes (head banks); ``None`` follows the bank's card
         (``projection.kept``), ``False`` explains the model's own prototypes against the gallery.
     device
-        Torch device (default CPU: one plane is milliseconds).
+        Torch device of the explainer's own copy of the model (default CPU: one plane is milliseconds); the
+        model passed in (e.g. a session's, possibly on a GPU) is never moved or changed.
     """
 
     def __init__(
@@ -103,10 +104,12 @@ class Explainer:
         self.base = model
         self.bank = bank
         self.prepared = prepared
-        self.device = device
+        import torch
+
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         kept = bool(bank.card.get("projection", {}).get("kept", False)) if projected is None else projected
         self.projected = bank.space == "head" and kept
-        self.model = with_prototypes(model, bank.vectors) if self.projected else model
+        self.model = self._copy()
         self.forgotten: tuple[int, ...] = ()
         if tuple(forgotten):
             self.forget(forgotten)
@@ -116,8 +119,13 @@ class Explainer:
     def vectors(self) -> np.ndarray:
         """The prototype vectors heatmaps compare: the head's own (projected when kept), else the bank's."""
         if self.bank.space == "head":
-            return self.model.prototypes.prototypes.detach().float().numpy()
+            return self.model.prototypes.prototypes.detach().float().cpu().numpy()
         return self.bank.vectors
+
+    def _copy(self) -> SegModel:
+        """The explained model: a copy of the base (with the projected prototypes when kept) on ``device``."""
+        base = with_prototypes(self.base, self.bank.vectors) if self.projected else copy.deepcopy(self.base)
+        return base.eval().to(self.device)
 
     @property
     def scale(self) -> float:
@@ -141,8 +149,9 @@ class Explainer:
 
         decoder = decoder_features(self.model, self.prepared.data, planes, device=self.device, ctx=ctx)
         with torch.inference_mode():
-            probs = torch.softmax(self.model.logits_from_decoder(decoder), dim=1)
-        return bank_embedding(self.model, self.bank.space, decoder), probs
+            decoder = decoder.to(self.device)
+            probs = torch.softmax(self.model.logits_from_decoder(decoder), dim=1).cpu()
+        return bank_embedding(self.model, self.bank.space, decoder).cpu(), probs
 
     def _region_stats(self, mask: np.ndarray, ctx: JobContext | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean similarity to every prototype (P,), mean class probability (K,) and summed unit feature (D,) over
@@ -179,6 +188,9 @@ class Explainer:
         notes = []
         if label == 0:
             notes.append("the model predicts background here; the prototypes below say what it resembles.")
+        if self.bank.space != "head":
+            notes.append("post-hoc bank: its prototypes take no part in the model's score; the shares are of the "
+                         "predicted class's bank similarities (each weighted 1/K).")
         classes = self.bank.network_classes
         weights = self._weights()
         own = np.flatnonzero(classes == cls)
@@ -204,7 +216,7 @@ class Explainer:
 
     def _weights(self) -> np.ndarray:
         if self.bank.space == "head":
-            return self.model.prototypes.weights.detach().numpy()
+            return self.model.prototypes.weights.detach().cpu().numpy()
         per_class = np.bincount(self.bank.network_classes)
         return 1.0 / per_class[self.bank.network_classes]
 
@@ -233,6 +245,8 @@ class Explainer:
         if not mask.any():
             raise PromptError(f"the {description} is empty; paint or choose a region with at least one voxel.")
         model_mask = self._to_model_grid(mask)
+        if not model_mask.any():
+            raise PromptError(f"the {description} ({int(mask.sum())} voxels) vanishes on the model's coarser grid; choose a larger region.")
         sims, probs, pooled = self._region_stats(model_mask, ctx)
         target = {"kind": "region", "description": description, "voxels": int(mask.sum())}
         return self._explanation(target, sims, probs, pooled, top_k, start)
@@ -275,9 +289,18 @@ class Explainer:
                 embedding, _ = self._plane_outputs(chunk)
                 out[:, chunk] = shown(cosine_maps(embedding, vectors).numpy()).transpose(1, 0, 2, 3)
                 ctx.progress(step + 1, -(-len(wanted) // 8), f"prototype heatmaps, planes {start + 1}-{start + len(chunk)} of {len(wanted)}")
-        if self.prepared.resampled:
-            out = resize_channels(out.astype(np.float32), tuple(self.prepared.source_shape)).astype(np.float16)
-        return out
+        if not self.prepared.resampled:
+            return out
+        if planes is None or self.model.spatial_dims == 3:
+            return resize_channels(out.astype(np.float32), tuple(self.prepared.source_shape)).astype(np.float16)
+        # only some planes computed: each display plane takes its model plane, resized in-plane (resizing the whole
+        # volume would blend it with the planes left at 0)
+        source = tuple(self.prepared.source_shape)
+        display = np.zeros((len(ids), *source), dtype=np.float16)
+        for plane in planes:
+            model_plane = self._model_index((plane, 0, 0))[0]
+            display[:, plane] = resize_channels(out[:, model_plane, None].astype(np.float32), (1, *source[1:]))[:, 0]
+        return display
 
     def evidence(self, explanation: Explanation, maps: np.ndarray) -> np.ndarray:
         """The combined evidence map of a region's explanation: its matches' activation heatmaps (``maps``, in
@@ -305,7 +328,7 @@ class Explainer:
             )
         if ids == self.forgotten:
             return
-        model = with_prototypes(self.base, self.bank.vectors) if self.projected else copy.deepcopy(self.base)
+        model = self._copy()
         model.prototypes.forget(ids)
         model.card = copy.deepcopy(model.card)
         arch = dict(model.card.architecture)

@@ -1,7 +1,8 @@
 """Projecting prototypes onto real training features, and building prototype banks.
 
 Projection (METHODS section 3, as in the authors' code): every prototype of class ``c`` is replaced by the
-feature of a real training position of class ``c`` (inside the imaged object, never the air around it). For
+feature of a real training position of class ``c`` (inside the imaged object: where some input channel is
+non-zero, which excludes the zero background of skull-stripped, normalised MRI). For
 each prototype and each training slice the most similar position is found; a per-class Hungarian assignment
 (``scipy.optimize.linear_sum_assignment`` on the negated similarities) then gives every prototype of the class
 a different source slice, so that no two prototypes share a source image or patch. The bank keeps each
@@ -78,10 +79,18 @@ def crop_patch(image: np.ndarray, y: int, x: int, size: int = PATCH_SIZE) -> np.
     return out
 
 
+def _check_2d(model: SegModel) -> None:
+    if model.spatial_dims != 2:
+        raise ModelError(
+            f"prototype banks are built from training planes of 2D models; {model.card.name!r} is 3D, which is not "
+            "supported yet."
+        )
+
+
 def _best_positions(
     model: SegModel, space: str, vectors: np.ndarray, classes: np.ndarray, slices: TrainingSlices,
     ctx: JobContext, batch_size: int = 8,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every prototype and training slice: the highest similarity at a position of the prototype's class
     inside the object, and that position's flat index (-inf / -1 where the slice has none); and every slice's
     pooled feature (the mean unit feature over its labelled foreground, else over the object; unit length)."""
@@ -135,6 +144,7 @@ def project(
     from scipy.optimize import linear_sum_assignment
 
     ctx = ensure_context(ctx)
+    _check_2d(model)
     best, where, plane_vectors = _best_positions(model, space, vectors, classes, slices, ctx)
     chosen = np.full(len(vectors), -1, dtype=np.int64)
     for cls in np.unique(classes):
@@ -209,6 +219,7 @@ def kmeans_bank(
     from sklearn.cluster import MiniBatchKMeans
 
     ctx = ensure_context(ctx)
+    _check_2d(model)
     rng = np.random.default_rng(seed)
     samples: dict[int, list[np.ndarray]] = {}
     for start in range(0, len(slices), 8):
@@ -271,6 +282,7 @@ def case_slices(
     from ..cases import load_case
     from ..model_input import prepare_model_input
 
+    _check_2d(model)
     images, labels, sources = [], [], []
     for case in cases:
         volume, label_maps = load_case(case)
@@ -284,7 +296,7 @@ def case_slices(
         keep = np.flatnonzero(np.any(prepared.data != 0, axis=(0, 2, 3)))
         images.append(prepared.data[:, keep].transpose(1, 0, 2, 3).astype(np.float16))
         labels.append(seg[keep])
-        sources += [{"case": Path(case).name, "path": str(case), "plane": int(z), "label_map": name} for z in keep]
+        sources += [{"case": Path(case).name, "path": str(Path(case).resolve()), "plane": int(z), "label_map": name} for z in keep]
         if on_case:
             on_case(str(case))
     if not images:

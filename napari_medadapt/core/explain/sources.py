@@ -56,10 +56,10 @@ def source_plane(source: dict[str, Any], modalities: list[str]) -> tuple[np.ndar
 
     volume, label_maps = load_case(folder)
     plane = int(source["plane"])
-    channels = [volume.channel(m)[plane] if m in volume.channels else None for m in modalities]
-    shape = next(c.shape for c in channels if c is not None)
-    stack = np.stack([np.zeros(shape, np.float32) if c is None else c.astype(np.float32) for c in channels])
+    shape = volume.geometry.display_shape
+    stack = np.stack([volume.channel(m) if m in volume.channels else np.zeros(shape, np.float32) for m in modalities])
     name = source.get("label_map")
     labels = label_maps.get(name) if name else next(iter(label_maps.values()), None)
-    plane_labels = np.zeros(shape, np.uint8) if labels is None else np.asarray(labels[plane], dtype=np.uint8)
-    return normalize_channels(stack[:, None])[:, 0], plane_labels
+    plane_labels = np.zeros(shape[1:], np.uint8) if labels is None else np.asarray(labels[plane], dtype=np.uint8)
+    # percentiles over the whole volume, as the training planes (and so the stored patches) were normalised
+    return normalize_channels(stack)[:, plane], plane_labels

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class ExplainResult:
     the evidence map of a region (same grid), the region explained (``None`` for a voxel) and the prediction."""
 
     explanation: Explanation
+    bank: PrototypeBank
     plane: int
     heatmaps: np.ndarray
     evidence: np.ndarray | None
@@ -38,12 +39,12 @@ class ExplainResult:
 
 @dataclass
 class ForgetResult:
-    """Labels before and after forgetting ``forgotten`` (display grid), and the session variant's name."""
+    """Labels before and after forgetting ``forgotten`` (display grid), and the session variant's card."""
 
     before: np.ndarray
     after: np.ndarray
     forgotten: tuple[int, ...]
-    variant: str | None
+    variant: Any
 
 
 class ExplainWorkspace:
@@ -74,11 +75,6 @@ class ExplainWorkspace:
         return self._explainer
 
     @property
-    def current_bank(self) -> PrototypeBank | None:
-        """The bank of the last explanation."""
-        return None if self._explainer is None else self._explainer.bank
-
-    @property
     def forgotten(self) -> tuple[int, ...]:
         """Prototype ids forgotten in the current explainer."""
         return () if self._explainer is None else self._explainer.forgotten
@@ -94,13 +90,13 @@ class ExplainWorkspace:
         from .projection import case_folders, case_slices, kmeans_bank
 
         model = self.session.model(model_ref)
-        bank = kmeans_bank(model, case_slices(case_folders(cases), model), ctx=ctx)
         target = out or cache_bank_path(model)
         if target is None:
             from ..errors import ModelError
 
             raise ModelError(f"the model {model.card.name!r} exists only in this session; save it before building a bank.")
-        return save_bank(bank, target)
+        bank = kmeans_bank(model, case_slices(case_folders(cases), model), ctx=ctx)
+        return save_bank(bank, target, replace=out is None)  # the cache's bank of this model is rebuilt
 
     def bank(self, model_ref: str, bank: str | Path | None = None, ctx: JobContext | None = None) -> PrototypeBank | str:
         """The bank that would explain ``model_ref`` (the given one, else the model's own), or, when there is
@@ -143,7 +139,7 @@ class ExplainWorkspace:
             plane = int(zyx[0]) if zyx is not None and region[int(zyx[0])].any() else int(np.argmax(region.sum(axis=(1, 2))))
         heatmaps = explainer.heatmaps([m.id for m in explanation.matches], planes=[plane], ctx=ctx)
         evidence = None if region is None else explainer.evidence(explanation, heatmaps)
-        return ExplainResult(explanation, plane, heatmaps, evidence, region, prediction)
+        return ExplainResult(explanation, explainer.bank, plane, heatmaps, evidence, region, prediction)
 
     def volume_heatmaps(self, explanation: Explanation, ctx: JobContext | None = None) -> np.ndarray:
         """Heatmaps of ``explanation``'s matches over the whole volume (with progress)."""
@@ -160,5 +156,5 @@ class ExplainWorkspace:
         variant = None
         if explainer.forgotten:
             name = f"{explainer.base.card.name} without prototypes {','.join(map(str, explainer.forgotten))}"
-            variant = self.session.add_variant(explainer.model, name)
+            variant = self.session.model(self.session.add_variant(explainer.model, name)).card
         return ForgetResult(before, after, explainer.forgotten, variant)
