@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from napari_medadapt.core.cases import case_files, load_case, nifti_files
-from napari_medadapt.core.intensity import CT_WINDOWS, percentile_range
+from napari_medadapt.core.intensity import display_window
 from napari_medadapt.core.labelmaps import is_label_file, label_class_names, load_labels
 from napari_medadapt.core.volume import (
     Geometry,
@@ -51,7 +51,7 @@ def image_layer_data(volume: Volume, geometries: Sequence[Geometry] | None = Non
     geometries = list(geometries) if geometries is not None else [volume.geometry] * len(volume.channels)
     for index, (name, path) in enumerate(zip(volume.channels, volume.source_paths, strict=True)):
         data = volume.data[index]
-        limits = CT_WINDOWS["abdomen"] if name == "ct" else percentile_range(data, 0.5, 99.5)
+        limits = display_window(name, data)
         kwargs = {
             "name": name,
             "scale": geometries[index].spacing,

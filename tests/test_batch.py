@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from test_explain import tiny_card
 
+from napari_medadapt._reader import read_case_layers as reader_layers
 from napari_medadapt.cli import main
 from napari_medadapt.core.batch import BatchSettings, CohortError, read_cohort, run_batch
 from napari_medadapt.core.batch.manifest import read
@@ -104,7 +105,7 @@ def test_cli_exit_status_and_refusals(tmp_path, cohort, capsys):
     cases, model = cohort
     out = tmp_path / "out"
     (cases / "case0" / "flair.nii.gz").write_bytes(b"broken")
-    assert main(["batch", "segment", "--cases", str(cases), "--out", str(out), "--model", model]) == 1
+    assert main(["batch", "segment", "--cases", str(cases), "--out", str(out), "--model", model]) == 101  # 1 failed
     captured = capsys.readouterr()
     assert "failed: case0" in captured.err and "3 done, 0 already done, 1 failed" in captured.out
     args = ["batch", "segment", "--cases", str(cases), "--out", str(tmp_path / "o2"), "--model", model]
@@ -167,7 +168,8 @@ def test_local_cluster_survives_a_killed_worker(tmp_path, cohort):
 
         summary = run_batch(read_cohort(cases), BatchSettings("segment", model=model), out,
                             scheduler=cluster.scheduler_address, on_progress=kill_one)
-    assert killed and sorted(summary.done) == [f"case{i}" for i in range(8)] and not summary.failed
+    assert killed and not summary.failed, summary.failed
+    assert sorted(summary.done) == [f"case{i}" for i in range(8)]
     records = read(out)
     assert {r["case_id"] for r in records if r["status"] == "done"} == {f"case{i}" for i in range(8)}
     for case_id in summary.done:
@@ -188,14 +190,35 @@ def test_tta_and_embed_methods(tmp_path, cohort, monkeypatch):
     embed = run_batch(cohort_cases[:1], BatchSettings("embed", model="sam-small"), tmp_path / "embed")
     assert embed.done == ["case0"], embed.failed
     record = read(tmp_path / "embed")[0]
-    assert record["output"] is None and record["embedded"] == {**record["embedded"], "computed": 12, "cached": 0}
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 12  # on disk
-    from napari_medadapt.core.adapt.fewshot_sam import default_window
-    from napari_medadapt.core.cases import load_case
+    assert record["output"] is None and set(record["embedded"]) == set(MODALITIES)
+    assert all((e["computed"], e["cached"]) == (12, 0) for e in record["embedded"].values())
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4 * 12  # every modality, on disk
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.sam.session import ModelChoice, SamSession
 
-    image = load_case(cohort_cases[0].images)[0].data[0]
+    viewer_layers = reader_layers(cases / "case0")  # what the reader opens: the dock starts from these limits
+    flair = next(layer for layer in viewer_layers if layer[1]["name"] == "flair")
     dock = SamSession()  # a new session, as the Segment Anything dock has: it finds them and stores nothing
-    output = dock.precompute(ModelChoice("sam-small"), image, default_window(image), 0, ctx=JobContext())
+    output = dock.precompute(ModelChoice("sam-small"), flair[0], tuple(flair[1]["contrast_limits"]), 0, ctx=JobContext())
     assert (output.value.computed, output.value.cached) == (0, 12)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4 * 12
+
+
+def test_manifest_survives_a_cut_line_and_output_names_never_collide(tmp_path, cohort):
+    from napari_medadapt.core.batch.cohort import output_name
+    from napari_medadapt.core.batch.manifest import MANIFEST, append
+
+    out = tmp_path / "m"
+    out.mkdir()
+    append(out, {"case_id": "a", "status": "done"})
+    with open(out / MANIFEST, "a", encoding="utf-8") as handle:
+        handle.write('{"case_id": "b", "sta')  # a run killed mid-write
+    append(out, {"case_id": "c", "status": "done"})
+    assert [r["case_id"] for r in read(out)] == ["a", "c"]
+    assert output_name("case 1") != output_name("case_1") and output_name("..").endswith(".nii.gz")
+    assert not output_name("..").startswith(".") and output_name("CaseA") == "CaseA.nii.gz"
+    cases, _model = cohort
+    sheet = tmp_path / "names.csv"
+    sheet.write_text(f"case_id,flair\nAB,{cases}/case0/flair.nii.gz\nab,{cases}/case1/flair.nii.gz\n")
+    with pytest.raises(CohortError, match="would share the output file"):
+        read_cohort(sheet)

@@ -7,9 +7,9 @@
 ``CASES`` is a CSV (``case_id``, one column per modality with the file's path, optional ``reference``) or a
 folder of case folders. ``DIR`` gets ``labels/CASE.nii.gz`` (each with its provenance sidecar), ``manifest.jsonl``
 (one record per case attempt), ``metrics.csv`` (cases with a reference) and ``summary.json``. A rerun skips the
-cases already done with the same inputs, model and settings. The exit status is the number of failed cases
-(0: all done; capped at 99); a problem found before any work (a missing file, an unwritable folder, a
-scheduler that does not answer) exits 2 with its message and writes nothing.
+cases already done with the same inputs, model and settings. Exit status: 0 when every case is done; 100 + the
+number of failed cases (capped at 255) when some failed; 2 for a problem found before any work (a missing
+file, an unwritable folder, a scheduler that does not answer), with its message and nothing written.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from napari_medadapt.cli._common import text_progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from napari_medadapt.core.batch.runner import CONNECT_TIMEOUT
     from napari_medadapt.core.batch.tasks import METHODS
 
     help_text = "run segment, tta, fewshot-apply or embed over a cohort (resumable; in-process or on Dask)"
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="workers of --scheduler local (default 2)")
     parser.add_argument("--num-parts", type=int, default=1, help="split the cohort into N parts (job arrays)")
     parser.add_argument("--part-id", type=int, default=0, help="the part this run does (0-based)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a scheduler address (default 10)")
+    parser.add_argument("--timeout", type=float, default=CONNECT_TIMEOUT, help=f"seconds to wait for a scheduler address (default {CONNECT_TIMEOUT:.0f})")
     parser.set_defaults(func=run)
 
 
@@ -68,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"Dice {region}: mean {stats['mean']:.3f} (sd {stats['std']:.3f}, min {stats['min']:.3f}, {stats['cases']} cases)")
     print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed in "
           f"{summary.seconds:.0f} s; reports in {args.out}")
-    return min(len(summary.failed), 99)
+    return 100 + min(len(summary.failed), 155) if summary.failed else 0

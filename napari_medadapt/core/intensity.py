@@ -15,6 +15,7 @@ __all__ = [
     "CT_WINDOWS",
     "MRI_PERCENTILES",
     "ct_window",
+    "display_window",
     "foreground_mask",
     "percentile_range",
     "resolve_ct_window",
@@ -60,6 +61,13 @@ def _statistics_voxels(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray
     if values.size == 0:
         values = image[np.isfinite(image)]
     return values
+
+
+def display_window(modality: str, image: np.ndarray) -> tuple[float, float]:
+    """The window an image layer opens with: the abdomen CT window for ``ct``, else the 0.5-99.5 percentiles of
+    the non-zero voxels. The reader's contrast limits, hence the Segment Anything dock's default window (and the
+    window ``medadapt batch embed`` embeds with, so that the dock finds those embeddings)."""
+    return CT_WINDOWS["abdomen"] if modality == "ct" else percentile_range(image, 0.5, 99.5)
 
 
 def percentile_range(

@@ -38,9 +38,13 @@ def checkpoint_dir() -> Path:
     return path
 
 
+#: Sub-folder of the cache holding image embeddings.
+EMBEDDINGS_FOLDER = "embeddings"
+
+
 def embedding_cache_dir() -> Path:
     """Return ``cache_dir() / "embeddings"`` (cached image embeddings), created if needed."""
-    path = cache_dir() / "embeddings"
+    path = cache_dir() / EMBEDDINGS_FOLDER
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -13,6 +13,7 @@ modalities that differ between cases (which ones), an empty cohort.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,7 @@ def _from_csv(path: Path) -> list[Case]:
         row = row + [""] * (len(header) - len(row))
         def resolve(value: str) -> str:
             file = Path(value.strip()).expanduser()
-            return str(file if file.is_absolute() else path.parent / file)
+            return str((file if file.is_absolute() else path.parent / file).resolve())
         images = {m: resolve(row[i]) for i, m in modality_columns.items() if row[i].strip()}
         reference = resolve(row[reference_column]) if reference_column is not None and row[reference_column].strip() else None
         cases.append(Case(row[id_column].strip() or f"line {line}", images, reference))
@@ -85,8 +86,8 @@ def _from_folder(folder: Path) -> list[Case]:
         except VolumeError as err:  # e.g. a corrupt file: this case fails alone when the run reaches it
             cases.append(Case(sub.name, {}, None, problem=str(err)))
             continue
-        reference = str(next(iter(labels.values()))) if labels else None
-        cases.append(Case(sub.name, {m: str(p) for m, p in modalities.items()}, reference))
+        reference = str(next(iter(labels.values())).resolve()) if labels else None
+        cases.append(Case(sub.name, {m: str(p.resolve()) for m, p in modalities.items()}, reference))
     if not cases:
         raise CohortError(f"{folder} has no case folders; give a folder holding one folder per case, or a CSV.")
     return cases
@@ -116,7 +117,12 @@ def read_cohort(source: str | Path, modalities: Sequence[str] | None = None) -> 
         raise CohortError(f"the cohort {source} does not exist; give a CSV file or a folder of case folders.")
     problems = []
     seen: dict[str, int] = {}
+    files: dict[str, str] = {}
     for index, case in enumerate(cases):
+        name = output_name(case.case_id).casefold()
+        if name in files and files[name] != case.case_id:
+            problems.append(f"the case ids {files[name]!r} and {case.case_id!r} would share the output file {output_name(case.case_id)}; rename one")
+        files.setdefault(name, case.case_id)
         if case.case_id in seen:
             problems.append(f"the case id {case.case_id!r} appears twice (cases {seen[case.case_id] + 1} and {index + 1}); ids must be unique")
         seen.setdefault(case.case_id, index)
@@ -132,6 +138,17 @@ def read_cohort(source: str | Path, modalities: Sequence[str] | None = None) -> 
             problems.append(f"case {case.case_id!r} " + " and ".join(said) + f" (expected {', '.join(sorted(expected))})")
     _problems(problems, source)
     return cases
+
+
+def output_name(case_id: str) -> str:
+    """The label file name of a case: its id with path-unsafe characters replaced (plus a short hash of the id
+    when something was replaced or nothing is left, so two ids never share a file)."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", case_id).strip("._")
+    if safe != case_id:
+        safe = f"{safe}_{hashlib.sha1(case_id.encode('utf-8')).hexdigest()[:8]}".lstrip("_")
+    return safe + ".nii.gz"
 
 
 def shard(cases: Sequence[Case], num_parts: int, part_id: int) -> list[Case]:

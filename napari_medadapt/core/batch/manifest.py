@@ -25,7 +25,8 @@ LOCK = ".manifest.lock"
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder``'s manifest (blocking; released on exit)."""
+    """An exclusive lock on ``folder``'s manifest (blocking; released on exit). On a file system without locks
+    (some NFS/Lustre mounts) the run goes on unlocked: one run per output folder is then the user's to ensure."""
     handle = open(folder / LOCK, "a+")
     try:
         try:
@@ -36,6 +37,8 @@ def locked(folder: Path) -> Iterator[None]:
             import msvcrt
 
             msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+        except OSError:
+            pass
         yield
     finally:
         handle.close()
@@ -44,8 +47,14 @@ def locked(folder: Path) -> Iterator[None]:
 def append(folder: Path, record: dict[str, Any]) -> None:
     """Append ``record`` as one line of ``folder``'s manifest (locked, flushed to disk)."""
     line = json.dumps(record, sort_keys=True) + "\n"
-    with locked(folder), open(folder / MANIFEST, "a", encoding="utf-8") as handle:
-        handle.write(line)
+    path = folder / MANIFEST
+    with locked(folder), open(path, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell():  # a line cut short by a killed run is closed first, so this record stays readable
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+        handle.write(line.encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -25,7 +25,7 @@ from ..files import OutputError, check_output_path, write_text_atomic
 from ..hashing import sha256_file
 from . import manifest
 from .cohort import Case, shard
-from .tasks import BatchSettings, run_case
+from .tasks import LABELS_FOLDER, BatchSettings, run_case
 
 #: Seconds to wait for a Dask scheduler given by address before giving up.
 CONNECT_TIMEOUT = 10.0
@@ -108,10 +108,10 @@ def case_key(case: Case, settings: BatchSettings, identity: dict[str, Any]) -> d
 def _check_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "labels").mkdir(exist_ok=True)
+        (out / LABELS_FOLDER).mkdir(exist_ok=True)
     except OSError as err:
         raise OutputError(f"--out {out} cannot be created ({err.strerror or err}); choose a writable folder.") from err
-    for name in (manifest.MANIFEST, "labels/.check"):
+    for name in (manifest.MANIFEST, f"{LABELS_FOLDER}/.check"):
         check_output_path(out / name, what="--out")
 
 
@@ -157,7 +157,7 @@ def run_batch(
     import os
 
     started = time.time()
-    out = Path(out_dir).expanduser()
+    out = Path(out_dir).expanduser().resolve()  # workers on other hosts or folders get absolute paths
     _check_out(out)
     part = shard(cases, num_parts, part_id)
     identity = model_identity(settings)
@@ -201,29 +201,32 @@ def run_batch(
                 client.submit(run_case, case, settings, key, str(out), run_id, threads, key=f"{case.case_id}-{run_id}", pure=False): case
                 for case, key in todo
             }
-            for future in as_completed(futures):
-                case = futures[future]
+            for future in as_completed(list(futures)):
+                case = futures.pop(future)
                 try:
                     record = future.result()
                 except Exception as err:  # noqa: BLE001 - e.g. KilledWorker: the case failed, the run goes on
                     record = {"case_id": case.case_id, "run_id": run_id, "status": "failed", "key": None,
                               "error": f"the worker running this case died repeatedly ({type(err).__name__}: {err})"}
+                # released at once: a result lost later with its worker must not be computed (and written) again
+                future.release()
                 finish(record)
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
     summary.seconds = time.time() - started
-    _reports(out, summary, [c.case_id for c in part])
+    _reports(out, summary)
     return summary
 
 
-def _reports(out: Path, summary: BatchSummary, case_ids: list[str]) -> None:
-    """``metrics.csv`` (every case of this part with Dice figures) and ``summary.json`` (with mean and spread)."""
+def _reports(out: Path, summary: BatchSummary) -> None:
+    """``metrics.csv`` and the Dice summary over every case of the folder's manifest with Dice figures (all parts
+    of a job array, so the last part to finish writes the whole cohort's), and ``summary.json`` of this run."""
     import numpy as np
 
     latest = manifest.latest(manifest.read(out))
-    rows = [latest[c] for c in case_ids if c in latest and latest[c].get("dice")]
+    rows = [record for record in latest.values() if record.get("status") == "done" and record.get("dice")]
     regions = sorted({r for row in rows for r in row["dice"]})
     if rows:
         text = io.StringIO()

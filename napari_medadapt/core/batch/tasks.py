@@ -5,7 +5,6 @@ worker, never once per case), the output is written atomically with its provenan
 from __future__ import annotations
 
 import os
-import re
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MedAdaptError
-from .cohort import Case
+from .cohort import Case, output_name
 
 METHODS = ("segment", "tta", "fewshot-apply", "embed")
 LABELS_FOLDER = "labels"
@@ -56,11 +55,6 @@ class BatchSettings:
         return asdict(self)
 
 
-def output_name(case_id: str) -> str:
-    """The label file name of a case (its id with path-unsafe characters replaced)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", case_id).strip("._") + ".nii.gz"
-
-
 def _session(settings: BatchSettings, threads: int | None) -> Any:
     from ..device import limit_torch_threads, select_device
     from ..session import ModelSession
@@ -101,27 +95,29 @@ def _segment(case: Case, volume: Any, settings: BatchSettings, session: Any) -> 
 
 
 def _embed(volume: Any, settings: BatchSettings, session: Any) -> dict[str, Any]:
-    from ..adapt.fewshot_sam import default_window
+    from ..intensity import display_window
     from ..jobs import JobContext
     from ..sam.session import ModelChoice
 
     name = settings.model or "litemedsam"
-    session.sam.write_disk = True  # the point of embedding a cohort: the dock reads them from the disk cache
-    image = volume.data[0]  # the first modality, as the Segment Anything dock embeds one image layer
-    output = session.sam.precompute(ModelChoice(name), image, default_window(image), 0, ctx=JobContext())
     predictor = session.sam.predictor(ModelChoice(name), JobContext(), [])
-    return {"model": {"name": name, "sha256": predictor.model.weights_hash},
-            "embedded": {"computed": output.value.computed, "cached": output.value.cached, "window": [float(v) for v in output.window]}}
+    predictor.cache.write_disk = True  # the point of embedding a cohort: the dock reads them from the disk cache
+    embedded = {}
+    for modality, image in zip(volume.channels, volume.data, strict=True):
+        # every modality, with the window the dock starts from: the reader's contrast limits of that layer
+        window = display_window(modality, image)
+        output = session.sam.precompute(ModelChoice(name), image, window, 0, ctx=JobContext())
+        embedded[modality] = {"computed": output.value.computed, "cached": output.value.cached, "window": [float(v) for v in window]}
+    return {"model": {"name": name, "sha256": predictor.model.weights_hash}, "embedded": embedded}
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory in MB (0 where the platform does not say)."""
+def _rss_mb() -> float:
+    """This process's resident memory now, in MB (psutil, which Dask installs; 0 without it)."""
     try:
-        import resource
-    except ImportError:  # Windows
+        import psutil
+    except ImportError:
         return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if os.uname().sysname == "Darwin" else 1024), 1)
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
 def _metrics(labels: Any, case: Case, geometry: Any, class_names: dict[int, str]) -> dict[str, Any]:
@@ -169,11 +165,15 @@ def run_case(
             from ..hashing import sha256_file
             from ..labelmaps import save_labels
 
+            inputs = [*case.images.values(), *([case.reference] if case.reference else [])]
             save_labels(labels.astype("uint8" if max(class_names, default=0) < 256 else "int16"), volume.geometry, path,
-                        class_names=class_names, inputs=list(case.images.values()), provenance=provenance)
+                        class_names=class_names, inputs=inputs, provenance=provenance)
             record.update(entries, output=f"{LABELS_FOLDER}/{path.name}", output_sha256=sha256_file(path))
             if case.reference:
-                record["dice"] = _metrics(labels, case, volume.geometry, class_names)
+                try:
+                    record["dice"] = _metrics(labels, case, volume.geometry, class_names)
+                except MedAdaptError as err:  # the labels are written: the case is done, its scores are not
+                    record["metrics_error"] = str(err)
         record.update(status="done", seconds={"read": round(read - started, 3), "total": round(time.time() - started, 3)})
     except MedAdaptError as err:
         record.update(status="failed", error=str(err), seconds={"total": round(time.time() - started, 3)})
@@ -181,8 +181,12 @@ def run_case(
         record.update(status="failed", error="out of memory on this worker; run fewer workers or a smaller model", seconds={"total": round(time.time() - started, 3)})
     except Exception as err:  # noqa: BLE001 - a bad case must never stop the run; its record keeps the cause
         detail = traceback.format_exception_only(type(err), err)[-1].strip()
-        record.update(status="failed", error=f"{detail} (an unexpected error: please report it)", seconds={"total": round(time.time() - started, 3)})
+        if type(err).__name__ == "OutOfMemoryError":  # torch's, on a GPU
+            detail = f"out of GPU memory ({detail}); run on --device cpu or with fewer workers per GPU"
+        else:
+            detail += " (an unexpected error: please report it)"
+        record.update(status="failed", error=detail, seconds={"total": round(time.time() - started, 3)})
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record["model_loads"] = loads_in_this_process()
-    record["peak_rss_mb"] = _peak_rss_mb()
+    record["rss_mb"] = _rss_mb()  # with the model and this case's volume still loaded
     return record

@@ -52,9 +52,12 @@ class EmbeddingCache:
         self.max_bytes = int(max_bytes)
         self.write_disk = bool(write_disk)
         if disk_dir is True:
-            from ..paths import embedding_cache_dir
+            from ..paths import EMBEDDINGS_FOLDER, cache_dir, embedding_cache_dir
 
-            disk_dir = embedding_cache_dir()
+            try:  # reading only: a missing (or unwritable) cache folder is not created, and means no disk store
+                disk_dir = embedding_cache_dir() if write_disk else cache_dir() / EMBEDDINGS_FOLDER
+            except OSError:
+                disk_dir = None
         self.disk_dir = Path(disk_dir) if disk_dir else None
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._bytes = 0
@@ -87,7 +90,8 @@ class EmbeddingCache:
             try:
                 value = np.load(path, allow_pickle=False)
             except (OSError, ValueError):
-                path.unlink(missing_ok=True)
+                if self.write_disk:  # a damaged entry is removed by a cache that writes; a reader leaves it
+                    path.unlink(missing_ok=True)
             else:
                 self.disk_hits += 1
                 self.hits += 1
@@ -102,10 +106,18 @@ class EmbeddingCache:
         self._remember(key, value)
         path = self._disk_path(key) if self.write_disk else None
         if path is not None and not path.is_file():
+            import os
+            import tempfile
+
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, value, allow_pickle=False)
-            tmp.replace(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy", dir=path.parent)  # one per writer
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    np.save(handle, value, allow_pickle=False)
+                os.replace(tmp, path)  # the same key from two workers: the same bytes, the last rename wins
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return value
 
     def _remember(self, key: str, value: np.ndarray) -> None:
