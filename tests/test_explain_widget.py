@@ -94,3 +94,9 @@ def test_model_without_bank_offers_to_build_one(case, plugin_viewer, open_plugin
     _wait(widget, qtbot)
     qtbot.waitUntil(lambda: widget.explain_button.isEnabled(), timeout=30000)
     assert "post-hoc" in widget.bank_label.text()
+    from napari_medadapt.core.explain import find_bank
+    from napari_medadapt.core.models import load_model
+
+    widget.load_bank(find_bank(load_model("glioma2d")).path)  # another model's bank: refused, the current one stays
+    assert "built for the model 'glioma2d'" in widget.bank_label.text()
+    assert widget.explain_button.isEnabled() and widget.bank.space == "decoder" and widget.bank_path is None

@@ -53,7 +53,11 @@ def file_entry(path: str | os.PathLike) -> dict[str, Any]:
 def model_sha256(model: Any) -> str | None:
     """The sha256 of a saved segmentation model's weight file (the card's, else hashed from the file);
     ``None`` for a model that exists only in a session (an adapted copy)."""
-    card = model.card
+    return card_sha256(model.card)
+
+
+def card_sha256(card: Any) -> str | None:
+    """:func:`model_sha256` from a model's card alone (nothing loaded)."""
     if not card.path:
         return None
     if card.weights_sha256:

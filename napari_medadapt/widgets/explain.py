@@ -167,18 +167,24 @@ class ExplainWidget(JobDock):
         if self.inputs.card is None:
             self.bank_label.setText("Prototype bank: choose a model")
             return
-        self.bank_label.setText("Prototype bank: looking for the model's bank...")
-        self.run_job(
-            self.workspace.bank, self.inputs.model_ref, None, description="Find the prototype bank",
-            on_result=self._show_bank, interactive_key="explain-bank",
-        )
+        self.load_bank(None)
 
-    def _show_bank(self, bank: Any, path: Path | None = None) -> None:
-        if isinstance(bank, str):  # no bank for this model, or the chosen one does not fit: say why and how
-            self.bank_label.setText(f"Prototype bank: {bank}")
+    def load_bank(self, path: str | Path | None) -> None:
+        """Use the bank at ``path`` (``None``: the model's own, beside its card or in the user cache), checked
+        against the chosen model's weights. Read here at once (a card and a small array file; no model is
+        loaded); a bank that does not fit leaves the current one in use and the label says why."""
+        from napari_medadapt.core.explain.targets import resolve_bank
+
+        card = self.inputs.card
+        if card is None:
+            return
+        try:
+            bank = resolve_bank(card, path)
+        except MedAdaptError as err:  # no bank for this model, or the chosen one does not fit: say why and how
+            self.bank_label.setText(f"Prototype bank: {err}")
             self.explain_button.setEnabled(self.bank is not None)
             return
-        self.bank, self.bank_path = bank, path  # a chosen bank is used only once it fits
+        self.bank, self.bank_path = bank, None if path is None else Path(path)
         projected = bank.space == "head" and bank.card.get("projection", {}).get("kept", False)
         kind = "projected prototypes of the model's head" if projected else (
             "the model's head prototypes with their nearest training patches" if bank.space == "head" else "post-hoc (k-means of decoder features)"
@@ -190,14 +196,6 @@ class ExplainWidget(JobDock):
     def job_finished(self) -> None:
         """A job ended: the result's buttons follow."""
         self._refresh_actions()
-
-    def load_bank(self, path: str | Path) -> None:
-        """Explain with the bank at ``path`` (checked against the chosen model in the worker)."""
-        chosen = Path(path)
-        self.run_job(
-            self.workspace.bank, self.inputs.model_ref, chosen, description="Load a prototype bank",
-            on_result=lambda bank: self._show_bank(bank, chosen),
-        )
 
     def _choose_bank_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Prototype bank", "", "Prototype banks (*.prototypes.json)")

@@ -92,27 +92,37 @@ class PrototypeBank:
         return f"#{index} {self.class_name(index)}, {source['case']} plane {source['plane']} (y {source['y']}, x {source['x']})"
 
 
-def bank_path_for(model: SegModel) -> Path | None:
-    """The bank card beside a saved model's card (``NAME.prototypes.json``); ``None`` for a model in memory."""
-    if not model.card.path:
+def _card(model: Any) -> Any:
+    """The card of a model, or the card itself (banks are found from a card alone, nothing loaded)."""
+    return getattr(model, "card", model)
+
+
+def bank_path_for(model: Any) -> Path | None:
+    """The bank card beside a saved model's card (``NAME.prototypes.json``); ``None`` for a model in memory.
+    ``model``: a model or its card."""
+    card = _card(model)
+    if not card.path:
         return None
-    path = Path(model.card.path)
+    path = Path(card.path)
     return path.with_name(path.name.removesuffix(".json") + BANK_SUFFIX + ".json")
 
 
-def cache_bank_path(model: SegModel) -> Path | None:
-    """The bank card in the user cache for ``model`` (named by the model and its weights' sha256)."""
-    from ..provenance import model_sha256
+def cache_bank_path(model: Any) -> Path | None:
+    """The bank card in the user cache for ``model`` (a model or its card; named by the model and its weights'
+    sha256)."""
+    from ..provenance import card_sha256
 
-    sha = model_sha256(model)
+    card = _card(model)
+    sha = card_sha256(card)
     if sha is None:
         return None
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.card.name)
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in card.name)
     return cache_dir() / "prototype_banks" / f"{name}-{sha[:12]}{BANK_SUFFIX}.json"
 
 
-def find_bank(model: SegModel) -> PrototypeBank | None:
-    """The bank beside ``model``'s card, else in the user cache, checked against it; ``None`` if there is none.
+def find_bank(model: Any) -> PrototypeBank | None:
+    """The bank beside ``model``'s card, else in the user cache, checked against it (a model, or only its card's
+    weights sha256 for a card); ``None`` if there is none.
 
     A bank beside the card that does not fit (another model's weights) gives way to one in the cache; without one
     there, its refusal is raised.
@@ -121,7 +131,9 @@ def find_bank(model: SegModel) -> PrototypeBank | None:
     for path in (bank_path_for(model), cache_bank_path(model)):
         if path is not None and path.is_file():
             try:
-                return load_bank(path, model)
+                bank = load_bank(path)
+                (check_bank_model if hasattr(model, "card") else check_bank_card)(bank, model)
+                return bank
             except ModelError as err:
                 refusal = refusal or err
     if refusal is not None:
@@ -144,6 +156,18 @@ def _read_card(path: Path) -> dict[str, Any]:
     return card
 
 
+def check_bank_card(bank: PrototypeBank, card: Any) -> None:
+    """Refuse a bank built for another model (other weights than ``card``'s), naming the model it needs."""
+    from ..provenance import card_sha256
+
+    if card_sha256(card) != bank.card["base_sha256"]:
+        raise ModelError(
+            f"the prototype bank {bank.path or bank.card['name']} was built for the model {bank.card['base_model']!r} "
+            f"(weights sha256 {bank.card['base_sha256'][:12]}...); {card.name!r} has other weights. Choose "
+            f"{bank.card['base_model']!r}, or build a bank for this model (medadapt prototype-bank)."
+        )
+
+
 def check_bank_model(bank: PrototypeBank, model: SegModel) -> None:
     """Refuse a bank built for another model (other weights), naming the model it needs.
 
@@ -152,15 +176,7 @@ def check_bank_model(bank: PrototypeBank, model: SegModel) -> None:
     ModelError
         The bank's base model differs, or its space does not exist in ``model``.
     """
-    from ..provenance import model_sha256
-
-    sha = model_sha256(model)
-    if sha != bank.card["base_sha256"]:
-        raise ModelError(
-            f"the prototype bank {bank.path or bank.card['name']} was built for the model {bank.card['base_model']!r} "
-            f"(weights sha256 {bank.card['base_sha256'][:12]}...); {model.card.name!r} has other weights. Choose "
-            f"{bank.card['base_model']!r}, or build a bank for this model (medadapt prototype-bank)."
-        )
+    check_bank_card(bank, model.card)
     width = model.prototypes.dim if bank.space == "head" and model.prototypes is not None else model.decoder_channels
     if bank.space == "head" and model.prototypes is None or bank.vectors.shape[1] != width:
         raise ModelError(f"the prototype bank {bank.path} does not fit {model.card.name!r} (feature widths differ).")

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from ..errors import ModelError, PromptError
-from .bank import PrototypeBank, find_bank, load_bank
-
-if TYPE_CHECKING:
-    from ..models import SegModel
+from .bank import PrototypeBank, check_bank_card, check_bank_model, find_bank, load_bank
 
 BUILD_HINT = (
     "build a post-hoc prototype bank from a folder of labelled cases: medadapt prototype-bank --model {name} "
@@ -20,20 +17,26 @@ BUILD_HINT = (
 )
 
 
-def resolve_bank(model: SegModel, bank: str | Path | None = None) -> PrototypeBank:
-    """The bank given, else the model's own (beside its card or in the user cache).
+def resolve_bank(model: Any, bank: str | Path | None = None) -> PrototypeBank:
+    """The bank given, else the model's own (beside its card or in the user cache). ``model``: a loaded model
+    (the bank is checked against it), or only its card (checked against the card's weights sha256: nothing is
+    loaded, so a dock can look for the bank at once).
 
     Raises
     ------
     ModelError
         No bank exists for the model (the message says how to build one), or the given bank is another model's.
     """
+    card = getattr(model, "card", model)
     if bank is not None:
-        return load_bank(bank, model)
+        found = load_bank(bank)
+        (check_bank_model if hasattr(model, "card") else check_bank_card)(found, model)
+        return found
     found = find_bank(model)
     if found is None:
-        kind = "has a prototype head but no projected bank" if model.prototypes is not None else "has no prototypes"
-        raise ModelError(f"the model {model.card.name!r} {kind}; " + BUILD_HINT.format(name=model.card.name) + ".")
+        head = bool((card.architecture or {}).get("prototypes"))
+        kind = "has a prototype head but no projected bank" if head else "has no prototypes"
+        raise ModelError(f"the model {card.name!r} {kind}; " + BUILD_HINT.format(name=card.name) + ".")
     return found
 
 

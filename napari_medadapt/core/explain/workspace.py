@@ -98,16 +98,6 @@ class ExplainWorkspace:
         bank = kmeans_bank(model, case_slices(case_folders(cases), model), ctx=ctx)
         return save_bank(bank, target, replace=out is None)  # the cache's bank of this model is rebuilt
 
-    def bank(self, model_ref: str, bank: str | Path | None = None, ctx: JobContext | None = None) -> PrototypeBank | str:
-        """The bank that would explain ``model_ref`` (the given one, else the model's own), or, when there is
-        none or it does not fit, the message saying why and how to build one."""
-        from ..errors import ModelError
-
-        try:
-            return resolve_bank(self.session.model(model_ref, ctx), bank)
-        except ModelError as err:
-            return str(err)
-
     def prediction(self, explainer: Explainer, ctx: JobContext | None = None) -> np.ndarray:
         """The explained model's labels on the volume (computed once per explainer and forgotten set)."""
         if self._prediction is None:
