@@ -99,4 +99,4 @@ def test_model_without_bank_offers_to_build_one(case, plugin_viewer, open_plugin
 
     widget.load_bank(find_bank(load_model("glioma2d")).path)  # another model's bank: refused, the current one stays
     assert "built for the model 'glioma2d'" in widget.bank_label.text()
-    assert widget.explain_button.isEnabled() and widget.bank.space == "decoder" and widget.bank_path is None
+    assert widget.explain_button.isEnabled() and widget.bank.space == "decoder" and widget.bank_path.name == "tiny.prototypes.json"
