@@ -204,7 +204,7 @@ def run_batch(
             for future in as_completed(list(futures)):
                 case = futures.pop(future)
                 try:
-                    record = future.result()
+                    record = _result(future)
                 except Exception as err:  # noqa: BLE001 - e.g. KilledWorker: the case failed, the run goes on
                     record = {"case_id": case.case_id, "run_id": run_id, "status": "failed", "key": None,
                               "error": f"the worker running this case died repeatedly ({type(err).__name__}: {err})"}
@@ -218,6 +218,23 @@ def run_batch(
     summary.seconds = time.time() - started
     _reports(out, summary)
     return summary
+
+
+def _result(future: Any, attempts: int = 3) -> dict[str, Any]:
+    """A finished case's record. When the worker holding it dies before the client fetched it, Dask computes the
+    case again elsewhere: wait for that instead of failing (a case whose workers keep dying raises KilledWorker)."""
+    from distributed import KilledWorker
+
+    for _attempt in range(attempts - 1):
+        try:
+            return future.result()
+        except KilledWorker:
+            raise
+        except Exception:
+            if future.status == "error":
+                raise
+            time.sleep(1.0)
+    return future.result()
 
 
 def _reports(out: Path, summary: BatchSummary) -> None:
