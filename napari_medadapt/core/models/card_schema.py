@@ -251,25 +251,15 @@ class SupportPlaneSchema(_Strict):
     classes: list[Annotated[int, Field(ge=1, le=255)]] = []
 
 
-class AdapterCardSchema(BaseModel):
-    """A few-shot adapter's card: what was trained on which frozen model, from which slices."""
+class _DerivedSchema(BaseModel):
+    """What every artefact derived from a model shares: its base model's name and weights' sha256, its own
+    weight file, and when and with what it was made."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
     format_version: Annotated[int, Field(ge=1)] = 1
-    kind: Literal["fewshot_adapter"]
     name: Annotated[str, Field(min_length=1, max_length=200)]
     base_model: Annotated[str, Field(min_length=1)]
     base_sha256: str
-    backbone: Literal["segmentation", "promptable"] = "segmentation"
-    tap: Annotated[str, Field(min_length=1)] = "decoder"
-    method: Literal["adapter", "linear_probe", "ft_last", "full"]
-    channels: PositiveInt
-    spatial_dims: Literal[2, 3] = 2
-    labels: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=2)]
-    class_names: list[str] = []
-    support: list[SupportPlaneSchema] = []
-    settings: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
     created: str = ""
     software: str = ""
     weights_file: str
@@ -284,6 +274,22 @@ class AdapterCardSchema(BaseModel):
     @classmethod
     def _plain_name(cls, value: str) -> str:
         return _check_file_name(value)  # type: ignore[return-value]
+
+
+class AdapterCardSchema(_DerivedSchema):
+    """A few-shot adapter's card: what was trained on which frozen model, from which slices."""
+
+    kind: Literal["fewshot_adapter"]
+    backbone: Literal["segmentation", "promptable"] = "segmentation"
+    tap: Annotated[str, Field(min_length=1)] = "decoder"
+    method: Literal["adapter", "linear_probe", "ft_last", "full"]
+    channels: PositiveInt
+    spatial_dims: Literal[2, 3] = 2
+    labels: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=2)]
+    class_names: list[str] = []
+    support: list[SupportPlaneSchema] = []
+    settings: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _background_first(self) -> AdapterCardSchema:
@@ -317,15 +323,10 @@ class BankPrototypeSchema(_Strict):
     source: PrototypeSourceSchema
 
 
-class PrototypeBankSchema(BaseModel):
+class PrototypeBankSchema(_DerivedSchema):
     """A prototype bank's card: prototypes projected onto real training patches, with their sources."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
-    format_version: Annotated[int, Field(ge=1)] = 1
     kind: Literal["prototype_bank"]
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    base_model: Annotated[str, Field(min_length=1)]
-    base_sha256: str
     space: Literal["head", "decoder"]
     method: Literal["head-projection", "kmeans-projection"]
     dim: PositiveInt
@@ -337,21 +338,7 @@ class PrototypeBankSchema(BaseModel):
     projection: dict[str, Any] = {}
     training_cases: dict[str, Any] = {}
     planes: Annotated[list[PlaneSourceSchema], Field(min_length=1)]
-    created: str = ""
-    software: str = ""
     license: str = ""
-    weights_file: str
-    weights_sha256: str
-
-    @field_validator("base_sha256", "weights_sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        return _check_sha256(value)  # type: ignore[return-value]
-
-    @field_validator("weights_file")
-    @classmethod
-    def _plain_name(cls, value: str) -> str:
-        return _check_file_name(value)  # type: ignore[return-value]
 
     @model_validator(mode="after")
     def _consistent(self) -> PrototypeBankSchema:
