@@ -112,6 +112,7 @@ def test_cli_exit_status_and_refusals(tmp_path, cohort, capsys):
     assert main([*args, "--scheduler", "tcp://127.0.0.1:9", "--timeout", "2"]) == 2
     assert "did not answer within 2 s" in capsys.readouterr().err
     assert main([*args, "--num-parts", "2", "--part-id", "2"]) == 2
+    assert not (tmp_path / "o2").exists()  # refused before anything was written
     assert main(["batch", "fewshot-apply", "--cases", str(cases), "--out", str(tmp_path / "o3")]) == 2
     assert "--adapter" in capsys.readouterr().err
     assert main([*args[:5], str(cases / "case1" / "flair.nii.gz" / "out"), *args[6:]]) == 2  # --out inside a file

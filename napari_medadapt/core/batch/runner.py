@@ -158,10 +158,9 @@ def run_batch(
 
     started = time.time()
     out = Path(out_dir).expanduser().resolve()  # workers on other hosts or folders get absolute paths
-    _check_out(out)
     part = shard(cases, num_parts, part_id)
     identity = model_identity(settings)
-    current = manifest.latest(manifest.read(out))
+    current = manifest.latest(manifest.read(out)) if out.is_dir() else {}
     summary, todo = BatchSummary(), []
     for case in part:
         key = case_key(case, settings, identity)
@@ -187,11 +186,13 @@ def run_batch(
     cores = os.cpu_count() or 1
     threads = threads or (cores if scheduler == "none" else max(1, cores // max(workers, 1)))
     if scheduler == "none" or not todo:
+        _check_out(out)  # after every other check: a refused run leaves no folder behind
         for case, key in todo:
             finish(run_case(case, settings, key, str(out), run_id, threads))
     else:
         client, cluster = _client(scheduler, workers, threads, timeout)
         try:
+            _check_out(out)
             summary.dashboard = client.dashboard_link
             if on_start:
                 on_start(summary.dashboard)
