@@ -71,7 +71,8 @@ def model_identity(settings: BatchSettings) -> dict[str, Any]:
         name = settings.model or "litemedsam"
         if name not in REGISTRY:
             raise MedAdaptError(f"embed: {name!r} is not a Segment Anything model; choose one of {', '.join(REGISTRY)}.")
-        identity["model"] = {"name": name}
+        entry = REGISTRY[name]  # the pinned checkpoint (and fine-tuned decoder) hashes name the weights
+        identity["model"] = {"name": name, "sha256": entry.sha256, "decoder_sha256": entry.decoder_sha256}
         return identity
     from ..models.io import resolve_model
 
