@@ -68,11 +68,14 @@ def test_explain_voxel_region_forget_source_and_report(dock, qtbot, tmp_path, no
     _wait(widget, qtbot)
     changed = viewer.layers["prediction without forgotten prototypes"]
     assert "voxels changed" in widget.status.text() and notifications.take("Prototypes forgotten", "info")
+    assert viewer.layers["changed by forgetting"].data.sum() > 0
+    assert any("(forgotten)" in widget.table.item(r, 1).text() for r in range(widget.table.rowCount()))
     assert (np.asarray(changed.data) == 2).sum() < (widget.result.prediction == 2).sum()
     assert any("without prototypes" in widget.model_combo.itemText(i) for i in range(widget.model_combo.count()))
     widget.forget([])
     _wait(widget, qtbot)
-    assert "Forgotten: none" in widget.status.text()
+    assert "Every prototype restored" in widget.status.text() and notifications.take("restored", "info")
+    assert "changed by forgetting" not in viewer.layers
 
     widget.export_report(tmp_path / "report")
     _wait(widget, qtbot)

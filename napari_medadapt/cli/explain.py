@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     prediction = explainer.predict(ctx=ctx)
     target_region = prediction == explanation.predicted_label
     from napari_medadapt.core.explain.attribution import activation_precision
+    from napari_medadapt.core.explain.bank import source_text
 
     extra: dict = {
         "localisation": {
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"predicted {explanation.predicted_class} (probability {explanation.probability:.2f}); top prototypes:")
     for m in explanation.matches:
         share = "" if m.share is None else f", {m.share:.0%} of the class score"
-        print(f"  #{m.id:<3} {m.class_name:<32} similarity {m.similarity:.3f}{share}; {m.source['case']} plane {m.source['plane']}")
+        print(f"  #{m.id:<3} {m.class_name:<32} similarity {m.similarity:.3f}{share}; {source_text(m.source)}")
     for note in explanation.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {written['json']} and {written['html']}", file=sys.stderr)

@@ -35,7 +35,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medadapt.core.errors import MedAdaptError, PromptError
-from napari_medadapt.core.explain.workspace import TARGETS, ExplainWorkspace
+from napari_medadapt.core.explain.bank import source_text
+from napari_medadapt.core.explain.workspace import TARGETS, ExplainWorkspace, source_image
 from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._keypoints import grid_kwargs, read_points
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 POINT_LAYER = "explain point"
 EVIDENCE_LAYER = "evidence"
+FORGOTTEN_LAYER = "prediction without forgotten prototypes"
+CHANGED_LAYER = "changed by forgetting"
 HEADERS = ("", "prototype", "class", "similarity", "share", "source")
 
 
@@ -110,6 +113,11 @@ class ExplainWidget(JobDock):
 
         self.table = QTableWidget(0, len(HEADERS))
         self.table.setHorizontalHeaderLabels(HEADERS)
+        self.table.horizontalHeaderItem(3).setToolTip("Cosine similarity of the target's features to the prototype (1: identical)")
+        self.table.horizontalHeaderItem(4).setToolTip(
+            "Share of the predicted class's score this prototype carries ('-': a prototype of another class)"
+        )
+        self.table.horizontalHeaderItem(5).setToolTip("The training patch the prototype stands for; 'synthetic phantom': a simulated brain, not a patient")
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setIconSize(QSize(64, 64))
@@ -242,6 +250,8 @@ class ExplainWidget(JobDock):
         if POINT_LAYER not in self.viewer.layers:
             self.viewer.add_points(np.zeros((0, 3)), ndim=3, name=POINT_LAYER, size=5, face_color="cyan", **grid_kwargs(image))
         layer = self.viewer.layers[POINT_LAYER]
+        if len(layer.data):
+            layer.data = np.zeros((0, 3))  # one target at a time: the next click replaces the previous point
         self.viewer.layers.selection.active = layer
         layer.mode = "add"
         self.status.setText("Click the voxel to explain, then press Explain.")
@@ -303,10 +313,9 @@ class ExplainWidget(JobDock):
             self.table.insertRow(row)
             icon = QTableWidgetItem()
             icon.setIcon(QIcon(_pixmap(thumbnail(result.bank, match.id, zoom=2))))
-            share = "" if match.share is None else f"{match.share:.0%}"
-            source = match.source
-            cells = [icon, f"#{match.id}" + (" (forgotten)" if match.forgotten else ""), match.class_name,
-                     f"{match.similarity:.3f}", share, f"{source['case']}, plane {source['plane']} (y {source['y']}, x {source['x']})"]
+            share = "-" if match.share is None else f"{match.share:.0%}"
+            cells = [icon, f"#{match.id}" + (" (forgotten)" if match.id in self.workspace.forgotten else ""), match.class_name,
+                     f"{match.similarity:.3f}", share, source_text(match.source)]
             for column, cell in enumerate(cells):
                 item = cell if isinstance(cell, QTableWidgetItem) else QTableWidgetItem(cell)
                 item.setData(Qt.ItemDataRole.UserRole, match.id)
@@ -322,13 +331,16 @@ class ExplainWidget(JobDock):
             if layer.name not in listed:  # heatmaps of an earlier explanation
                 self.viewer.layers.remove(layer)
         if result.evidence is not None:
-            self._set_image(EVIDENCE_LAYER, result.evidence, "viridis")
+            self._set_image(EVIDENCE_LAYER, result.evidence, "magma")
         elif EVIDENCE_LAYER in self.viewer.layers:
             self.viewer.layers.remove(EVIDENCE_LAYER)
         self.table.selectRow(0)
-        notes = " ".join(explanation.notes)
+        image = self._image()
+        self.viewer.dims.set_point(0, float(image.data_to_world([result.plane, 0, 0])[0]))  # where the heatmaps are
+        notes = " ".join(n[0].upper() + n[1:] for n in explanation.notes)
+        what = "The region's class by mean probability" if result.region is not None else "Predicted"
         self.status.setText(
-            f"Predicted {explanation.predicted_class} (probability {explanation.probability:.2f}) in "
+            f"{what}: {explanation.predicted_class} (probability {explanation.probability:.2f}), in "
             f"{explanation.seconds:.2f} s. Heatmaps on plane {result.plane}; 'Heatmaps: whole volume' for all. {notes}".strip()
         )
         self._refresh_actions()
@@ -379,10 +391,10 @@ class ExplainWidget(JobDock):
         )
 
     def _show_volume_heatmaps(self, heatmaps: np.ndarray) -> None:
-        self.result.heatmaps = heatmaps
+        self.result.heatmaps, self.result.whole_volume = heatmaps, True
         if self.result.evidence is not None:
             self.result.evidence = self.workspace.evidence(self.result.explanation, heatmaps)
-            self._set_image(EVIDENCE_LAYER, self.result.evidence, "viridis")
+            self._set_image(EVIDENCE_LAYER, self.result.evidence, "magma")
         self._show_selected()
         self.status.setText("Heatmaps computed for the whole volume.")
 
@@ -393,7 +405,7 @@ class ExplainWidget(JobDock):
             return
         pid = ids[0]
         self.run_job(
-            _source, self.result.bank, pid, description="Open the source slice", on_result=lambda out: self._show_source(pid, out)
+            source_image, self.result.bank, pid, description="Open the source slice", on_result=lambda out: self._show_source(pid, out)
         )
 
     def _show_source(self, pid: int, out: tuple[np.ndarray, str | None]) -> None:
@@ -414,7 +426,8 @@ class ExplainWidget(JobDock):
         if outline in self.viewer.layers:
             self.viewer.layers.remove(outline)
         self.viewer.add_shapes([corners], shape_type="rectangle", name=outline, edge_color="orange", face_color="transparent", edge_width=1.5)
-        self.status.setText(message or f"Source of prototype #{pid}: {bank.describe(pid)} (right of the volume).")
+        self.viewer.reset_view()  # the volume and the source slice beside it, both in view
+        self.status.setText(message or f"Source of prototype {bank.describe(pid)}: shown right of the volume.")
 
     def forget(self, ids: list[int]) -> None:
         """Predict again with prototypes ``ids`` forgotten (``[]`` restores all); the changed labels are shown."""
@@ -429,20 +442,36 @@ class ExplainWidget(JobDock):
         from napari_medadapt.core.metrics import label_volumes_ml
         from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs
 
-        changed = int((result.after != result.before).sum())
-        name = "prediction without forgotten prototypes"
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = result.after
-        else:
-            kwargs = labels_layer_kwargs(self._volume.geometry, name=name, class_names=class_names_of(self.inputs.card))
-            self.viewer.add_labels(result.after, opacity=0.5, **kwargs)
+        changed_mask = result.after != result.before
+        changed = int(changed_mask.sum())
+        for row in range(self.table.rowCount()):  # mark the forgotten prototypes in the table
+            item = self.table.item(row, 1)
+            pid = int(item.data(Qt.ItemDataRole.UserRole))
+            item.setText(f"#{pid}" + (" (forgotten)" if pid in result.forgotten else ""))
+        layers = (FORGOTTEN_LAYER, CHANGED_LAYER)
+        if not result.forgotten:  # restored: the model's own prediction again, nothing to compare
+            for name in layers:
+                if name in self.viewer.layers:
+                    self.viewer.layers.remove(name)
+            self.status.setText("Every prototype restored: the prediction is the model's own again.")
+            show_info(self.status.text())
+            return
         spacing = self._volume.geometry.spacing
+        kwargs = labels_layer_kwargs(self._volume.geometry, name=FORGOTTEN_LAYER, class_names=class_names_of(self.inputs.card))
+        for name, data, options in ((FORGOTTEN_LAYER, result.after, kwargs),
+                                    (CHANGED_LAYER, changed_mask.astype(np.uint8), {"name": CHANGED_LAYER, "scale": spacing})):
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = data
+            else:
+                self.viewer.add_labels(data, opacity=0.7 if name == CHANGED_LAYER else 0.4, **options)
         before = sum(label_volumes_ml(result.before, spacing).values())
         after = sum(label_volumes_ml(result.after, spacing).values())
         if result.variant is not None:
             self.worker.publish_variant(result.variant)
-        which = ", ".join(f"#{i}" for i in result.forgotten) or "none"
-        self.status.setText(f"Forgotten: {which}. {changed} voxels changed; foreground {before:.1f} -> {after:.1f} mL.")
+        which = ", ".join(f"#{i}" for i in result.forgotten)
+        self.status.setText(
+            f"Forgotten: {which}. {changed} voxels changed (layer '{CHANGED_LAYER}'); foreground {before:.1f} -> {after:.1f} mL."
+        )
         show_info(f"Prototypes forgotten: {which}; {changed} voxels changed.")
 
     def export_report(self, folder: str | Path) -> None:
@@ -455,7 +484,7 @@ class ExplainWidget(JobDock):
         image = self._image()
         target = Path(folder) / f"explanation_{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         self.run_job(
-            _export, self.workspace, self.result, self._volume, np.asarray(image.data), target,
+            self.workspace.export, self.result, self._volume, np.asarray(image.data), target,
             description="Export the explanation report", on_result=lambda path: self.status.setText(f"Report written: {path}"),
         )
 
@@ -463,27 +492,3 @@ class ExplainWidget(JobDock):
         folder = QFileDialog.getExistingDirectory(self, "Folder for the explanation report")
         if folder:
             self.export_report(folder)
-
-
-def _source(bank: Any, pid: int, ctx: Any = None) -> tuple[np.ndarray, str | None]:
-    from napari_medadapt.core.explain.report import display_channel
-    from napari_medadapt.core.explain.sources import SourceUnavailable, source_plane
-
-    channel = display_channel(bank.card["modalities"])
-    try:
-        image, _labels = source_plane(bank.entry(pid)["source"], bank.card["modalities"])
-        return image[channel], None
-    except SourceUnavailable as err:
-        return bank.patches[pid, channel].astype(np.float32), str(err)
-
-
-def _export(workspace: ExplainWorkspace, result: Any, volume: Any, image: np.ndarray, folder: Path, ctx: Any = None) -> Path:
-    from napari_medadapt.core.explain.report import write_explanation
-
-    heatmaps = workspace.volume_heatmaps(result.explanation, ctx=ctx)
-    evidence = None if result.region is None else workspace.evidence(result.explanation, heatmaps)
-    written = write_explanation(
-        folder, result.explanation, result.bank, heatmaps, volume.geometry, plane_image=image[result.plane],
-        plane=result.plane, evidence=evidence, inputs=[p for p in volume.source_paths if p],
-    )
-    return written["html"]

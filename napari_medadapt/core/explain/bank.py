@@ -87,9 +87,15 @@ class PrototypeBank:
         return str(names[self.entry(index)["network_class"]])
 
     def describe(self, index: int) -> str:
-        """``#3 edema, du7294 plane 80 (y 101, x 122)``."""
-        source = self.entry(index)["source"]
-        return f"#{index} {self.class_name(index)}, {source['case']} plane {source['plane']} (y {source['y']}, x {source['x']})"
+        """``#3 edema, glioma_tcga_du7294 plane 80 (y 101, x 122)``."""
+        return f"#{index} {self.class_name(index)}, {source_text(self.entry(index)['source'])}"
+
+
+def source_text(source: dict[str, Any]) -> str:
+    """Where a prototype (or training plane) comes from, for people: a synthetic phantom is called so."""
+    case = f"synthetic {source['case']}" if "phantom_seed" in source else str(source["case"])
+    where = f" (y {source['y']}, x {source['x']})" if "y" in source else ""
+    return f"{case} plane {source['plane']}{where}"
 
 
 def _card(model: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..files import OutputError, atomic_write, check_output_path, write_text_atomic
+from .bank import source_text
 
 if TYPE_CHECKING:
     from ..volume import Geometry
@@ -135,8 +136,7 @@ def _row(match: Mapping[str, Any]) -> str:
     return (
         f"<tr><td><img src='{esc(match['thumbnail'])}' width='96'></td><td>#{match['id']}</td>"
         f"<td>{esc(match['class_name'])}</td><td>{match['similarity']:.3f}</td><td>{share}</td>"
-        f"<td>{esc(str(source['case']))}, plane {source['plane']} (y {source['y']}, x {source['x']})</td>"
-        f"<td>{'forgotten' if match['forgotten'] else ''}</td></tr>"
+        f"<td>{esc(source_text(source))}</td><td>{'forgotten' if match['forgotten'] else ''}</td></tr>"
     )
 
 
@@ -146,6 +146,7 @@ def _html(record: Mapping[str, Any]) -> str:
     where = f"voxel (z, y, x) {tuple(target['zyx'])}" if target["kind"] == "voxel" else f"{target['description']} ({target['voxels']} voxels)"
     rows = "".join(_row(m) for m in record["matches"])
     notes = "".join(f"<li>{esc(n)}</li>" for n in record.get("notes", []))
+    inputs = ", ".join(f"{k}: {v}" for k, v in (record.get("inputs") or {}).items())
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>napari-medadapt explanation</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;text-align:left}"
@@ -154,13 +155,17 @@ def _html(record: Mapping[str, Any]) -> str:
         f"<p>Model <b>{esc(record['model'])}</b>, prototype bank <b>{esc(record['bank'])}</b>"
         f"{' (projected prototypes: each is its source patch)' if record['projected'] else ''}. Target: {esc(where)}; "
         f"predicted <b>{esc(record['predicted_class'])}</b> (probability {record['probability']:.2f}).</p>"
-        f"<ul>{notes}</ul>"
+        + (f"<p>Images: {esc(inputs)}.</p>" if inputs else "")
+        + (f"<ul>{notes}</ul>" if notes else "")
+        + "<p>Training patches from <i>synthetic phantoms</i> are simulated brain images with tumours, not patients. "
+        "Thumbnails: the prototype's source patch, its class outlined in orange, its position marked by the cyan "
+        "cross.</p>"
         "<table><tr><th>source patch</th><th>prototype</th><th>class</th><th>cosine similarity</th>"
-        "<th>share of the class score</th><th>source</th><th></th></tr>"
+        "<th>share of the predicted class's score</th><th>source</th><th></th></tr>"
         f"{rows}</table><h2>Similar training slices (pooled features)</h2><table><tr><th>case</th><th>plane</th>"
         "<th>cosine similarity</th><th>reference labels (voxels)</th></tr>"
         + "".join(
-            f"<tr><td>{esc(str(p['case']))}</td><td>{p['plane']}</td><td>{p['similarity']:.3f}</td>"
+            f"<tr><td>{esc(source_text(p).rsplit(' plane ', 1)[0])}</td><td>{p['plane']}</td><td>{p['similarity']:.3f}</td>"
             f"<td>{esc(', '.join(f'{k}: {v}' for k, v in p.get('label_voxels', {}).items()) or 'none')}</td></tr>"
             for p in record.get("similar_planes", [])
         )

@@ -53,7 +53,7 @@ def region_mask(labels: np.ndarray, values: Sequence[int] | None = None, *, what
     if not mask.any():
         present = sorted(int(v) for v in np.unique(labels) if v != 0)
         asked = "any non-zero label" if not values else f"label values {list(values)}"
-        raise PromptError(f"{what} contain no voxel with {asked} (present: {present or 'none'}); choose values that occur.")
+        raise PromptError(f"{what} contains no voxel with {asked} (present: {present or 'none'}); choose values that occur.")
     return mask
 
 

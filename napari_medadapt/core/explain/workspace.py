@@ -35,6 +35,7 @@ class ExplainResult:
     evidence: np.ndarray | None
     region: np.ndarray | None
     prediction: np.ndarray | None
+    whole_volume: bool = False  # the heatmaps cover every plane (not only ``plane``)
 
 
 @dataclass
@@ -135,6 +136,20 @@ class ExplainWorkspace:
         """Heatmaps of ``explanation``'s matches over the whole volume (with progress)."""
         return self._explainer.heatmaps([m.id for m in explanation.matches], ctx=ctx)
 
+    def export(self, result: ExplainResult, volume: Volume, image: np.ndarray, folder: Path, ctx: JobContext | None = None) -> Path:
+        """Write ``result`` as a report into ``folder`` (heatmaps over the whole volume, computed unless they are);
+        ``image`` (Z, Y, X) is shown under the heatmaps. Returns the HTML file."""
+        from .report import write_explanation
+
+        heatmaps = result.heatmaps if result.whole_volume else self.volume_heatmaps(result.explanation, ctx=ctx)
+        evidence = None if result.region is None else self.evidence(result.explanation, heatmaps)
+        written = write_explanation(
+            folder, result.explanation, result.bank, heatmaps, volume.geometry, plane_image=image[result.plane],
+            plane=result.plane, evidence=evidence, inputs=[p for p in volume.source_paths if p],
+            extra={"inputs": {c: p for c, p in zip(volume.channels, volume.source_paths, strict=True) if p}},
+        )
+        return written["html"]
+
     def forget(self, ids: Sequence[int], ctx: JobContext | None = None) -> ForgetResult:
         """Predict again with prototypes ``ids`` forgotten (``()`` restores every one); the model with the
         forgotten prototypes becomes a session variant (usable in every dock; its card lists them)."""
@@ -148,3 +163,17 @@ class ExplainWorkspace:
             name = f"{explainer.base.card.name} without prototypes {','.join(map(str, explainer.forgotten))}"
             variant = self.session.model(self.session.add_variant(explainer.model, name)).card
         return ForgetResult(before, after, explainer.forgotten, variant)
+
+
+def source_image(bank: PrototypeBank, pid: int, ctx: JobContext | None = None) -> tuple[np.ndarray, str | None]:
+    """Prototype ``pid``'s full training plane (the display channel), or its stored patch and the message saying
+    why the plane is unavailable."""
+    from .report import display_channel
+    from .sources import SourceUnavailable, source_plane
+
+    channel = display_channel(bank.card["modalities"])
+    try:
+        image, _labels = source_plane(bank.entry(pid)["source"], bank.card["modalities"])
+        return image[channel], None
+    except SourceUnavailable as err:
+        return bank.patches[pid, channel].astype(np.float32), str(err)
