@@ -323,7 +323,7 @@ class ExplainWidget(JobDock):
             self.table.setRowHeight(row, 68)
         self.table.resizeColumnsToContents()
         self.similar_label.setText("Similar training slices: " + "; ".join(
-            f"{p['case']} plane {p['plane']} ({p['similarity']:.3f}; labels "
+            f"{source_text(p)} ({p['similarity']:.3f}; labels "
             f"{', '.join(p.get('label_voxels', {})) or 'none'})" for p in explanation.similar_planes
         ))
         listed = {heatmap_layer_name(m.id) for m in explanation.matches}
