@@ -126,19 +126,13 @@ def save_adapter(result: FewShotResult, folder: str | Path, name: str | None = N
 
 def read_adapter_card(folder: str | Path) -> dict[str, Any]:
     """The checked card of the adapter in ``folder`` (or the card file itself)."""
-    from ..models.card_schema import validate_card
+    from ..models.card_schema import read_card_file
 
     path = Path(folder).expanduser()
     card_path = path if path.suffix == ".json" else path / ADAPTER_CARD
     if not card_path.is_file():
         raise ModelError(f"{path}: no few-shot adapter here (expected {ADAPTER_CARD} from --save-adapter).")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"adapter card {card_path} cannot be read ({err}).") from err
-    if not isinstance(card, dict) or card.get("kind") != "fewshot_adapter":
-        raise ModelError(f"{card_path} is not a few-shot adapter card (kind 'fewshot_adapter').")
-    validate_card(card, f"adapter card {card_path}")
+    card = read_card_file(card_path, "fewshot_adapter", "few-shot adapter card")
     card["path"] = str(card_path)
     return card
 

@@ -138,7 +138,7 @@ def find_bank(model: Any) -> PrototypeBank | None:
         if path is not None and path.is_file():
             try:
                 bank = load_bank(path)
-                (check_bank_model if hasattr(model, "card") else check_bank_card)(bank, model)
+                check_bank(bank, model)
                 return bank
             except ModelError as err:
                 refusal = refusal or err
@@ -148,18 +148,16 @@ def find_bank(model: Any) -> PrototypeBank | None:
 
 
 def _read_card(path: Path) -> dict[str, Any]:
-    from ..models.card_schema import validate_card
+    from ..models.card_schema import read_card_file
 
     if not path.is_file():
         raise ModelError(f"{path}: no prototype bank here (a bank is NAME{BANK_SUFFIX}.json beside its .safetensors).")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"prototype bank {path} cannot be read ({err}).") from err
-    if not isinstance(card, dict) or card.get("kind") != "prototype_bank":
-        raise ModelError(f"{path} is not a prototype bank card (kind 'prototype_bank').")
-    validate_card(card, f"prototype bank {path}")
-    return card
+    return read_card_file(path, "prototype_bank", "prototype bank card")
+
+
+def check_bank(bank: PrototypeBank, model: Any) -> None:
+    """:func:`check_bank_model` for a loaded model, :func:`check_bank_card` for a card alone."""
+    (check_bank_model if hasattr(model, "card") else check_bank_card)(bank, model)
 
 
 def check_bank_card(bank: PrototypeBank, card: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError, PromptError
-from .bank import PrototypeBank, check_bank_card, check_bank_model, find_bank, load_bank
+from .bank import PrototypeBank, check_bank, find_bank, load_bank
 
 BUILD_HINT = (
     "build a post-hoc prototype bank from a folder of labelled cases: medadapt prototype-bank --model {name} "
@@ -30,7 +30,7 @@ def resolve_bank(model: Any, bank: str | Path | None = None) -> PrototypeBank:
     card = getattr(model, "card", model)
     if bank is not None:
         found = load_bank(bank)
-        (check_bank_model if hasattr(model, "card") else check_bank_card)(found, model)
+        check_bank(found, model)
         return found
     found = find_bank(model)
     if found is None:

@@ -410,3 +410,25 @@ def validate_card(data: Any, source: str = "model card") -> None:
         ) from None
     except RecursionError:
         raise ModelError(f"{source} is nested too deeply to be a model card.") from None
+
+
+def read_card_file(path: Any, kind: str, what: str) -> dict[str, Any]:
+    """The checked card of ``kind`` in the JSON file ``path`` (``what`` names it in messages, e.g. ``"adapter
+    card"``); the caller has checked the file exists.
+
+    Raises
+    ------
+    ModelError
+        Unreadable JSON, another kind, or invalid fields.
+    """
+    import json
+    from pathlib import Path
+
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{what} {path} cannot be read ({err}).") from err
+    if not isinstance(card, dict) or card.get("kind") != kind:
+        raise ModelError(f"{path} is not a {what} (kind {kind!r}).")
+    validate_card(card, f"{what} {path}")
+    return card
