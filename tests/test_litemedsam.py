@@ -78,6 +78,30 @@ def test_preprocessing_as_published(litemedsam) -> None:
 
 
 @needs_weights
+def test_the_fused_encoder_gives_the_published_embedding(litemedsam) -> None:
+    """The encoder in use (BatchNorm folded, channels-last, GELU as oneDNN post-ops, the first stage in row strips,
+    the fused attention kernel) computes the published module's embedding of a real slice: same maths."""
+    import torch
+
+    from napari_medadapt.core.sam.prompts import slice_to_rgb
+    from napari_medadapt.core.sam.registry import load_state_dict
+    from napari_medadapt.core.sam.tiny_vit import MBConv, build_litemedsam
+    from napari_medadapt.core.volume import load_volume
+
+    published = build_litemedsam()
+    published.load_state_dict(load_state_dict(checkpoint_path("litemedsam")))
+    encoder = litemedsam.sam.image_encoder
+    assert all(block.fused for block in encoder.modules() if isinstance(block, MBConv))
+    assert not any(getattr(module, "fused", False) for module in published.image_encoder.modules())
+    image = load_volume(SAMPLE_CASE / "flair.nii.gz").data[0]
+    x = litemedsam._prepare(slice_to_rgb(image[image.shape[0] // 2], (0.0, float(image.max()))))[None]
+    with torch.inference_mode():
+        expected = published.image_encoder(x)
+        found = encoder(x.contiguous(memory_format=torch.channels_last))
+    assert float((found - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+
+
+@needs_weights
 def test_a_box_on_the_glioma_gives_the_tumour(litemedsam) -> None:
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.volume import load_volume
