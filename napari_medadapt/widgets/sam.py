@@ -360,9 +360,9 @@ class SamWidget(DockBody):
             self.results.choose(self.preview_layer(image), plane, position)
 
     def _on_model_changed(self, *_: Any) -> None:
-        """A model trained on boxes only propagates with its published recipe (box + margin), the others with
-        mask feedback."""
-        self.propagation_panel.mode_combo.setCurrentText("box-margin" if self.model_panel.needs_box else "mask")
+        """A box-first model (LiteMedSAM: its published decoder answers boxes) propagates with LiteMedSAM's published
+        recipe (box + margin), the others with mask feedback."""
+        self.propagation_panel.mode_combo.setCurrentText("box-margin" if self.model_panel.box_first else "mask")
         self._restart_object_prompts()
 
     def _restart_object_prompts(self, *_: Any) -> None:

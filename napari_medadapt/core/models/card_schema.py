@@ -213,6 +213,9 @@ class PromptableCardSchema(BaseModel):
     #: prompt encoder + mask decoder beside the card, replacing the checkpoint's (a fine-tuned decoder)
     decoder_file: str | None = None
     decoder_sha256: str | None = None
+    #: which prompts the card's decoder answers: ``all``, or ``clicks`` (prompts with at least one click; boxes
+    #: alone and propagation's box / mask prompts keep the checkpoint's own decoder)
+    decoder_prompts: Literal["all", "clicks"] = "all"
     #: whether clicks alone (no box) give the model a mask; ``False``: the dock advises a box
     clicks_without_box: bool = True
     description: str = ""
@@ -242,6 +245,8 @@ class PromptableCardSchema(BaseModel):
             raise ValueError("give decoder_file together with its decoder_sha256")
         if self.decoder_file is not None and self.architecture.encoder != "tiny_vit":
             raise ValueError("decoder_file is read for tiny_vit (LiteMedSAM) models only")
+        if self.decoder_prompts != "all" and self.decoder_file is None:
+            raise ValueError("decoder_prompts needs a decoder_file")
         return self
 
 

