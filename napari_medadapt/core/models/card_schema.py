@@ -213,8 +213,8 @@ class PromptableCardSchema(BaseModel):
     #: prompt encoder + mask decoder beside the card, replacing the checkpoint's (a fine-tuned decoder)
     decoder_file: str | None = None
     decoder_sha256: str | None = None
-    #: which prompts the card's decoder answers: ``all``, or ``clicks`` (prompts with at least one click; boxes
-    #: alone and propagation's box / mask prompts keep the checkpoint's own decoder)
+    #: which prompts the card's decoder answers: ``all``, or ``clicks`` (prompts with a click or a previous mask,
+    #: what a click decoder learns; a box alone keeps the checkpoint's own decoder)
     decoder_prompts: Literal["all", "clicks"] = "all"
     #: whether clicks alone (no box) give the model a mask; ``False``: the dock advises a box
     clicks_without_box: bool = True

