@@ -120,6 +120,10 @@ class JobHandle(QObject):
         """Cancel the job: a queued job never runs; a running one stops at its next progress step."""
         self._worker.cancel_job(self, JobState.CANCELLED)
 
+    def drop(self) -> None:
+        """Cancel the job quietly because newer work made it unneeded: it ends ``superseded``, no notification."""
+        self._worker.cancel_job(self, JobState.SUPERSEDED)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job is final and its callbacks ran; return False on timeout.
 

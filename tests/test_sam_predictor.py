@@ -102,3 +102,12 @@ def test_prompts_outside_the_slice_are_clear_errors(model) -> None:
         predictor.predict(np.zeros((2, 3, 4)), (0.0, 1.0), points=[[1, 1]])
     assert make_prompts(box=(9, 8, 1, 2)).box == (1, 2, 9, 8)
     assert make_prompts(points=[[1, 2]], labels=[0]).negative_only
+
+
+def test_neighbour_slices_follow_the_scroll_direction() -> None:
+    from napari_medadapt.core.sam.session import neighbour_slices
+
+    assert neighbour_slices(5, 20, 1) == [6, 7, 4]
+    assert neighbour_slices(5, 20, -1) == [4, 3, 6]
+    assert neighbour_slices(5, 20, 0) == [6, 4, 7, 3]
+    assert neighbour_slices(0, 3, -1) == [1] and neighbour_slices(2, 3, 1) == [1]

@@ -377,3 +377,47 @@ def test_missing_checkpoint_and_gpu_fallback_messages(
     _settle(qtbot, dock)
     notifications.take("The GPU ran out of memory; continuing on the CPU.", "warning")
     assert viewer.layers[sp.PREVIEW_LAYER].data[12].any()
+
+
+def test_neighbours_are_embedded_after_a_pause_in_the_scroll_direction(plugin_viewer, qtbot, make_dock, flair):
+    """After the user pauses on a slice, its neighbours (the scroll direction first) are embedded in the background,
+    so prompting on the next slice costs only the decoder; a prompt stops the prefetch."""
+    from napari_medadapt.core.sam import slice_key
+
+    viewer = plugin_viewer()
+    image = _add_flair(viewer, flair)
+    dock = make_dock(viewer)
+    points, _boxes = dock.ensure_prompt_layers()
+    _wait(qtbot, dock._embed_displayed_slice())  # the model is loaded, the displayed slice embedded
+    viewer.dims.set_point(0, 10 * image.scale[0])
+    viewer.dims.set_point(0, 11 * image.scale[0])  # scrolling towards higher slices
+    assert dock.prefetch.direction == 1 and dock.prefetch.timer.isActive()
+    qtbot.waitUntil(lambda: dock.prefetch.handle is not None, timeout=5_000)  # after the pause
+    _wait(qtbot, dock.prefetch.handle)
+    crop = flair[0]
+    predictor = dock.session._predictor
+    window = dock.session.window(crop, dock._window_spec(image))
+    keys = {i: slice_key(crop[i], window, predictor.model.model_hash) for i in range(crop.shape[0])}
+    assert all(keys[i] in predictor.cache for i in (10, 11, 12, 13))  # 12 and 13 ahead, 10 behind
+    assert keys[14] not in predictor.cache and keys[9] not in predictor.cache
+
+    # a prompt goes first: a waiting prefetch is dropped quietly (no notification), the mask comes back
+    import threading
+
+    from napari_medadapt._worker import get_worker
+
+    release = threading.Event()
+    blocker = get_worker(viewer, dock).submit(lambda ctx: release.wait(30), description="hold the worker")
+    viewer.dims.set_point(0, 3 * image.scale[0])
+    viewer.dims.set_point(0, 2 * image.scale[0])  # now scrolling down: 1 and 0 ahead, 3 behind
+    qtbot.waitUntil(lambda: dock.prefetch.handle is not None and dock.prefetch.handle.state.value == "queued",
+                    timeout=5_000)
+    prefetch = dock.prefetch.handle
+    points.add([2, 50, 50])
+    qtbot.wait(40)
+    predict = dock.update_preview() or dock._predict_handle
+    release.set()
+    _wait(qtbot, blocker)
+    _wait(qtbot, predict)
+    assert prefetch.superseded and viewer.layers[sp.PREVIEW_LAYER].data[2].any()
+    assert keys[1] not in predictor.cache and keys[0] not in predictor.cache

@@ -5,7 +5,8 @@ negative = magenta cross; 'T' on that layer or the dock's radio buttons set the 
 point) and "SAM boxes" (rectangles). A prompt belongs to the slice it was placed on, in the plane napari
 displays (axial, coronal or sagittal, after Ctrl+T / a changed axis order). With a box-trained model
 (LiteMedSAM, the default) the dock starts with the box tool; once prompting has started, every slice the user
-moves to is embedded in the background (latest wins). Every prompt change
+moves to is embedded in the background (latest wins), and its neighbours after a pause (``sam_prefetch``). Every
+prompt change
 re-segments the changed slice in the compute worker (latest request wins; an added click refines the
 previous mask) and shows the object in the "SAM preview" Labels layer; an ambiguous single click offers
 the model's three candidates with their predicted IoU. "Propagate" extends the object through the volume
@@ -32,12 +33,14 @@ from qtpy.QtWidgets import (
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.sam.prompts import Prompts
-from napari_medadapt.core.sam.session import ModelChoice, slice_requests
+from napari_medadapt.core.sam.session import ModelChoice, neighbour_slices, slice_requests
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane, put_on_grid
 from napari_medadapt.widgets._layers import same_layer
+from napari_medadapt.widgets.sam_jobs import SamLongJobs
 from napari_medadapt.widgets.sam_panels import CommitPanel, ModelChoicePanel, PropagationPanel
+from napari_medadapt.widgets.sam_prefetch import PREFETCH_SLICES, NeighbourPrefetch
 from napari_medadapt.widgets.sam_results import SamResults, record_commit
 
 if TYPE_CHECKING:
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 LAYER_LIMITS = "layer contrast limits"
 
 
-class SamWidget(DockBody):
+class SamWidget(SamLongJobs, DockBody):
     """Dock for interactive Segment Anything segmentation of a 3D image layer.
 
     Parameters
@@ -119,6 +122,7 @@ class SamWidget(DockBody):
         self._timer.setSingleShot(True)
         self._timer.setInterval(20)
         self._timer.timeout.connect(self.update_preview)
+        self.prefetch = NeighbourPrefetch(self._prefetch_neighbours, self)
 
         self._refresh_layers()
         self.model_panel.changed.connect(self._on_model_changed)
@@ -220,15 +224,29 @@ class SamWidget(DockBody):
         self.results.show_candidates(self._plane_or_none(image) if image is not None else None)
         if self.session.loaded == self.model_choice:  # never interrupt a model load or download by scrolling
             self._embed_displayed_slice()
+            plane = self._plane_or_none(image) if image is not None else None
+            if plane is not None:
+                self.prefetch.moved(plane)
 
     @property
     def box_first(self) -> bool:
         """Whether the chosen model was trained to start from a box (its card's ``first_prompt``)."""
         return self.model_panel.box_first
 
-    def _embed_displayed_slice(self) -> Any:
+    def _prefetch_neighbours(self, plane: sp.Plane, direction: int) -> Any:
+        """Embed the displayed slice's neighbours (scroll direction first) unless a long job holds the worker."""
+        image = self.image_layer
+        if (self._long_handle is not None and not self._long_handle.done) or image is None or self._boxes_busy:
+            return None
+        if self.session.loaded != self.model_choice or self._plane_or_none(image) != plane:
+            return None
+        size = image.data.shape[plane.axis]
+        return self._embed_displayed_slice(neighbour_slices(plane.index, size, direction, PREFETCH_SLICES))
+
+    def _embed_displayed_slice(self, neighbours: list[int] | tuple[()] = ()) -> Any:
         """Once prompting has started, load the model and embed each newly displayed slice in the background
-        (latest wins), so the first mask after a box or click there costs only the decoder."""
+        (latest wins), so the first mask after a box or click there costs only the decoder; then ``neighbours``
+        of its plane."""
         image, choice = self.image_layer, self.model_choice
         if image is None or choice is None or self._layer(sp.BOXES_LAYER) is None:
             return None
@@ -240,8 +258,9 @@ class SamWidget(DockBody):
         except MedAdaptError:
             return None
         return get_worker(self.viewer, self).submit(
-            self.session.prepare, choice, data, self._window_spec(image), plane,
-            description="Segment Anything: loading the model, embedding the slice", interactive_key="sam-embed",
+            self.session.prepare, choice, data, self._window_spec(image), plane, neighbours=neighbours,
+            description="Segment Anything: embedding neighbouring slices" if neighbours
+            else "Segment Anything: loading the model, embedding the slice", interactive_key="sam-embed",
             on_result=self._notes, on_error=self._job_failed,
         )
 
@@ -324,6 +343,7 @@ class SamWidget(DockBody):
         self._predict_request = request
         self.clear_report()
         self.status.setText(f"Segmenting slice {', '.join(str(i) for i in sorted(changed))}...")
+        self.prefetch.pause()  # the prompt first: a running neighbour embedding stops after its slice
         handle = get_worker(self.viewer, self).submit(
             self.session.predict_slices,
             choice,
@@ -342,9 +362,18 @@ class SamWidget(DockBody):
     def _predict_finished(self) -> None:
         if self._precompute_pending and (self._predict_handle is None or self._predict_handle.done):
             self.precompute()
+            return
+        image = self.image_layer
+        plane = self._plane_or_none(image) if image is not None else None
+        if plane is not None:  # a mask is shown: its neighbours after the next pause
+            self.prefetch.moved(plane)
+
+    def _is_current(self, image: Any, generation: int) -> bool:
+        """Whether a job's result still belongs to the shown object (same object, same image layer)."""
+        return generation == self._generation and same_layer(image, self.image_layer)
 
     def _show_slices(self, output: Any, image: Any, axis: int, generation: int) -> None:
-        if generation != self._generation or not same_layer(image, self.image_layer):
+        if not self._is_current(image, generation):
             return
         self._notes(output.notes)
         self.results.apply_slices(self.preview_layer(image), output.value, axis)
@@ -371,86 +400,6 @@ class SamWidget(DockBody):
         self.results.feedback.clear()
         if self._layer(sp.POINTS_LAYER) is not None or self._layer(sp.BOXES_LAYER) is not None:
             self._timer.start()
-
-    # ----------------------------------------------------------------------------------- long jobs
-    def precompute(self, *_: Any) -> Any:
-        """Embed every slice of the displayed plane (progress, Cancel; already cached slices are skipped)."""
-        choice = self.model_choice
-        try:
-            image, data = self._checked_image()
-            plane = current_plane(self.viewer, image)
-        except MedAdaptError as err:
-            self.report(err)
-            return None
-        if choice is None:
-            self.report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
-            return None
-        if self._long_handle is not None and not self._long_handle.done:
-            self.status.setText("Another precomputation or propagation is running; wait for it or Cancel it.")
-            return None
-        if self._predict_handle is not None and not self._predict_handle.done:
-            self._precompute_pending = True
-            self.status.setText("Precomputation starts after the slice being segmented.")
-            return None
-        self._precompute_pending = False
-        self.status.setText(f"Embedding {data.shape[plane.axis]} slices...")
-        # same key as clicks: a click interrupts it (no message), and it resumes afterwards
-        handle = get_worker(self.viewer, self).submit(
-            self.session.precompute, choice, data, self._window_spec(image), plane.axis,
-            description="Segment Anything: precompute", interactive_key="sam",
-            on_result=self.results.show_precompute, on_error=self._job_failed,
-        )
-        return self._track_long(handle, resume_when_superseded=True)
-
-    def propagate(self, *_: Any) -> Any:
-        """Propagate the object from its annotated slice(s) through the volume into the preview."""
-        choice = self.model_choice
-        try:
-            image, plane, prompts, data = self._prompts()
-        except MedAdaptError as err:
-            self.report(err)
-            return None
-        seeds = self.results.seeds(self._layer(sp.PREVIEW_LAYER), plane.axis, prompts)
-        if choice is None or not seeds:
-            self.report(MedAdaptError("Segment the object on at least one slice of this plane, then propagate."))
-            return None
-        stops = sorted(i for i, p in prompts.items() if p.negative_only)
-        generation = self._generation
-        self.status.setText(f"Propagating from slice(s) {', '.join(map(str, sorted(seeds)))}...")
-        handle = get_worker(self.viewer, self).submit(
-            self.session.propagate, choice, data, self._window_spec(image), plane.axis, seeds, stop_slices=stops,
-            **self.propagation_panel.options(seeds, data.shape[plane.axis]),
-            description="Segment Anything: propagation",
-            on_result=lambda output: self._show_propagation(output, image, plane.axis, generation),
-            on_error=self._job_failed,
-        )
-        return self._track_long(handle)
-
-    def _track_long(self, handle: Any, resume_when_superseded: bool = False) -> Any:
-        self._long_handle = handle
-        self.job_panel.track(handle)
-
-        def finished() -> None:
-            if resume_when_superseded and handle.superseded:
-                self._precompute_pending = True
-            if self._long_handle is handle:
-                if handle.state.value == "cancelled":
-                    self.status.setText("Cancelled; the preview and labels are unchanged.")
-
-        handle.finished.connect(finished)
-        return handle
-
-    def cancel(self, *_: Any) -> None:
-        """Cancel the running precomputation or propagation."""
-        self._precompute_pending = False
-        if self._long_handle is not None:
-            self._long_handle.cancel()
-
-    def _show_propagation(self, output: Any, image: Any, axis: int, generation: int) -> None:
-        if generation != self._generation or not same_layer(image, self.image_layer):
-            return
-        self._notes(output.notes)
-        self.results.show_propagation(self.preview_layer(image), output.value, axis)
 
     # ---------------------------------------------------------------------------------- commit/clear
     def commit(self, *_: Any) -> int:

@@ -8,6 +8,7 @@ the viewer's compute worker and call it there. Scripts can use it directly.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,16 @@ class JobOutput:
     notes: list[str] = field(default_factory=list)
 
 
+def neighbour_slices(index: int, size: int, direction: int, count: int = 2) -> list[int]:
+    """The slices to embed next around ``index`` (of ``size``): ``count`` ahead in the scroll ``direction``
+    (+1 / -1) then one behind, or alternating both sides when the direction is unknown (0)."""
+    if direction:
+        order = [index + direction * k for k in range(1, count + 1)] + [index - direction]
+    else:
+        order = [index + sign * k for k in range(1, count + 1) for sign in (1, -1)]
+    return [i for i in order if 0 <= i < size]
+
+
 class SamSession:
     """The model (one at a time) with its embedding cache, and resolved intensity windows.
 
@@ -70,6 +81,7 @@ class SamSession:
         self.write_disk = write_disk  # store embeddings in the disk cache too (batch runs), not only read it
         self._predictor: SamPredictor | None = None
         self._choice: ModelChoice | None = None
+        self._cache: Any = None  # one embedding cache for every model loaded (keys name the model's weights)
         self._windows: dict[tuple, tuple[float, float]] = {}
         self._reported_fallback: str | None = None
 
@@ -103,21 +115,28 @@ class SamSession:
             ctx.progress(0, 0, f"loading {entry.title if entry else choice.name}")
             model = load_sam(choice.name, architecture=choice.architecture)
         notes.extend(str(w.message) for w in caught if issubclass(w.category, UserWarning))
-        # embeddings stored on disk by ``medadapt batch embed`` are read; the dock's own stay in memory
-        cache = EmbeddingCache(disk_dir=True, write_disk=self.write_disk)
-        self._predictor, self._choice = SamPredictor(model, cache=cache), choice
+        # embeddings stored on disk by ``medadapt batch embed`` are read; the dock's own stay in memory, kept
+        # across model changes (LiteMedSAM and LiteMedSAM + click decoder share their encoder's embeddings)
+        if self._cache is None:
+            self._cache = EmbeddingCache(disk_dir=True, write_disk=self.write_disk)
+        self._predictor, self._choice = SamPredictor(model, cache=self._cache), choice
         return self._predictor
 
     def prepare(
         self, choice: ModelChoice, volume: np.ndarray, window_spec: str | tuple[float, float], plane: Plane | None,
-        *, ctx: JobContext,
+        *, neighbours: Sequence[int] = (), ctx: JobContext,
     ) -> list[str]:
-        """Load (or download) the model and embed the displayed slice ahead of the first click; returns notes."""
+        """Load (or download) the model and embed the displayed slice ahead of the first click, then the slices
+        ``neighbours`` of its plane in that order (each a cancellation point: a click waits for one slice at
+        most); returns notes."""
         notes: list[str] = []
         predictor = self.predictor(choice, ctx, notes)
         if plane is not None:
-            ctx.progress(0, 1, f"embedding slice {plane.index}")
-            predictor.embedding(plane.take(volume), self.window(volume, window_spec))
+            window = self.window(volume, window_spec)
+            indices = [plane.index, *neighbours]
+            for done, index in enumerate(indices):
+                ctx.progress(done, len(indices), f"embedding slice {index}")
+                predictor.embedding(Plane(plane.axis, index).take(volume), window)
         self._fallback_notes(notes)
         return notes
 
