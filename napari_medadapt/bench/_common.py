@@ -48,6 +48,22 @@ def write_json(report: dict[str, Any], path: Path, indent: int = 2) -> Path:
     return path
 
 
+#: A Markdown report's section from this heading to the end is written by hand: a re-run keeps it.
+NOTES_HEADING = "## Notes"
+
+
+def write_markdown_keeping_notes(path: Path, text: str) -> Path:
+    """Write a generated Markdown report to ``path``, keeping the hand-written section that starts at
+    :data:`NOTES_HEADING` in the file already there (if any)."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    start = next((i for i, line in enumerate(lines) if line.startswith(NOTES_HEADING)), None)
+    notes = "\n".join(lines[start:]) + "\n" if start is not None else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n\n" + notes if notes else text)
+    return path
+
+
 def standalone_main(target: ModuleType, argv: list[str] | None = None) -> int:
     """Run a ``medadapt bench`` target module (``HELP``, ``add_arguments``, ``run``) as a script."""
     parser = argparse.ArgumentParser(description=target.HELP)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ._common import write_markdown_keeping_notes
+
 GOALS = {
     "click_to_mask_s_median_cached": ("click -> mask, cached embedding (median, wall)", 0.05),
     "click_to_mask_cpu_s_median": ("click -> mask, cached embedding (median, CPU time)", 0.05),
@@ -122,5 +124,4 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             "(see docs/models/sam_small.md for the exact commands used here).",
             "",
         ]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(lines))
+    write_markdown_keeping_notes(path, "\n".join(lines))
