@@ -35,7 +35,7 @@ _UNSET: Any = object()
 #: Registry name of the bundled promptable model.
 SMALL_MODEL_NAME = "sam-small"
 #: The promptable model a user gets unless they choose another (see docs/benchmarks/sam.md): LiteMedSAM with
-#: its published decoder for boxes and the bundled click decoder for prompts with clicks.
+#: its published decoder for a box alone and the bundled click decoder for prompts with clicks or mask feedback.
 DEFAULT_MODEL_NAME = "litemedsam-clicks"
 
 
@@ -450,8 +450,9 @@ def load_sam(
 
 
 def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> tuple[Any, Any | None]:
-    """The model and, for a card whose decoder answers clicks only, a second model sharing its image encoder
-    with the card's decoder (else ``None``: the card's decoder, if any, replaced the checkpoint's)."""
+    """The model and, for a card whose decoder answers clicks and mask feedback only (``decoder_prompts:
+    "clicks"``), a second model sharing its image encoder with the card's decoder (else ``None``: the card's
+    decoder, if any, replaced the checkpoint's)."""
     import copy
 
     from . import _compat
