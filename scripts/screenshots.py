@@ -59,12 +59,23 @@ def main() -> int:
 
     sam_dock, sam = docks["Segment Anything"]
     sam_dock.raise_()
-    _points, boxes = sam.ensure_prompt_layers()  # LiteMedSAM: the box tool is selected
+    sam_points, boxes = sam.ensure_prompt_layers()  # LiteMedSAM: the box tool is selected
     rows, cols = np.nonzero(reference[z] > 0)  # a box around the tumour, a few voxels loose
     r0, r1, c0, c1 = rows.min() - 3, rows.max() + 3, cols.min() - 3, cols.max() + 3
     boxes.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]], float))
     settle()
     wait(sam.update_preview() or sam._predict_handle)
+    # then one corrective click where the box's mask is most wrong (the click decoder answers it)
+    from napari_medadapt.core.sam import next_click
+
+    correction = next_click(np.asarray(viewer.layers["SAM preview"].data[z]) > 0, reference[z] > 0)
+    if correction is not None:
+        r, c, positive = correction
+        if not positive:
+            sam.polarity.toggle()
+        sam_points.add([z, r, c])
+        settle()
+        wait(sam.update_preview() or sam._predict_handle)
     shot(2, "segment_anything")
 
     tta_dock, tta = docks["Test-time adaptation"]
