@@ -40,6 +40,7 @@ def test_box_first_mask_and_propagation(plugin_viewer, open_plugin_dock, qtbot, 
     crop, geometry, target = case
     viewer = plugin_viewer()
     image = viewer.add_image(crop, name="flair", scale=geometry.spacing, metadata=medadapt_metadata(geometry, "flair"))
+    image.visible = False  # as a case opens: one sequence shown, the segmented one hidden
     dock = open_plugin_dock(viewer, "Segment Anything")
     assert dock.model_choice.name == "litemedsam-clicks" and dock.box_first
     assert dock.model_combo.currentText().startswith("LiteMedSAM")
@@ -48,6 +49,7 @@ def test_box_first_mask_and_propagation(plugin_viewer, open_plugin_dock, qtbot, 
     # Add prompt layers: the box layer is active, in rectangle mode
     points, boxes = dock.ensure_prompt_layers()
     assert viewer.layers.selection.active.name == sp.BOXES_LAYER and boxes.mode == "add_rectangle"
+    assert image.visible  # the user prompts on the image being segmented
 
     # moving to a slice embeds it in the background, before any prompt there
     z = int(np.argmax(target.sum(axis=(1, 2))))

@@ -111,8 +111,10 @@ def test_points_box_candidates_commit_undo_clear(plugin_viewer, qtbot, make_dock
 
     # commit: a new Labels layer on the image's grid, one undo step
     dock.commit_panel.label_spin.setValue(3)
+    active = viewer.layers.selection.active
     written = dock.commit()
     labels = viewer.layers["SAM labels"]
+    assert viewer.layers.selection.active is active  # the new labels layer does not take the prompt tool away
     assert written == int((preview.data > 0).sum()) > 0
     np.testing.assert_array_equal(labels.data == 3, preview.data > 0)
     assert labels.metadata["medadapt"]["geometry"].matches(flair[1])

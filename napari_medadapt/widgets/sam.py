@@ -192,6 +192,9 @@ class SamWidget(SamLongJobs, DockBody):
     def _on_image_changed(self, *_: Any) -> None:
         self._image_name = self.image_combo.currentText()
         self._reset_object()
+        image = self.image_layer
+        if image is not None and not image.visible and self._layer(sp.BOXES_LAYER) is not None:
+            image.visible = True  # prompting has started: show the image the model now segments
 
     def ensure_prompt_layers(self, *_: Any) -> tuple[Any, Any] | None:
         """The points and box layers, created on the image's grid when absent; selects the box layer in
@@ -201,6 +204,9 @@ class SamWidget(SamLongJobs, DockBody):
         except MedAdaptError as err:
             self.report(err)
             return None
+        if not image.visible:  # prompts go on the image the model segments: show it
+            image.visible = True
+            self.status.setText(f"Showing {image.name!r}, the image being segmented.")
         boxes = self._layer(sp.BOXES_LAYER) or sp.add_boxes_layer(self.viewer, image)
         self._connect_prompt_layers()
         points = self.points.ensure(image)
@@ -378,7 +384,8 @@ class SamWidget(SamLongJobs, DockBody):
         self._notes(output.notes)
         self.results.apply_slices(self.preview_layer(image), output.value, axis)
         self.results.show_candidates(self._plane_or_none(image))
-        box_model = self.model_choice.name if self.model_panel.needs_box else None
+        entry = self.model_panel.entry
+        box_model = entry.title.split(" (")[0] if self.model_panel.needs_box and entry is not None else None
         self.status.setText(self.results.describe_slices(output.value, axis, box_model))
 
     def choose_candidate(self, position: int) -> None:
@@ -409,11 +416,14 @@ class SamWidget(SamLongJobs, DockBody):
         if image is None or preview is None or not np.any(preview.data):
             self.report(MedAdaptError("Nothing to commit: segment an object first."))
             return 0
+        active = self.viewer.layers.selection.active  # a new target layer would take the selection
         try:
             target, changed = self.commit_panel.commit(self.viewer, image, np.asarray(preview.data) > 0)
         except MedAdaptError as err:
             self.report(err)
             return 0
+        if active is not None and active in self.viewer.layers:  # keep drawing boxes / adding points
+            self.viewer.layers.selection.active = active
         label = self.commit_panel.label_spin.value()
         choice = self.model_choice
         record_commit(target, image, np.asarray(preview.data) > 0, label, choice.name if choice else None,
