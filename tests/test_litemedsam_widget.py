@@ -88,6 +88,15 @@ def test_box_first_mask_and_propagation(plugin_viewer, open_plugin_dock, qtbot, 
     points.data = np.zeros((0, 3))
     qtbot.wait(40)
     _wait(qtbot, dock.update_preview() or dock._predict_handle)
+    # a click added to its box: the dock says clicks are not what it learnt
+    viewer.dims.set_point(0, z * image.scale[0])
+    points.add([z, *np.argwhere(target[z])[0]])
+    qtbot.wait(40)
+    _wait(qtbot, dock.update_preview() or dock._predict_handle)
+    assert "clicks added to a box" in dock.status.text() and "click decoder" in dock.status.text()
+    points.data = np.zeros((0, 3))
+    qtbot.wait(40)
+    _wait(qtbot, dock.update_preview() or dock._predict_handle)
 
     # propagation from the boxed slice with LiteMedSAM's recipe fills neighbouring slices
     handle = dock.propagate()

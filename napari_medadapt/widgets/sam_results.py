@@ -113,8 +113,8 @@ class SamResults:
 
     @staticmethod
     def describe_slices(outcomes: list[SliceOutcome], axis: int, box_model: str | None = None) -> str:
-        """Status text for segmented slices; ``box_model``: the name of a box-trained model in use, which
-        adds advice where a slice was prompted without a box."""
+        """Status text for segmented slices; ``box_model``: the name of a box-trained model in use, which adds
+        advice where a slice was prompted with clicks (without a box, or added to one)."""
         parts = []
         for outcome in outcomes:
             prediction = outcome.prediction
@@ -127,11 +127,17 @@ class SamResults:
                 f"{prediction.scores[prediction.best]:.2f}{choice}"
             )
         text = f"{PLANE_NAMES.get(axis, f'axis {axis}')} " + "; ".join(parts)
-        if box_model and any(o.prediction is not None and o.signature[1] is None for o in outcomes):
+        prompted = [o for o in outcomes if o.prediction is not None]
+        if box_model and any(o.signature[1] is None for o in prompted):
             text += (
                 f"\n{box_model} learned from boxes only: clicks without a box give it little or no mask. "
                 "Draw a box around the object (SAM boxes layer), or choose the model 'LiteMedSAM + click decoder' "
                 "to work with clicks."
+            )
+        elif box_model and any(o.signature[0] for o in prompted):
+            text += (
+                f"\n{box_model} learned from boxes only: clicks added to a box may change its mask in ways it was not "
+                "trained for. To refine with clicks, choose the model 'LiteMedSAM + click decoder'."
             )
         return text
 
