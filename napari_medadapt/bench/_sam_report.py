@@ -21,7 +21,10 @@ GOALS = {
 #: LiteMedSAM's encoder paths: label and the goal (at least), in milliseconds or ratios
 ENCODER_ROWS = {
     "encoder_ms_per_slice_fp32_eager": ("LiteMedSAM encoder as published (fp32 eager), ms per slice", None),
-    "encoder_ms_per_slice_in_use": ("LiteMedSAM encoder in use (fp32: BN folded, channels-last, GELU fused, first stage in strips), ms per slice", None),
+    "encoder_ms_per_slice_in_use": (
+        "LiteMedSAM encoder in use (fp32: BN folded, channels-last, GELU fused, first stage in strips), ms per slice",
+        None,
+    ),
     "encoder_speedup_in_use_vs_fp32_eager": ("speed-up of the path in use", 2.0),
     "encoder_in_use_mask_iou_vs_fp32_eager_min": ("lowest tight-box mask IoU, path in use vs published", 0.98),
     "encoder_ms_per_slice_bf16": ("LiteMedSAM encoder, opt-in bf16 (MEDADAPT_SAM_PRECISION=bf16), ms per slice", None),

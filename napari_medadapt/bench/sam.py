@@ -305,8 +305,8 @@ def _litemedsam_encoder_paths(
     model: Any, image: np.ndarray, slice_ids: list[int], targets: list[np.ndarray], window: tuple[float, float]
 ) -> dict[str, Any]:
     """LiteMedSAM's encoder as published (fp32 eager, BatchNorm unfused), the path in use (fp32, fused for
-    inference: tiny_vit.fuse_for_inference) and the opt-in bf16 path: ms per slice in this run (10 slices each, after a warm-up),
-    and the lowest IoU of each path's tight-box masks with the published path's."""
+    inference: tiny_vit.fuse_for_inference) and the opt-in bf16 path: ms per slice in this run (10 slices each,
+    after a warm-up), and the lowest IoU of each path's tight-box masks with the published path's."""
     from napari_medadapt.core.sam.clicks import iou
     from napari_medadapt.core.sam.model import PromptableModel, cpu_bf16_available
     from napari_medadapt.core.sam.prompts import box_from_mask, make_prompts

@@ -234,6 +234,13 @@ class SamWidget(SamLongJobs, DockBody):
             if plane is not None:
                 self.prefetch.moved(plane)
 
+    def _chosen_model(self) -> ModelChoice | None:
+        """The chosen model, or ``None`` after telling the user to choose one."""
+        choice = self.model_choice
+        if choice is None:
+            self.report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
+        return choice
+
     @property
     def box_first(self) -> bool:
         """Whether the chosen model was trained to start from a box (its card's ``first_prompt``)."""
@@ -321,14 +328,13 @@ class SamWidget(SamLongJobs, DockBody):
         self._timer.stop()
         if self._boxes_busy:
             return None
-        choice = self.model_choice
         try:
             image, plane, prompts, data = self._prompts()
         except MedAdaptError as err:
             self.report(err)
             return None
+        choice = self._chosen_model()
         if choice is None:
-            self.report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
             return None
         axis = plane.axis
         changed = {i: p for i, p in prompts.items() if self.results.applied.get((axis, i)) != p.signature}

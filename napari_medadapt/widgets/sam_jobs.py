@@ -17,15 +17,14 @@ class SamLongJobs:
 
     def precompute(self, *_: Any) -> Any:
         """Embed every slice of the displayed plane (progress, Cancel; already cached slices are skipped)."""
-        choice = self.model_choice
         try:
             image, data = self._checked_image()
             plane = current_plane(self.viewer, image)
         except MedAdaptError as err:
             self.report(err)
             return None
+        choice = self._chosen_model()
         if choice is None:
-            self.report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
             return None
         if self._long_handle is not None and not self._long_handle.done:
             self.status.setText("Another precomputation or propagation is running; wait for it or Cancel it.")
