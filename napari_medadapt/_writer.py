@@ -3,6 +3,11 @@
 The geometry comes from the layer's ``metadata["medadapt"]["geometry"]``; a Labels layer without one
 (e.g. created with "New labels layer") uses the geometry of the image layer(s) of the same shape in the
 current viewer (the selected one when several differ).
+
+Nothing is lost by saving: the writer refuses every file the labels were computed from (the inputs of the
+layer's provenance, even when their layers are closed) and every scan open in the viewer; an existing file that is
+not a label map written by napari-medadapt (a scan, another tool's segmentation) is replaced only when the user
+confirms it in a dialog, and never without a dialog.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from napari_medadapt.core.errors import VolumeError
-from napari_medadapt.core.labelmaps import save_labels
+from napari_medadapt.core.files import OutputError, check_output_path
+from napari_medadapt.core.labelmaps import save_labels, written_by_medadapt
 from napari_medadapt.core.volume import Geometry, is_nifti_path
 
 
@@ -75,6 +81,51 @@ def _open_image_files(viewer: Any) -> list[str]:
     ]
 
 
+def _provenance_inputs(attributes: dict[str, Any]) -> list[str]:
+    """The files the layer was computed from, as its provenance draft lists them (their layers may be closed)."""
+    draft = ((attributes.get("metadata") or {}).get("medadapt") or {}).get("provenance")
+    inputs = (draft or {}).get("inputs") if isinstance(draft, dict) else None
+    return [str(path) for path in (inputs or {}).values() if isinstance(path, (str, Path)) and str(path)]
+
+
+def confirm_replace(path: Path, reason: str) -> bool:
+    """Ask the user whether ``path`` (which ``reason`` describes) may be replaced; ``False`` without a window.
+
+    The dialog's default answer is No.
+    """
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    app = QApplication.instance()
+    if app is None:
+        return False
+    answer = QMessageBox.question(
+        app.activeWindow(),
+        "Replace a file?",
+        f"{path} {reason}\n\nReplace it with these labels? It cannot be brought back.",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def _check_replacement(target: Path) -> None:
+    """An existing ``target`` that is not a label map written by napari-medadapt needs the user's yes."""
+    if not target.exists() or target.is_dir():
+        return
+    try:
+        ours = written_by_medadapt(target)
+    except VolumeError:
+        ours = False
+    if ours:
+        return
+    reason = "exists and is not a label map saved by napari-medadapt (it may be a scan or another tool's labels)."
+    if not confirm_replace(target, reason):
+        raise OutputError(
+            f"{target} {reason} It was left as it is. Save the labels under another name, or confirm replacing "
+            "it in the dialog."
+        )
+
+
 def _provenance(attributes: dict[str, Any]) -> dict[str, Any] | None:
     """The full record of a layer a dock made (its draft in the metadata, the inputs hashed now), or ``None``."""
     from napari_medadapt.core.provenance import provenance_record
@@ -118,12 +169,15 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     if geometry is None:
         geometry = geometry_from_viewer(array.shape, viewer)
     target = Path(path) if is_nifti_path(path) else Path(f"{path}.nii.gz")
+    protected = [*_provenance_inputs(attributes), *(_open_image_files(viewer) if viewer is not None else ())]
+    check_output_path(target, inputs=protected, what="Labels file")
+    _check_replacement(target)
     written = save_labels(
         array,
         geometry,
         target,
         class_names=_class_names(attributes.get("features")),
-        inputs=_open_image_files(viewer) if viewer is not None else (),
+        inputs=protected,
         provenance=_provenance(attributes),
     )
     return [str(written)]

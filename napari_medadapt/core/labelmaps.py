@@ -36,7 +36,10 @@ from .volume import (
     write_nifti,
 )
 
-__all__ = ["LABEL_INTENT", "is_label_file", "is_label_name", "label_class_names", "load_labels", "save_labels"]
+__all__ = [
+    "LABEL_INTENT", "is_label_file", "is_label_name", "label_class_names", "load_labels", "save_labels",
+    "written_by_medadapt",
+]  # fmt: skip
 
 #: NIfTI intent code of a label map ("the value at each voxel is an index into some set of labels").
 LABEL_INTENT = "label"
@@ -77,6 +80,16 @@ def is_label_file(path: str | os.PathLike) -> bool:
     except (OSError, EOFError, zlib.error, ValueError, MemoryError):
         return True  # let load_labels report the unreadable voxels
     return bool(np.all(np.isfinite(data)) and np.array_equal(data, np.round(data)))
+
+
+def written_by_medadapt(path: str | os.PathLike) -> bool:
+    """Whether a NIfTI file is a label map written by :func:`save_labels` (intent ``label`` named ``labels``, or
+    the plugin's header document): such a file may be replaced by new labels; any other file is the user's."""
+    image = open_nifti(path)
+    if _header_intent(image) != LABEL_INTENT:
+        return False
+    name = image.header.get_intent()[2]
+    return name == "labels" or bool(read_medadapt_extension(path))
 
 
 def read_medadapt_extension(path: str | os.PathLike) -> dict[str, Any]:
