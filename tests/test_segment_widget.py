@@ -76,7 +76,8 @@ def test_replace_existing_labels_is_undoable(dock, qtbot):
     viewer, widget = dock
     target = viewer.layers["seg_fusion"]
     original = np.array(target.data)
-    widget.output_combo.setCurrentText("seg_fusion")
+    assert widget.output_combo.findText("seg_fusion") < 0  # a reference is written into only when picked so
+    widget.output_combo.setCurrentText("replace: seg_fusion")
     _run(qtbot, widget)
     np.testing.assert_array_equal(target.data, widget.last_prediction.labels)
     assert "tinywidget labels" not in viewer.layers

@@ -18,6 +18,7 @@ from typing import Any
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QDockWidget,
     QFrame,
     QHBoxLayout,
@@ -113,6 +114,17 @@ class DockBody(QScrollArea):
             window.tabifyDockWidget(ours[0], mine)
             mine.show()
             mine.raise_()
+
+
+def keep_results_checkbox() -> QCheckBox:
+    """The "keep earlier results" option of a dock: off, a new result replaces the previous one of the same dock
+    and model (undoable); on, each run adds new layers."""
+    check = QCheckBox("keep earlier results")
+    check.setToolTip(
+        "Off: a new result replaces this dock's previous result of the same model (Ctrl+Z on the labels layer "
+        "brings it back). On: every run adds new layers."
+    )
+    return check
 
 
 def _dock_widget(widget: QWidget) -> QDockWidget | None:
@@ -258,18 +270,36 @@ class JobDock(DockBody):
 
     def run_job(
         self, fn: Any, *args: Any, description: str, on_result: Any, disable: tuple[QWidget, ...] = (),
-        interactive_key: str | None = None, **kwargs: Any,
+        interactive_key: str | None = None, input_layers: Any = (), **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in the compute worker; ``on_result`` receives its result unless
-        :meth:`forget_jobs` ran meanwhile. ``disable`` lists widgets off while it runs; an ``interactive_key``
-        job replaces a queued one with the same key (latest wins) and leaves the progress panel to a long job
-        of the dock that is still running. Returns the job handle."""
+        :meth:`forget_jobs` ran meanwhile, or one of ``input_layers`` (the layers the job computes from) was
+        closed meanwhile: then the result is dropped with a note. ``disable`` lists widgets off while it runs; an
+        ``interactive_key`` job replaces a queued one with the same key (latest wins) and leaves the progress
+        panel to a long job of the dock that is still running. Returns the job handle."""
         generation = self._generation
+        inputs = {layer.unique_id: layer.name for layer in input_layers}
         for widget in disable:
             widget.setEnabled(False)
+
+        def deliver(result: Any) -> None:
+            if generation != self._generation:
+                return
+            open_ids = {layer.unique_id for layer in self.viewer.layers}
+            closed = [name for uid, name in inputs.items() if uid not in open_ids]
+            if closed:
+                note = (
+                    f"{description}: the result was dropped because its input layer {', '.join(map(repr, closed))} "
+                    "was closed while it ran. Open the image again and run again."
+                )
+                self.status.setText(note)
+                show_info(note)
+                return
+            on_result(result)
+
         handle = self.worker.submit(
             fn, *args, description=description, interactive_key=interactive_key,
-            on_result=lambda result: on_result(result) if generation == self._generation else None,
+            on_result=deliver,
             on_error=lambda err: self.status.setText(str(err)) if generation == self._generation else None,
             **kwargs,
         )

@@ -15,9 +15,10 @@ import numpy as np
 from napari_medadapt._reader import LABELS_MODALITY, class_features, medadapt_metadata
 
 __all__ = [
-    "check_volume_layer", "class_features", "class_names_of", "image_layers_by_modality", "keep_on_top",
-    "labels_layer_kwargs", "layer_geometry", "layer_modality", "prompt_metadata", "same_layer",
-    "set_labels_undoable", "volume_from_layers",
+    "REPLACE_PREFIX", "check_volume_layer", "class_features", "class_names_of", "image_layers_by_modality",
+    "is_result_layer", "keep_on_top", "labels_layer_kwargs", "layer_geometry", "layer_modality", "mark_result",
+    "place_result", "prompt_metadata", "same_layer", "set_labels_undoable", "target_choices", "target_layer_name",
+    "volume_from_layers",
 ]  # fmt: skip
 from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.volume import Geometry, Volume, canonical_modality
@@ -42,8 +43,112 @@ def layer_geometry(layer: Any) -> Geometry | None:
     return geometry if isinstance(geometry, Geometry) else None
 
 
+#: ``metadata["medadapt"]["role"]`` of the layers a dock computed (labels, probability or confidence maps,
+#: heatmaps): never offered as a model input, whatever their name.
+RESULT_ROLE = "result"
+#: Target lists name a layer that is not a result of ours with this prefix: writing into it is an explicit choice.
+REPLACE_PREFIX = "replace: "
+
+
+def is_result_layer(layer: Any) -> bool:
+    """Whether a dock computed ``layer`` (see :func:`mark_result`)."""
+    return _medadapt(layer).get("role") == RESULT_ROLE
+
+
+def mark_result(kwargs: dict[str, Any], dock: str, model: str, part: str) -> dict[str, Any]:
+    """Mark the ``add_labels``/``add_image`` keyword arguments of a result layer (returns ``kwargs``).
+
+    ``dock``, ``model`` and ``part`` (e.g. ``"labels"``, ``"probability"``) say which earlier result a new one
+    replaces (:func:`place_result`); the role keeps the layer out of every model-input list.
+    """
+    metadata = dict(kwargs.get("metadata") or {})
+    metadata["medadapt"] = {**(metadata.get("medadapt") or {}), "role": RESULT_ROLE, "dock": dock,
+                            "model": model, "part": part}  # fmt: skip
+    kwargs["metadata"] = metadata
+    return kwargs
+
+
+def _result_key(layer: Any) -> tuple[Any, Any, Any] | None:
+    entry = _medadapt(layer)
+    return (entry.get("dock"), entry.get("model"), entry.get("part")) if entry.get("role") == RESULT_ROLE else None
+
+
+def place_result(viewer: Any, kind: str, data: np.ndarray, kwargs: dict[str, Any], keep_previous: bool = False) -> Any:
+    """Show a result marked by :func:`mark_result`: it replaces the previous result of the same dock, model and
+    part (labels as one undoable step, Ctrl+Z brings the previous result back), or is added as a new layer when
+    there is none, when the grid changed, or when ``keep_previous`` (the user asked to keep earlier results).
+
+    Parameters
+    ----------
+    viewer
+        The viewer.
+    kind
+        ``"labels"`` or ``"image"``.
+    data
+        The result array.
+    kwargs
+        Keyword arguments of ``viewer.add_labels`` / ``viewer.add_image`` (marked with :func:`mark_result`).
+    keep_previous
+        Add a new layer even when an earlier result exists.
+
+    Returns
+    -------
+    napari layer
+        The layer that shows the result.
+    """
+    from napari.layers import Image, Labels
+
+    layer_type = Labels if kind == "labels" else Image
+    key = (kwargs["metadata"]["medadapt"]["dock"], kwargs["metadata"]["medadapt"]["model"],
+           kwargs["metadata"]["medadapt"]["part"])  # fmt: skip
+    previous = None if keep_previous else next(
+        (layer for layer in reversed(list(viewer.layers)) if isinstance(layer, layer_type) and _result_key(layer) == key),
+        None,
+    )
+    data = np.asarray(data)
+    if previous is not None and previous.data.shape == data.shape and tuple(previous.scale)[-3:] == tuple(
+        kwargs.get("scale", previous.scale)
+    )[-3:]:
+        if kind == "labels":
+            try:
+                set_labels_undoable(previous, data)
+            except VolumeError:
+                previous = None
+        else:
+            previous.data = data
+        if previous is not None:
+            previous.metadata = {**previous.metadata, "medadapt": kwargs["metadata"]["medadapt"]}
+            if "features" in kwargs:
+                previous.features = kwargs["features"]
+            return previous
+    add = viewer.add_labels if kind == "labels" else viewer.add_image
+    return add(data, **kwargs)
+
+
+def target_choices(viewer: Any, new_choice: str, shape: tuple[int, ...] | None = None) -> list[str]:
+    """The entries of a dock's "write into" list: ``new_choice``, the Labels layers our docks made, then every
+    other Labels layer as ``"replace: NAME"`` (a brain mask or a reference segmentation is written into only when
+    the user picks it so; the change is undoable). ``shape`` keeps only layers of that shape."""
+    from napari.layers import Labels
+
+    ours, others = [], []
+    for layer in viewer.layers:
+        if not isinstance(layer, Labels) or (shape is not None and tuple(layer.data.shape) != tuple(shape)):
+            continue
+        (ours if is_result_layer(layer) else others).append(layer.name)
+    return [new_choice, *ours, *(f"{REPLACE_PREFIX}{name}" for name in others)]
+
+
+def target_layer_name(choice: str) -> str:
+    """The layer name of a :func:`target_choices` entry."""
+    return choice[len(REPLACE_PREFIX):] if choice.startswith(REPLACE_PREFIX) else choice
+
+
 def layer_modality(layer: Any) -> str | None:
-    """Canonical modality of a layer: from its metadata, else recognised in its name (load_case aliases)."""
+    """Canonical modality of a layer: from its metadata, else recognised in its name (load_case aliases).
+    A layer a dock computed (:func:`is_result_layer`) has none."""
+    if is_result_layer(layer):
+        return None
     modality = _medadapt(layer).get("modality")
     if modality and modality != LABELS_MODALITY:
         return canonical_modality(modality) or modality

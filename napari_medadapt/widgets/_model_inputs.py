@@ -146,6 +146,10 @@ class ModelInputsPanel(QWidget):
         self.inputs_box = QGroupBox("Model inputs")
         self.inputs_form = QFormLayout(self.inputs_box)
         layout.addWidget(self.inputs_box)
+        self.input_note = QLabel()  # e.g. which of two FLAIR layers (a file opened twice) is used
+        self.input_note.setWordWrap(True)
+        self.input_note.setVisible(False)
+        layout.addWidget(self.input_note)
         self.input_warning = QLabel()  # e.g. a raw scan given to a model trained on skull-stripped ones
         self.input_warning.setWordWrap(True)
         self.input_warning.setStyleSheet("color: #f0a030;")
@@ -284,18 +288,24 @@ class ModelInputsPanel(QWidget):
 
     # ------------------------------------------------------------------------------------------ layers
     def refresh_layers(self, *_: Any) -> None:
-        """Offer the current image layers; keep the user's choices, else match layers by modality name (the
-        newest layer of a modality wins, e.g. "flair prepared" over "flair")."""
+        """Offer the current image layers that are scans (never a result a dock computed, see
+        :func:`~napari_medadapt.widgets._layers.is_result_layer`); keep the user's choices, else match layers by
+        modality (the newest layer of a modality wins, e.g. "flair prepared" over "flair"); say which layer is
+        used when several have the same modality."""
         from napari.layers import Image
 
-        from napari_medadapt.widgets._layers import image_layers_by_modality
+        from napari_medadapt.widgets._layers import image_layers_by_modality, is_result_layer, layer_modality
 
-        images = [
-            layer.name
+        offered = [
+            layer
             for layer in self.viewer.layers
-            if isinstance(layer, Image) and not (self._skip_prefix and layer.name.startswith(self._skip_prefix))
+            if isinstance(layer, Image)
+            and not is_result_layer(layer)
+            and not (self._skip_prefix and layer.name.startswith(self._skip_prefix))
         ]
+        images = [layer.name for layer in offered]
         matched = image_layers_by_modality(self.viewer)
+        notes = []
         for modality, box in self.modality_boxes.items():
             previous = box.currentText()
             box.blockSignals(True)
@@ -307,6 +317,16 @@ class ModelInputsPanel(QWidget):
             elif auto is not None:
                 box.setCurrentText(auto)
             box.blockSignals(False)
+            if previous != box.currentText():
+                self.inputs_changed.emit()
+            same = [layer.name for layer in offered if layer_modality(layer) == modality]
+            if len(same) > 1 and box.currentText() in same:
+                notes.append(
+                    f"{len(same)} layers are {modality.upper()} ({', '.join(same)}): '{box.currentText()}' is "
+                    "used; choose another in the list."
+                )
+        self.input_note.setText(" ".join(notes))
+        self.input_note.setVisible(bool(notes))
         self._check_inputs()
 
     def _check_inputs(self, *_: Any) -> None:

@@ -184,6 +184,7 @@ class PrepareScansWidget(JobDock):
             prepare_scans, sequences, reference=reference, strip=self.strip_combo.currentData(),
             n4=self.n4_combo.currentData(), device=self.worker.session.device, description="Prepare scans",
             on_result=lambda prepared: self._show(prepared, layers, reference_layer), disable=(self.run_button,),
+            input_layers=layers,
         )
 
     # ------------------------------------------------------------------------------------------ results

@@ -37,9 +37,9 @@ from napari_medadapt.core.sam.session import ModelChoice, neighbour_slices, slic
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane, put_on_grid
-from napari_medadapt.widgets._layers import same_layer
+from napari_medadapt.widgets._layers import is_result_layer, mark_result, same_layer, target_choices
 from napari_medadapt.widgets.sam_jobs import SamLongJobs
-from napari_medadapt.widgets.sam_panels import CommitPanel, ModelChoicePanel, PropagationPanel
+from napari_medadapt.widgets.sam_panels import NEW_LABELS, CommitPanel, ModelChoicePanel, PropagationPanel
 from napari_medadapt.widgets.sam_prefetch import PREFETCH_SLICES, NeighbourPrefetch
 from napari_medadapt.widgets.sam_results import SamResults, record_commit
 
@@ -160,9 +160,9 @@ class SamWidget(SamLongJobs, DockBody):
 
     # ---------------------------------------------------------------------------------------- layers
     def _refresh_layers(self, *_: Any) -> None:
-        from napari.layers import Image, Labels
+        from napari.layers import Image
 
-        images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        images = [layer for layer in self.viewer.layers if isinstance(layer, Image) and not is_result_layer(layer)]
         names = [layer.name for layer in images]
         previous = self.image_combo.currentText()
         self.image_combo.blockSignals(True)
@@ -174,7 +174,7 @@ class SamWidget(SamLongJobs, DockBody):
             self.image_combo.setCurrentText(sp.default_image(images))
         self.image_combo.blockSignals(False)
         self.commit_panel.set_targets(
-            [layer.name for layer in self.viewer.layers if isinstance(layer, Labels) and layer.name != sp.PREVIEW_LAYER]
+            [name for name in target_choices(self.viewer, NEW_LABELS)[1:] if name != sp.PREVIEW_LAYER]
         )
         if self.image_combo.currentText() != getattr(self, "_image_name", None):
             self._on_image_changed()
@@ -306,6 +306,7 @@ class SamWidget(SamLongJobs, DockBody):
             layer = self.viewer.add_labels(
                 np.zeros(shape, np.uint8), name=sp.PREVIEW_LAYER, opacity=0.5,
                 scale=tuple(image.scale), translate=tuple(image.translate),
+                **mark_result({}, "sam", "", "preview"),
             )
             self.viewer.layers.selection.active = active or layer
         elif layer.data.shape != shape:

@@ -131,7 +131,10 @@ class CommitPanel(QGroupBox):
         super().__init__("Commit")
         form = QFormLayout(self)
         self.target_combo = QComboBox()
-        self.target_combo.setToolTip("Labels layer to write the object into (a new one on the image's grid)")
+        self.target_combo.setToolTip(
+            "Labels layer to write the object into: a new one on the image's grid, one the docks made, or "
+            "(\"replace: ...\") any other Labels layer; Ctrl+Z on the layer undoes a commit"
+        )
         self.label_spin = QSpinBox()
         self.label_spin.setRange(1, 65535)
         self.label_spin.setToolTip("Label id written for the object")
@@ -145,7 +148,8 @@ class CommitPanel(QGroupBox):
         form.addRow(self.commit_button)
 
     def set_targets(self, names: list[str]) -> None:
-        """Offer these Labels layers (plus a new layer), keeping the current choice when possible."""
+        """Offer these entries of :func:`~napari_medadapt.widgets._layers.target_choices` (plus a new layer),
+        keeping the current choice when possible."""
         previous = self.target_combo.currentText()
         self.target_combo.blockSignals(True)
         self.target_combo.clear()
@@ -177,15 +181,20 @@ class CommitPanel(QGroupBox):
 
     def _target_layer(self, viewer: Any, image: Any) -> Any:
         from napari_medadapt.core.volume import Geometry
-        from napari_medadapt.widgets._layers import labels_layer_kwargs, layer_geometry
+        from napari_medadapt.widgets._layers import (
+            labels_layer_kwargs,
+            layer_geometry,
+            mark_result,
+            target_layer_name,
+        )
 
-        name = self.target_combo.currentText()
+        name = target_layer_name(self.target_combo.currentText())
         if self.target_combo.currentIndex() > 0 and name in viewer.layers:
             return viewer.layers[name]
         geometry = layer_geometry(image) or Geometry.from_display_grid(
             image.data.shape, tuple(image.scale), tuple(image.translate)
         )
-        kwargs = labels_layer_kwargs(geometry, name=NEW_LABELS_NAME)
+        kwargs = mark_result(labels_layer_kwargs(geometry, name=NEW_LABELS_NAME), "sam", "", "objects")
         kwargs["translate"] = tuple(image.translate)
         dtype = np.uint8 if self.label_spin.value() < 256 else np.uint16
         layer = viewer.add_labels(np.zeros(image.data.shape, dtype), **kwargs)

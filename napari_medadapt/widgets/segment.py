@@ -1,8 +1,10 @@
 """Segment dock: run a segmentation model on the open image layers.
 
 Pick a model (bundled/registered, or a card/weight file), check which image layer feeds each of its inputs
-(auto-matched by layer name, editable; "none" for optional inputs), choose the output (a new Labels layer,
-or replace an existing one as one undoable step) and run. The job runs in the viewer's compute worker with
+(auto-matched by layer name, editable; "none" for optional inputs), choose the output (a new Labels layer, a
+result of ours, or - picked explicitly as "replace: NAME" - any other Labels layer, as one undoable step) and
+run. A new run replaces the dock's previous result of the same model (undoable) unless "keep earlier results"
+is on. The job runs in the viewer's compute worker with
 a progress bar; Cancel stops it. The result shows per-class volumes in mL and, optionally, the model's
 confidence (maximum class probability) as an Image layer. All computing is in ``napari_medadapt.core``.
 """
@@ -16,8 +18,8 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton
 
 from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.widgets._dock import JobDock
-from napari_medadapt.widgets._layers import provenance_draft
+from napari_medadapt.widgets._dock import JobDock, keep_results_checkbox
+from napari_medadapt.widgets._layers import provenance_draft, target_choices, target_layer_name
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 
 if TYPE_CHECKING:
@@ -41,8 +43,13 @@ class SegmentWidget(JobDock):
         layout = self.layout_
         output_form = QFormLayout()
         self.output_combo = QComboBox()
-        self.output_combo.setToolTip("Write into a new Labels layer or replace an existing one (undoable)")
+        self.output_combo.setToolTip(
+            "Write into a new Labels layer, a result of the docks, or (\"replace: ...\") any other Labels layer; "
+            "writing into a layer is one undoable step"
+        )
         output_form.addRow("Output", self.output_combo)
+        self.keep_check = keep_results_checkbox()
+        output_form.addRow(self.keep_check)
         self.confidence_check = QCheckBox("Show model confidence")
         self.confidence_check.setToolTip("Add the highest class probability per voxel as an Image layer")
         output_form.addRow(self.confidence_check)
@@ -98,14 +105,14 @@ class SegmentWidget(JobDock):
 
     # ------------------------------------------------------------------------------------------ layers
     def _refresh_outputs(self, *_: Any) -> None:
-        from napari.layers import Labels
-
         previous = self.output_combo.currentText()
-        labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
+        choices = target_choices(self.viewer, NEW_LAYER_CHOICE)
+        self.output_combo.blockSignals(True)
         self.output_combo.clear()
-        self.output_combo.addItems([NEW_LAYER_CHOICE, *labels])
-        if previous in labels:
+        self.output_combo.addItems(choices)
+        if previous in choices:
             self.output_combo.setCurrentText(previous)
+        self.output_combo.blockSignals(False)
 
     def set_input(self, modality: str, layer_name: str) -> None:
         """Assign an image layer (or ``"none"``) to one of the model's inputs."""
@@ -126,7 +133,7 @@ class SegmentWidget(JobDock):
         except MedAdaptError as err:
             self.report(err)
             return
-        target = self.output_combo.currentText()
+        target = target_layer_name(self.output_combo.currentText())
         self.status.setText(f"Segmenting with {card.name}...")
         draft = provenance_draft(
             "segment", volume, {"name": card.name, "sha256": card.weights_sha256, "card": card.path},
@@ -136,7 +143,7 @@ class SegmentWidget(JobDock):
             self.worker.session.segment, self.inputs.model_ref, volume,
             largest_component=self.largest_check.isChecked(), description=f"Segment ({card.name})",
             on_result=lambda prediction: self._show_result(prediction, target, card, draft),
-            disable=(self.run_button,),
+            disable=(self.run_button,), input_layers=list(self.inputs.chosen_layers().values()),
         )
 
     def job_finished(self) -> None:
@@ -149,6 +156,8 @@ class SegmentWidget(JobDock):
             class_features,
             class_names_of,
             labels_layer_kwargs,
+            mark_result,
+            place_result,
             set_labels_undoable,
         )
 
@@ -169,19 +178,16 @@ class SegmentWidget(JobDock):
             kwargs = labels_layer_kwargs(
                 prediction.geometry, name=f"{card.name} labels", class_names=names, provenance=draft
             )
-            layer = self.viewer.add_labels(prediction.labels, opacity=0.6, **kwargs)
+            kwargs["opacity"] = 0.6
+            mark_result(kwargs, "segment", card.name, "labels")
+            layer = place_result(self.viewer, "labels", prediction.labels, kwargs, self.keep_check.isChecked())
         if self.confidence_check.isChecked():
-            if CONFIDENCE_LAYER in self.viewer.layers:
-                self.viewer.layers.remove(CONFIDENCE_LAYER)
-            self.viewer.add_image(
-                prediction.confidence,
-                name=CONFIDENCE_LAYER,
-                scale=prediction.geometry.spacing,
-                colormap="magma",
-                contrast_limits=(0.0, 1.0),
-                opacity=0.5,
-                blending="additive",
-            )
+            options = mark_result(
+                {"name": CONFIDENCE_LAYER, "scale": prediction.geometry.spacing, "colormap": "magma",
+                 "contrast_limits": (0.0, 1.0), "opacity": 0.5, "blending": "additive"},
+                "segment", card.name, "confidence",
+            )  # fmt: skip
+            place_result(self.viewer, "image", prediction.confidence, options, self.keep_check.isChecked())
         self.volume_table.show_volumes(
             [(label_id, name, [ml]) for label_id, name, ml in prediction.volume_rows()],
             {name: [ml] for name, ml in region_volumes_ml(prediction.volumes_ml, card.regions).items()},

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medadapt.core.errors import MedAdaptError
-from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._dock import JobDock, keep_results_checkbox
 from napari_medadapt.widgets._layers import provenance_draft
 from napari_medadapt.widgets._loss_plot import LossPlot, LossRelay
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
@@ -107,6 +107,8 @@ class TTAWidget(JobDock):
             "block such as down2. Empty: the method's default."
         )
         settings.addRow("Blocks", self.blocks_edit)
+        self.keep_check = keep_results_checkbox()
+        settings.addRow(self.keep_check)
         layout.addLayout(settings)
 
         buttons = QHBoxLayout()
@@ -200,6 +202,7 @@ class TTAWidget(JobDock):
         self.run_job(
             fn, *args, self.worker.session, *extra, description=description, on_result=on_result,
             disable=(self.measure_button, self.adapt_button, self.reset_button),
+            input_layers=list(self.inputs.chosen_layers().values()),
         )
 
     def measure(self) -> None:
@@ -265,7 +268,12 @@ class TTAWidget(JobDock):
 
     def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard, drafts: tuple[dict, dict]) -> None:
         from napari_medadapt.core.metrics import region_volumes_ml
-        from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs
+        from napari_medadapt.widgets._layers import (
+            class_names_of,
+            labels_layer_kwargs,
+            mark_result,
+            place_result,
+        )
 
         self.last_outcome = outcome
         result = outcome.result
@@ -273,10 +281,12 @@ class TTAWidget(JobDock):
         names = class_names_of(card)
         added = []
         runs = ((outcome.before, "before TTA", drafts[0]), (outcome.after, f"after TTA ({result.method})", drafts[1]))
-        for prediction, suffix, draft in runs:
-            name = f"{card.name} {suffix}"  # new layers every run: earlier results (and edits) are kept
+        for (prediction, suffix, draft), part in zip(runs, ("before", "after"), strict=True):
+            name = f"{card.name} {suffix}"
             kwargs = labels_layer_kwargs(prediction.geometry, name=name, class_names=names, provenance=draft)
-            added.append(self.viewer.add_labels(prediction.labels, opacity=0.6, **kwargs))
+            kwargs["opacity"] = 0.6
+            mark_result(kwargs, "tta", card.name, part)  # replaces the previous run's layers unless kept
+            added.append(place_result(self.viewer, "labels", prediction.labels, kwargs, self.keep_check.isChecked()))
         self.shift_label.setText(f"Before: {outcome.rating_before}.\nAfter: {outcome.rating_after}.")
         before, after = outcome.before.volumes_ml, outcome.after.volumes_ml
         regions = {

@@ -38,6 +38,7 @@ from napari_medadapt.widgets._layers import (
     class_names_of,
     labels_layer_kwargs,
     layer_geometry,
+    mark_result,
     provenance_draft,
     set_labels_undoable,
     volume_from_layers,
@@ -306,7 +307,7 @@ class TTSWidget(JobDock):
             negatives, self.alpha, self.keep_fraction, self.background_check.isChecked(), self.slice_by_slice,
             description="TTS slices" if interactive else "TTS volume",
             interactive_key="tts-slice" if interactive else None,
-            on_result=lambda result: self._show(result, reference, draft),
+            on_result=lambda result: self._show(result, reference, draft), input_layers=list(layers.values()),
         )
 
     def _workspace_reset(self, *_: Any) -> None:
@@ -338,6 +339,7 @@ class TTSWidget(JobDock):
         card = self.inputs.card
         kwargs = labels_layer_kwargs(geometry, name=name, class_names=class_names_of(card))
         kwargs["translate"] = tuple(reference.translate)[-3:]
+        mark_result(kwargs, "tts", card.name if card is not None else "", name)
         return self.viewer.add_labels(np.zeros(reference.data.shape[-3:], dtype=np.uint8), **kwargs)
 
     def _attention_layer(self, name: str, reference: Any) -> Any:
@@ -352,6 +354,7 @@ class TTSWidget(JobDock):
             blending="additive",
             opacity=0.5,
             visible=name == ATTENTION_AFTER_LAYER,
+            **mark_result({}, "tts", "", name),
         )
 
     def _show_selection(self, selection: Any) -> None:

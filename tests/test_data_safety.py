@@ -1,0 +1,163 @@
+"""What a new user must never lose or get wrong, through the docks as opened from the Plugins menu: a scan replaced
+by the writer, a result taken as a model input, a result of a closed image, results stacking up, a reference
+written into without asking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_medadapt.core.models import ModelCard, default_architecture
+
+MODALITIES = ["t1", "t1c", "flair"]
+CROP = (slice(72, 120), slice(64, 112), slice(90, 114))
+
+
+@pytest.fixture(scope="module")
+def case_folder(tmp_path_factory, write_crops) -> Path:
+    return write_crops(tmp_path_factory.mktemp("case"), [*MODALITIES, "seg_fusion"], CROP)
+
+
+@pytest.fixture
+def model(register_tiny_model) -> ModelCard:
+    card = ModelCard(
+        name="tinysafe",
+        architecture=default_architecture(2, 3, 4, filters=(4, 8, 16)),
+        modalities=MODALITIES,
+        labels=[0, 1, 2, 4],
+        class_names=["background", "necrosis", "edema", "enhancing"],
+    )
+    register_tiny_model(card)
+    return card
+
+
+@pytest.fixture
+def segment_dock(open_dock, case_folder, model):
+    return open_dock(case_folder, "Segment volume", model.name)
+
+
+def _run(qtbot, widget) -> None:
+    widget.run()
+    assert widget.handle is not None
+    qtbot.waitUntil(lambda: widget.handle is None, timeout=60000)
+
+
+# ------------------------------------------------------------------------------------------ the writer
+def test_writer_refuses_a_closed_input_of_the_labels(segment_dock, qtbot, tmp_path, case_folder):
+    viewer, widget = segment_dock
+    _run(qtbot, widget)
+    scan = case_folder / "t1.nii.gz"
+    before = scan.read_bytes()
+    viewer.layers.remove("t1")  # its file is still an input of the labels' provenance
+    with pytest.raises(Exception, match="also an input"):
+        viewer.layers["tinysafe labels"].save(str(scan), plugin="napari-medadapt")
+    assert scan.read_bytes() == before
+    assert not (case_folder / "t1.provenance.json").exists()
+
+
+def test_writer_asks_before_replacing_a_file_it_did_not_write(segment_dock, qtbot, tmp_path, monkeypatch):
+    import napari_medadapt._writer as writer
+
+    viewer, widget = segment_dock
+    _run(qtbot, widget)
+    layer = viewer.layers["tinysafe labels"]
+    other = tmp_path / "other_scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(other))
+    before = other.read_bytes()
+    asked: list[str] = []
+
+    def answer(value: bool):
+        def confirm(path: Path, reason: str) -> bool:
+            asked.append(f"{path}: {reason}")
+            return value
+
+        return confirm
+
+    monkeypatch.setattr(writer, "confirm_replace", answer(False))
+    with pytest.raises(Exception, match="not a label map saved by napari-medadapt"):
+        layer.save(str(other), plugin="napari-medadapt")
+    assert other.read_bytes() == before and len(asked) == 1 and "other_scan" in asked[0]
+    monkeypatch.setattr(writer, "confirm_replace", answer(True))
+    layer.save(str(other), plugin="napari-medadapt")
+    assert nib.load(str(other)).header.get_intent()[0] == "label" and len(asked) == 2
+    layer.save(str(other), plugin="napari-medadapt")  # now our label map: replaced without a question
+    assert len(asked) == 2
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def test_results_are_never_offered_as_inputs_and_choices_stay(plugin_viewer, case_folder, model, open_plugin_dock,
+                                                              qtbot):
+    viewer = plugin_viewer(case_folder)
+    docks = {name: open_plugin_dock(viewer, name) for name in ("Segment volume", "Test-time adaptation")}
+    for widget in docks.values():
+        widget.model_combo.setCurrentIndex(widget.model_combo.findText(model.name))
+        assert widget.inputs.input_mapping()["flair"] == "flair"
+    segment = docks["Segment volume"]
+    segment.confidence_check.setChecked(True)
+    _run(qtbot, segment)
+    # a result image whose name says FLAIR (as a dock once named its probability maps) is never an input
+    from napari_medadapt.widgets._layers import mark_result
+
+    viewer.add_image(np.zeros(viewer.layers["flair"].data.shape, np.float32), name="flair probability",
+                     **mark_result({}, "fewshot", model.name, "probability"))  # fmt: skip
+    for widget in docks.values():
+        assert widget.inputs.input_mapping()["flair"] == "flair"
+        box = widget.inputs.modality_boxes["flair"]
+        offered = [box.itemText(i) for i in range(box.count())]
+        assert "flair probability" not in offered and "confidence" not in offered
+    # a user's choice is kept when a newer layer of that modality comes
+    segment.set_input("t1", "t1c")
+    viewer.open(str(case_folder / "t1.nii.gz"), plugin="napari-medadapt")  # "t1 [1]"
+    assert segment.inputs.input_mapping()["t1"] == "t1c"
+
+
+def test_same_file_twice_says_which_layer_is_used(segment_dock, case_folder):
+    viewer, widget = segment_dock
+    viewer.open(str(case_folder / "flair.nii.gz"), plugin="napari-medadapt")
+    used = widget.inputs.input_mapping()["flair"]
+    note = widget.inputs.input_note.text()
+    assert widget.inputs.input_note.isVisibleTo(widget) and "2 layers are FLAIR" in note and f"'{used}' is used" in note
+
+
+# ------------------------------------------------------------------------------------------ results
+def test_a_new_run_replaces_the_previous_result_undoably(segment_dock, qtbot):
+    viewer, widget = segment_dock
+    _run(qtbot, widget)
+    layer = viewer.layers["tinysafe labels"]
+    first = np.array(layer.data)
+    layer.data_setitem(tuple(np.array([[0], [0], [0]])), np.array([9], layer.data.dtype))  # the user edits it
+    widget.largest_check.setChecked(not widget.largest_check.isChecked())
+    _run(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("tinysafe labels") == 1 and "tinysafe labels [1]" not in names
+    assert layer.data[0, 0, 0] == widget.last_prediction.labels[0, 0, 0]
+    layer.undo()  # the previous result (with the user's edit) comes back
+    assert layer.data[0, 0, 0] == 9
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, first)
+    widget.keep_check.setChecked(True)
+    _run(qtbot, widget)
+    assert "tinysafe labels [1]" in viewer.layers
+
+
+def test_references_are_written_into_only_when_picked_explicitly(segment_dock, qtbot):
+    viewer, widget = segment_dock
+    entries = [widget.output_combo.itemText(i) for i in range(widget.output_combo.count())]
+    assert entries == ["new Labels layer", "replace: seg_fusion"]
+    _run(qtbot, widget)
+    entries = [widget.output_combo.itemText(i) for i in range(widget.output_combo.count())]
+    assert entries == ["new Labels layer", "tinysafe labels", "replace: seg_fusion"]
+
+
+def test_a_result_of_a_closed_image_is_dropped(segment_dock, qtbot, notifications):
+    viewer, widget = segment_dock
+    names = [layer.name for layer in viewer.layers]
+    widget.run()
+    viewer.layers.remove("flair")  # before the result reaches the viewer
+    qtbot.waitUntil(lambda: widget.handle is None, timeout=60000)
+    assert "dropped" in widget.status.text() and "'flair'" in widget.status.text()
+    notifications.take("was closed while it ran", severity="info")
+    assert [layer.name for layer in viewer.layers] == [n for n in names if n != "flair"]
