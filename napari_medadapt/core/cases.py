@@ -8,6 +8,7 @@ named by :data:`~napari_medadapt.core.volume.MODALITY_ALIASES` (unrecognised nam
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,7 +16,15 @@ import numpy as np
 
 from .errors import VolumeError
 from .labelmaps import is_label_file, load_labels
-from .volume import CANONICAL_MODALITIES, Volume, canonical_modality, is_nifti_path, load_volume, nifti_stem
+from .volume import (
+    CANONICAL_MODALITIES,
+    Volume,
+    VolumeWarning,
+    canonical_modality,
+    is_nifti_path,
+    load_volume,
+    nifti_stem,
+)
 
 __all__ = ["case_files", "load_case", "nifti_files"]
 
@@ -62,7 +71,11 @@ def case_files(
         if not entries:
             raise VolumeError(_no_files_message(folder))
     for key, path in entries:
-        if is_label_file(path):
+        try:
+            label = is_label_file(path)
+        except VolumeError:  # unreadable: taken by its name; reading it says what is wrong (or skips it)
+            label = False
+        if label:
             target, name = labels, nifti_stem(key)
         else:
             target, name = modalities, canonical_modality(key) or nifti_stem(key)
@@ -77,8 +90,12 @@ def case_files(
     return modalities, labels
 
 
+def _skip(path: Path, err: VolumeError, what: str) -> None:
+    warnings.warn(f"{path.name} was not opened ({err}) The rest of the case {what}.", VolumeWarning, stacklevel=3)
+
+
 def load_case(
-    source: str | os.PathLike | Mapping[str, str | os.PathLike],
+    source: str | os.PathLike | Mapping[str, str | os.PathLike], *, skip_unreadable: bool = False,
 ) -> tuple[Volume, dict[str, np.ndarray]]:
     """Read a case: modality files as one multi-channel :class:`Volume` plus its label maps.
 
@@ -87,6 +104,10 @@ def load_case(
     source
         A folder of NIfTI files, or a mapping ``{modality: path}`` (module docstring). Channels come in
         :data:`~napari_medadapt.core.volume.CANONICAL_MODALITIES` order, others after.
+    skip_unreadable
+        A file that cannot be read (a damaged scan, a mask that is not a label map) is left out with a
+        :class:`~napari_medadapt.core.volume.VolumeWarning` naming it, instead of refusing the whole case (as
+        long as one image remains).
 
     Returns
     -------
@@ -97,7 +118,16 @@ def load_case(
     where = "the given mapping" if isinstance(source, Mapping) else str(source)
     order = [m for m in CANONICAL_MODALITIES if m in modalities]
     order += sorted(m for m in modalities if m not in CANONICAL_MODALITIES)
-    volumes = [load_volume(modalities[m], name=m) for m in order]
+    volumes, loaded = [], []
+    for index, modality in enumerate(order):
+        try:
+            volumes.append(load_volume(modalities[modality], name=modality))
+            loaded.append(modality)
+        except VolumeError as err:
+            if not skip_unreadable or (index == len(order) - 1 and not volumes):
+                raise
+            _skip(modalities[modality], err, "is opened")
+    order = loaded
     reference = volumes[0].geometry
     if not all(v.geometry.matches(reference) for v in volumes[1:]):
         grids = "; ".join(f"{modalities[m].name}: {v.geometry.describe()}" for m, v in zip(order, volumes, strict=True))
@@ -111,5 +141,12 @@ def load_case(
         tuple(c for v in volumes for c in v.channels),
         tuple(p for v in volumes for p in v.source_paths),
     )
-    labels = {name: load_labels(p, reference) for name, p in label_paths.items()}
+    labels = {}
+    for name, path in label_paths.items():
+        try:
+            labels[name] = load_labels(path, reference)
+        except VolumeError as err:
+            if not skip_unreadable:
+                raise
+            _skip(path, err, "is opened")
     return volume, labels

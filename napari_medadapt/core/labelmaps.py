@@ -73,13 +73,28 @@ def is_label_file(path: str | os.PathLike) -> bool:
         return True
     if intent not in ("none", "unknown") or not is_label_name(path):
         return False
-    if image.get_data_dtype().kind in "iub":
+    slope, intercept = image.dataobj.slope, image.dataobj.inter
+    if image.get_data_dtype().kind in "iub" and _whole(slope) and _whole(intercept):
         return True
     try:
         data = np.asanyarray(image.dataobj)
     except (OSError, EOFError, zlib.error, ValueError, MemoryError):
         return True  # let load_labels report the unreadable voxels
-    return bool(np.all(np.isfinite(data)) and np.array_equal(data, np.round(data)))
+    return bool(np.all(np.isfinite(data)) and _near_integers(data))
+
+
+#: Label values stored with a scale factor a hair off 1 (0.99999997, as some converters write) are integers
+#: within this distance: they are rounded, anything further is not a label map.
+INTEGER_TOLERANCE = 1e-3
+
+
+def _whole(value: float) -> bool:
+    """A scale factor (slope or intercept) that keeps integers integers."""
+    return bool(np.isnan(value) or float(value) == round(float(value)))
+
+
+def _near_integers(data: np.ndarray) -> bool:
+    return bool(data.size == 0 or np.max(np.abs(data - np.round(data))) <= INTEGER_TOLERANCE)
 
 
 def written_by_medadapt(path: str | os.PathLike) -> bool:
@@ -149,8 +164,12 @@ def _integer_labels(data: np.ndarray, what: str) -> np.ndarray:
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)):
             raise VolumeError(f"{what} contains NaN or Inf; labels must be finite integers.")
-        if not np.array_equal(data, np.round(data)):
-            raise VolumeError(f"{what} has non-integer values; labels must be integers (0 = background).")
+        if not _near_integers(data):
+            raise VolumeError(
+                f"{what} has non-integer values; labels must be integers (0 = background). A map of fractions "
+                "(a probability or partial-volume map) opens as an image."
+            )
+        data = np.round(data)  # a scale factor a hair off 1 (0.99999997): the stored values are integers
     elif data.dtype.kind not in "iu":
         raise VolumeError(f"{what} has dtype {data.dtype}; labels must be integers.")
     if data.size == 0:
