@@ -3,12 +3,15 @@
 Each modality becomes an Image layer (``scale`` = voxel spacing in mm, gray colormap, contrast limits from
 robust percentiles or, for CT, the soft-tissue window); each label map becomes a Labels layer. Every layer
 carries ``metadata["medadapt"] = {"geometry": Geometry, "modality": str, "source_path": str}`` so labels
-drawn on it can be saved back on the exact source grid. This module never imports napari or torch.
+drawn on it can be saved back on the exact source grid. Scans on different grids (as the scanner exported them)
+are placed in scanner space, so they overlay before they are prepared. This module never imports torch, nor napari
+unless napari is already running.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from napari_medadapt.core.cases import case_files, load_case, nifti_files
+from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.intensity import display_window
 from napari_medadapt.core.labelmaps import is_label_file, label_class_names, load_labels
 from napari_medadapt.core.volume import (
@@ -93,23 +97,26 @@ def read_case_layers(folder: str | os.PathLike) -> list[LayerData]:
     """Image layers for every modality of a case folder, then Labels layers for its label maps.
 
     When the modality files are not on one grid (raw scanner exports), each file becomes a layer on its own grid
-    and a :class:`~napari_medadapt.core.volume.VolumeWarning` says to prepare them (Prepare scans dock).
+    (placed in scanner space by :func:`read_paths`). A file that cannot be read is left out with a
+    :class:`~napari_medadapt.core.volume.VolumeWarning` naming it; the rest of the case opens.
     """
     modalities, label_paths = case_files(folder)
-    geometries = {m: read_geometry(p) for m, p in modalities.items()}
+    geometries = {}
+    for modality, path in modalities.items():
+        try:
+            geometries[modality] = read_geometry(path)
+        except VolumeError as err:
+            if len(geometries) + 1 == len(modalities) and not geometries:
+                raise
+            warnings.warn(f"{Path(path).name} was not opened ({err}) The rest of the case is opened.",
+                          VolumeWarning, stacklevel=2)  # fmt: skip
     first = next(iter(geometries.values()))
     if not all(g.matches(first) for g in geometries.values()):
-        warnings.warn(
-            f"The sequences of {Path(folder).name} are on different grids (scans as exported): each opens as a "
-            "layer of its own. Co-register them with Plugins > MedAdapt > Prepare scans before segmenting.",
-            VolumeWarning,
-            stacklevel=2,
-        )
-        layers = [layer for m, p in modalities.items() for layer in image_layer_data(load_volume(p, name=m))]
+        layers = [layer for m in geometries for layer in image_layer_data(load_volume(modalities[m], name=m))]
         for index, (_data, kwargs, _kind) in enumerate(layers):
             kwargs["visible"] = index == 0  # one sequence shown at a time, as for a case on one grid
         return layers + [layer for p in label_paths.values() for layer in read_file_layers(p)]
-    volume, labels = load_case(folder)
+    volume, labels = load_case({m: modalities[m] for m in geometries} | label_paths, skip_unreadable=True)
     # each layer carries its own file's grid, so labels saved from it get that file's affine and codes
     layers = image_layer_data(volume, [read_geometry(path) for path in volume.source_paths])
     for name, array in labels.items():
@@ -127,14 +134,87 @@ def read_file_layers(path: str | os.PathLike) -> list[LayerData]:
     return image_layer_data(load_volume(path))
 
 
+def _in_plane(placement: np.ndarray) -> tuple[np.ndarray, float]:
+    """``placement`` without the terms that tilt the slices out of their plane (napari slices a volume only along
+    its axes: it would show them unapplied, with a warning), and the tilt removed in degrees."""
+    affine = np.array(placement, dtype=np.float64)
+    slice_axis = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
+    tilt = float(np.degrees(np.arccos(np.clip(abs(slice_axis[0]), 0.0, 1.0))))
+    affine[0, 1:3] = 0.0
+    affine[1:3, 0] = 0.0
+    affine[0, 0] = np.sign(affine[0, 0]) * np.linalg.norm(placement[:3, 0])
+    return affine, tilt
+
+
+def place_in_scanner_space(layers: list[LayerData], where: str, reference: Geometry | None = None) -> list[LayerData]:
+    """Overlay layers on different grids as the scanner placed them: the ``reference`` grid (default: the first
+    image layer's) is shown with its scale, every layer on another grid gets the affine onto it
+    (:meth:`~napari_medadapt.core.geometry.Geometry.placement_on`, in the slice plane: a tilt between the slice
+    planes is named in the warning, not shown). A :class:`~napari_medadapt.core.volume.VolumeWarning` says to
+    prepare such scans before segmenting."""
+    grids = [kwargs["metadata"]["medadapt"]["geometry"] for _data, kwargs, _kind in layers]
+    images = [grid for grid, (_d, _k, kind) in zip(grids, layers, strict=True) if kind == "image"]
+    reference = reference or (images[0] if images else None)
+    if reference is None or all(grid.matches(reference) for grid in grids):
+        return layers
+    tilts = []
+    for grid, (_data, kwargs, _kind) in zip(grids, layers, strict=True):
+        if not grid.matches(reference):
+            kwargs.pop("scale", None)
+            kwargs["affine"], tilt = _in_plane(grid.placement_on(reference))
+            tilts.append(tilt)
+    described = "; ".join(
+        f"{kwargs['name']}: {grid.summary()}" for grid, (_d, kwargs, kind) in zip(grids, layers, strict=True)
+        if kind == "image"
+    )
+    tilted = f" Their slices are tilted by up to {max(tilts):.0f} degrees, which the view does not show." if max(
+        tilts) >= 1.0 else ""  # fmt: skip
+    warnings.warn(
+        f"{where} is not on one grid with the scans already open (scans as exported: {described}): each sequence "
+        f"is a layer of its own, placed where the scanner put it.{tilted} Co-register them with Plugins > MedAdapt "
+        "> Prepare scans before segmenting.",
+        VolumeWarning,
+        stacklevel=3,
+    )
+    return layers
+
+
 def read_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
-    """Read a NIfTI file, a case folder, or a list of them into napari layer-data tuples."""
+    """Read a NIfTI file, a case folder, or a list of them into napari layer-data tuples, each on its own grid
+    (:func:`read_into_viewer` places them in scanner space)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     layers: list[LayerData] = []
     for path in paths:
         layers.extend(read_case_layers(path) if Path(path).is_dir() else read_file_layers(path))
     return layers
+
+
+def _viewer_grid() -> Geometry | None:
+    """The grid the current napari viewer shows its scans on (its first image layer opened by us and not placed by
+    an affine), so files opened one after another overlay in scanner space; ``None`` outside napari."""
+    if "napari" not in sys.modules:
+        return None
+    import napari
+    from napari.layers import Image
+
+    viewer = napari.current_viewer()
+    for layer in getattr(viewer, "layers", ()):
+        geometry = ((layer.metadata or {}).get("medadapt") or {}).get("geometry")
+        if isinstance(layer, Image) and isinstance(geometry, Geometry) and np.allclose(
+            layer.affine.affine_matrix, np.eye(layer.ndim + 1)
+        ):
+            return geometry
+    return None
+
+
+def read_into_viewer(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
+    """:func:`read_paths` for napari: layers on another grid than the scans already open are placed on them in
+    scanner space, with the different-grid warning (napari opens several chosen files one call each)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    where = Path(paths[0]).name if len(paths) == 1 else "the opened files"
+    return place_in_scanner_space(read_paths(paths), where, _viewer_grid())
 
 
 def _holds_nifti(folder: Path) -> bool:
@@ -153,5 +233,5 @@ def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
     or in sub-folders: reading such a folder explains which case folder to open)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if paths and all(_readable(p) for p in paths):
-        return read_paths
+        return read_into_viewer
     return None

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from _corpus import AFFINE, SHAPE, assert_clear, both, edit_header, no_traceback, pack, valid_nifti
 
-from napari_medadapt._reader import napari_get_reader, read_paths
+from napari_medadapt._reader import napari_get_reader, read_into_viewer, read_paths
 from napari_medadapt.cli import main
 from napari_medadapt.core.cases import load_case
 from napari_medadapt.core.errors import MedAdaptError
@@ -159,7 +159,7 @@ def test_case_folders(tmp_path):
     nested = tmp_path / "cohort"
     (nested / "patient1").mkdir(parents=True)
     valid_nifti(nested / "patient1" / "flair.nii.gz")
-    assert napari_get_reader(str(nested)) is read_paths  # taken, to say which folder to open
+    assert napari_get_reader(str(nested)) is read_into_viewer  # taken, to say which folder to open
     with pytest.raises(MedAdaptError) as caught:
         read_paths(str(nested))
     assert_clear(caught.value, "patient1", "Open one of them")

@@ -161,3 +161,60 @@ def test_a_result_of_a_closed_image_is_dropped(segment_dock, qtbot, notification
     assert "dropped" in widget.status.text() and "'flair'" in widget.status.text()
     notifications.take("was closed while it ran", severity="info")
     assert [layer.name for layer in viewer.layers] == [n for n in names if n != "flair"]
+
+
+# ------------------------------------------------------------------------------------------ opening cases
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None, slope: float | None = None) -> Path:
+    image = nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0]) if affine is None else affine)
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
+    nib.save(image, str(path))
+    return path
+
+
+def test_a_near_integer_scaled_mask_or_a_damaged_file_never_blocks_a_case(tmp_path, notifications, plugin_viewer):
+    folder = tmp_path / "case"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _nifti(folder / "flair.nii.gz", rng.random((16, 16, 8), dtype=np.float32))
+    _nifti(folder / "t1.nii.gz", rng.random((16, 16, 8), dtype=np.float32))
+    mask = np.zeros((16, 16, 8), np.int32)
+    mask[4:12, 4:12, 2:6] = 1
+    _nifti(folder / "brain_mask.nii.gz", mask, slope=0.99999997)  # as some converters write masks
+    viewer = plugin_viewer(folder)
+    assert [layer.name for layer in viewer.layers] == ["t1", "flair", "brain_mask"]
+    assert set(np.unique(viewer.layers["brain_mask"].data)) == {0, 1}
+    assert notifications.problems() == []
+
+    (folder / "t2.nii.gz").write_bytes(nib.Nifti1Image(np.zeros((16, 16, 8), np.float32), np.eye(4)).to_bytes()[:400])
+    viewer.layers.clear()
+    viewer.open(str(folder), plugin="napari-medadapt")
+    assert [layer.name for layer in viewer.layers] == ["t1", "flair", "brain_mask"]
+    notifications.take("t2.nii.gz was not opened", "warning")
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/real/glioma_tcga_fg6692_raw").is_dir(),
+                    reason="the raw export of the real glioma is not beside the repository")
+def test_raw_files_opened_together_overlay_in_scanner_space(plugin_viewer, notifications, open_plugin_dock, model):
+    raw = Path(__file__).resolve().parents[2] / "shared/data/real/glioma_tcga_fg6692_raw"
+    viewer = plugin_viewer()
+    viewer.open([str(raw / "flair.nii.gz"), str(raw / "t1.nii.gz"), str(raw / "t1c.nii.gz")], plugin="napari-medadapt")
+    for name in ("t1.nii.gz", "t1c.nii.gz"):
+        assert "tilted by up to 14 degrees" in notifications.take(f"{name} is not on one grid", "warning")
+    flair, t2 = viewer.layers["flair"], None
+    viewer.open(str(raw / "t2.nii.gz"), plugin="napari-medadapt")  # no tilt: placed exactly
+    notifications.take("t2.nii.gz is not on one grid", "warning")
+    t2 = viewer.layers["t2"]
+    grid_flair, grid_t2 = (layer.metadata["medadapt"]["geometry"] for layer in (flair, t2))
+    index = np.array([12.0, 100.0, 80.0])  # a voxel of t2: the same scanner position in napari's world as in the files
+    world = np.asarray(t2.data_to_world(index))
+    scanner_t2 = grid_t2.display_affine @ np.append(index, 1.0)
+    scanner_from_world = grid_flair.display_affine @ np.append(world / np.asarray(grid_flair.spacing), 1.0)
+    np.testing.assert_allclose(scanner_from_world[:3], scanner_t2[:3], atol=1e-3)
+    assert tuple(viewer.layers["t1"].data_to_world((12.0, 0.0, 0.0)))[0] == pytest.approx(
+        tuple(t2.data_to_world((12.0, 0.0, 0.0)))[0], abs=10.0)  # same slab of the head
+    widget = open_plugin_dock(viewer, "Segment volume")
+    widget.model_combo.setCurrentIndex(widget.model_combo.findText(model.name))
+    widget.run()
+    message = notifications.take("Prepare scans first")
+    assert "affine" not in message and "different grids" in message and widget.handle is None

@@ -14,7 +14,7 @@ from _data import SAMPLE_CASE as SAMPLE_DIR
 from npe2 import PluginManifest
 
 import napari_medadapt
-from napari_medadapt._reader import napari_get_reader, read_paths
+from napari_medadapt._reader import napari_get_reader, read_into_viewer, read_paths
 from napari_medadapt._sample_data import SAMPLE_CASE, sample_case_dir
 from napari_medadapt._writer import write_labels
 from napari_medadapt.core.errors import VolumeError
@@ -110,7 +110,7 @@ def test_sample_case_is_bundled_with_attribution():
 
 def test_reader_layer_data(glioma_crop, tmp_path):
     reader = napari_get_reader(str(glioma_crop))
-    assert reader is read_paths
+    assert reader is read_into_viewer
     layers = reader(str(glioma_crop))
     assert [(kw["name"], kind) for _d, kw, kind in layers] == [
         ("t1", "image"), ("t1c", "image"), ("t2", "image"), ("flair", "image"), ("seg_fusion", "labels"),

@@ -170,6 +170,18 @@ class Geometry:
             ijk[:, axis] = values if flip > 0 else self.source_shape[axis] - 1 - values
         return ijk
 
+    def placement_on(self, reference: Geometry) -> np.ndarray:
+        """(4, 4) affine from this grid's display index ``(z, y, x, 1)`` to ``reference``'s display space in mm
+        (its index times its spacing): a napari layer with it overlays a layer of ``reference`` shown with
+        ``scale=reference.spacing``, whatever the two grids (scans as the scanner exported them)."""
+        scale = np.diag([*reference.spacing, 1.0])
+        return scale @ np.linalg.inv(reference.display_affine) @ self.display_affine
+
+    def summary(self) -> str:
+        """Short description for messages: display shape and spacing."""
+        spacing = " x ".join(f"{s:.3g}" for s in self.spacing)
+        return f"{self.display_shape[0]} slices of {self.display_shape[1]} x {self.display_shape[2]}, {spacing} mm"
+
     def matches(self, other: Geometry, atol: float = GRID_ATOL) -> bool:
         """Whether ``other`` has the same display grid (shape, and affine within ``atol`` mm)."""
         return self.display_shape == other.display_shape and np.allclose(

@@ -216,6 +216,12 @@ def volume_from_layers(layers: Mapping[str, Any], modalities: Sequence[str] | No
     if reference is None:
         first = by_modality[wanted[0]]
         reference = Geometry.from_display_grid(arrays[0].shape, tuple(first.scale)[-3:], tuple(first.translate)[-3:])
+    if all(g is not None for g in geometries) and not all(g.matches(reference) for g in geometries):
+        grids = "; ".join(f"{by_modality[m].name}: {g.summary()}" for m, g in zip(wanted, geometries, strict=True))
+        raise VolumeError(
+            f"The image layers are on different grids (scans as exported: {grids}). Prepare scans first: "
+            "Plugins > MedAdapt > Prepare scans co-registers them onto one sequence; then segment the prepared layers."
+        )
     for modality, array, geometry in zip(wanted, arrays, geometries, strict=True):
         if array.shape != reference.display_shape or (geometry is not None and not geometry.matches(reference)):
             described = geometry.describe() if geometry is not None else f"display shape {array.shape}"

@@ -196,7 +196,8 @@ class PrepareScansWidget(JobDock):
             self.viewer.layers.remove(layer)  # an earlier run's result (another reference, other sequences)
         if MASK_LAYER in self.viewer.layers:
             self.viewer.layers.remove(MASK_LAYER)
-        grid = {"scale": tuple(reference_layer.scale)[-3:], "translate": tuple(reference_layer.translate)[-3:]}
+        grid = {"scale": tuple(reference_layer.scale)[-3:], "translate": tuple(reference_layer.translate)[-3:],
+                "affine": reference_layer.affine.affine_matrix}  # a raw sequence is placed in scanner space
         for index, name in enumerate(prepared.volume.channels):
             data = prepared.volume.data[index]
             metadata = medadapt_metadata(prepared.geometry, name, prepared.volume.source_paths[index])
@@ -205,7 +206,7 @@ class PrepareScansWidget(JobDock):
                                   **grid)  # fmt: skip
         if prepared.brain_mask is not None:
             kwargs = labels_layer_kwargs(prepared.geometry, name=MASK_LAYER, class_names={0: "background", 1: "brain"})
-            kwargs["translate"] = grid["translate"]
+            kwargs["translate"], kwargs["affine"] = grid["translate"], grid["affine"]
             mask_layer = self.viewer.add_labels(prepared.brain_mask.astype(np.uint8), opacity=0.7, **kwargs)
             mask_layer.contour = 1  # the outline: the scan stays visible
         for layer in layers:
