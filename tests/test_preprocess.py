@@ -234,3 +234,21 @@ def test_brain_extraction_can_be_forced_on_a_scan_that_looks_stripped(monkeypatc
     assert prepare_scans(one, n4="off").brain_mask is None and not calls
     forced = prepare_scans(one, strip="on", n4="off")
     assert calls == [stripped.shape] and forced.brain_mask is not None
+
+
+def test_a_z_scored_stripped_scan_is_stripped_whatever_its_background_value():
+    from _data import SAMPLE_CASE
+
+    from napari_medadapt.core.intensity import background_value, foreground_mask
+    from napari_medadapt.core.preprocess.brain import unstripped_note
+
+    flair = load_volume(SAMPLE_CASE / "flair.nii.gz")
+    data, spacing = flair.data[0], flair.geometry.spacing
+    brain = data != 0
+    z_scored = (data - data.mean()) / data.std()  # z-scored over the whole box: the zeros become a constant
+    constant = float(z_scored[0, 0, 0])
+    assert constant < -0.1 and background_value(z_scored) == constant
+    assert check_stripped(z_scored, spacing).stripped
+    assert unstripped_note("glioma2d", "FLAIR", z_scored, spacing) is None
+    np.testing.assert_array_equal(foreground_mask(z_scored), brain & (z_scored != constant))
+    assert background_value(_head()) == 0.0  # a noise floor has no constant value

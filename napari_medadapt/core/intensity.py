@@ -16,6 +16,7 @@ __all__ = [
     "MRI_PERCENTILES",
     "ct_window",
     "display_window",
+    "background_value",
     "foreground_mask",
     "percentile_range",
     "resolve_ct_window",
@@ -42,10 +43,35 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 MRI_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
 
-def foreground_mask(image: np.ndarray) -> np.ndarray:
-    """Voxels that are nonzero and finite (the brain in a skull-stripped MRI)."""
+#: Share of a volume's outer faces that must hold one exact value for it to be the background value.
+BACKGROUND_BORDER_SHARE = 0.5
+
+
+def background_value(image: np.ndarray) -> float:
+    """The constant value outside the object: 0 in most skull-stripped scans, -3.2 in a z-scored one (BraTS-style
+    normalisation moves the zeros), whatever it is. It is the value that at least
+    :data:`BACKGROUND_BORDER_SHARE` of the voxels on the volume's outer faces hold exactly; 0 when there is none
+    (a raw scan's noise floor)."""
     image = np.asarray(image)
-    return (image != 0) & np.isfinite(image)
+    if image.ndim < 2 or image.size == 0:
+        return 0.0
+    faces = np.concatenate([np.moveaxis(image, axis, 0)[[0, -1]].ravel() for axis in range(image.ndim)])
+    faces = faces[np.isfinite(faces)]
+    if faces.size == 0:
+        return 0.0
+    values, counts = np.unique(faces, return_counts=True)
+    best = int(np.argmax(counts))
+    candidate = float(values[best])
+    if counts[best] >= BACKGROUND_BORDER_SHARE * faces.size:
+        return candidate
+    return 0.0
+
+
+def foreground_mask(image: np.ndarray) -> np.ndarray:
+    """Voxels that differ from the background value (:func:`background_value`) and are finite: the brain in a
+    skull-stripped MRI, whether its background is 0 or a z-scored constant."""
+    image = np.asarray(image)
+    return (image != background_value(image)) & np.isfinite(image)
 
 
 def _statistics_voxels(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

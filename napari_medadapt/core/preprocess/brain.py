@@ -1,9 +1,10 @@
 """Is a scan skull-stripped, and brain extraction when it is not (deepbet).
 
-Detection: a skull-stripped scan (BraTS-style) has nothing outside the brain: the voxels outside its non-zero
-region are exactly zero and that region is brain-sized. A scan counts as stripped when at least
-:data:`STRIPPED_OUTSIDE_ZERO` of the voxels more than 3 voxels away from its largest object are exactly zero
-and its non-zero voxels add up to at most :data:`MAX_BRAIN_ML`; a raw export has a noise floor outside the
+Detection: a skull-stripped scan (BraTS-style) has nothing outside the brain: the voxels outside its object
+hold exactly the background value (0, or a constant such as -3.2 after z-scoring:
+:func:`~napari_medadapt.core.intensity.background_value`) and the object is brain-sized. A scan counts as
+stripped when at least :data:`STRIPPED_OUTSIDE_ZERO` of the voxels more than 3 voxels away from its largest
+object hold the background value and its other voxels add up to at most :data:`MAX_BRAIN_ML`; a raw export has a noise floor outside the
 head, or (when the scanner zeroes the background) a head larger than any brain.
 
 Extraction: deepbet (Fisch et al., Computers in Biology and Medicine 2024; MIT licence; PyPI ``deepbet``
@@ -25,6 +26,7 @@ from scipy import ndimage
 
 from ..errors import ModelError, VolumeError
 from ..hashing import sha256_file
+from ..intensity import background_value
 from ..jobs import JobContext, ensure_context
 from ..postprocess import keep_largest_component
 
@@ -64,14 +66,15 @@ def check_stripped(array: np.ndarray, spacing: tuple[float, float, float]) -> St
     second voxel: the verdict is about millilitres, not voxels)."""
     if array.size > 4_000_000:
         array, spacing = array[::2, ::2, ::2], tuple(2 * s for s in spacing)
-    nonzero = array != 0
+    background = background_value(array)  # 0, or the constant of a z-scored stripped scan (e.g. -3.2)
+    nonzero = array != background
     voxel_ml = float(np.prod(spacing)) / 1000.0
     nonzero_ml = float(nonzero.sum()) * voxel_ml
     if not nonzero.any():
         return StripCheck(False, 1.0, 0.0)
     largest, _removed = keep_largest_component(nonzero)
     away = ~ndimage.binary_dilation(largest, iterations=3)
-    outside_zero = float((array[away] == 0).mean()) if away.any() else 0.0
+    outside_zero = float((array[away] == background).mean()) if away.any() else 0.0
     return StripCheck(outside_zero >= STRIPPED_OUTSIDE_ZERO and nonzero_ml <= MAX_BRAIN_ML, outside_zero, nonzero_ml)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeError
+from ..intensity import foreground_mask
 from ..jobs import JobContext, ensure_context
 from ..volume import Geometry, Volume, canonical_modality
 from .bias import CORRECT_ITERATIONS, STRONG_FIELD, BiasField, field_spread, fit_bias_field
@@ -210,7 +211,9 @@ def prepare_scans(
     seconds["brain extraction"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    region = brain if brain is not None else (arrays[ref_name] != 0 if strip_check.stripped else head_mask(arrays[ref_name]))
+    region = brain if brain is not None else (
+        foreground_mask(arrays[ref_name]) if strip_check.stripped else head_mask(arrays[ref_name])
+    )
     bias: list[BiasField] = []
     if n4 != "off":
         images = {name: to_sitk(arrays[name].astype(np.float32), ref.geometry) for name in names}
