@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QDockWidget
 
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.models import ModelCard, default_architecture
-from napari_medadapt.widgets._dock import NIFTI_PATTERNS, PLUGIN_NAME
+from napari_medadapt.widgets._dock import NIFTI_PATTERNS, PLUGIN_NAME, _camera
 
 pytestmark = pytest.mark.gui
 DOCKS = ("Segment volume", "Segment Anything", "Test-time adaptation", "TTS keypoint muting")
@@ -188,3 +188,26 @@ def test_saved_labels_reopen_as_labels_and_never_replace_a_scan(plugin_viewer, n
     with pytest.raises(Exception, match="also an input"):
         manual.save(str(flair), plugin=PLUGIN_NAME)
     assert flair.read_bytes() == before and np.asarray(nib.load(str(flair)).dataobj).dtype != np.uint8
+
+
+def test_opening_a_dock_refits_the_view(plugin_viewer, open_plugin_dock, qtbot):
+    from _data import SAMPLE_CASE
+
+    viewer = plugin_viewer()
+    viewer.open(str(SAMPLE_CASE / "flair.nii.gz"), plugin=PLUGIN_NAME)
+    window = viewer.window._qt_window
+    window.show()
+    window.resize(1100, 1000)  # a canvas whose width limits the view once a dock takes its share
+    qtbot.wait(100)
+    viewer.reset_view()  # the whole scan on the canvas without docks
+    extent = np.ptp(np.asarray(viewer.layers.extent.world)[:, -2:], axis=0)
+
+    def whole_scan_visible() -> bool:
+        canvas = np.asarray(viewer.canvas.size, dtype=float)
+        return bool(np.all(canvas / _camera(viewer).zoom >= extent * 0.99))
+
+    assert whole_scan_visible()
+    width = viewer.canvas.size[1]
+    open_plugin_dock(viewer, "Segment Anything")  # a wide dock narrows the canvas
+    qtbot.waitUntil(lambda: viewer.canvas.size[1] < 0.8 * width, timeout=5000)
+    qtbot.waitUntil(whole_scan_visible, timeout=5000)

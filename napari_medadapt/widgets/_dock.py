@@ -46,7 +46,8 @@ class DockBody(QScrollArea):
     """A dock whose content scrolls: lay widgets out on ``self.body``'s layout (``self.layout_``).
 
     When it is docked beside another napari-medadapt dock, it joins that dock as a tab (and comes to the
-    front), so every dock gets the full height of the window instead of a squashed share of it.
+    front), so every dock gets the full height of the window instead of a squashed share of it. The first dock
+    re-fits the view to the narrower canvas, so the scans stay whole on screen.
 
     Parameters
     ----------
@@ -114,6 +115,13 @@ class DockBody(QScrollArea):
             window.tabifyDockWidget(ours[0], mine)
             mine.show()
             mine.raise_()
+        else:  # the first dock narrows the canvas: fit the scans into what is left of it
+            QTimer.singleShot(150, self._fit_view)
+
+    def _fit_view(self) -> None:
+        """Re-fit the view to the layers once the canvas has its new size (the image would be cut off)."""
+        if len(self.viewer.layers):
+            self.viewer.reset_view()
 
 
 def keep_results_checkbox() -> QCheckBox:
