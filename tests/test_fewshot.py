@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medadapt.core.adapt.fewshot import METHODS, fit, rank_uncertain_planes
+from napari_medadapt.core.adapt.fewshot import METHODS, fit
 from napari_medadapt.core.adapt.fewshot_io import apply_adapter, load_adapter, read_adapter_card, save_adapter
+from napari_medadapt.core.adapt.fewshot_suggest import rank_slices
 from napari_medadapt.core.adapt.fewshot_support import expected_areas, find_support
 from napari_medadapt.core.adapt.fewshot_train import (
     FewShotHead,
@@ -187,6 +188,38 @@ def test_adapter_learns_the_structure_from_three_slices_and_leaves_the_source_un
     assert len(suggestions) == 2 and not {s for s, _ in suggestions} & {5, 8, 11}
 
 
+def test_refit_starts_from_the_previous_adapter_and_runs_fewer_steps(tiny_model, monkeypatch):
+    from napari_medadapt.core.adapt import fewshot as fewshot_module
+    from napari_medadapt.core.adapt.fewshot_warm import WARM_LR_SHARE, warm_steps
+
+    volume, labels = _blob_volume()
+    session = ModelSession()
+    first = fit(tiny_model, volume, _painted(labels, [5, 11]), session=session, steps=80, leave_one_out=False)
+    starts = []
+    real_train = fewshot_module.train
+
+    def spy(planes, params, *args, **kwargs):
+        starts.append(([p.detach().clone() for p in params[0]["params"]], params[0]["lr"]))
+        return real_train(planes, params, *args, **kwargs)
+
+    monkeypatch.setattr(fewshot_module, "train", spy)
+    support = _painted(labels, [5, 8, 11])  # one more slice painted
+    warm = fit(tiny_model, volume, support, session=session, steps=80, leave_one_out=False, warm_start=first)
+    cold = fit(tiny_model, volume, support, session=session, steps=80, leave_one_out=False)
+    assert warm.warm_started and len(warm.history) == warm_steps(80) == 20 and warm.settings["steps"] == 80
+    assert not cold.warm_started and len(cold.history) == 80
+    weights, lr = starts[0]  # the refit started from the previous adapter's weights, at a smaller learning rate
+    assert all(torch.equal(w, p) for w, p in zip(weights, first.model.head.parameters(), strict=True))
+    assert not all(torch.equal(w, p) for w, p in zip(starts[1][0], first.model.head.parameters(), strict=True))
+    assert lr == pytest.approx(starts[1][1] * WARM_LR_SHARE)
+    assert warm.history[0]["seg"] < cold.history[0]["seg"] - 0.05
+    assert _unlabelled_dice(warm, labels, [5, 8, 11]) > _unlabelled_dice(cold, labels, [5, 8, 11]) - 0.1
+    assert 0 < first.refit_seconds(3) < sum(first.seconds.values())
+    other = fit(tiny_model, volume, support, session=session, steps=80, prior=False, leave_one_out=False,
+                warm_start=first)  # other settings: from scratch, and the notes say why
+    assert not other.warm_started and len(other.history) == 80 and any("from scratch" in n for n in other.notes)
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "adapter"])
 def test_every_method_runs_and_returns_whole_volume_labels(tiny_model, method):
     volume, labels = _blob_volume()
@@ -240,10 +273,50 @@ def test_uncertain_planes_rank_inside_the_predicted_extent():
     probs[0] = 1
     predicted = np.zeros((10, 8, 8), np.uint8)
     predicted[3:7, 2:6, 2:6] = 1
-    probs[:, 5, 2:6, 2:6] = 0.5  # plane 5: unsure
+    probs[:, 3:7, 2:6, 2:6] = [[[[0.0]]], [[[1.0]]]]  # sure of the object...
+    probs[:, 5, 2:6, 2:6] = 0.5  # ...except on plane 5
     support = find_support(np.where(np.arange(10)[:, None, None] == 3, predicted, 0))
-    ranked = rank_uncertain_planes(probs, predicted, support, 3)
-    assert ranked[0][0] == 5 and 3 not in [i for i, _ in ranked] and all(2 <= i <= 7 for i, _ in ranked)
+    ranked = rank_slices(probs, predicted, support, 3)
+    assert ranked[0].index == 5 and 3 not in [s.index for s in ranked] and all(2 <= s.index <= 7 for s in ranked)
+
+
+def _synthetic_object_probabilities() -> tuple[np.ndarray, np.ndarray]:
+    """A spindle-shaped object on axial slices 10..49 of a (60, 48, 48) volume: large in the middle, a few
+    pixels at its ends. The model is moderately unsure all over the object on slice 31 (next to a painted
+    slice) and very unsure of the small object at its lower end (slices 10-12), sure elsewhere (but for a faint blob far from it, on slice 55)."""
+    z, y, x = np.mgrid[:60, :48, :48]
+    radius = np.clip(18 * np.sin(np.pi * (z - 9.5) / 40), 0, None)
+    inside = ((y - 24) ** 2 + (x - 24) ** 2 < radius**2) & (z >= 10) & (z <= 49)
+    fg = np.where(inside, 0.97, 0.01).astype(np.float32)
+    fg[31][inside[31]] = 0.75  # unsure everywhere on the neighbour of the painted slice 30
+    fg[10:13][inside[10:13]] = 0.55  # very unsure of the small end
+    ring = (np.abs(np.sqrt((y - 24.0) ** 2 + (x - 24.0) ** 2) - radius) < 1.5) & (z >= 10) & (z <= 12)
+    fg[ring & ~inside] = 0.4  # and of its rim
+    fg[55, 2:10, 2:10] = 0.49  # a faint blob of probability far below the object
+    return np.stack([1 - fg, fg]).astype(np.float16), (fg >= 0.5).astype(np.uint8)
+
+
+def test_suggestion_is_a_far_uncertain_object_end_not_the_neighbour_of_a_painted_slice():
+    probs, predicted = _synthetic_object_probabilities()
+    painted = np.zeros_like(predicted)
+    painted[[20, 30, 40]] = predicted[[20, 30, 40]]
+    support = find_support(painted)
+
+    # what the former ranking (mean entropy over the object's bounding box) proposed: the neighbour 31
+    entropy = -(probs.astype(np.float32) * np.log(np.clip(probs.astype(np.float32), 1e-6, 1))).sum(axis=0)
+    box = entropy[:, 5:44, 5:44].mean(axis=(1, 2))
+    box[[20, 30, 40]] = -1
+    assert int(np.argmax(box)) == 31
+
+    ranked = rank_slices(probs, predicted, support, 3)
+    best = ranked[0]
+    assert best.index in (10, 11, 12) and best.kind == "end" and best.distance >= 8
+    assert 31 not in [s.index for s in ranked[:2]] and all(s.index <= 52 for s in ranked)  # not the far blob
+    assert best.uncertainty > 0.5
+    text = best.describe()
+    assert text.startswith(f"axial slice {best.index}: uncertain object end, {best.distance} slices from the nearest")
+    assert "mean uncertainty" in text
+    assert rank_slices(probs, np.zeros_like(predicted), support) == []  # no object predicted: nothing to suggest
 
 
 # ------------------------------------------------------------------------------------------ adapters

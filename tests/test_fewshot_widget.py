@@ -9,6 +9,7 @@ from test_fewshot import _blob_volume, fewshot_card
 from napari_medadapt.core.provenance import read_provenance
 
 DOCK = "Few-shot adapter"
+LABELS, PROBABILITY = "few-shot tinyct labels", "few-shot tinyct probability"
 
 
 @pytest.fixture
@@ -45,14 +46,14 @@ def test_adapt_accept_suggest_save_and_apply(painted_viewer, open_plugin_dock, q
         pass
     assert set(result.leave_one_out) == {5, 8, 11}
     qtbot.waitUntil(lambda: len(widget.loss_plot.losses) == 120, timeout=5000)
-    assert viewer.layers[-2].name == "few-shot adapter (painted)" and viewer.layers[-1].name.endswith("probability")
-    np.testing.assert_array_equal(viewer.layers["few-shot adapter (painted)"].data, result.predicted)
+    assert viewer.layers[-2].name == LABELS and viewer.layers[-1].name == PROBABILITY
+    np.testing.assert_array_equal(viewer.layers[LABELS].data, result.predicted)
     saved = tmp_path / "fewshot.nii.gz"  # saved from napari with the plugin's writer: with its provenance
-    viewer.layers["few-shot adapter (painted)"].save(str(saved), plugin="napari-medadapt")
+    viewer.layers[LABELS].save(str(saved), plugin="napari-medadapt")
     record = read_provenance(saved)
     assert record["method"] == "fewshot" and record["model"]["name"] == "tinyct" and record["device"]
     assert [p["index"] for p in record["settings"]["support"]] == [5, 8, 11]
-    assert record["settings"]["napari_layer"] == "few-shot adapter (painted)"
+    assert record["settings"]["napari_layer"] == LABELS
     assert "Leave-one-slice-out Dice axial 5:" in widget.status.text()
     assert widget.labels_combo.currentText() == "painted"  # the result layer is not offered as painted slices
 
@@ -71,6 +72,9 @@ def test_adapt_accept_suggest_save_and_apply(painted_viewer, open_plugin_dock, q
     index = widget.suggest()
     assert index is not None and index not in (5, 8, 11)
     assert round(viewer.dims.point[0]) == index
+    reasons = widget.suggest_panel.reasons.text()  # why, in the dock
+    assert reasons.startswith(f"Suggested: axial slice {index}: ") and "from the nearest painted slice" in reasons
+    assert "mean uncertainty" in reasons and f"axial slice {index}" in widget.status.text()
 
     folder = widget.save_adapter(str(tmp_path / "adapter"))
     assert folder is not None and (tmp_path / "adapter" / "adapter.json").is_file()
@@ -80,6 +84,64 @@ def test_adapt_accept_suggest_save_and_apply(painted_viewer, open_plugin_dock, q
         pass
     assert len(viewer.layers) == layers + 2
     np.testing.assert_array_equal(viewer.layers[-2].data, result.predicted)
+
+
+def _results(viewer) -> tuple[list, list]:
+    from napari.layers import Image, Labels
+
+    from napari_medadapt.widgets._layers import is_result_layer
+
+    ours = [layer for layer in viewer.layers if is_result_layer(layer)]
+    return [la for la in ours if isinstance(la, Labels)], [la for la in ours if isinstance(la, Image)]
+
+
+def test_adapt_again_replaces_the_results_undoably_and_refits_from_the_previous_adapter(
+    painted_viewer, open_plugin_dock, qtbot
+):
+    from napari_medadapt.core.adapt.fewshot_warm import warm_steps
+
+    viewer, labels = painted_viewer
+    widget = open_plugin_dock(viewer, DOCK)
+    widget.model_combo.setCurrentIndex(widget.model_combo.findText("tinyct"))
+    widget.labels_combo.setCurrentText("painted")
+    widget.steps_spin.setValue(40)
+    _adapt(widget, qtbot)
+    first = widget.result
+    assert first is not None and not first.warm_started and len(first.history) == 40
+    assert [la.name for la in _results(viewer)[0]] == [LABELS] and [la.name for la in _results(viewer)[1]] == [PROBABILITY]
+    assert all("painted" not in la.name for la in viewer.layers if la.name != "painted")
+    assert widget.labels_combo.findText(LABELS) < 0 and widget.image_combo.findText(PROBABILITY) < 0  # not inputs
+
+    assert widget.adapt_button.isEnabled()  # the leave-one-slice-out check does not hold Adapt back
+    more = np.array(viewer.layers["painted"].data)
+    more[13] = labels[13]
+    viewer.layers["painted"].data = more  # one more slice, painted while the leave-one-slice-out check runs
+    widget.update_support()
+    widget.adapt()  # cancels the check of the previous fit, starts from the previous adapter
+    assert widget.status.text().startswith("Refitting from the previous adapter: about ")
+    with qtbot.waitSignal(widget.handle.finished, timeout=120000):
+        pass
+    second = widget.result
+    assert second is not first and second.warm_started and len(second.history) == warm_steps(40) == 10
+    assert second.support.indices == [5, 8, 11, 13] and "Refitted from the previous adapter" in widget.status.text()
+    result_labels, result_probs = _results(viewer)
+    assert len(result_labels) == 1 and len(result_probs) == 1  # replaced, not stacked
+    layer = result_labels[0]
+    assert layer.name == LABELS
+    np.testing.assert_array_equal(layer.data, second.predicted)
+    assert not np.array_equal(first.predicted, second.predicted)
+    layer.undo()  # Ctrl+Z: the previous result
+    np.testing.assert_array_equal(layer.data, first.predicted)
+    layer.redo()
+    with qtbot.waitSignal(widget.handle.finished, timeout=120000):  # the check of the refit
+        pass
+
+    widget.keep_check.setChecked(True)  # keep earlier results: new layers
+    _adapt(widget, qtbot)
+    result_labels, result_probs = _results(viewer)
+    assert len(result_labels) == 2 and len(result_probs) == 2
+    np.testing.assert_array_equal(result_labels[0].data, second.predicted)
+    np.testing.assert_array_equal(result_labels[1].data, widget.result.predicted)
 
 
 def test_mark_empty_and_refusals(painted_viewer, open_plugin_dock, notifications, qtbot):

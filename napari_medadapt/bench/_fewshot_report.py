@@ -89,6 +89,14 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
             lines += [f"Cached features against recomputing them at every step (adapter, {cache['slices']} slices, "
                       f"{cache['steps']} steps): {cache['cached_fit_seconds']} s against "
                       f"{cache['recompute_fit_seconds']} s, {cache['ratio']}x.", ""]
+        refit = glioma.get("refit")
+        if refit:
+            warm, cold = refit["warm"], refit["cold"]
+            lines += [f"Refit after painting one more slice, the one the 3-slice adapter suggested ({refit['suggested']}): "
+                      f"from the previous adapter {warm['seconds']} s ({warm['steps']} steps; estimated "
+                      f"{refit['estimate_seconds']} s beforehand), WT {warm['WT']:.3f}; from scratch {cold['seconds']} s "
+                      f"({cold['steps']} steps), WT {cold['WT']:.3f}; the 3-slice fit on the same slices: WT "
+                      f"{refit['before']['WT']:.3f}.", ""]
         ordering = [_ordering(rows, "WT", k) for k in counts]
         lines += ["Ordering of the paper (adapter + prior >= linear probe >> full fine-tuning), WT:", ""]
         lines += [f"- {o}" for o in ordering if o] + [""]

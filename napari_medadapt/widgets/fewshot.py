@@ -3,10 +3,12 @@
 Pick the frozen model (a segmentation model with its image inputs, or LiteMedSAM with one image of any
 modality), the Labels layer holding the painted slices (the dock lists the support slices it finds in it, on
 whichever axis they were painted) and the method. "Adapt" fits in the compute worker with a live loss curve,
-progress and Cancel; the result is a new Labels layer and a probability layer, with the leave-one-slice-out
-Dice of the painted slices. "Accept" copies the result into the painted layer on the slices nobody painted
-(one undoable step); "Suggest next slice" moves the viewer to the slice the adapted model is least sure of;
-adapters can be saved and applied to another volume of the study. The computation is
+progress and Cancel (after one more painted slice, from the previous adapter); the result is a labels and a
+probability layer ("few-shot MODEL labels" / "... probability", replaced undoably by the next result unless
+"keep earlier results" is checked), with the leave-one-slice-out Dice of the painted slices. "Accept" copies the
+result into the painted layer on the slices nobody painted (one undoable step); "Suggest next slice"
+(:mod:`.fewshot_suggest`) moves the viewer to the slice where a label should help most and says why; adapters
+can be saved and applied to another volume of the study. The computation is
 :func:`napari_medadapt.core.adapt.fewshot.fit`; this module only wires widgets.
 """
 
@@ -27,27 +29,30 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
+from napari_medadapt.core.adapt.fewshot_workspace import FOUNDATION, apply_job, fit_job, leave_one_out_job
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
-from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._dock import JobDock, keep_results_checkbox
 from napari_medadapt.widgets._keypoints import current_plane
 from napari_medadapt.widgets._layers import (
+    is_result_layer,
     labels_layer_kwargs,
+    mark_result,
+    place_result,
     provenance_draft,
     set_labels_undoable,
     volume_from_layers,
 )
 from napari_medadapt.widgets._loss_plot import LossPlot, LossRelay
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel
+from napari_medadapt.widgets.fewshot_suggest import SuggestPanel
 
 if TYPE_CHECKING:
     import napari
 
     from napari_medadapt.core.adapt.fewshot import FewShotResult
-    from napari_medadapt.core.jobs import JobContext
-    from napari_medadapt.core.session import ModelSession
+    from napari_medadapt.core.adapt.fewshot_suggest import SliceSuggestion
     from napari_medadapt.core.volume import Volume
 
-FOUNDATION = "litemedsam"
 BACKBONES = {"segmentation": "Segmentation model (below)", FOUNDATION: "LiteMedSAM (any anatomy, one image)"}
 METHOD_LABELS = {
     "adapter": "Adapter (residual block + head)",
@@ -56,49 +61,8 @@ METHOD_LABELS = {
     "full": "Full fine-tuning (baseline)",
 }
 AXES = ("axial", "coronal", "sagittal")
-
-
-def _frozen(backbone: str, model_ref: str, session: ModelSession, ctx: JobContext) -> Any:
-    """The session's frozen model: LiteMedSAM's predictor, or the segmentation model."""
-    if backbone == FOUNDATION:
-        from napari_medadapt.core.sam.session import ModelChoice
-
-        return session.sam.predictor(ModelChoice(FOUNDATION), ctx, [])
-    return session.model(model_ref, ctx)
-
-
-def fit_job(
-    backbone: str, model_ref: str, volume: Volume, labels: np.ndarray, settings: dict[str, Any],
-    session: ModelSession, on_step: Any, *, ctx: JobContext,
-) -> tuple[FewShotResult, str | None, list[tuple[int, float]]]:
-    """Fit in the compute thread; a segmentation model's adapted copy becomes a session variant; with the
-    slice to suggest next."""
-    from napari_medadapt.core.adapt.fewshot import fit
-
-    frozen = _frozen(backbone, model_ref, session, ctx)
-    result = fit(frozen, volume, labels, session=session, on_step=on_step, ctx=ctx, leave_one_out=False, **settings)
-    variant = None
-    if backbone != FOUNDATION:
-        variant = session.add_variant(result.model, f"{frozen.card.name} (few-shot {result.method})")
-    return result, variant, result.suggest_next(1)  # the ranking reads the whole volume: not on the UI thread
-
-
-def leave_one_out_job(
-    backbone: str, model_ref: str, volume: Volume, labels: np.ndarray, settings: dict[str, Any],
-    session: ModelSession, *, ctx: JobContext,
-) -> dict[int, float]:
-    """The leave-one-slice-out check of a fit, in the compute thread (the frozen features are the session's)."""
-    from napari_medadapt.core.adapt.fewshot import leave_one_out
-
-    frozen = _frozen(backbone, model_ref, session, ctx)
-    return leave_one_out(frozen, volume, labels, session=session, ctx=ctx, **settings)
-
-
-def apply_job(folder: str, volume: Volume, model_ref: str | None, session: ModelSession, *, ctx: JobContext) -> tuple:
-    """:func:`~napari_medadapt.core.adapt.fewshot_io.apply_adapter` in the compute thread."""
-    from napari_medadapt.core.adapt.fewshot_io import apply_adapter
-
-    return apply_adapter(folder, volume, session, model=model_ref, ctx=ctx)
+#: ``metadata["medadapt"]["dock"]`` of this dock's result layers (:func:`~._layers.mark_result`).
+DOCK_KEY = "fewshot"
 
 
 class FewShotWidget(JobDock):
@@ -112,7 +76,8 @@ class FewShotWidget(JobDock):
         self.result: FewShotResult | None = None
         self.result_layer_name: str | None = None
         self.painted_layer_name: str | None = None
-        self.suggestions: list[tuple[int, float]] = []
+        self._fit_key: tuple | None = None  # what a refit must share with the last fit to start from it
+        self._check_handle: Any = None  # the running leave-one-slice-out check (Adapt cancels it)
         self.empty_planes: list[tuple[int, int]] = []
         self._relay = LossRelay()
         self._relay.loss.connect(self._on_loss)
@@ -173,10 +138,14 @@ class FewShotWidget(JobDock):
         self.adapt_button = QPushButton("Adapt")
         self.accept_button = QPushButton("Accept")
         self.accept_button.setToolTip("Copy the result into the painted layer on the slices nobody painted (Ctrl+Z undoes)")
-        self.suggest_button = QPushButton("Suggest next slice")
+        self.suggest_panel = SuggestPanel()
+        self.suggest_button = self.suggest_panel.button
         for button in (self.adapt_button, self.accept_button, self.suggest_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        self.keep_check = keep_results_checkbox()
+        layout.addWidget(self.keep_check)
+        layout.addWidget(self.suggest_panel)
         files = QHBoxLayout()
         self.save_button = QPushButton("Save adapter...")
         self.apply_button = QPushButton("Apply adapter...")
@@ -230,9 +199,10 @@ class FewShotWidget(JobDock):
 
         for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
             chosen = combo.currentText()
-            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
-            if kind is Labels and self.result_layer_name in names and len(names) > 1:
-                names.remove(self.result_layer_name)  # the result is not what the user painted
+            layers = [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+            names = [layer.name for layer in layers if not is_result_layer(layer)]  # results: not inputs
+            if kind is Labels and not names:
+                names = [layer.name for layer in layers]  # only results: the user may paint into one
             combo.blockSignals(True)
             combo.clear()
             combo.addItems(names)
@@ -294,9 +264,21 @@ class FewShotWidget(JobDock):
             "empty_planes": list(self.empty_planes),
         }
 
+    def _refit_key(self, model_ref: str, volume: Volume, labels: np.ndarray, settings: dict[str, Any]) -> tuple:
+        """What a refit shares with the last fit to start from it (checked fully in core); last: slice count."""
+        from napari_medadapt.core.adapt.fewshot_warm import support_key
+
+        image = self.image_combo.currentText() if self.backbone == FOUNDATION else ""
+        painted = support_key(labels, settings["empty_planes"])
+        return painted and (self.backbone, model_ref, image, volume.channels, volume.data.shape,
+                            sorted((k, str(v)) for k, v in settings.items() if k != "empty_planes"), *painted)
+
     def adapt(self) -> None:
-        """Fit on the painted slices and segment the rest of the volume."""
-        if self.busy:
+        """Fit on the painted slices and segment the rest of the volume (from the previous adapter when only
+        the painted slices changed)."""
+        from napari_medadapt.core.adapt.fewshot_warm import warm_steps
+
+        if not self._free_but_check():
             return
         try:
             volume = self._volume()
@@ -305,51 +287,75 @@ class FewShotWidget(JobDock):
         except MedAdaptError as err:
             self.report(err)
             return
+        if self.busy:
+            self.forget_jobs()  # the leave-one-slice-out check of the previous fit: obsolete now
         labels = np.array(layer.data, copy=True)  # the user may keep painting while it runs
         settings = self.settings()
+        key = self._refit_key(model_ref, volume, labels, settings)
+        previous = self.result if key and self._fit_key and key[:-1] == self._fit_key[:-1] else None
         self.loss_plot.clear("Dice loss (+ prior)")
         generation = self._generation
 
         def on_step(step: int, _steps: int, entry: dict[str, float]) -> None:
             self._relay.loss.emit(step, entry["loss"], generation)
 
-        self.status.setText(f"Adapting ({METHOD_LABELS[settings['method']]})...")
+        if previous is not None:
+            seconds = previous.refit_seconds(key[-1])
+            self.status.setText(
+                f"Refitting from the previous adapter: about {max(1, round(seconds))} s "
+                f"({warm_steps(settings['steps'])} steps)..."
+            )
+        else:
+            self.status.setText(f"Adapting ({METHOD_LABELS[settings['method']]})...")
         inputs = (self.backbone, model_ref, volume, labels, settings)
         self.run_job(
-            fit_job, *inputs, self.worker.session, on_step,
-            description="Few-shot adapt", on_result=lambda out: self._show_result(out, layer.name, volume, inputs),
-            disable=(self.adapt_button, self.apply_button),
+            fit_job, *inputs, self.worker.session, on_step, previous,
+            description="Few-shot adapt", disable=(self.adapt_button, self.apply_button),
+            on_result=lambda out: self._show_result(out, layer.name, volume, inputs, key),
         )
 
+    def _free_but_check(self) -> bool:
+        """Whether no job of the dock is open but the leave-one-slice-out check (which Adapt cancels)."""
+        return all(handle is self._check_handle for handle in self._open if not handle.done)
+
     def job_finished(self) -> None:
-        """Adapt and Apply are possible again once no job of the dock is queued (the check after a fit)."""
-        if not self.busy:
-            self.adapt_button.setEnabled(True)
-            self.apply_button.setEnabled(True)
+        """Adapt is possible again once no job but the check after a fit is open, Apply once none is."""
+        self.adapt_button.setEnabled(self._free_but_check())
+        self.apply_button.setEnabled(not self.busy)
 
     def _on_loss(self, step: int, loss: float, generation: int) -> None:
         if generation == self._generation:
             self.loss_plot.add_point(step, loss)
 
-    def _add_result_layers(self, labels: np.ndarray, probabilities: np.ndarray, volume: Volume, name: str,
-                           class_names: dict[int, str], provenance: dict[str, Any]) -> None:
-        kwargs = labels_layer_kwargs(volume.geometry, name=name, class_names=class_names, provenance=provenance)
-        layer = self.viewer.add_labels(labels, opacity=0.6, **kwargs)
+    def _add_result_layers(self, labels: np.ndarray, probabilities: np.ndarray, volume: Volume, model: str,
+                           class_names: dict[int, str], provenance: dict[str, Any], title: str = "") -> None:
+        """Show the labels and the foreground probability as this dock's results of ``model`` (layers "TITLE
+        labels" / "TITLE probability", by default "few-shot MODEL ..."): they replace the previous ones (the
+        labels undoably) unless "keep earlier results" is checked."""
+        keep, title = self.keep_check.isChecked(), title or f"few-shot {model}"
+        kwargs = labels_layer_kwargs(volume.geometry, name=f"{title} labels", class_names=class_names,
+                                     provenance=provenance)
+        kwargs["opacity"] = 0.6
+        data = np.array(labels, copy=True)  # the layer's own array: edits and later results never reach the fit's
+        layer = place_result(self.viewer, "labels", data, mark_result(kwargs, DOCK_KEY, model, "labels"), keep)
         self.result_layer_name = layer.name
         foreground = (1.0 - probabilities[0].astype(np.float32)).clip(0, 1)
-        self.viewer.add_image(
-            foreground, name=f"{name} probability", scale=volume.geometry.spacing, colormap="magma",
-            blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0), visible=False,
-        )
+        image_kwargs = {
+            "name": f"{title} probability", "scale": volume.geometry.spacing, "colormap": "magma",
+            "blending": "additive", "opacity": 0.5, "contrast_limits": (0.0, 1.0), "visible": False,
+        }
+        place_result(self.viewer, "image", foreground, mark_result(image_kwargs, DOCK_KEY, model, "probability"), keep)
         self.viewer.layers.selection.active = self.viewer.layers[self.result_layer_name]
         self.refresh_layers()
 
     def _show_result(
-        self, outcome: tuple[FewShotResult, str | None, list[tuple[int, float]]], painted: str, volume: Volume,
-        inputs: tuple,
+        self, outcome: tuple[FewShotResult, str | None, list[SliceSuggestion]], painted: str, volume: Volume,
+        inputs: tuple, key: tuple,
     ) -> None:
-        result, variant, self.suggestions = outcome
+        result, variant, suggestions = outcome
+        self.suggest_panel.set_suggestions(suggestions)
         self.result = result
+        self._fit_key = key
         self.painted_layer_name = painted  # Accept writes into the layer the fit learnt from
         if variant is not None:
             self.worker.publish_variant(result.model.card)
@@ -359,12 +365,13 @@ class FewShotWidget(JobDock):
             "fewshot", volume, {"name": result.settings["base_model"], "sha256": result.settings["base_sha256"]},
             settings, self.worker.session.device, extra_inputs={"support": None},
         )
-        self._add_result_layers(result.predicted, result.probabilities, volume,
-                                f"few-shot {result.method} ({painted})", result.class_names, draft)
+        self._add_result_layers(result.predicted, result.probabilities, volume, result.settings["base_model"],
+                                result.class_names, draft)
         if painted in self.viewer.layers:
             self.labels_combo.setCurrentText(painted)
         seconds = sum(result.seconds.values())
-        parts = [f"Adapted on {len(result.support.planes)} slice(s) in {seconds:.1f} s.", *result.notes]
+        how = f"refitted from the previous adapter ({len(result.history)} steps)" if result.warm_started else "adapted"
+        parts = [f"{how.capitalize()} on {len(result.support.planes)} slice(s) in {seconds:.1f} s.", *result.notes]
         if variant is not None:
             parts.append(f"The adapted model is '{variant}' in the other docks' model lists.")
         self.status.setText(" ".join(parts))
@@ -372,10 +379,10 @@ class FewShotWidget(JobDock):
         show_info(parts[0])
         if sum(bool(p.classes) for p in result.support.planes) >= 2:
             self.status.setText(self.status.text() + " Checking each painted slice against a fit without it...")
-            self.run_job(
+            self._check_handle = self.run_job(  # Adapt stays available: it cancels this check
                 leave_one_out_job, *inputs, self.worker.session, description="Leave-one-slice-out check",
                 on_result=lambda scores: self._show_leave_one_out(scores, " ".join(parts)),
-                disable=(self.adapt_button, self.apply_button),
+                disable=(self.apply_button,),
             )
 
     def _show_leave_one_out(self, scores: dict[int, float], text: str) -> None:
@@ -418,28 +425,19 @@ class FewShotWidget(JobDock):
         return changed
 
     def suggest(self) -> int | None:
-        """Move the viewer to the unpainted slice the adapted model is least sure of; returns its index."""
+        """Move the viewer to the unpainted slice where a label should help most and say why; returns its
+        index."""
         if self.result is None:
             return None
-        ranked = self.suggestions
-        if not ranked:
-            self.status.setText("No slice to suggest: the adapted model found no structure.")
+        if not self.suggest_panel.suggestions:
+            self.status.setText("No slice to suggest: the adapted model found no structure off the painted slices.")
             return None
-        index, entropy = ranked[0]
-        axis = self.result.support.axis
         if self.result_layer_name not in self.viewer.layers:
             self.report("The result layer was removed: adapt again to get a suggestion.")
             return None
-        layer = self.viewer.layers[self.result_layer_name]
-        point = [0.0, 0.0, 0.0]
-        point[axis] = float(index)
-        offset = self.viewer.dims.ndim - 3
-        self.viewer.dims.set_point(axis + offset, float(layer.data_to_world(point)[axis]))
-        self.status.setText(
-            f"Suggested: {AXES[axis]} slice {index} (mean uncertainty {entropy:.3f} inside the object). Paint it "
-            "and press Adapt again."
-        )
-        return index
+        best = self.suggest_panel.go(self.viewer, self.viewer.layers[self.result_layer_name])
+        self.status.setText(f"Suggested {best.describe()}. Paint it and press Adapt again.")
+        return best.index
 
     def save_adapter(self, folder: str) -> str | None:
         """Save the last fit's adapter into the new folder ``folder``."""
@@ -484,7 +482,7 @@ class FewShotWidget(JobDock):
                 adapter={"name": card["name"], "path": card["path"], "sha256": card["weights_sha256"],
                          "method": card["method"], "support": card["support"], "settings": card["settings"]},
             )
-            self._add_result_layers(labels, probabilities, volume, f"adapter {card['name']}", names, draft)
+            self._add_result_layers(labels, probabilities, volume, card["name"], names, draft, card["name"])
             self.status.setText(f"Segmented with the adapter {card['name']!r} (base model {card['base_model']}).")
 
         self.status.setText(f"Applying the adapter {card['name']!r}...")

@@ -30,8 +30,10 @@ from ..errors import ModelError, VolumeError
 from ..jobs import JobContext, ensure_context
 from ..postprocess import keep_components_touching
 from .fewshot_backbone import SegBackbone
+from .fewshot_suggest import SliceSuggestion, rank_slices
 from .fewshot_support import AXIS_NAMES, Support, SupportPlane, expected_areas, find_support
 from .fewshot_train import BackbonePlanes, CachedPlanes, PlaneTarget, train
+from .fewshot_warm import WARM_LR_SHARE, refit_seconds, warm_key, warm_steps
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +77,9 @@ class FewShotResult:
         Support plane index -> foreground Dice of a fit without that plane (two planes or more).
     seconds
         ``features``, ``fit``, ``predict`` and ``leave_one_out`` wall times.
+    warm_key
+        What a later fit must share to start from this one (:func:`fit`'s ``warm_start``): the frozen features
+        (model, volume, inputs), method, settings, classes and axis.
     """
 
     model: SegModel
@@ -92,6 +97,7 @@ class FewShotResult:
     seconds: dict[str, float] = field(default_factory=dict)
     reused_classes: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warm_key: tuple = ()
 
     @property
     def classes(self) -> tuple[int, ...]:
@@ -103,37 +109,27 @@ class FewShotResult:
         """The size-prior term of every step (NaN while it is off)."""
         return [h["prior"] for h in self.history]
 
+    @property
+    def warm_started(self) -> bool:
+        """Whether this fit started from an earlier one's weights."""
+        return bool(self.settings.get("warm_start"))
+
+    def refit_seconds(self, planes: int | None = None) -> float:
+        """Expected seconds of a warm refit from this fit with ``planes`` support slices (default: as many as
+        this fit's), from this fit's measured seconds per step (:func:`~.fewshot_warm.refit_seconds`)."""
+        per_step, old = self.seconds.get("fit", 0.0) / max(len(self.history), 1), len(self.support.planes)
+        return refit_seconds(per_step, int(self.settings.get("steps", len(self.history))), self.prior, old,
+                             planes or old, self.seconds.get("predict", 0.0))
+
+    def suggestions(self, count: int = 3) -> list[SliceSuggestion]:
+        """The unpainted slices along the support axis where a label is expected to help most, best first, each
+        with why (:func:`~.fewshot_suggest.rank_slices`: uncertainty over the object and its rim, distance to
+        the nearest painted slice, object ends)."""
+        return rank_slices(self.probabilities, self.predicted, self.support, count)
+
     def suggest_next(self, count: int = 3) -> list[tuple[int, float]]:
-        """``(plane index, mean entropy)`` of the unlabelled planes along the support axis on which the adapted
-        model is least sure inside the predicted object's extent, most uncertain first."""
-        return rank_uncertain_planes(self.probabilities, self.predicted, self.support, count)
-
-
-def rank_uncertain_planes(
-    probabilities: np.ndarray, predicted: np.ndarray, support: Support, count: int = 3
-) -> list[tuple[int, float]]:
-    """Unlabelled planes along the support axis ranked by mean entropy of ``probabilities`` inside the bounding
-    box of the ``predicted`` foreground (its extent along the axis, each side widened by a tenth)."""
-    fg = predicted > 0
-    if not fg.any():
-        return []
-    box = []
-    for axis in range(3):
-        idx = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))
-        pad = max(1, (idx[-1] - idx[0] + 1) // 10)
-        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, fg.shape[axis])))
-    taken = set(support.indices)
-    scores = []
-    for index in range(box[support.axis].start, box[support.axis].stop):
-        if index in taken:
-            continue
-        region = list(box)
-        region[support.axis] = slice(index, index + 1)
-        p = probabilities[(slice(None), *region)].astype(np.float32)
-        entropy = -(p * np.log(np.clip(p, 1e-6, 1))).sum(axis=0)
-        scores.append((index, float(entropy.mean())))
-    scores.sort(key=lambda item: -item[1])
-    return scores[:count]
+        """``(slice index, mean uncertainty)`` of :meth:`suggestions`, best first."""
+        return [(s.index, s.uncertainty) for s in self.suggestions(count)]
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -189,14 +185,21 @@ def _problem(backbone: SegBackbone, cache: FeatureVolume, labels: np.ndarray, su
 
 def _fit_head(
     problem: _Problem, method: str, prior: bool, steps: int, seed: int, device, ctx, on_step, label: str,
-    cross_entropy: bool = False,
+    cross_entropy: bool = False, init: Any = None, lr_share: float = 1.0,
 ) -> tuple[Any, list[dict[str, float]], list[int]]:
     """Train a new head (and for ``ft_last``/``full`` part of a model copy) on the problem's planes; return the
-    adapted model, the loss history and the label ids the head took from the source."""
+    adapted model, the loss history and the label ids the head took from the source. ``init``: an earlier
+    adapted model of the same backbone, method and classes to start from (a warm start); ``lr_share`` scales
+    the learning rates."""
     import torch
 
     torch.manual_seed(seed)
     adapted, head, reused = problem.backbone.trainable(method, problem.classes)
+    if init is not None:
+        if method in ("ft_last", "full"):
+            adapted.load_state_dict(init.state_dict())
+        else:
+            head.load_state_dict(problem.backbone.head_of(init).state_dict())
     for parameter in adapted.parameters():
         parameter.requires_grad_(False)
     adapted.to(device).eval()
@@ -207,9 +210,9 @@ def _fit_head(
         body = [p for p in trained.parameters() if id(p) not in head_ids]
     for parameter in [*body, *head.parameters()]:
         parameter.requires_grad_(True)
-    params = [{"params": list(head.parameters()), "lr": HEAD_LR}]
+    params = [{"params": list(head.parameters()), "lr": HEAD_LR * lr_share}]
     if body:
-        params.append({"params": body, "lr": BACKBONE_LR})
+        params.append({"params": body, "lr": BACKBONE_LR * lr_share})
     planes = _planes(problem, adapted, head, method, device)
     with torch.enable_grad():
         history = train(
@@ -356,6 +359,7 @@ def fit(
     seed: int = 0,
     on_step: Callable[[int, int, dict[str, float]], Any] | None = None,
     ctx: JobContext | None = None,
+    warm_start: FewShotResult | None = None,
 ) -> FewShotResult:
     """Adapt ``model`` to ``volume`` from the few planes painted in ``support_labels`` and segment the rest.
 
@@ -401,6 +405,11 @@ def fit(
         ``on_step(step, steps, {"loss", "seg", "prior"})`` after every step (a live loss plot).
     ctx
         Progress and cancellation.
+    warm_start
+        An earlier fit on the same volume with the same model, inputs, method, settings, classes and axis
+        (typically before one more slice was painted): the fit starts from its weights and runs
+        :func:`warm_steps` steps at :data:`WARM_LR_SHARE` of the learning rate. Any other earlier fit is
+        ignored (a note says so) and the fit starts from scratch.
 
     Raises
     ------
@@ -424,9 +433,19 @@ def fit(
     cache = backbone.compute(torch_device, ctx, session)
     seconds["features"] = time.perf_counter() - start
     problem = _problem(backbone, cache, labels, support)
+    key_settings = {"method": method, "prior": prior, "steps": steps, "seed": seed, "cross_entropy": cross_entropy,
+                    "largest_component": largest_component}
+    key = warm_key(backbone, support, key_settings)
+    notes: list[str] = []
+    init, run_steps, lr_share, label = None, steps, 1.0, method
+    if warm_start is not None and warm_start.warm_key == key:
+        init, run_steps, lr_share = warm_start.model, warm_steps(steps), WARM_LR_SHARE
+        label = f"{method}, refit from the previous adapter"
+    elif warm_start is not None:
+        notes.append("the previous adapter was made with other inputs, settings or classes: fitted from scratch.")
     start = time.perf_counter()
     adapted, history, reused = _fit_head(
-        problem, method, prior, steps, seed, torch_device, ctx, on_step, method, cross_entropy
+        problem, method, prior, run_steps, seed, torch_device, ctx, on_step, label, cross_entropy, init, lr_share
     )
     seconds["fit"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -448,7 +467,7 @@ def fit(
         start = time.perf_counter()
         scores = _leave_one_out(problem, labels, method, prior, steps, seed, torch_device, ctx, cross_entropy)
         seconds["leave_one_out"] = time.perf_counter() - start
-    notes = list(getattr(getattr(backbone, "prepared", None), "notes", []))
+    notes = [*getattr(getattr(backbone, "prepared", None), "notes", []), *notes]
     if len(problem.planes) < len(support.planes):
         notes.append("slices outside the region with image data were not used (the answer there is background).")
     if prior and not problem.query:
@@ -465,8 +484,7 @@ def fit(
         history=history,
         class_names=backbone.class_names(problem.classes),
         settings={
-            "method": method, "prior": prior, "steps": steps, "seed": seed, "largest_component": largest_component,
-            "cross_entropy": cross_entropy,
+            **key_settings, "warm_start": init is not None,
             "base_model": backbone.base_name, "base_sha256": backbone.base_sha256,
             "backbone": "segmentation" if isinstance(backbone, SegBackbone) else "promptable",
             "channels": backbone.channels, "spatial_dims": backbone.spatial_dims,
@@ -476,4 +494,5 @@ def fit(
         seconds=seconds,
         reused_classes=reused,
         notes=notes,
+        warm_key=key,
     )
