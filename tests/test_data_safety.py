@@ -218,3 +218,32 @@ def test_raw_files_opened_together_overlay_in_scanner_space(plugin_viewer, notif
     widget.run()
     message = notifications.take("Prepare scans first")
     assert "affine" not in message and "different grids" in message and widget.handle is None
+
+
+def test_a_painted_few_shot_result_never_becomes_flair_in_any_dock(plugin_viewer, case_folder, model, open_plugin_dock,
+                                                                   qtbot):
+    viewer = plugin_viewer(case_folder)
+    names = ("Segment volume", "Test-time adaptation", "Few-shot adapter", "Prototype explanations")
+    docks = {name: open_plugin_dock(viewer, name) for name in names}
+    for widget in docks.values():
+        widget.model_combo.setCurrentIndex(widget.model_combo.findText(model.name))
+        assert widget.inputs.input_mapping()["flair"] == "flair"
+    viewer.layers.selection.active = viewer.layers["flair"]
+    painted = viewer.add_labels(np.zeros(viewer.layers["flair"].data.shape, np.uint8), name="flair - Labels")
+    reference = viewer.layers["seg_fusion"].data
+    for z in (6, 12, 18):
+        painted.data[z] = (reference[z] > 0).astype(np.uint8)
+    fewshot = docks["Few-shot adapter"]
+    fewshot.labels_combo.setCurrentText("flair - Labels")
+    fewshot.steps_spin.setValue(10)
+    for _refit in range(2):  # and again on a refit
+        fewshot.adapt()
+        qtbot.waitUntil(lambda: not fewshot.busy, timeout=120000)
+        assert fewshot.result is not None
+        for name, widget in docks.items():
+            assert widget.inputs.input_mapping()["flair"] == "flair", name
+            box = widget.inputs.modality_boxes["flair"]
+            offered = [box.itemText(i) for i in range(box.count())]
+            assert not [text for text in offered if "probability" in text], name
+    results = [layer.name for layer in viewer.layers if layer.metadata.get("medadapt", {}).get("role") == "result"]
+    assert results and not [name for name in results if "flair" in name.lower()]

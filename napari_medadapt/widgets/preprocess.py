@@ -29,6 +29,7 @@ from napari_medadapt.core.errors import MedAdaptError, VolumeError
 from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._layers import (
     check_volume_layer,
+    is_result_layer,
     labels_layer_kwargs,
     layer_geometry,
     layer_modality,
@@ -106,7 +107,8 @@ class PrepareScansWidget(JobDock):
         ticked = {self.sequence_list.item(i).text(): self.sequence_list.item(i).checkState()
                   for i in range(self.sequence_list.count())}  # fmt: skip
         names = [layer.name for layer in self.viewer.layers
-                 if isinstance(layer, Image) and not layer.name.endswith(PREPARED_SUFFIX)]  # fmt: skip
+                 if isinstance(layer, Image) and not layer.name.endswith(PREPARED_SUFFIX)
+                 and not is_result_layer(layer)]  # fmt: skip
         by_modality = {layer_modality(self.viewer.layers[n]): n for n in names}
         self.sequence_list.clear()
         for name in names:
