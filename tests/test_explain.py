@@ -235,3 +235,41 @@ def test_plane_heatmaps_on_a_resampled_input_match_the_volume_ones(glioma):
     plane, volume_maps = ex.heatmaps([26], planes=[3]), ex.heatmaps([26])
     assert plane.shape == (1, 8, 120, 120)
     np.testing.assert_allclose(plane[0, 3].astype(np.float32), volume_maps[0, 3].astype(np.float32), atol=2e-3)
+
+
+def test_focus_keeps_a_margin_in_millimetres_and_localisation_reads_volume_and_plane():
+    from napari_medadapt.core.explain.localisation import focus_mask, focus_text, localisation
+
+    obj = np.zeros((9, 21, 21), bool)
+    obj[4, 10, 10] = True
+    focus = focus_mask(obj, (3.0, 1.0, 1.0), margin_mm=5.0)  # 3 mm planes: one plane each side, 5 voxels in-plane
+    assert focus[3:6, 10, 10].all() and not focus[2, 10, 10] and not focus[6, 10, 10]
+    assert focus[4, 10, 5] and not focus[4, 10, 4] and focus[4].sum() == (np.hypot(*np.mgrid[-10:11, -10:11]) <= 5).sum()
+    assert focus_text("label region") == "inside the label region + 5 mm"
+    heat = np.zeros(obj.shape, np.float32)
+    heat[4, 9:12, 9:12] = 1.0  # fires on the object's plane around it...
+    heat[0, 0:6, 0:6] = 1.0  # ...and on look-alike tissue far away
+    tumour = np.zeros(obj.shape, bool)
+    tumour[4, 9:12, 9:12] = True
+    raw, kept = localisation(heat, tumour), localisation(heat * focus_mask(tumour, (3.0, 1.0, 1.0)), tumour)
+    assert raw["plane_index"] == 4 and raw["plane"] == 1.0 and raw["volume"] == pytest.approx(9 / 45)
+    assert kept["volume"] == 1.0 and kept["marked_volume"] == 9
+
+
+def test_whole_volume_heatmaps_are_kept_to_the_explained_object(glioma):
+    from napari_medadapt.core.explain.workspace import ExplainWorkspace
+    from napari_medadapt.core.session import ModelSession
+
+    volume, labels = phantom_volume()
+    workspace = ExplainWorkspace(ModelSession())
+    zyx = np.argwhere(labels == 2)[len(np.argwhere(labels == 2)) // 2]
+    result = workspace.explain("glioma2d", volume, "voxel", zyx=zyx, top_k=2)
+    out = workspace.volume_heatmaps(result)
+    assert out.heatmaps.shape == (2, *labels.shape) and out.focus[tuple(zyx)] and out.focus.sum() < out.focus.size / 4
+    assert out.focus_text == "inside the predicted region at the point + 5 mm"
+    assert (out.heatmaps[:, ~out.focus] > 0).any()  # the heatmaps stay whole: the dock restricts what it shows
+    background = workspace.explain("glioma2d", volume, "voxel", zyx=(0, 0, 0), top_k=2)
+    assert workspace.volume_heatmaps(background).focus is None  # nothing predicted there: no region to keep to
+    region = workspace.explain("glioma2d", volume, "label region", region=labels == 2, top_k=2)
+    kept = workspace.volume_heatmaps(region)
+    assert kept.focus_text == "inside the label region + 5 mm" and kept.focus[labels == 2].all()

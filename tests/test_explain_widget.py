@@ -8,7 +8,11 @@ import pytest
 from test_cli_explain import case  # noqa: F401 (fixture)
 from test_explain import labelled_cases, tiny_card  # noqa: F401 (fixture)
 
-from napari_medadapt.widgets.explain import EVIDENCE_LAYER, POINT_LAYER, heatmap_layer_name
+from napari_medadapt.core.explain.bank import source_text
+from napari_medadapt.core.volume import canonical_modality
+from napari_medadapt.widgets._layers import image_layers_by_modality, is_result_layer
+from napari_medadapt.widgets.explain import EVIDENCE_LAYER, POINT_LAYER, UNRESTRICTED, heatmap_layer_name
+from napari_medadapt.widgets.explain_table import SOURCE_COLUMN, SOURCE_MIN_WIDTH
 
 DOCK = "Prototype explanations"
 
@@ -43,17 +47,25 @@ def test_explain_voxel_region_forget_source_and_report(dock, qtbot, tmp_path, no
     first = widget.result.explanation.matches[0]
     assert widget.table.item(0, 1).text() == f"#{first.id}" and widget.table.item(0, 2).text() == first.class_name
     assert widget.similar_label.text().startswith("Similar training slices: ") and " plane " in widget.similar_label.text()
-    heat = viewer.layers[heatmap_layer_name(first.id)]  # the selected row's heatmap, current plane first
+    heat = viewer.layers[heatmap_layer_name(first.id, f"plane {zyx[0]}")]  # the selected row's heatmap, this plane first
     assert heat.data[zyx[0]].max() > 0.5 and not heat.data[(zyx[0] + 1) % 8].any()
 
     widget.volume_heatmaps()
     _wait(widget, qtbot)
-    assert viewer.layers[heatmap_layer_name(first.id)].data[(zyx[0] + 1) % 8].any()
+    focus, view = widget.result.focus, "inside the predicted region at the point + 5 mm"
+    heat = viewer.layers[heatmap_layer_name(first.id, view)]  # the honest view, and its name says what it shows
+    assert focus[tuple(zyx)] and focus.sum() < focus.size / 2 and heat.data[(zyx[0] + 1) % 8].any()
+    assert not np.asarray(heat.data)[~focus].any() and view in widget.status.text()
+    widget.focus_check.setChecked(False)  # the unrestricted heatmap, one click away
+    heat = viewer.layers[heatmap_layer_name(first.id, UNRESTRICTED)]
+    assert np.asarray(heat.data)[~focus].any() and "unrestricted" in widget.status.text()
+    widget.focus_check.setChecked(True)
+    assert heatmap_layer_name(first.id, view) in viewer.layers
 
     widget.target_combo.setCurrentText("predicted region")
     widget.explain()
     _wait(widget, qtbot)
-    evidence = np.asarray(viewer.layers[EVIDENCE_LAYER].data, np.float32)
+    (evidence,) = [np.asarray(layer.data, np.float32) for layer in viewer.layers if layer.name.startswith(EVIDENCE_LAYER)]
     assert evidence[labels > 0].mean() > evidence[labels == 0].mean()
     assert widget.result.explanation.target["description"] == "predicted region at the point"
 
@@ -82,6 +94,7 @@ def test_explain_voxel_region_forget_source_and_report(dock, qtbot, tmp_path, no
     (report,) = (tmp_path / "report").iterdir()  # a new sub-folder, never among the case's files
     assert report.name.startswith("explanation_") and (report / "report.html").is_file() and (report / "explanation.json").is_file()
     assert "Report written" in widget.status.text()
+    _check_result_layers(viewer)
 
 
 def test_model_without_bank_offers_to_build_one(case, plugin_viewer, open_plugin_dock, register_tiny_model, labelled_cases, qtbot, notifications):  # noqa: F811
@@ -103,3 +116,60 @@ def test_model_without_bank_offers_to_build_one(case, plugin_viewer, open_plugin
     widget.load_bank(find_bank(load_model("glioma2d")).path)  # another model's bank: refused, the current one stays
     assert "built for the model 'glioma2d'" in widget.bank_label.text()
     assert widget.explain_button.isEnabled() and widget.bank.space == "decoder" and widget.bank_path.name == "tiny.prototypes.json"
+
+
+def test_table_shows_the_whole_source_and_heatmaps_show_on_the_image(dock, qtbot, tmp_path):
+    """The source column is readable (elided in the middle, whole in the tooltip, a minimum width, in view) and a
+    heatmap is transparent where the prototype does not fire, coloured over the gray image where it does."""
+    from qtpy.QtCore import Qt
+
+    viewer, widget, labels = dock
+    widget.target_combo.setCurrentText("label region")
+    widget.labels_combo.setCurrentText("seg")
+    widget.explain()
+    _wait(widget, qtbot)
+    table = widget.table
+    viewer.window.show()
+    qtbot.waitUntil(lambda: table.isVisible(), timeout=10000)
+    qtbot.wait(300)  # the dock's layout follows the table's width
+    assert widget.viewport().width() >= table.width()  # the table, its source column included, fits in the dock
+    assert table.textElideMode() == Qt.TextElideMode.ElideMiddle and table.columnWidth(SOURCE_COLUMN) >= SOURCE_MIN_WIDTH
+    for row, match in enumerate(widget.result.explanation.matches):
+        assert source_text(match.source) in table.item(row, SOURCE_COLUMN).toolTip()
+        assert f"plane {match.source['plane']}" in table.item(row, SOURCE_COLUMN).text()
+    start = table.columnViewportPosition(SOURCE_COLUMN)  # the source column starts inside the visible table
+    assert 0 <= start and start + SOURCE_MIN_WIDTH <= table.viewport().width() + 1
+    first = widget.result.explanation.matches[0].id
+    plane = widget.result.plane
+    heat = viewer.layers[heatmap_layer_name(first, f"plane {plane}")]
+    colors = heat.colormap.map(np.array([0.0, 1.0]))
+    assert colors[0, 3] == 0 and colors[1, 3] == 1 and heat.blending == "translucent" and heat.opacity >= 0.8
+    viewer.dims.set_point(0, float(viewer.layers["flair"].data_to_world([plane, 0, 0])[0]))
+    for layer in viewer.layers:  # the gray image and the heatmap only
+        layer.visible = layer.name in ("flair", heat.name)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    heat.visible = False
+    plain = viewer.screenshot(canvas_only=True, flash=False)
+    coloured = (shot[..., 0].astype(int) - shot[..., 2]) > 60
+    assert coloured.sum() > 20 and not ((plain[..., 0].astype(int) - plain[..., 2]) > 60).any()
+    _check_result_layers(viewer)
+
+
+def _check_result_layers(viewer) -> None:
+    """Every layer the dock added is marked as a result (never a model input) and has no modality in its name."""
+    ours = [layer for layer in viewer.layers if layer.name.startswith(("prototype #", EVIDENCE_LAYER, "prediction without", "changed by"))]
+    assert ours and all(is_result_layer(layer) and canonical_modality(layer.name) is None for layer in ours)
+    assert {layer.name for layer in image_layers_by_modality(viewer).values()} <= {"t1", "t1c", "t2", "flair"}
+
+
+def test_dock_layers_tell_prototype_ids_apart():
+    from types import SimpleNamespace
+
+    from napari_medadapt.widgets.explain_table import DOCK, dock_layers
+
+    def layer(part: str, dock: str = DOCK) -> SimpleNamespace:
+        return SimpleNamespace(name=part, metadata={"medadapt": {"role": "result", "dock": dock, "part": part}})
+
+    viewer = SimpleNamespace(layers=[layer("heatmap #1"), layer("heatmap #12"), layer("evidence"), layer("heatmap #1", "other")])
+    assert [x.name for x in dock_layers(viewer, "heatmap #1")] == ["heatmap #1"]
+    assert [x.name for x in dock_layers(viewer, "heatmap #")] == ["heatmap #1", "heatmap #12"]

@@ -3,7 +3,8 @@
 Choose the model and its inputs, place a point (or pick a label region), Explain: the table lists the top
 prototypes (thumbnail of each source patch, class, cosine similarity, share of the class score, source case and
 plane); the selected prototypes' heatmaps appear as layers (the current plane at once, the whole volume on
-demand), with a combined evidence map for a region. "Open source slice" shows the training slice beside the
+demand: inside the explained region and a margin, which the layer names say, or unrestricted), with a combined
+evidence map for a region. "Open source slice" shows the training slice beside the
 volume with the patch outlined; "Forget" predicts again with the selected prototypes weighted 0 (nothing
 retrained) and shows what changes; "Export report" writes PNG + HTML + NIfTI heatmaps. A model without a bank
 gets "Build bank...": k-means of its decoder features over a folder of labelled cases. Computing is in
@@ -17,10 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.notifications import show_info
-from qtpy.QtCore import QSize, Qt
-from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
-    QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -30,36 +29,27 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
 )
 
 from napari_medadapt.core.errors import MedAdaptError, PromptError
 from napari_medadapt.core.explain.bank import source_text
+from napari_medadapt.core.explain.localisation import FOCUS_MARGIN_MM
 from napari_medadapt.core.explain.workspace import TARGETS, ExplainWorkspace, source_image
 from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._keypoints import grid_kwargs, read_points
+from napari_medadapt.widgets._layers import mark_result
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel
+from napari_medadapt.widgets.explain_table import DOCK, PrototypeTable, dock_layers, heat_kwargs
+from napari_medadapt.widgets.explain_table import heatmap_layer_name as heatmap_layer_name
 
 if TYPE_CHECKING:
-    from napari_medadapt.core.explain.workspace import ExplainResult, ForgetResult
+    from napari_medadapt.core.explain.workspace import ExplainResult, ForgetResult, VolumeHeatmaps
 
 POINT_LAYER = "explain point"
 EVIDENCE_LAYER = "evidence"
 FORGOTTEN_LAYER = "prediction without forgotten prototypes"
 CHANGED_LAYER = "changed by forgetting"
-HEADERS = ("", "prototype", "class", "similarity", "share", "source")
-
-
-def heatmap_layer_name(pid: int) -> str:
-    """Name of prototype ``pid``'s heatmap layer."""
-    return f"prototype #{pid} heatmap"
-
-
-def _pixmap(rgb: np.ndarray) -> QPixmap:
-    rgb = np.ascontiguousarray(rgb)
-    image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1], QImage.Format.Format_RGB888)
-    return QPixmap.fromImage(image.copy())
+UNRESTRICTED = "whole volume, unrestricted"
 
 
 class ExplainWidget(JobDock):
@@ -111,19 +101,16 @@ class ExplainWidget(JobDock):
         layout.addWidget(self.job_panel)
         layout.addWidget(self.status)
 
-        self.table = QTableWidget(0, len(HEADERS))
-        self.table.setHorizontalHeaderLabels(HEADERS)
-        self.table.horizontalHeaderItem(3).setToolTip("Cosine similarity of the target's features to the prototype (1: identical)")
-        self.table.horizontalHeaderItem(4).setToolTip(
-            "Share of the predicted class's score this prototype carries ('-': a prototype of another class)"
-        )
-        self.table.horizontalHeaderItem(5).setToolTip("The training patch the prototype stands for; 'synthetic phantom': a simulated brain, not a patient")
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setIconSize(QSize(64, 64))
-        self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(240)
+        self.table = PrototypeTable()
         layout.addWidget(self.table)
+        self.focus_check = QCheckBox(f"Whole volume: only inside the explained region (+ {FOCUS_MARGIN_MM:g} mm)")
+        self.focus_check.setChecked(True)
+        self.focus_check.setToolTip(
+            "Over the whole volume a prototype also fires on tissue far from the explained object that merely looks "
+            "alike; checked, the whole-volume heatmaps are shown inside the region explained (or the predicted "
+            "region at the point) and a margin only. Uncheck to see them everywhere."
+        )
+        layout.addWidget(self.focus_check)
         actions = QGridLayout()
         self.volume_button = QPushButton("Heatmaps: whole volume")
         self.source_button = QPushButton("Open source slice")
@@ -146,6 +133,7 @@ class ExplainWidget(JobDock):
         self.point_button.clicked.connect(self.place_point)
         self.explain_button.clicked.connect(self.explain)
         self.table.itemSelectionChanged.connect(self._show_selected)
+        self.focus_check.toggled.connect(self._show_focus)
         self.volume_button.clicked.connect(self.volume_heatmaps)
         self.source_button.clicked.connect(self.open_source)
         self.forget_button.clicked.connect(lambda: self.forget(self.selected_ids()))
@@ -303,37 +291,22 @@ class ExplainWidget(JobDock):
         )
 
     def _show_result(self, result: ExplainResult) -> None:
-        from napari_medadapt.core.explain.report import thumbnail
-
         self.result = result
         explanation = result.explanation
-        self.table.setRowCount(0)
-        for match in explanation.matches:
-            row = self.table.rowCount()
-            self.table.insertRow(row)
-            icon = QTableWidgetItem()
-            icon.setIcon(QIcon(_pixmap(thumbnail(result.bank, match.id, zoom=2))))
-            share = "-" if match.share is None else f"{match.share:.0%}"
-            cells = [icon, f"#{match.id}" + (" (forgotten)" if match.id in self.workspace.forgotten else ""), match.class_name,
-                     f"{match.similarity:.3f}", share, source_text(match.source)]
-            for column, cell in enumerate(cells):
-                item = cell if isinstance(cell, QTableWidgetItem) else QTableWidgetItem(cell)
-                item.setData(Qt.ItemDataRole.UserRole, match.id)
-                self.table.setItem(row, column, item)
-            self.table.setRowHeight(row, 68)
-        self.table.resizeColumnsToContents()
+        self.table.show_matches(explanation.matches, result.bank, self.workspace.forgotten)
+        self.updateGeometry()  # the dock follows the table's minimum width (a readable source column)
         self.similar_label.setText("Similar training slices: " + "; ".join(
             f"{source_text(p)} ({p['similarity']:.3f}; labels "
             f"{', '.join(p.get('label_voxels', {})) or 'none'})" for p in explanation.similar_planes
         ))
-        listed = {heatmap_layer_name(m.id) for m in explanation.matches}
-        for layer in [layer for layer in self.viewer.layers if layer.name.endswith(" heatmap") and layer.name.startswith("prototype #")]:
-            if layer.name not in listed:  # heatmaps of an earlier explanation
-                self.viewer.layers.remove(layer)
+        listed = {f"heatmap #{m.id}" for m in explanation.matches}
+        for layer in dock_layers(self.viewer, "heatmap #"):
+            if layer.metadata["medadapt"]["part"] not in listed:  # heatmaps of an earlier explanation
+                self.viewer.layers.remove(layer.name)
         if result.evidence is not None:
-            self._set_image(EVIDENCE_LAYER, result.evidence, "magma")
-        elif EVIDENCE_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(EVIDENCE_LAYER)
+            self._set_image(f"{EVIDENCE_LAYER} ({self._view()})", "evidence", result.evidence)
+        else:
+            self._remove_results("evidence")
         self.table.selectRow(0)
         image = self._image()
         self.viewer.dims.set_point(0, float(image.data_to_world([result.plane, 0, 0])[0]))  # where the heatmaps are
@@ -347,33 +320,55 @@ class ExplainWidget(JobDock):
 
     def selected_ids(self) -> list[int]:
         """Prototype ids of the selected table rows."""
-        rows = sorted({index.row() for index in self.table.selectedIndexes()})
-        return [int(self.table.item(row, 1).data(Qt.ItemDataRole.UserRole)) for row in rows]
+        return self.table.selected_ids()
 
-    def _set_image(self, name: str, data: np.ndarray, colormap: str) -> None:
-        scale = self._volume.geometry.spacing
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = data
+    @property
+    def _model_name(self) -> str:
+        return self.result.explanation.model if self.result is not None else self.inputs.model_ref
+
+    def _remove_results(self, part: str) -> None:
+        for layer in dock_layers(self.viewer, part):
+            self.viewer.layers.remove(layer.name)
+
+    def _set_image(self, name: str, part: str, data: np.ndarray) -> None:
+        """Show ``data`` as this dock's heatmap-style layer ``part`` (renamed to ``name`` when it exists)."""
+        found = dock_layers(self.viewer, part)
+        if found:
+            found[0].data, found[0].name = data, name
             return
-        self.viewer.add_image(data, name=name, scale=scale, colormap=colormap, contrast_limits=(0.0, 1.0), opacity=0.6, blending="additive")
+        self.viewer.add_image(data, **heat_kwargs(name, self._volume.geometry.spacing, self._model_name, part))
+
+    def _view(self) -> str:
+        """What the heatmap layers show now (their names say it)."""
+        result = self.result
+        if not result.whole_volume:
+            return f"plane {result.plane}"
+        return result.focus_text if self.focus_check.isChecked() and result.focus is not None else UNRESTRICTED
+
+    def _shown(self, heat: np.ndarray) -> np.ndarray:
+        """A heatmap as shown: inside the focus region when the whole-volume view is restricted."""
+        result = self.result
+        if result.whole_volume and self.focus_check.isChecked() and result.focus is not None:
+            return heat * result.focus.astype(heat.dtype)
+        return heat
 
     def _show_selected(self) -> None:
         if self.result is None:
             return
         ids = [m.id for m in self.result.explanation.matches]
-        selected = set(self.selected_ids())
+        selected, view = set(self.selected_ids()), self._view()
         for pid, heat in zip(ids, self.result.heatmaps, strict=True):
-            name = heatmap_layer_name(pid)
             if pid in selected:
-                self._set_image(name, heat, "inferno")
-            elif name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+                self._set_image(heatmap_layer_name(pid, view), f"heatmap #{pid}", self._shown(heat))
+            else:
+                self._remove_results(f"heatmap #{pid}")
         self._refresh_actions()
 
     def _refresh_actions(self) -> None:
         ready = self.result is not None and not self.busy
         chosen = ready and bool(self.table.selectedIndexes())
         self.volume_button.setEnabled(ready)
+        self.focus_check.setEnabled(ready and self.result.whole_volume and self.result.focus is not None)
         self.export_button.setEnabled(ready)
         self.source_button.setEnabled(chosen)
         head = self.bank is not None and self.bank.space == "head"
@@ -386,17 +381,34 @@ class ExplainWidget(JobDock):
         if self.result is None or self.busy:
             return
         self.run_job(
-            self.workspace.volume_heatmaps, self.result.explanation, description="Prototype heatmaps (volume)",
+            self.workspace.volume_heatmaps, self.result, description="Prototype heatmaps (volume)",
             on_result=self._show_volume_heatmaps, disable=(self.volume_button, self.explain_button),
         )
 
-    def _show_volume_heatmaps(self, heatmaps: np.ndarray) -> None:
-        self.result.heatmaps, self.result.whole_volume = heatmaps, True
-        if self.result.evidence is not None:
-            self.result.evidence = self.workspace.evidence(self.result.explanation, heatmaps)
-            self._set_image(EVIDENCE_LAYER, self.result.evidence, "magma")
+    def _show_volume_heatmaps(self, out: VolumeHeatmaps) -> None:
+        result = self.result
+        result.heatmaps, result.whole_volume, result.focus, result.focus_text = out.heatmaps, True, out.focus, out.focus_text
+        self._show_focus()
+
+    def _show_focus(self, *_: Any) -> None:
+        """Show the whole-volume heatmaps (and the evidence) as the focus checkbox says, and say what is shown."""
+        result = self.result
+        if result is None or not result.whole_volume:
+            return
+        view = self._view()
+        if result.evidence is not None:
+            result.evidence = self.workspace.evidence(result.explanation, result.heatmaps)
+            self._set_image(f"{EVIDENCE_LAYER} ({view})", "evidence", self._shown(result.evidence))
         self._show_selected()
-        self.status.setText("Heatmaps computed for the whole volume.")
+        if result.focus is None:
+            why = " (the point is predicted background: there is no predicted region to keep them to)"
+            self.status.setText(f"Heatmaps over the whole volume, unrestricted{why if result.region is None else ''}.")
+        elif view == UNRESTRICTED:
+            self.status.setText("Heatmaps over the whole volume, unrestricted: they also mark look-alike tissue far "
+                                "from the explained region.")
+        else:
+            self.status.setText(f"Heatmaps over the whole volume, shown {view} only; uncheck "
+                                f"'{self.focus_check.text()}' to see them everywhere.")
 
     def open_source(self) -> None:
         """Show the selected prototype's training slice beside the volume, its patch outlined."""
@@ -414,18 +426,18 @@ class ExplainWidget(JobDock):
         width = self._volume.geometry.display_shape[2]
         offset = (width + 20) * spacing[2]
         name = f"prototype #{pid} source" if message is None else f"prototype #{pid} stored patch"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        self.viewer.add_image(plane, name=name, scale=spacing[1:], translate=(0.0, offset), colormap="gray")
+        self._remove_results(f"source #{pid}")
+        kwargs = {"name": name, "scale": spacing[1:], "translate": (0.0, offset), "colormap": "gray"}
+        self.viewer.add_image(plane, **mark_result(kwargs, DOCK, self._model_name, f"source #{pid}"))
         bank = self.result.bank
         entry = bank.entry(pid)["source"]
         half = bank.card["patch_size"] / 2
         y, x = (entry["y"], entry["x"]) if message is None else (half, half)
         corners = np.array([[y - half, x - half], [y + half, x + half]]) * np.asarray(spacing[1:]) + [0.0, offset]
-        outline = f"prototype #{pid} patch"
-        if outline in self.viewer.layers:
-            self.viewer.layers.remove(outline)
-        self.viewer.add_shapes([corners], shape_type="rectangle", name=outline, edge_color="orange", face_color="transparent", edge_width=1.5)
+        self._remove_results(f"patch #{pid}")
+        kwargs = {"name": f"prototype #{pid} patch", "shape_type": "rectangle", "edge_color": "orange",
+                  "face_color": "transparent", "edge_width": 1.5}  # fmt: skip
+        self.viewer.add_shapes([corners], **mark_result(kwargs, DOCK, self._model_name, f"patch #{pid}"))
         self.viewer.reset_view()  # the volume and the source slice beside it, both in view
         self.status.setText(message or f"Source of prototype {bank.describe(pid)}: shown right of the volume.")
 
@@ -440,30 +452,23 @@ class ExplainWidget(JobDock):
 
     def _show_forget(self, result: ForgetResult) -> None:
         from napari_medadapt.core.metrics import label_volumes_ml
-        from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs
+        from napari_medadapt.widgets._layers import class_names_of, labels_layer_kwargs, place_result
 
         changed_mask = result.after != result.before
         changed = int(changed_mask.sum())
-        for row in range(self.table.rowCount()):  # mark the forgotten prototypes in the table
-            item = self.table.item(row, 1)
-            pid = int(item.data(Qt.ItemDataRole.UserRole))
-            item.setText(f"#{pid}" + (" (forgotten)" if pid in result.forgotten else ""))
-        layers = (FORGOTTEN_LAYER, CHANGED_LAYER)
+        self.table.mark_forgotten(result.forgotten)
         if not result.forgotten:  # restored: the model's own prediction again, nothing to compare
-            for name in layers:
-                if name in self.viewer.layers:
-                    self.viewer.layers.remove(name)
+            self._remove_results("forgotten")
+            self._remove_results("changed")
             self.status.setText("Every prototype restored: the prediction is the model's own again.")
             show_info(self.status.text())
             return
         spacing = self._volume.geometry.spacing
         kwargs = labels_layer_kwargs(self._volume.geometry, name=FORGOTTEN_LAYER, class_names=class_names_of(self.inputs.card))
-        for name, data, options in ((FORGOTTEN_LAYER, result.after, kwargs),
-                                    (CHANGED_LAYER, changed_mask.astype(np.uint8), {"name": CHANGED_LAYER, "scale": spacing})):
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = data
-            else:
-                self.viewer.add_labels(data, opacity=0.7 if name == CHANGED_LAYER else 0.4, **options)
+        model = self._model_name
+        place_result(self.viewer, "labels", result.after, mark_result({**kwargs, "opacity": 0.4}, DOCK, model, "forgotten"))
+        changed_kwargs = {"name": CHANGED_LAYER, "scale": spacing, "opacity": 0.7}
+        place_result(self.viewer, "labels", changed_mask.astype(np.uint8), mark_result(changed_kwargs, DOCK, model, "changed"))
         before = sum(label_volumes_ml(result.before, spacing).values())
         after = sum(label_volumes_ml(result.after, spacing).values())
         if result.variant is not None:

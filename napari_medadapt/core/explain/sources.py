@@ -30,6 +30,23 @@ def _case_folder(source: dict[str, Any]) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
+def _phantom_plane(source: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom's training plane, rebuilt from its seed (the phantom anatomy comes with nilearn, a dependency)."""
+    try:
+        from ..synth.training_data import phantom_planes
+
+        images, labels = phantom_planes(int(source["phantom_seed"]), int(source.get("slices_per_phantom", 8)))
+    except ModuleNotFoundError as err:  # an install without its dependencies (pip --no-deps): say what is missing
+        if err.name is None or err.name.partition(".")[0] != "nilearn":
+            raise
+        raise SourceUnavailable(
+            f"the synthetic training slice of this prototype ({source['case']}) is rebuilt from the MNI152 anatomy "
+            "shipped with nilearn, which is not installed; only its stored patch can be shown. Install it with: "
+            "pip install nilearn"
+        ) from err
+    return images[int(source["plane"])].astype(np.float32), labels[int(source["plane"])]
+
+
 def source_plane(source: dict[str, Any], modalities: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The normalised source plane ``(C, Y, X)`` (channels in ``modalities`` order, zeros for one the case lacks)
     and its reference labels ``(Y, X)``.
@@ -40,10 +57,7 @@ def source_plane(source: dict[str, Any], modalities: list[str]) -> tuple[np.ndar
         The case folder is missing (the message names it and says the stored patch is shown instead).
     """
     if "phantom_seed" in source:
-        from ..synth.training_data import phantom_planes
-
-        images, labels = phantom_planes(int(source["phantom_seed"]), int(source.get("slices_per_phantom", 8)))
-        return images[int(source["plane"])].astype(np.float32), labels[int(source["plane"])]
+        return _phantom_plane(source)
     folder = _case_folder(source)
     if folder is None:
         raise SourceUnavailable(

@@ -36,6 +36,19 @@ class ExplainResult:
     region: np.ndarray | None
     prediction: np.ndarray | None
     whole_volume: bool = False  # the heatmaps cover every plane (not only ``plane``)
+    focus: np.ndarray | None = None  # the whole-volume view's region: the explained object + a margin
+    focus_text: str | None = None  # what that region is, e.g. "inside the predicted region + 5 mm"
+
+
+@dataclass
+class VolumeHeatmaps:
+    """Heatmaps over the whole volume (unrestricted, float16 (n, Z, Y, X)) and the region of the honest view:
+    the explained object grown by a margin (``None`` when the target is a voxel predicted background), with
+    ``focus_text`` saying what it is."""
+
+    heatmaps: np.ndarray
+    focus: np.ndarray | None
+    focus_text: str | None
 
 
 @dataclass
@@ -62,6 +75,7 @@ class ExplainWorkspace:
         self._key: tuple | None = None
         self._explainer: Explainer | None = None
         self._prediction: np.ndarray | None = None
+        self._spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     def explainer(self, model_ref: str, volume: Volume, bank: str | Path | None = None) -> Explainer:
         """The explainer of ``model_ref`` on ``volume`` with ``bank`` (the model's own by default), reused."""
@@ -73,6 +87,7 @@ class ExplainWorkspace:
             model = self.session.model(model_ref)
             explainer = Explainer(model, resolve_bank(model, bank), prepare_model_input(model, volume), device=None)
             self._key, self._explainer, self._prediction = key, explainer, None
+            self._spacing = tuple(float(s) for s in volume.geometry.spacing)
         return self._explainer
 
     @property
@@ -132,16 +147,32 @@ class ExplainWorkspace:
         evidence = None if region is None else explainer.evidence(explanation, heatmaps)
         return ExplainResult(explanation, explainer.bank, plane, heatmaps, evidence, region, prediction)
 
-    def volume_heatmaps(self, explanation: Explanation, ctx: JobContext | None = None) -> np.ndarray:
-        """Heatmaps of ``explanation``'s matches over the whole volume (with progress)."""
-        return self._explainer.heatmaps([m.id for m in explanation.matches], ctx=ctx)
+    def volume_heatmaps(self, result: ExplainResult, ctx: JobContext | None = None) -> VolumeHeatmaps:
+        """Heatmaps of ``result``'s matches over the whole volume (with progress), and the region of the honest
+        view (:func:`~napari_medadapt.core.explain.localisation.focus_mask` of the explained object: the region,
+        or the predicted region at an explained voxel)."""
+        from .localisation import focus_mask, focus_text
+
+        heatmaps = self._explainer.heatmaps([m.id for m in result.explanation.matches], ctx=ctx)
+        target = result.explanation.target
+        obj, what = None, None
+        if result.region is not None:
+            obj, what = result.region, target.get("description", "region").replace(" at the point", "")
+        elif target.get("kind") == "voxel":
+            prediction = self.prediction(self._explainer, ctx)
+            zyx = tuple(int(i) for i in target["zyx"])
+            if prediction[zyx] != 0:
+                obj, what = component_at(prediction, zyx), "predicted region at the point"
+        if obj is None:
+            return VolumeHeatmaps(heatmaps, None, None)
+        return VolumeHeatmaps(heatmaps, focus_mask(obj, self._spacing), focus_text(what))
 
     def export(self, result: ExplainResult, volume: Volume, image: np.ndarray, folder: Path, ctx: JobContext | None = None) -> Path:
         """Write ``result`` as a report into ``folder`` (heatmaps over the whole volume, computed unless they are);
         ``image`` (Z, Y, X) is shown under the heatmaps. Returns the HTML file."""
         from .report import write_explanation
 
-        heatmaps = result.heatmaps if result.whole_volume else self.volume_heatmaps(result.explanation, ctx=ctx)
+        heatmaps = result.heatmaps if result.whole_volume else self.volume_heatmaps(result, ctx=ctx).heatmaps
         evidence = None if result.region is None else self.evidence(result.explanation, heatmaps)
         written = write_explanation(
             folder, result.explanation, result.bank, heatmaps, volume.geometry, plane_image=image[result.plane],
