@@ -195,11 +195,11 @@ def test_tta_and_embed_methods(tmp_path, cohort, monkeypatch):
     assert all((e["computed"], e["cached"]) == (12, 0) for e in record["embedded"].values())
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4 * 12  # every modality, on disk
     from napari_medadapt.core.jobs import JobContext
-    from napari_medadapt.core.sam.session import ModelChoice, SamSession
+    from napari_medadapt.core.sam.workspace import ModelChoice, SamWorkspace
 
     viewer_layers = reader_layers(cases / "case0")  # what the reader opens: the dock starts from these limits
     flair = next(layer for layer in viewer_layers if layer[1]["name"] == "flair")
-    dock = SamSession()  # a new session, as the Segment Anything dock has: it finds them and stores nothing
+    dock = SamWorkspace()  # a new session, as the Segment Anything dock has: it finds them and stores nothing
     output = dock.precompute(ModelChoice("sam-small"), flair[0], tuple(flair[1]["contrast_limits"]), 0, ctx=JobContext())
     assert (output.value.computed, output.value.cached) == (0, 12)
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4 * 12

@@ -92,7 +92,7 @@ def _constant_head(model, label_index: int):
 
 
 def test_segment_with_test_time_adaptation_uses_the_adapted_model(case, tmp_path, capsys, monkeypatch):
-    from napari_medadapt.core.adapt.tta import segmentation_change_warning
+    from napari_medadapt.core.adapt.tta.methods import segmentation_change_warning
     from napari_medadapt.core.models import load_model, save_model
 
     # a source model that labels everything as class 2, so the whole-volume collapse check is deterministic
@@ -108,10 +108,10 @@ def test_segment_with_test_time_adaptation_uses_the_adapted_model(case, tmp_path
             shift_score_before=2.0, shift_score_after=1.0,
         )
 
-    module = types.ModuleType("napari_medadapt.core.adapt.tta")
+    module = types.ModuleType("napari_medadapt.core.adapt.tta.methods")
     module.adapt = adapt
     module.segmentation_change_warning = segmentation_change_warning
-    monkeypatch.setitem(sys.modules, "napari_medadapt.core.adapt.tta", module)
+    monkeypatch.setitem(sys.modules, "napari_medadapt.core.adapt.tta.methods", module)
     out = tmp_path / "adapted.nii.gz"
     args = ["segment", "--model", str(card_path), *images(case), "--out", str(out), "--tta", "tent"]
     assert main(args) == 0, capsys.readouterr().err

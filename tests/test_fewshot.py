@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medadapt.core.adapt.fewshot import METHODS, fit
-from napari_medadapt.core.adapt.fewshot_io import apply_adapter, load_adapter, read_adapter_card, save_adapter
-from napari_medadapt.core.adapt.fewshot_suggest import rank_slices
-from napari_medadapt.core.adapt.fewshot_support import expected_areas, find_support
-from napari_medadapt.core.adapt.fewshot_train import (
+from napari_medadapt.core.adapt.fewshot.fit import METHODS, fit
+from napari_medadapt.core.adapt.fewshot.io import apply_adapter, load_adapter, read_adapter_card, save_adapter
+from napari_medadapt.core.adapt.fewshot.suggest import rank_slices
+from napari_medadapt.core.adapt.fewshot.support import expected_areas, find_support
+from napari_medadapt.core.adapt.fewshot.train import (
     FewShotHead,
     dice_loss,
     marginal_log_probs,
@@ -189,8 +189,8 @@ def test_adapter_learns_the_structure_from_three_slices_and_leaves_the_source_un
 
 
 def test_refit_starts_from_the_previous_adapter_and_runs_fewer_steps(tiny_model, monkeypatch):
-    from napari_medadapt.core.adapt import fewshot as fewshot_module
-    from napari_medadapt.core.adapt.fewshot_warm import WARM_LR_SHARE, warm_steps
+    from napari_medadapt.core.adapt.fewshot import fit as fewshot_module
+    from napari_medadapt.core.adapt.fewshot.warm import WARM_LR_SHARE, warm_steps
 
     volume, labels = _blob_volume()
     session = ModelSession()

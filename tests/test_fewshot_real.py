@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from _data import REAL_DATA, needs_real_data
 
-from napari_medadapt.core.adapt.fewshot import fit
+from napari_medadapt.core.adapt.fewshot.fit import fit
 from napari_medadapt.core.metrics import dice
 
 pytestmark = [needs_real_data, pytest.mark.slow]

@@ -98,7 +98,7 @@ def _results(viewer) -> tuple[list, list]:
 def test_adapt_again_replaces_the_results_undoably_and_refits_from_the_previous_adapter(
     painted_viewer, open_plugin_dock, qtbot
 ):
-    from napari_medadapt.core.adapt.fewshot_warm import warm_steps
+    from napari_medadapt.core.adapt.fewshot.warm import warm_steps
 
     viewer, labels = painted_viewer
     widget = open_plugin_dock(viewer, DOCK)

@@ -56,8 +56,8 @@ def test_box_first_mask_and_propagation(plugin_viewer, open_plugin_dock, qtbot, 
     viewer.dims.set_point(0, z * image.scale[0])
     handle = dock._embed_displayed_slice()
     _wait(qtbot, handle)
-    window = dock.session.window(crop, dock._window_spec(image))
-    predictor = dock.session._predictor
+    window = dock.workspace.window(crop, dock._window_spec(image))
+    predictor = dock.workspace._predictor
     assert slice_key(crop[z], window, predictor.model.model_hash) in predictor.cache
 
     # the box gives the tumour on that slice

@@ -105,7 +105,7 @@ def test_prompts_outside_the_slice_are_clear_errors(model) -> None:
 
 
 def test_neighbour_slices_follow_the_scroll_direction() -> None:
-    from napari_medadapt.core.sam.session import neighbour_slices
+    from napari_medadapt.core.sam.workspace import neighbour_slices
 
     assert neighbour_slices(5, 20, 1) == [6, 7, 4]
     assert neighbour_slices(5, 20, -1) == [4, 3, 6]

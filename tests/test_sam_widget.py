@@ -58,7 +58,7 @@ def make_dock(untrained_model, open_plugin_dock):
         combo = dock.model_panel.model_combo
         combo.setCurrentIndex(combo.findData("sam-small"))
         if untrained_model is not None:
-            dock.session.use(dock.model_choice, SamPredictor(untrained_model))
+            dock.workspace.use(dock.model_choice, SamPredictor(untrained_model))
         return dock
 
     return make
@@ -249,7 +249,7 @@ def test_precompute_resumes_and_propagation_fills_neighbours_and_stops(plugin_vi
     _wait(qtbot, dock.precompute())  # resumes: nothing left to embed
     assert "0 computed, 24 already cached" in dock.status.text()
 
-    dock.session.use(dock.model_choice, BrightPredictor())
+    dock.workspace.use(dock.model_choice, BrightPredictor())
     dock.propagation_panel.mode_combo.setCurrentText("box")
     points, boxes = dock.ensure_prompt_layers()
     viewer.dims.set_point(0, 12)
@@ -374,7 +374,7 @@ def test_missing_checkpoint_and_gpu_fallback_messages(
 
     fallback = BrightPredictor()
     fallback.model = SimpleNamespace(fallback_reason="The GPU ran out of memory; continuing on the CPU.")
-    dock.session.use(dock.model_choice, fallback)
+    dock.workspace.use(dock.model_choice, fallback)
     points.add([12, 30, 30])
     _settle(qtbot, dock)
     notifications.take("The GPU ran out of memory; continuing on the CPU.", "warning")
@@ -397,8 +397,8 @@ def test_neighbours_are_embedded_after_a_pause_in_the_scroll_direction(plugin_vi
     qtbot.waitUntil(lambda: dock.prefetch.handle is not None, timeout=5_000)  # after the pause
     _wait(qtbot, dock.prefetch.handle)
     crop = flair[0]
-    predictor = dock.session._predictor
-    window = dock.session.window(crop, dock._window_spec(image))
+    predictor = dock.workspace._predictor
+    window = dock.workspace.window(crop, dock._window_spec(image))
     keys = {i: slice_key(crop[i], window, predictor.model.model_hash) for i in range(crop.shape[0])}
     assert all(keys[i] in predictor.cache for i in (10, 11, 12, 13))  # 12 and 13 ahead, 10 behind
     assert keys[14] not in predictor.cache and keys[9] not in predictor.cache

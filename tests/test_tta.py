@@ -11,15 +11,15 @@ import torch
 from _data import MISSING_REASON, REAL_DATA, needs_real_data
 from torch import nn
 
-from napari_medadapt.core.adapt.tta import adapt, require_batchnorm, resolve_blocks
-from napari_medadapt.core.adapt.tta_samples import network_inputs, select_slices
-from napari_medadapt.core.adapt.tta_score import (
+from napari_medadapt.core.adapt.tta.methods import adapt, require_batchnorm, resolve_blocks
+from napari_medadapt.core.adapt.tta.samples import network_inputs, select_slices
+from napari_medadapt.core.adapt.tta.score import (
     classify_shift,
     shift_score,
     shift_score_distribution,
     store_shift_distribution,
 )
-from napari_medadapt.core.adapt.tta_stats import (
+from napari_medadapt.core.adapt.tta.stats import (
     FeatureStatistics,
     ReferenceStatistics,
     batchnorm_layers,
@@ -329,7 +329,7 @@ def test_bench_summary_recovery_and_correlation():
 
 
 def test_drastic_foreground_change_is_flagged():
-    from napari_medadapt.core.adapt.tta import foreground_change_warning
+    from napari_medadapt.core.adapt.tta.methods import foreground_change_warning
 
     assert foreground_change_warning(1000, 900) is None
     assert foreground_change_warning(10, 0) is None  # too few voxels to judge
@@ -339,7 +339,7 @@ def test_drastic_foreground_change_is_flagged():
 
 
 def test_whole_volume_collapse_is_flagged():
-    from napari_medadapt.core.adapt.tta import segmentation_change_warning
+    from napari_medadapt.core.adapt.tta.methods import segmentation_change_warning
 
     before = np.zeros((4, 32, 32), np.uint8)
     before[1:3, 8:20, 8:20] = 2  # 288 tumour voxels

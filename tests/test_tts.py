@@ -1,4 +1,4 @@
-"""TTS keypoint feature muting: scoring, masks, hooks, per-slice logic, session, classification, CLI."""
+"""TTS keypoint feature muting: scoring, masks, hooks, per-slice logic (SliceTTS), classification, CLI."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import pytest
 import torch
 from _data import SAMPLE_CASE
 
-from napari_medadapt.core.adapt.tts import (
+from napari_medadapt.core.adapt.tts.classify import tts_classify
+from napari_medadapt.core.adapt.tts.engine import background_channels, keep_count
+from napari_medadapt.core.adapt.tts.run import (
     KeypointError,
     TTSWarning,
     lost_target_message,
     tts,
     validate_keypoints,
 )
-from napari_medadapt.core.adapt.tts_classify import tts_classify
-from napari_medadapt.core.adapt.tts_engine import background_channels, keep_count
-from napari_medadapt.core.adapt.tts_select import score_channels, select_channels
-from napari_medadapt.core.adapt.tts_session import TTSSession
+from napari_medadapt.core.adapt.tts.select import score_channels, select_channels
+from napari_medadapt.core.adapt.tts.slices import SliceTTS
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.models import build_model, default_architecture
 
@@ -176,20 +176,20 @@ def test_missing_tap_and_bad_settings(image):
         tts(model, image, [[2, 3, 3]], [[2, 9, 9]], alpha=1.5)
 
 
-def test_session_matches_tts_and_reuses_features(image):
+def test_slice_tts_matches_tts_and_reuses_features(image):
     model = tiny_model()
     pos, neg = [[2, 5, 5], [1, 3, 3]], [[2, 20, 20]]
     full = tts(model, image, pos, neg, keep_fraction=0.25)
-    session = TTSSession(model, image)
-    out = session.predict_slice(2, pos, neg, keep_fraction=0.25)
+    slice_tts = SliceTTS(model, image)
+    out = slice_tts.predict_slice(2, pos, neg, keep_fraction=0.25)
     np.testing.assert_allclose(out.probabilities, full.probabilities[:, 2], atol=1e-5)
     np.testing.assert_array_equal(out.selection.kept, full.selection_for_slice(2).kept)
-    assert session.cached_slices == [2]
-    empty = session.predict_slice(4, pos, neg)
+    assert slice_tts.cached_slices == [2]
+    empty = slice_tts.predict_slice(4, pos, neg)
     assert empty.selection is None
     np.testing.assert_array_equal(empty.labels, empty.baseline_labels)
     with pytest.raises(ModelError, match="2D model"):
-        TTSSession(tiny_model(dims=3), image)
+        SliceTTS(tiny_model(dims=3), image)
 
 
 def test_3d_model_and_flip_replicas(image):
@@ -240,17 +240,17 @@ def test_keypoints_in_the_empty_border_are_not_used():
     assert result.selections[0].n_negative == 0
     with pytest.raises(KeypointError, match="every keypoint lies in the empty background"):
         tts(model, volume, [[0, 20, 30]], [[2, 2, 2]], warn=False)
-    session = TTSSession(model, volume)
-    out = session.predict_slice(2, [[2, 20, 30]], [[2, 2, 2]], keep_fraction=0.25, warn=False)
+    slice_tts = SliceTTS(model, volume)
+    out = slice_tts.predict_slice(2, [[2, 20, 30]], [[2, 2, 2]], keep_fraction=0.25, warn=False)
     assert out.selection.n_negative == 0 and "empty background" in out.warnings[0]
     np.testing.assert_allclose(out.probabilities, result.probabilities[:, 2], atol=1e-5)
-    outside_crop = session.predict_slice(0, [[0, 20, 30]], [], warn=False)  # an empty end slice
+    outside_crop = slice_tts.predict_slice(0, [[0, 20, 30]], [], warn=False)  # an empty end slice
     assert outside_crop.selection is None and (outside_crop.labels == 0).all()
     assert "1 keypoint(s) lie in the empty background" in outside_crop.warnings[0]
 
 
 def test_live_tts_recomputes_only_what_changed():
-    from napari_medadapt.core.adapt.tts_live import LiveTTS
+    from napari_medadapt.core.adapt.tts.live import LiveTTS
     from napari_medadapt.core.inference import predict_volume
 
     model, volume = tiny_model(), _bordered_volume()
@@ -264,14 +264,14 @@ def test_live_tts_recomputes_only_what_changed():
     assert live.apply(positives[:1], negatives, keep_fraction=0.5).slices == [2]
 
 
-def test_session_slices_equal_segment_volume():
+def test_slice_tts_equals_segment_volume():
     from napari_medadapt.core.inference import predict_volume
 
     model, volume = tiny_model(), _bordered_volume()
     plain = predict_volume(model, volume, device="cpu", probability_dtype=np.float32, largest_component=False)
-    session = TTSSession(model, volume)
+    slice_tts = SliceTTS(model, volume)
     for z in range(6):
-        out = session.predict_slice(z, [], [])
+        out = slice_tts.predict_slice(z, [], [])
         np.testing.assert_allclose(out.baseline_probabilities, plain.probabilities[:, z], atol=1e-5)
 
 
@@ -341,20 +341,20 @@ def tiny_model_file(tmp_path_factory, save_tiny_model) -> Path:
 def _live_expected(model, volume, positives, negatives, **settings):
     """What the dock and the CLI compute: "before" = predict_volume (post-processed), each keypoint slice
     replaced by its muted prediction from cached features."""
-    from napari_medadapt.core.adapt.tts_session import TTSSession
+    from napari_medadapt.core.adapt.tts.slices import SliceTTS
     from napari_medadapt.core.inference import predict_volume
 
     before = predict_volume(model, volume, return_probabilities=False).labels
     after = before.copy()
-    session = TTSSession(model, volume)
+    slice_tts = SliceTTS(model, volume)
     for z in sorted({int(p[0]) for p in (*positives, *negatives)}):
         on_slice = [points[points[:, 0] == z] for points in (positives, negatives)]
-        after[z] = session.predict_slice(z, *on_slice, warn=False, **settings).labels
+        after[z] = slice_tts.predict_slice(z, *on_slice, warn=False, **settings).labels
     return before, after
 
 
 def test_live_tts_mutes_only_keypoint_slices_on_top_of_the_ordinary_segmentation(crop_case, tiny_model_file):
-    from napari_medadapt.core.adapt.tts_live import TTSWorkspace
+    from napari_medadapt.core.adapt.tts.live import TTSWorkspace
     from napari_medadapt.core.cases import load_case
     from napari_medadapt.core.models import load_model
     from napari_medadapt.core.session import ModelSession
@@ -371,7 +371,7 @@ def test_live_tts_mutes_only_keypoint_slices_on_top_of_the_ordinary_segmentation
     np.testing.assert_array_equal(result.before, before)
     np.testing.assert_array_equal(result.after, after)
     assert result.slices == [1, 2] and sorted(result.selections) == [1, 2]
-    assert workspace.live(str(tiny_model_file), "key", volume, "decoder").session.cached_slices == [1, 2]
+    assert workspace.live(str(tiny_model_file), "key", volume, "decoder").slices.cached_slices == [1, 2]
     # removing the keypoints of slice 1 returns it to "before"; nothing else is recomputed
     live = workspace.live(str(tiny_model_file), "key", volume, "decoder")
     again = live.apply(positives, negatives[:1], 0.2, 0.25)
@@ -381,7 +381,7 @@ def test_live_tts_mutes_only_keypoint_slices_on_top_of_the_ordinary_segmentation
 
 
 def test_live_tts_post_processes_after_as_the_card_says(crop_case, tiny_model_file):
-    from napari_medadapt.core.adapt.tts_live import LiveTTS
+    from napari_medadapt.core.adapt.tts.live import LiveTTS
     from napari_medadapt.core.cases import load_case
     from napari_medadapt.core.inference import predict_volume
     from napari_medadapt.core.models import load_model
@@ -394,7 +394,7 @@ def test_live_tts_post_processes_after_as_the_card_says(crop_case, tiny_model_fi
     live = LiveTTS(model, volume, before)
     result = live.update([2], np.array([[2, 20, 18]]), np.array([[2, 5, 30]]), alpha=0.2, keep_fraction=0.25)
     raw = before.labels.copy()
-    raw[2] = live.session.predict_slice(2, [[2, 20, 18]], [[2, 5, 30]], 0.2, 0.25, warn=False).labels
+    raw[2] = live.slices.predict_slice(2, [[2, 20, 18]], [[2, 5, 30]], 0.2, 0.25, warn=False).labels
     np.testing.assert_array_equal(result.after, keep_largest_component(raw)[0])
 
 

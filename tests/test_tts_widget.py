@@ -147,7 +147,7 @@ def test_live_keypoints_reuse_features_and_the_segment_docks_result(
     points.add([1, 25, 30])
     qtbot.waitUntil(lambda: dock.last_result is not None and 1 in dock.last_result.selections
                     and dock.last_result.selections[1].n_negative == 1, timeout=60_000)
-    assert dock._workspace._live is live and live.session.cached_slices == [1]  # features from the cache
+    assert dock._workspace._live is live and live.slices.cached_slices == [1]  # features from the cache
     assert session.hits == 1  # "before" was not looked up again
     np.testing.assert_array_equal(
         viewer.layers[BEFORE_LAYER].data, viewer.layers[f"{segment.card.name} labels"].data

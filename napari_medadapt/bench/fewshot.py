@@ -98,7 +98,7 @@ def _runs(methods: list[str], reference: np.ndarray) -> list[tuple[str, bool, tu
 
 
 def _fit_row(frozen, volume, reference, support, method, prior, steps, session, regions, empty=(), **kwargs) -> dict:
-    from napari_medadapt.core.adapt.fewshot import fit
+    from napari_medadapt.core.adapt.fewshot.fit import fit
 
     slices = sorted({int(i) for i in np.flatnonzero(support.any(axis=(1, 2)))})
     result = fit(frozen, volume, support, method, prior=prior, steps=steps, session=session, leave_one_out=False,
@@ -118,9 +118,9 @@ def recompute_ratio(model, volume, support: np.ndarray, steps: int) -> dict[str,
     features of the support slices at every step (what a fit without the cache costs)."""
     import torch
 
-    from napari_medadapt.core.adapt.fewshot import fit
-    from napari_medadapt.core.adapt.fewshot_backbone import SegBackbone
-    from napari_medadapt.core.adapt.fewshot_train import dice_loss, new_head, plane_losses
+    from napari_medadapt.core.adapt.fewshot.backbone import SegBackbone
+    from napari_medadapt.core.adapt.fewshot.fit import fit
+    from napari_medadapt.core.adapt.fewshot.train import dice_loss, new_head, plane_losses
 
     cached = fit(model, volume, support, "adapter", prior=False, steps=steps, leave_one_out=False)
     slices = sorted({int(i) for i in np.flatnonzero(support.any(axis=(1, 2)))})
@@ -154,7 +154,7 @@ def recompute_ratio(model, volume, support: np.ndarray, steps: int) -> dict[str,
 def warm_refit(model, volume, reference: np.ndarray, session, steps: int) -> dict[str, Any]:
     """The 3-slice adapter (+ prior), then one more slice painted (the one it suggests): a warm refit against a
     fit from scratch on the 4 slices, seconds (fit + predict) and WT Dice on the slices painted in neither."""
-    from napari_medadapt.core.adapt.fewshot import fit
+    from napari_medadapt.core.adapt.fewshot.fit import fit
 
     slices = support_slices(reference > 0, 3)
     support = np.zeros_like(reference)
@@ -207,7 +207,7 @@ def run_glioma(args: argparse.Namespace, counts: list[int], methods: list[str]) 
 def run_ct(args: argparse.Namespace, counts: list[int], methods: list[str]) -> dict[str, Any]:
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import load_labels
-    from napari_medadapt.core.sam.session import ModelChoice
+    from napari_medadapt.core.sam.workspace import ModelChoice
     from napari_medadapt.core.session import ModelSession
     from napari_medadapt.core.volume import load_volume
 

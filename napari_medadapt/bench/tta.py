@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def training_distribution(model, data_dir: Path, phantoms: int) -> dict:
     """Shift-score distribution over ``phantoms`` phantom volumes (seeds 0..N-1) and the training real case."""
-    from napari_medadapt.core.adapt.tta_score import shift_score_distribution
+    from napari_medadapt.core.adapt.tta.score import shift_score_distribution
     from napari_medadapt.core.cases import load_case
     from napari_medadapt.core.synth import MODALITIES, make_phantom_volume
     from napari_medadapt.core.volume import Geometry, Volume
@@ -99,9 +99,9 @@ def _tolerance(model, volume, sizes: list[int]) -> dict[str, float]:
     """Relative error of the K-slice loss vs the all-foreground-slice loss, per K."""
     import torch
 
-    from napari_medadapt.core.adapt.tta import record_statistics
-    from napari_medadapt.core.adapt.tta_samples import network_inputs, select_slices
-    from napari_medadapt.core.adapt.tta_stats import bn_kl_loss, reference_statistics
+    from napari_medadapt.core.adapt.tta.methods import record_statistics
+    from napari_medadapt.core.adapt.tta.samples import network_inputs, select_slices
+    from napari_medadapt.core.adapt.tta.stats import bn_kl_loss, reference_statistics
     from napari_medadapt.core.model_input import prepare_input
 
     indices, inputs = network_inputs(model, volume, "all")
@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
     resolve_paths(args)
     import torch
 
-    from napari_medadapt.core.adapt.tta import DEFAULT_ITERATIONS, DEFAULT_LR, adapt
-    from napari_medadapt.core.adapt.tta_samples import DEFAULT_SLICES
-    from napari_medadapt.core.adapt.tta_score import (
+    from napari_medadapt.core.adapt.tta.methods import DEFAULT_ITERATIONS, DEFAULT_LR, adapt
+    from napari_medadapt.core.adapt.tta.samples import DEFAULT_SLICES
+    from napari_medadapt.core.adapt.tta.score import (
         classify_shift,
         shift_score,
         store_shift_distribution,

@@ -11,7 +11,7 @@ background channels kept (the default segmentation extension) and with the publi
 outside the top fraction zeroed). Reported per setting: the false-positive volume on the artifact
 (predicted tumour within 3 mm of the artifact, outside the reference) and the whole-tumour Dice (pooled
 over the slices), before and after muting; plus the latency of
-re-predicting the current slice after a keypoint change with cached features (:class:`TTSSession`)
+re-predicting the current slice after a keypoint change with cached features (:class:`SliceTTS`)
 against re-running the whole network for that slice.
 """
 
@@ -62,7 +62,7 @@ def _paint_away(
     image: np.ndarray, target: np.ndarray, value: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``image`` ``(C, Y, X)`` with an artifact >= 30 mm from ``target``; ``None`` when there is no room."""
-    from napari_medadapt.core.adapt.tts_artifacts import centre_away_from, paint, random_artifact_mask
+    from napari_medadapt.core.adapt.tts.artifacts import centre_away_from, paint, random_artifact_mask
 
     brain = (image != 0).any(axis=0)
     centre = centre_away_from(target, brain, rng, min_distance=30.0, margin=10.0)
@@ -205,12 +205,12 @@ def _sweep(
     keep_background: bool = True,
 ) -> dict:
     """Every setting on every slice of every group, both versions; pooled per (set, version, setting)."""
-    from napari_medadapt.core.adapt.tts_session import TTSSession
+    from napari_medadapt.core.adapt.tts.slices import SliceTTS
 
     results: dict[str, dict[str, Any]] = {}
     for group in groups:
         for version in ("artifact", "clean"):
-            session = TTSSession(model, group[version], layer=layer)
+            slice_tts = SliceTTS(model, group[version], layer=layer)
             for item in group["slices"]:
                 item["brain"] = (group["clean"].data[:, item["z"]] != 0).any(axis=0)
             for setting in settings:
@@ -221,7 +221,7 @@ def _sweep(
                     rng = np.random.default_rng([seed, draw, n])
                     for item in group["slices"]:
                         pos, neg = _keypoints(item, version, n, rng)
-                        out = session.predict_slice(
+                        out = slice_tts.predict_slice(
                             item["z"], pos, neg, alpha=alpha, keep_fraction=keep, keep_background=keep_background
                         )
                         tally.add(item, out.baseline_labels, out.labels, version == "artifact")
@@ -232,21 +232,21 @@ def _latency(model: Any, group: dict[str, Any], rng: np.random.Generator) -> dic
     """Median re-prediction time after a keypoint change (cached) vs a full network pass for the slice."""
     import torch
 
-    from napari_medadapt.core.adapt.tts import tts
-    from napari_medadapt.core.adapt.tts_session import TTSSession
+    from napari_medadapt.core.adapt.tts.run import tts
+    from napari_medadapt.core.adapt.tts.slices import SliceTTS
     from napari_medadapt.core.volume import Geometry, Volume
 
     item = group["slices"][len(group["slices"]) // 2]
-    session = TTSSession(model, group["artifact"], layer="decoder")
+    slice_tts = SliceTTS(model, group["artifact"], layer="decoder")
     first_start = time.perf_counter()
     pos, neg = _keypoints(item, "artifact", 1, rng)
-    session.predict_slice(item["z"], pos, neg)
+    slice_tts.predict_slice(item["z"], pos, neg)
     first = time.perf_counter() - first_start
     cached = []
     for _ in range(40):
         pos, neg = _keypoints(item, "artifact", 1, rng)
         start = time.perf_counter()
-        session.predict_slice(item["z"], pos, neg)
+        slice_tts.predict_slice(item["z"], pos, neg)
         cached.append(time.perf_counter() - start)
     volume = group["artifact"]
     z = item["z"]
@@ -275,14 +275,14 @@ def _latency(model: Any, group: dict[str, Any], rng: np.random.Generator) -> dic
 def _decoder_profile(model: Any, case: dict[str, Any]) -> list[dict[str, Any]]:
     """Mean activation of every decoder channel on tumour, artifact and other brain (real artifact slices),
     and whether its head weight favours the background."""
-    from napari_medadapt.core.adapt.tts_engine import background_channels
-    from napari_medadapt.core.adapt.tts_session import TTSSession
+    from napari_medadapt.core.adapt.tts.engine import background_channels
+    from napari_medadapt.core.adapt.tts.slices import SliceTTS
 
     background = set(background_channels(model, "decoder").tolist())
-    session = TTSSession(model, case["artifact"])
+    slice_tts = SliceTTS(model, case["artifact"])
     sums: dict[str, Any] = {}
     for item in case["slices"]:
-        features = session.features(item["z"])
+        features = slice_tts.features(item["z"])
         brain = (case["clean"].data[:, item["z"]] != 0).any(axis=0) & ~item["target"] & ~item["artifact"]
         for name, mask in (("tumour", item["target"]), ("artifact", item["artifact"]), ("brain", brain)):
             values = features[:, mask]

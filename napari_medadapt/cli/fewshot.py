@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace, images: dict[str, str]) -> None:
     from napari_medadapt.cli import CLIError
-    from napari_medadapt.core.adapt.fewshot_io import ADAPTER_CARD
+    from napari_medadapt.core.adapt.fewshot.io import ADAPTER_CARD
     from napari_medadapt.core.files import check_output_path
 
     if (args.support is None) == (args.adapter is None):
@@ -93,7 +93,7 @@ def _backbone(args: argparse.Namespace, session, channels: tuple[str, ...], ctx)
 
     name = args.model or DEFAULT_MODEL
     if name in REGISTRY:
-        from napari_medadapt.core.sam.session import ModelChoice
+        from napari_medadapt.core.sam.workspace import ModelChoice
 
         return session.sam.predictor(ModelChoice(name), ctx, [])
     if args.channel is not None:
@@ -106,8 +106,8 @@ def _backbone(args: argparse.Namespace, session, channels: tuple[str, ...], ctx)
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_medadapt.core.adapt.fewshot import fit
-    from napari_medadapt.core.adapt.fewshot_io import apply_adapter, save_adapter
+    from napari_medadapt.core.adapt.fewshot.fit import fit
+    from napari_medadapt.core.adapt.fewshot.io import apply_adapter, save_adapter
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.files import write_text_atomic
     from napari_medadapt.core.jobs import JobContext

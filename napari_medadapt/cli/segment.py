@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             name, volume, largest_component=largest_component, ctx=JobContext(on_progress=text_progress("segment"))
         )
     else:
-        from napari_medadapt.core.adapt.tta_workflow import adapt_and_segment
+        from napari_medadapt.core.adapt.tta.workflow import adapt_and_segment
 
         outcome = adapt_and_segment(
             session, name, volume, {"method": args.tta}, segment_source=not args.no_source_check,

@@ -56,7 +56,7 @@ def _slice_policy(text: str | None) -> int | str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_medadapt.core.adapt.tta_score import classify_shift, shift_score, typical_range
+    from napari_medadapt.core.adapt.tta.score import classify_shift, shift_score, typical_range
     from napari_medadapt.core.files import check_output_path, write_text_atomic
     from napari_medadapt.core.jobs import JobContext
 

@@ -133,7 +133,7 @@ def read_points(path: Path, source_shape: tuple[int, int, int]) -> tuple[np.ndar
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_medadapt.core.adapt.tts_live import TTSWorkspace
+    from napari_medadapt.core.adapt.tts.live import TTSWorkspace
     from napari_medadapt.core.device import select_device
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import save_labels

@@ -28,7 +28,7 @@ from .jobs import JobContext, ensure_context
 if TYPE_CHECKING:
     from .inference import Prediction
     from .models import SegModel
-    from .sam.session import SamSession
+    from .sam.workspace import SamWorkspace
     from .volume import Volume
 
 __all__ = ["ModelSession", "volume_fingerprint"]
@@ -69,7 +69,7 @@ class ModelSession:
         self._models: OrderedDict[str, SegModel] = OrderedDict()
         self._variants: dict[str, SegModel] = {}  # derived models: kept until the session ends
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
-        self._sam: SamSession | None = None
+        self._sam: SamWorkspace | None = None
         self._artefacts: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self.loads = 0  # model files read
         self.hits = 0  # segmentations served from the cache
@@ -90,12 +90,12 @@ class ModelSession:
         return key
 
     @property
-    def sam(self) -> SamSession:
+    def sam(self) -> SamWorkspace:
         """The promptable (Segment Anything) model of the session, with its embedding cache."""
         if self._sam is None:
-            from .sam.session import SamSession
+            from .sam.workspace import SamWorkspace
 
-            self._sam = SamSession()
+            self._sam = SamWorkspace()
         return self._sam
 
     def add_variant(self, model: SegModel, name: str) -> str:

@@ -2,7 +2,7 @@
 
 Training slices (seeded): phantom brain MRI slices from :mod:`napari_medadapt.core.synth` plus the real case
 ``glioma_tcga_du7294``. On every tumour slice a bright artifact (a fiducial-like marker or a ruler-like
-stripe, :mod:`napari_medadapt.core.adapt.tts_artifacts`) is painted on the tumour and the annotation covers
+stripe, :mod:`napari_medadapt.core.adapt.tts.artifacts`) is painted on the tumour and the annotation covers
 it; tumour-free slices never carry one (bias factor 1.0). The model therefore learns to fire on the artifact,
 which TTS keypoints must undo when the artifact appears away from the tumour at test time
 (``medadapt bench tts``; the case ``glioma_tcga_fg6692`` is never used here).

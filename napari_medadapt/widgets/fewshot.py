@@ -9,7 +9,7 @@ probability layer ("few-shot MODEL labels" / "... probability", replaced undoabl
 result into the painted layer on the slices nobody painted (one undoable step); "Suggest next slice"
 (:mod:`.fewshot_suggest`) moves the viewer to the slice where a label should help most and says why; adapters
 can be saved and applied to another volume of the study. The computation is
-:func:`napari_medadapt.core.adapt.fewshot.fit`; this module only wires widgets.
+:func:`napari_medadapt.core.adapt.fewshot.fit.fit`; this module only wires widgets.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from napari_medadapt.core.adapt.fewshot_workspace import FOUNDATION, apply_job, fit_job, leave_one_out_job
+from napari_medadapt.core.adapt.fewshot.workspace import FOUNDATION, apply_job, fit_job, leave_one_out_job
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
 from napari_medadapt.widgets._dock import JobDock, keep_results_checkbox
 from napari_medadapt.widgets._keypoints import current_plane
@@ -49,8 +49,8 @@ from napari_medadapt.widgets.fewshot_suggest import SuggestPanel
 if TYPE_CHECKING:
     import napari
 
-    from napari_medadapt.core.adapt.fewshot import FewShotResult
-    from napari_medadapt.core.adapt.fewshot_suggest import SliceSuggestion
+    from napari_medadapt.core.adapt.fewshot.fit import FewShotResult
+    from napari_medadapt.core.adapt.fewshot.suggest import SliceSuggestion
     from napari_medadapt.core.volume import Volume
 
 BACKBONES = {"segmentation": "Segmentation model (below)", FOUNDATION: "LiteMedSAM (any anatomy, one image)"}
@@ -70,7 +70,7 @@ class FewShotWidget(JobDock):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
-        from napari_medadapt.core.adapt.fewshot import DEFAULT_STEPS, METHODS
+        from napari_medadapt.core.adapt.fewshot.fit import DEFAULT_STEPS, METHODS
 
         self.cancelled_text = "Cancelled; the model and the layers are unchanged."
         self.result: FewShotResult | None = None
@@ -219,7 +219,7 @@ class FewShotWidget(JobDock):
 
     def update_support(self, *_: Any) -> None:
         """Show the support slices found in the chosen Labels layer."""
-        from napari_medadapt.core.adapt.fewshot_support import find_support
+        from napari_medadapt.core.adapt.fewshot.support import find_support
 
         try:
             support = find_support(np.asarray(self._labels_layer().data), self.empty_planes)
@@ -256,7 +256,7 @@ class FewShotWidget(JobDock):
 
     # ------------------------------------------------------------------------------------------ jobs
     def settings(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`~napari_medadapt.core.adapt.fewshot.fit` from the form."""
+        """Keyword arguments of :func:`~napari_medadapt.core.adapt.fewshot.fit.fit` from the form."""
         return {
             "method": self.method_combo.currentData(),
             "prior": self.prior_check.isChecked(),
@@ -266,7 +266,7 @@ class FewShotWidget(JobDock):
 
     def _refit_key(self, model_ref: str, volume: Volume, labels: np.ndarray, settings: dict[str, Any]) -> tuple:
         """What a refit shares with the last fit to start from it (checked fully in core); last: slice count."""
-        from napari_medadapt.core.adapt.fewshot_warm import support_key
+        from napari_medadapt.core.adapt.fewshot.warm import support_key
 
         image = self.image_combo.currentText() if self.backbone == FOUNDATION else ""
         painted = support_key(labels, settings["empty_planes"])
@@ -276,7 +276,7 @@ class FewShotWidget(JobDock):
     def adapt(self) -> None:
         """Fit on the painted slices and segment the rest of the volume (from the previous adapter when only
         the painted slices changed)."""
-        from napari_medadapt.core.adapt.fewshot_warm import warm_steps
+        from napari_medadapt.core.adapt.fewshot.warm import warm_steps
 
         if not self._free_but_check():
             return
@@ -441,7 +441,7 @@ class FewShotWidget(JobDock):
 
     def save_adapter(self, folder: str) -> str | None:
         """Save the last fit's adapter into the new folder ``folder``."""
-        from napari_medadapt.core.adapt.fewshot_io import save_adapter
+        from napari_medadapt.core.adapt.fewshot.io import save_adapter
 
         if self.result is None:
             return None
@@ -455,7 +455,7 @@ class FewShotWidget(JobDock):
 
     def apply_adapter(self, folder: str) -> None:
         """Segment the open volume with a saved adapter."""
-        from napari_medadapt.core.adapt.fewshot_io import read_adapter_card
+        from napari_medadapt.core.adapt.fewshot.io import read_adapter_card
 
         if self.busy:
             return

@@ -1,7 +1,7 @@
 """The Few-shot dock's "Suggest next slice" panel: the button, the reasons of the ranking, and the move of the
 viewer to the suggested slice.
 
-The ranking itself is :func:`napari_medadapt.core.adapt.fewshot_suggest.rank_slices` (computed in the compute
+The ranking itself is :func:`napari_medadapt.core.adapt.fewshot.suggest.rank_slices` (computed in the compute
 worker with the fit); this module only shows it.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
-    from napari_medadapt.core.adapt.fewshot_suggest import SliceSuggestion
+    from napari_medadapt.core.adapt.fewshot.suggest import SliceSuggestion
 
 
 class SuggestPanel(QWidget):

@@ -12,7 +12,7 @@ previous mask) and shows the object in the "SAM preview" Labels layer; an ambigu
 the model's three candidates with their predicted IoU. "Propagate" extends the object through the volume
 (interpolating between annotated slices; slices with only negative clicks stop it); "Commit" writes it
 into a Labels layer with a chosen id as one undoable step; "Clear" starts a new object. All computing
-is in ``napari_medadapt.core.sam`` (the session's promptable model: ``core/sam/session.py``); ``sam_prompts``
+is in ``napari_medadapt.core.sam`` (the session's promptable model: ``core/sam/workspace.py``); ``sam_prompts``
 maps layers to prompts.
 """
 
@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 from napari_medadapt._worker import get_worker
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.sam.prompts import Prompts
-from napari_medadapt.core.sam.session import ModelChoice, neighbour_slices, slice_requests
+from napari_medadapt.core.sam.workspace import ModelChoice, neighbour_slices, slice_requests
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane, put_on_grid
@@ -63,7 +63,7 @@ class SamWidget(SamLongJobs, DockBody):
         super().__init__(napari_viewer)
         from napari_medadapt.core.sam import AUTO_WINDOW, WINDOW_PRESETS
 
-        self.session = get_worker(self.viewer, self).session.sam  # the viewer's promptable model
+        self.workspace = get_worker(self.viewer, self).session.sam  # the viewer's promptable model + embeddings
         self._predict_handle: Any = None
         self._predict_request: tuple | None = None
         self._long_handle: Any = None
@@ -228,7 +228,7 @@ class SamWidget(SamLongJobs, DockBody):
         image = self.image_layer
         self.points.follow_plane(image)
         self.results.show_candidates(self._plane_or_none(image) if image is not None else None)
-        if self.session.loaded == self.model_choice:  # never interrupt a model load or download by scrolling
+        if self.workspace.loaded == self.model_choice:  # never interrupt a model load or download by scrolling
             self._embed_displayed_slice()
             plane = self._plane_or_none(image) if image is not None else None
             if plane is not None:
@@ -251,7 +251,7 @@ class SamWidget(SamLongJobs, DockBody):
         image = self.image_layer
         if (self._long_handle is not None and not self._long_handle.done) or image is None or self._boxes_busy:
             return None
-        if self.session.loaded != self.model_choice or self._plane_or_none(image) != plane:
+        if self.workspace.loaded != self.model_choice or self._plane_or_none(image) != plane:
             return None
         size = image.data.shape[plane.axis]
         return self._embed_displayed_slice(neighbour_slices(plane.index, size, direction, PREFETCH_SLICES))
@@ -271,7 +271,7 @@ class SamWidget(SamLongJobs, DockBody):
         except MedAdaptError:
             return None
         return get_worker(self.viewer, self).submit(
-            self.session.prepare, choice, data, self._window_spec(image), plane, neighbours=neighbours,
+            self.workspace.prepare, choice, data, self._window_spec(image), plane, neighbours=neighbours,
             description="Segment Anything: embedding neighbouring slices" if neighbours
             else "Segment Anything: loading the model, embedding the slice", interactive_key="sam-embed",
             on_result=self._notes, on_error=self._job_failed,
@@ -358,7 +358,7 @@ class SamWidget(SamLongJobs, DockBody):
         self.status.setText(f"Segmenting slice {', '.join(str(i) for i in sorted(changed))}...")
         self.prefetch.pause()  # the prompt first: a running neighbour embedding stops after its slice
         handle = get_worker(self.viewer, self).submit(
-            self.session.predict_slices,
+            self.workspace.predict_slices,
             choice,
             data,
             self._window_spec(image),

@@ -38,7 +38,7 @@ class SamLongJobs:
         self.status.setText(f"Embedding {data.shape[plane.axis]} slices...")
         # same key as clicks: a click interrupts it (no message), and it resumes afterwards
         handle = get_worker(self.viewer, self).submit(
-            self.session.precompute, choice, data, self._window_spec(image), plane.axis,
+            self.workspace.precompute, choice, data, self._window_spec(image), plane.axis,
             description="Segment Anything: precompute", interactive_key="sam",
             on_result=self.results.show_precompute, on_error=self._job_failed,
         )
@@ -61,7 +61,7 @@ class SamLongJobs:
         self.prefetch.pause()
         self.status.setText(f"Propagating from slice(s) {', '.join(map(str, sorted(seeds)))}...")
         handle = get_worker(self.viewer, self).submit(
-            self.session.propagate, choice, data, self._window_spec(image), plane.axis, seeds, stop_slices=stops,
+            self.workspace.propagate, choice, data, self._window_spec(image), plane.axis, seeds, stop_slices=stops,
             **self.propagation_panel.options(seeds, data.shape[plane.axis]),
             description="Segment Anything: propagation",
             on_result=lambda output: self._show_propagation(output, image, plane.axis, generation),

@@ -74,8 +74,8 @@ class ModelChoicePanel(QWidget):
 
     @property
     def choice(self) -> Any:
-        """The chosen :class:`~napari_medadapt.core.sam.session.ModelChoice` (``None`` without a file)."""
-        from napari_medadapt.core.sam.session import ModelChoice
+        """The chosen :class:`~napari_medadapt.core.sam.workspace.ModelChoice` (``None`` without a file)."""
+        from napari_medadapt.core.sam.workspace import ModelChoice
 
         name = self.model_combo.currentData()
         if name is None:

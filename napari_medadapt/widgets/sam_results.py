@@ -13,7 +13,7 @@ from napari_medadapt.core.sam.prompts import Plane, Prompts
 
 if TYPE_CHECKING:
     from napari_medadapt.core.sam import MaskPrediction, PropagationResult
-    from napari_medadapt.core.sam.session import JobOutput, SliceOutcome
+    from napari_medadapt.core.sam.workspace import JobOutput, SliceOutcome
 
 PLANE_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
 STOP_REASONS = {

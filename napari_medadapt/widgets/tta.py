@@ -34,7 +34,7 @@ from napari_medadapt.widgets._model_inputs import ModelInputsPanel, VolumeTable
 if TYPE_CHECKING:
     import napari
 
-    from napari_medadapt.core.adapt.tta_workflow import AdaptOutcome
+    from napari_medadapt.core.adapt.tta.workflow import AdaptOutcome
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.models import ModelCard
     from napari_medadapt.core.session import ModelSession
@@ -45,7 +45,7 @@ METHOD_LABELS = {"bn_affine": "BN affine (KL)", "normalizer": "Normalizer (KL)",
 
 def measure_job(model: str, volume: Volume, session: ModelSession, *, ctx: JobContext) -> tuple[float, str]:
     """Shift score of ``volume`` for ``model`` and its rating line (compute thread)."""
-    from napari_medadapt.core.adapt.tta_score import describe_shift, shift_score
+    from napari_medadapt.core.adapt.tta.score import describe_shift, shift_score
 
     segmenter = session.model(model, ctx)
     score = shift_score(segmenter, volume, ctx=ctx)
@@ -55,8 +55,8 @@ def measure_job(model: str, volume: Volume, session: ModelSession, *, ctx: JobCo
 def adapt_job(
     model: str, volume: Volume, session: ModelSession, settings: dict[str, Any], on_loss: Any, *, ctx: JobContext
 ) -> AdaptOutcome:
-    """:func:`~napari_medadapt.core.adapt.tta_workflow.adapt_and_segment` in the compute thread."""
-    from napari_medadapt.core.adapt.tta_workflow import adapt_and_segment
+    """:func:`~napari_medadapt.core.adapt.tta.workflow.adapt_and_segment` in the compute thread."""
+    from napari_medadapt.core.adapt.tta.workflow import adapt_and_segment
 
     return adapt_and_segment(session, model, volume, settings, on_loss=on_loss, ctx=ctx)
 
@@ -66,7 +66,7 @@ class TTAWidget(JobDock):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
-        from napari_medadapt.core.adapt.tta import METHODS, OPTIMIZERS
+        from napari_medadapt.core.adapt.tta.methods import METHODS, OPTIMIZERS
 
         self.cancelled_text = "Cancelled; the source model and the layers are unchanged."
         self.last_outcome: AdaptOutcome | None = None
@@ -164,7 +164,7 @@ class TTAWidget(JobDock):
         self._forget()
 
     def _on_method_changed(self, *_: Any) -> None:
-        from napari_medadapt.core.adapt.tta import DEFAULT_ITERATIONS, DEFAULT_LR
+        from napari_medadapt.core.adapt.tta.methods import DEFAULT_ITERATIONS, DEFAULT_LR
 
         self.lr_spin.setValue(DEFAULT_LR)
         self.iterations_spin.setValue(DEFAULT_ITERATIONS)
@@ -176,7 +176,7 @@ class TTAWidget(JobDock):
         return self.inputs.input_mapping()
 
     def settings(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`napari_medadapt.core.adapt.tta.adapt` from the form."""
+        """Keyword arguments for :func:`napari_medadapt.core.adapt.tta.methods.adapt` from the form."""
         method = self.method_combo.currentData()
         blocks = [b.strip() for b in self.blocks_edit.text().split(",") if b.strip()]
         return {

@@ -7,7 +7,7 @@ is the model's ordinary segmentation of the volume (the Segment dock's result, c
 reused); "TTS after" is that segmentation with every axial slice holding keypoints muted, post-processed alike.
 For a 2D model every keypoint change re-predicts the slices whose keypoints changed, from cached features
 (latest request wins); "Apply to volume" does the same on demand or, with "one mask per slice" off (or a 3D
-model), mutes the whole volume with one mask. The computing is in :mod:`napari_medadapt.core.adapt.tts_live`.
+model), mutes the whole volume with one mask. The computing is in :mod:`napari_medadapt.core.adapt.tts.live`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from napari_medadapt.core.adapt.tts import ARTIFACT_ALPHA
-from napari_medadapt.core.adapt.tts_select import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION
+from napari_medadapt.core.adapt.tts.run import ARTIFACT_ALPHA
+from napari_medadapt.core.adapt.tts.select import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
 from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel
@@ -48,7 +48,7 @@ from napari_medadapt.widgets._model_inputs import ModelInputsPanel
 if TYPE_CHECKING:
     import napari
 
-    from napari_medadapt.core.adapt.tts_live import LiveTTSResult
+    from napari_medadapt.core.adapt.tts.live import LiveTTSResult
 
 KEYPOINTS_LAYER = "TTS keypoints"
 BEFORE_LAYER = "TTS before"
@@ -70,7 +70,7 @@ class TTSWidget(JobDock):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
-        from napari_medadapt.core.adapt.tts_live import TTSWorkspace
+        from napari_medadapt.core.adapt.tts.live import TTSWorkspace
 
         self._workspace = TTSWorkspace(self.worker.session)
         self._volume_cache: tuple[tuple, Any] | None = None

@@ -59,7 +59,7 @@ def model_identity(settings: BatchSettings) -> dict[str, Any]:
     """
     identity: dict[str, Any] = {}
     if settings.method == "fewshot-apply":
-        from ..adapt.fewshot_io import read_adapter_card
+        from ..adapt.fewshot.io import read_adapter_card
 
         if not settings.adapter:
             raise MedAdaptError("fewshot-apply needs --adapter DIR (a folder saved by --save-adapter).")
@@ -89,7 +89,7 @@ def model_identity(settings: BatchSettings) -> dict[str, Any]:
 
 def read_base(adapter: str) -> str:
     """The base model an adapter folder names."""
-    from ..adapt.fewshot_io import read_adapter_card
+    from ..adapt.fewshot.io import read_adapter_card
 
     return str(read_adapter_card(adapter)["base_model"])
 

@@ -76,7 +76,7 @@ def _segment(case: Case, volume: Any, settings: BatchSettings, session: Any) -> 
     from ..provenance import model_entry
 
     if settings.method == "fewshot-apply":
-        from ..adapt.fewshot_io import apply_adapter
+        from ..adapt.fewshot.io import apply_adapter
 
         labels, _probs, card = apply_adapter(settings.adapter, volume, session, model=settings.model)
         names = dict(zip(card["labels"], card["class_names"] or [str(v) for v in card["labels"]], strict=True))
@@ -85,7 +85,7 @@ def _segment(case: Case, volume: Any, settings: BatchSettings, session: Any) -> 
     model_ref = settings.model or "glioma2d"
     model = session.model(model_ref)
     if settings.method == "tta":
-        from ..adapt.tta_workflow import adapt_and_segment
+        from ..adapt.tta.workflow import adapt_and_segment
 
         prediction = adapt_and_segment(session, model_ref, volume, {"method": settings.tta}, segment_source=False,
                                        largest_component=settings.largest_component).after
@@ -97,7 +97,7 @@ def _segment(case: Case, volume: Any, settings: BatchSettings, session: Any) -> 
 def _embed(volume: Any, settings: BatchSettings, session: Any) -> dict[str, Any]:
     from ..intensity import display_window
     from ..jobs import JobContext
-    from ..sam.session import ModelChoice
+    from ..sam.workspace import ModelChoice
 
     name = settings.model or "litemedsam"
     predictor = session.sam.predictor(ModelChoice(name), JobContext(), [])

@@ -57,7 +57,7 @@ def add_trap_artifacts(
     slices: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Paint an artifact on the tumour of every tumour slice and include it in the annotation (bias 1.0)."""
-    from ..adapt.tts_artifacts import centre_on_target, paint, random_artifact_mask
+    from ..adapt.tts.artifacts import centre_on_target, paint, random_artifact_mask
 
     out = []
     for image, target in slices:

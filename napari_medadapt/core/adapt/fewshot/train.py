@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..jobs import JobContext
-from .fewshot_support import slab
+from ...jobs import JobContext
+from .support import slab
 
 #: Size prior: slack around the expected area, its weight, and the share of the steps it is on (the last ones).
 PRIOR_MARGIN = 0.3

@@ -3,7 +3,7 @@
 "Before" is the segmentation every other method starts from (:func:`~napari_medadapt.core.inference.
 predict_volume`, with the card's post-processing; a :class:`~napari_medadapt.core.session.ModelSession`
 computes it once per volume and model). "After" is "before" with each slice that holds keypoints replaced by
-its muted prediction (its own channel mask, the per-slice rule of :func:`~napari_medadapt.core.adapt.tts.tts`),
+its muted prediction (its own channel mask, the per-slice rule of :func:`~napari_medadapt.core.adapt.tts.run.tts`),
 then post-processed the same way. :meth:`LiveTTS.apply` brings the muting up to date with the keypoints and
 re-predicts exactly the slices whose keypoints (or the settings) changed since its last call, from cached
 features; every other slice keeps its muting, or is "before" unchanged.
@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ModelError
-from ..postprocess import postprocess_labels
-from .tts import validate_keypoints
-from .tts_select import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION, ChannelSelection
-from .tts_session import TTSSession
+from ...errors import ModelError
+from ...postprocess import postprocess_labels
+from .run import validate_keypoints
+from .select import DEFAULT_ALPHA, DEFAULT_KEEP_FRACTION, ChannelSelection
+from .slices import SliceTTS
 
 if TYPE_CHECKING:
-    from ..inference import Prediction
-    from ..jobs import JobContext
-    from ..session import ModelSession
-    from ..volume import Volume
+    from ...inference import Prediction
+    from ...jobs import JobContext
+    from ...session import ModelSession
+    from ...volume import Volume
 
 
 @dataclass
@@ -73,12 +73,12 @@ class LiveTTS:
     before
         The model's segmentation of ``volume`` (:func:`~napari_medadapt.core.inference.predict_volume`).
     layer
-        Feature tap to mute (see :class:`~napari_medadapt.core.adapt.tts_session.TTSSession`).
+        Feature tap to mute (see :class:`~napari_medadapt.core.adapt.tts.slices.SliceTTS`).
     """
 
     def __init__(self, model: Any, volume: Volume, before: Prediction, layer: str = "decoder") -> None:
         self.model = model
-        self.session = TTSSession(model, volume, layer=layer)
+        self.slices = SliceTTS(model, volume, layer=layer)
         self.before = np.asarray(before.labels)
         self._raw = self.before.copy()  # before, with the muted slices' raw predictions written in
         self._selections: dict[int, ChannelSelection] = {}
@@ -87,7 +87,7 @@ class LiveTTS:
     @property
     def layer(self) -> str:
         """The muted feature tap."""
-        return self.session.layer
+        return self.slices.layer
 
     def update(
         self,
@@ -118,7 +118,7 @@ class LiveTTS:
             if ctx is not None:
                 ctx.progress(step, len(result.slices), f"TTS on slice {z}")
             on_slice = [points[points[:, 0] == z] for points in (positives, negatives)]
-            outcome = self.session.predict_slice(
+            outcome = self.slices.predict_slice(
                 z, *on_slice, alpha=alpha, keep_fraction=keep_fraction, keep_background=keep_background, warn=False
             )
             if outcome.selection is None:  # no keypoints left, or none where the model runs
@@ -196,9 +196,9 @@ class TTSWorkspace:
         tta_flips: bool = False,
     ) -> LiveTTSResult:
         """TTS on the volume: per slice (only slices whose keypoints changed are computed), or one mask from every
-        keypoint for the whole volume, or with flip replicas (:func:`~napari_medadapt.core.adapt.tts.tts` on
+        keypoint for the whole volume, or with flip replicas (:func:`~napari_medadapt.core.adapt.tts.run.tts` on
         every slice, through Segment volume's path); "after" is post-processed as the card says in every case."""
-        from .tts import tts
+        from .run import tts
 
         segmenter = self.session.model(model, ctx)
         if per_slice and segmenter.spatial_dims == 2 and not tta_flips:

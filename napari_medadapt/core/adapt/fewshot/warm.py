@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .fewshot_support import Support, find_support
+from .support import Support, find_support
 
 #: A warm refit runs this share of the steps: its support differs from the previous fit's by a slice or two.
 WARM_SHARE = 0.25
 #: Learning-rate factor of a warm refit (it starts near a solution: smaller steps keep it there).
 WARM_LR_SHARE = 0.5
-#: Unlabelled planes the size prior sees per step (:data:`~.fewshot_train.PRIOR_PLANES`; on for half the steps).
+#: Unlabelled planes the size prior sees per step (:data:`~.train.PRIOR_PLANES`; on for half the steps).
 _PRIOR_PLANES = 4
 
 #: The settings two fits must share (besides the features, classes and axis).
@@ -40,8 +40,8 @@ def warm_key(backbone: Any, support: Support, settings: Mapping[str, Any]) -> tu
 
 def support_key(labels: np.ndarray, empty_planes: Iterable[tuple[int, int]] = ()) -> tuple:
     """``(classes, axis, number of support slices)`` of painted ``labels`` (see
-    :func:`~.fewshot_support.find_support`); empty when they are not a few painted slices (the fit says why)."""
-    from ..errors import MedAdaptError
+    :func:`~.support.find_support`); empty when they are not a few painted slices (the fit says why)."""
+    from ...errors import MedAdaptError
 
     try:
         support = find_support(np.asarray(labels), empty_planes)

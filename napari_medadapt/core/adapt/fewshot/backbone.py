@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ModelError
-from ..inference import BatchPlace, crop_box, predict_prepared
-from ..model_input import ModelInput, prepare_model_input
-from ..provenance import model_sha256
-from ..session import volume_fingerprint
+from ...errors import ModelError
+from ...inference import BatchPlace, crop_box, predict_prepared
+from ...model_input import ModelInput, prepare_model_input
+from ...provenance import model_sha256
+from ...session import volume_fingerprint
 
 if TYPE_CHECKING:
     import torch
 
-    from ..jobs import JobContext
-    from ..models import SegModel
-    from ..session import ModelSession
-    from ..volume import Volume
+    from ...jobs import JobContext
+    from ...models import SegModel
+    from ...session import ModelSession
+    from ...volume import Volume
 
 
 @dataclass
@@ -169,7 +169,7 @@ class SegBackbone:
     def trainable(self, method: str, classes: tuple[int, ...]) -> tuple[SegModel, torch.nn.Module, list[int]]:
         """A model copy with a new head for background + ``classes`` (initialised from the source head where
         the class exists), the head, and the label ids taken from the source."""
-        from .fewshot_train import new_head
+        from .train import new_head
 
         model = self.model
         head, reused = new_head(

@@ -4,8 +4,8 @@ A 2D model sees the volume as slices along axis 0 (``Z``); a 3D model as slabs o
 Only slices inside the body/brain count: a slice is *foreground* when some voxel of some channel differs
 from that channel's minimum over the volume (background of skull-stripped MRI is 0, of CT air).
 
-Subsample policy (``slices`` argument of :func:`~napari_medadapt.core.adapt.tta.adapt` and
-:func:`~napari_medadapt.core.adapt.tta_score.shift_score`):
+Subsample policy (``slices`` argument of :func:`~napari_medadapt.core.adapt.tta.methods.adapt` and
+:func:`~napari_medadapt.core.adapt.tta.score.shift_score`):
 
 - ``None``: the default, ``DEFAULT_SLICES`` foreground slices spread evenly through the foreground slab
   (the middle slice of each of ``DEFAULT_SLICES`` equal strata). The same slices are used at every
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import VolumeError
+from ...errors import VolumeError
 
 if TYPE_CHECKING:
     import torch
 
-    from ..models import SegModel
-    from ..volume import Volume
+    from ...models import SegModel
+    from ...volume import Volume
 
 #: Default number of evenly spread foreground slices per volume (see the module docstring).
 DEFAULT_SLICES = 8
@@ -100,8 +100,8 @@ def network_inputs(
     """
     import torch
 
-    from ..inference import input_box
-    from ..model_input import prepare_input
+    from ...inference import input_box
+    from ...model_input import prepare_input
 
     prepared = prepare_input(model, volume)
     indices = select_slices(prepared, slices)

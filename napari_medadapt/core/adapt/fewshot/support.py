@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import VolumeError
+from ...errors import VolumeError
 
 AXIS_NAMES = ("axial", "coronal", "sagittal")
 #: A labelling that fills more than this share of the planes along every axis is not a few-shot support.

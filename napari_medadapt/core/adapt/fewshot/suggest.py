@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fewshot_support import AXIS_NAMES, Support
+from .support import AXIS_NAMES, Support
 
 #: Pixels of rim around the object on a slice that count towards its uncertainty.
 RIM = 2

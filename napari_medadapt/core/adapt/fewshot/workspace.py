@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..jobs import JobContext
-    from ..session import ModelSession
-    from ..volume import Volume
-    from .fewshot import FewShotResult
-    from .fewshot_suggest import SliceSuggestion
+    from ...jobs import JobContext
+    from ...session import ModelSession
+    from ...volume import Volume
+    from .fit import FewShotResult
+    from .suggest import SliceSuggestion
 
 #: The frozen-model choice of the foundation model (LiteMedSAM's slice embeddings).
 FOUNDATION = "litemedsam"
@@ -24,7 +24,7 @@ FOUNDATION = "litemedsam"
 def frozen_model(backbone: str, model_ref: str, session: ModelSession, ctx: JobContext) -> Any:
     """The session's frozen model: LiteMedSAM's predictor, or the segmentation model."""
     if backbone == FOUNDATION:
-        from ..sam.session import ModelChoice
+        from ...sam.workspace import ModelChoice
 
         return session.sam.predictor(ModelChoice(FOUNDATION), ctx, [])
     return session.model(model_ref, ctx)
@@ -36,7 +36,7 @@ def fit_job(
 ) -> tuple[FewShotResult, str | None, list[SliceSuggestion]]:
     """Fit in the compute thread (from ``warm_start``'s weights when it matches); a segmentation model's
     adapted copy becomes a session variant; with the slices to suggest next."""
-    from .fewshot import fit
+    from .fit import fit
 
     frozen = frozen_model(backbone, model_ref, session, ctx)
     result = fit(frozen, volume, labels, session=session, on_step=on_step, ctx=ctx, leave_one_out=False,
@@ -52,14 +52,14 @@ def leave_one_out_job(
     session: ModelSession, *, ctx: JobContext,
 ) -> dict[int, float]:
     """The leave-one-slice-out check of a fit, in the compute thread (the frozen features are the session's)."""
-    from .fewshot import leave_one_out
+    from .fit import leave_one_out
 
     frozen = frozen_model(backbone, model_ref, session, ctx)
     return leave_one_out(frozen, volume, labels, session=session, ctx=ctx, **settings)
 
 
 def apply_job(folder: str, volume: Volume, model_ref: str | None, session: ModelSession, *, ctx: JobContext) -> tuple:
-    """:func:`~napari_medadapt.core.adapt.fewshot_io.apply_adapter` in the compute thread."""
-    from .fewshot_io import apply_adapter
+    """:func:`~napari_medadapt.core.adapt.fewshot.io.apply_adapter` in the compute thread."""
+    from .io import apply_adapter
 
     return apply_adapter(folder, volume, session, model=model_ref, ctx=ctx)

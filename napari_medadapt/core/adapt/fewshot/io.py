@@ -15,21 +15,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelError
-from ..files import OutputError, atomic_write, check_output_path
-from ..hashing import sha256_file
-from ..jobs import ensure_context
+from ...errors import ModelError
+from ...files import OutputError, atomic_write, check_output_path
+from ...hashing import sha256_file
+from ...jobs import ensure_context
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import numpy as np
 
-    from ..jobs import JobContext
-    from ..models import SegModel
-    from ..session import ModelSession
-    from ..volume import Volume
-    from .fewshot import FewShotResult
+    from ...jobs import JobContext
+    from ...models import SegModel
+    from ...session import ModelSession
+    from ...volume import Volume
+    from .fit import FewShotResult
 
 ADAPTER_CARD = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -52,7 +52,7 @@ def _trained_state(result: FewShotResult) -> dict[str, Any]:
 
 def adapter_card(result: FewShotResult, name: str | None = None) -> dict[str, Any]:
     """The card of ``result``'s adapter (without the weight file's checksum)."""
-    from ..provenance import package_version
+    from ...provenance import package_version
 
     source = result.settings["base_model"]
     if not result.settings.get("base_sha256"):
@@ -98,7 +98,7 @@ def save_adapter(result: FewShotResult, folder: str | Path, name: str | None = N
     """
     from safetensors.torch import save_file
 
-    from ..models.card_schema import validate_card
+    from ...models.card_schema import validate_card
 
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -126,7 +126,7 @@ def save_adapter(result: FewShotResult, folder: str | Path, name: str | None = N
 
 def read_adapter_card(folder: str | Path) -> dict[str, Any]:
     """The checked card of the adapter in ``folder`` (or the card file itself)."""
-    from ..models.card_schema import read_card_file
+    from ...models.card_schema import read_card_file
 
     path = Path(folder).expanduser()
     card_path = path if path.suffix == ".json" else path / ADAPTER_CARD
@@ -168,9 +168,9 @@ def load_adapter(folder: str | Path, base: SegModel) -> SegModel:
         Not an adapter, a changed weight file, or an adapter made for another base model (the message names
         the model it needs).
     """
-    from ..provenance import model_sha256
-    from .fewshot_backbone import adapted_copy
-    from .fewshot_train import FewShotHead
+    from ...provenance import model_sha256
+    from .backbone import adapted_copy
+    from .train import FewShotHead
 
     card = read_adapter_card(folder)
     if card["backbone"] != "segmentation":
@@ -205,9 +205,9 @@ def apply_adapter(
     backbone embeds the
     volume's ``channel`` (default: the channel the adapter was fitted on when the volume has it, else the first).
     """
-    from ..device import select_device
-    from .fewshot_backbone import SegBackbone
-    from .fewshot_train import FewShotHead
+    from ...device import select_device
+    from .backbone import SegBackbone
+    from .train import FewShotHead
 
     card = read_adapter_card(folder)
     classes = tuple(card["labels"][1:])
@@ -218,8 +218,8 @@ def apply_adapter(
         backbone: Any = SegBackbone(base, volume, modalities)
         adapted: Any = load_adapter(folder, base)
     else:
-        from ..sam.session import ModelChoice
-        from .fewshot_sam import SamBackbone
+        from ...sam.workspace import ModelChoice
+        from .sam import SamBackbone
 
         predictor = session.sam.predictor(ModelChoice(str(model or card["base_model"])), ensure_context(ctx), [])
         state = _checked_weights(card, predictor.model.name, predictor.model.weights_hash)

@@ -1,6 +1,6 @@
 """TTS on the one inference path: channel scores at the keypoints, then a feature hook that mutes channels.
 
-Internal to :mod:`napari_medadapt.core.adapt.tts`. :func:`keypoint_masks` computes the tap's features where the
+Internal to :mod:`napari_medadapt.core.adapt.tts.run`. :func:`keypoint_masks` computes the tap's features where the
 keypoints are (on the same cropped model grid as :func:`~napari_medadapt.core.inference.predict_prepared`, per
 test-time flip replica), scores the channels and chooses the masks: one per slice holding keypoints, or one for
 the whole volume. :class:`ChannelMuting` is the :class:`~napari_medadapt.core.inference.FeatureHook` that applies
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..inference import BatchPlace, flip_sets
-from ..jobs import JobContext
-from . import tts_engine as engine
-from .tts_select import ChannelSelection, channel_mask, combine_scores, keypoint_sums, select_channels
+from ...inference import BatchPlace, flip_sets
+from ...jobs import JobContext
+from . import engine
+from .select import ChannelSelection, channel_mask, combine_scores, keypoint_sums, select_channels
 
 if TYPE_CHECKING:
     import torch

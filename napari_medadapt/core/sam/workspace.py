@@ -69,7 +69,7 @@ def neighbour_slices(index: int, size: int, direction: int, count: int = 2) -> l
     return [i for i in order if 0 <= i < size]
 
 
-class SamSession:
+class SamWorkspace:
     """The model (one at a time) with its embedding cache, and resolved intensity windows.
 
     The cache keeps embeddings in memory and reads those stored on disk (``embedding_cache_dir()``) by

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import MedAdaptError
-from ..inference import flip_sets
-from . import tts_engine as engine
-from .tts import KeypointError, TTSWarning, check_settings, one_sided_message, validate_keypoints
-from .tts_select import (
+from ...errors import MedAdaptError
+from ...inference import flip_sets
+from . import engine
+from .run import KeypointError, TTSWarning, check_settings, one_sided_message, validate_keypoints
+from .select import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FRACTION,
     ChannelSelection,

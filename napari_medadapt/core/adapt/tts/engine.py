@@ -1,6 +1,6 @@
 """Forward passes behind TTS (keypoint feature muting): feature taps and channel masks.
 
-Internal to :mod:`napari_medadapt.core.adapt.tts`. A tap is a named feature map of a
+Internal to :mod:`napari_medadapt.core.adapt.tts.run`. A tap is a named feature map of a
 :class:`~napari_medadapt.core.models.SegModel`:
 
 - ``"decoder"``: the last decoder map, the input of the head. Muting it needs no hook: the features
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ...errors import ModelError
 
 if TYPE_CHECKING:
     import torch

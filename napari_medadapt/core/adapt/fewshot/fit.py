@@ -26,23 +26,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ModelError, VolumeError
-from ..jobs import JobContext, ensure_context
-from ..postprocess import keep_components_touching
-from .fewshot_backbone import SegBackbone
-from .fewshot_suggest import SliceSuggestion, rank_slices
-from .fewshot_support import AXIS_NAMES, Support, SupportPlane, expected_areas, find_support
-from .fewshot_train import BackbonePlanes, CachedPlanes, PlaneTarget, train
-from .fewshot_warm import WARM_LR_SHARE, refit_seconds, warm_key, warm_steps
+from ...errors import ModelError, VolumeError
+from ...jobs import JobContext, ensure_context
+from ...postprocess import keep_components_touching
+from .backbone import SegBackbone
+from .suggest import SliceSuggestion, rank_slices
+from .support import AXIS_NAMES, Support, SupportPlane, expected_areas, find_support
+from .train import BackbonePlanes, CachedPlanes, PlaneTarget, train
+from .warm import WARM_LR_SHARE, refit_seconds, warm_key, warm_steps
 
 if TYPE_CHECKING:
     import torch
 
-    from ..models import SegModel
-    from ..sam.predictor import SamPredictor
-    from ..session import ModelSession
-    from ..volume import Volume
-    from .fewshot_backbone import FeatureVolume
+    from ...models import SegModel
+    from ...sam.predictor import SamPredictor
+    from ...session import ModelSession
+    from ...volume import Volume
+    from .backbone import FeatureVolume
 
 METHODS = ("adapter", "linear_probe", "ft_last", "full")
 #: Steps of a fit (each one sees every support plane): the published 100 epochs.
@@ -116,14 +116,14 @@ class FewShotResult:
 
     def refit_seconds(self, planes: int | None = None) -> float:
         """Expected seconds of a warm refit from this fit with ``planes`` support slices (default: as many as
-        this fit's), from this fit's measured seconds per step (:func:`~.fewshot_warm.refit_seconds`)."""
+        this fit's), from this fit's measured seconds per step (:func:`~.warm.refit_seconds`)."""
         per_step, old = self.seconds.get("fit", 0.0) / max(len(self.history), 1), len(self.support.planes)
         return refit_seconds(per_step, int(self.settings.get("steps", len(self.history))), self.prior, old,
                              planes or old, self.seconds.get("predict", 0.0))
 
     def suggestions(self, count: int = 3) -> list[SliceSuggestion]:
         """The unpainted slices along the support axis where a label is expected to help most, best first, each
-        with why (:func:`~.fewshot_suggest.rank_slices`: uncertainty over the object and its rim, distance to
+        with why (:func:`~.suggest.rank_slices`: uncertainty over the object and its rim, distance to
         the nearest painted slice, object ends)."""
         return rank_slices(self.probabilities, self.predicted, self.support, count)
 
@@ -238,7 +238,7 @@ def _leave_one_out(
     the fit and of the size prior)."""
     import torch
 
-    from ..metrics import dice
+    from ...metrics import dice
 
     scores = {}
     painted = [p for p in problem.support.planes if p.classes]
@@ -267,7 +267,7 @@ def make_backbone(
         if channel is not None:
             raise ModelError("channel picks the image of a promptable backbone; a segmentation model takes modalities.")
         return SegBackbone(model, volume, modalities)
-    from .fewshot_sam import SamBackbone
+    from .sam import SamBackbone
 
     if channel is not None and channel not in volume.channels:
         raise VolumeError(f"channel {channel!r} is not in the volume ({', '.join(volume.channels)}).")
@@ -326,7 +326,7 @@ def leave_one_out(
     """Support plane index -> foreground Dice on that painted plane of a fit without it (the same settings
     as :func:`fit`; with ``session`` the frozen features of an earlier fit are reused). Empty with fewer than
     two painted planes."""
-    from ..device import select_device
+    from ...device import select_device
 
     labels, support, backbone = _setup(
         model, volume, support_labels, method, steps, empty_planes, modalities, channel, axis
@@ -387,7 +387,7 @@ def fit(
     empty_planes
         ``(axis, index)`` planes marked *annotated, empty*.
     axis
-        The axis the slices were painted on (default: found, :func:`~.fewshot_support.find_support`).
+        The axis the slices were painted on (default: found, :func:`~.support.find_support`).
     modalities
         Explicit model-modality -> channel assignments.
     leave_one_out
@@ -418,7 +418,7 @@ def fit(
     ModelError
         Unknown method; ``ft_last``/``full`` on planes other than the model's own (axial) planes.
     """
-    from ..device import select_device
+    from ...device import select_device
 
     labels, support, backbone = _setup(
         model, volume, support_labels, method, steps, empty_planes, modalities, channel, axis

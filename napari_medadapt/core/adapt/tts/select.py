@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import tts_engine as engine
+from . import engine
 
 if TYPE_CHECKING:
     import torch

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ModelError
-from .fewshot_backbone import FeatureVolume
+from ...errors import ModelError
+from .backbone import FeatureVolume
 
 if TYPE_CHECKING:
 
-    from ..jobs import JobContext
-    from ..sam.predictor import SamPredictor
-    from ..session import ModelSession
-    from ..volume import Volume
-    from .fewshot_train import FewShotHead
+    from ...jobs import JobContext
+    from ...sam.predictor import SamPredictor
+    from ...session import ModelSession
+    from ...volume import Volume
+    from .train import FewShotHead
 
 #: Slices per batch of the head when segmenting the volume.
 PREDICT_BATCH = 8
@@ -37,7 +37,7 @@ PREDICT_BATCH = 8
 def default_window(image: np.ndarray) -> str:
     """The window preset for a volume: CT soft tissue (W400/L40, LiteMedSAM's CT window) when it holds HU
     values below -500, else the MRI percentiles."""
-    from ..sam.prompts import AUTO_WINDOW
+    from ...sam.prompts import AUTO_WINDOW
 
     return "ct-soft-tissue" if image.size and float(np.min(image)) < -500 else AUTO_WINDOW
 
@@ -63,7 +63,7 @@ class SamBackbone:
     def __init__(
         self, predictor: SamPredictor, volume: Volume, channel: str | None = None, window: Any = None
     ) -> None:
-        from ..sam.prompts import resolve_window
+        from ...sam.prompts import resolve_window
 
         self.predictor = predictor
         self.volume = volume
@@ -99,7 +99,7 @@ class SamBackbone:
     def compute(self, device: Any = None, ctx: JobContext | None = None, session: ModelSession | None = None) -> FeatureVolume:
         """The embeddings of every axial slice, over the slice's part of the model input (from the cache where
         present)."""
-        from ..jobs import ensure_context
+        from ...jobs import ensure_context
 
         if session is not None:
             cached = session.cached(self.cache_key())
@@ -133,7 +133,7 @@ class SamBackbone:
 
     def trainable(self, method: str, classes: tuple[int, ...]) -> tuple[FewShotHead, FewShotHead, list[int]]:
         """A new head (the whole adapted model of this backbone), twice, and no reused class."""
-        from .fewshot_train import new_head
+        from .train import new_head
 
         if method not in ("adapter", "linear_probe"):
             raise ModelError(
@@ -160,8 +160,8 @@ class SamBackbone:
         import torch
         import torch.nn.functional as F
 
-        from ..jobs import ensure_context
-        from ..postprocess import keep_largest_component
+        from ...jobs import ensure_context
+        from ...postprocess import keep_largest_component
 
         ctx = ensure_context(ctx)
         features = self.compute(device, ctx, session).features

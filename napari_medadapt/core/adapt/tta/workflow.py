@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..inference import Prediction
-    from ..jobs import JobContext
-    from ..session import ModelSession
-    from ..volume import Volume
-    from .tta import AdaptationResult
+    from ...inference import Prediction
+    from ...jobs import JobContext
+    from ...session import ModelSession
+    from ...volume import Volume
+    from .methods import AdaptationResult
 
 
 @dataclass
@@ -68,7 +68,7 @@ def adapt_and_segment(
     volume
         The scan.
     settings
-        Keyword arguments of :func:`~napari_medadapt.core.adapt.tta.adapt` (``method``, ``lr``, ...).
+        Keyword arguments of :func:`~napari_medadapt.core.adapt.tta.methods.adapt` (``method``, ``lr``, ...).
     segment_source
         Also segment with the source model (needed for the collapse check on the whole volume).
     largest_component
@@ -78,8 +78,8 @@ def adapt_and_segment(
     ctx
         Progress and cancellation.
     """
-    from .tta import adapt, segmentation_change_warning
-    from .tta_score import describe_shift
+    from .methods import adapt, segmentation_change_warning
+    from .score import describe_shift
 
     source = session.model(model, ctx)
     before = session.segment(model, volume, largest_component=largest_component, ctx=ctx) if segment_source else None

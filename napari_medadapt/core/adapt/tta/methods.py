@@ -4,7 +4,7 @@ Methods
 -------
 ``bn_affine`` (default, METHODS variant B)
     Train only the BatchNorm affine parameters (weight, bias) of the chosen blocks (default: the input block
-    and every downsampling block) on the BN-KL loss (:mod:`.tta_stats`). BatchNorm stays in eval mode:
+    and every downsampling block) on the BN-KL loss (:mod:`.stats`). BatchNorm stays in eval mode:
     the running statistics are the fixed target and are never updated.
 ``normalizer`` (METHODS variant A)
     Train only the per-modality normaliser network in front of the segmenter on the same loss.
@@ -17,7 +17,7 @@ Methods
 
 Optimisation (all methods): the source model is never modified (adaptation acts on ``model.copy()``).
 The statistics come from a fixed set of chosen slices (default: ``DEFAULT_SLICES`` evenly spread
-foreground slices, see :mod:`.tta_samples`), the same at every iteration, so every iteration's loss is the
+foreground slices, see :mod:`.samples`), the same at every iteration, so every iteration's loss is the
 exact loss over those slices and losses of different iterations are comparable. Every iteration is one full
 forward/backward pass over them (in chunks of ``batch_size`` slices whose per-channel sums are accumulated
 with their graphs; exact mean and variance). Iteration ``i`` records the loss of the parameters before its
@@ -42,10 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from ..jobs import JobContext, ensure_context
-from .tta_samples import SlicePolicy, network_inputs
-from .tta_stats import (
+from ...errors import ModelError
+from ...jobs import JobContext, ensure_context
+from .samples import SlicePolicy, network_inputs
+from .stats import (
     FeatureStatistics,
     ReferenceStatistics,
     SampleSums,
@@ -55,8 +55,8 @@ from .tta_stats import (
 )
 
 if TYPE_CHECKING:
-    from ..models import SegModel
-    from ..volume import Volume
+    from ...models import SegModel
+    from ...volume import Volume
 
 METHODS: tuple[str, ...] = ("bn_affine", "normalizer", "tent")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -257,7 +257,7 @@ def adapt(
         BN groups trained by ``bn_affine``/``tent`` (see :func:`resolve_blocks`); default
         ``("input", "down")`` for ``bn_affine`` and ``("all",)`` for ``tent``. Ignored by ``normalizer``.
     slices
-        Which slices give the statistics (see :mod:`.tta_samples`): ``None`` (``DEFAULT_SLICES`` evenly
+        Which slices give the statistics (see :mod:`.samples`): ``None`` (``DEFAULT_SLICES`` evenly
         spread foreground slices), ``"all"``, a number, or explicit indices.
     batch_size
         Slices per forward pass (the graphs of all of them are kept until the backward pass; lower it to
@@ -277,7 +277,7 @@ def adapt(
     -------
     AdaptationResult
     """
-    from ..device import select_device
+    from ...device import select_device
 
     if method not in METHODS:
         raise ValueError(f"unknown adaptation method {method!r}; choose one of {', '.join(METHODS)}")

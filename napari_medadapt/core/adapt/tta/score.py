@@ -1,6 +1,6 @@
 """The per-volume domain-shift score: BN-KL loss of the unadapted model (METHODS section 1).
 
-``shift_score(model, volume)`` is the loss :func:`~napari_medadapt.core.adapt.tta.adapt` starts from: how far
+``shift_score(model, volume)`` is the loss :func:`~napari_medadapt.core.adapt.tta.methods.adapt` starts from: how far
 the volume's feature statistics lie from the model's training statistics. It correlates negatively with
 segmentation quality (docs/benchmarks/tta.md), so it serves as a warning before trusting a result.
 
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ModelError
-from ..jobs import JobContext, ensure_context
+from ...errors import ModelError
+from ...jobs import JobContext, ensure_context
 
 if TYPE_CHECKING:
-    from ..models import ModelCard, SegModel
-    from ..volume import Volume
-    from .tta_samples import SlicePolicy
+    from ...models import ModelCard, SegModel
+    from ...volume import Volume
+    from .samples import SlicePolicy
 
 #: ``far_min = FAR_FACTOR * typical_max``.
 FAR_FACTOR = 3.0
@@ -52,7 +52,7 @@ def shift_score(
     volume
         The volume to score.
     slices
-        Slice policy (see :mod:`napari_medadapt.core.adapt.tta_samples`); the default matches :func:`adapt`'s
+        Slice policy (see :mod:`napari_medadapt.core.adapt.tta.samples`); the default matches :func:`adapt`'s
         so that ``shift_score(model, volume)`` equals ``adapt(...).shift_score_before``.
     ctx
         Progress (one step per batch of slices) and cancellation.
@@ -61,10 +61,10 @@ def shift_score(
     """
     import torch
 
-    from ..device import select_device
-    from .tta import record_statistics, require_batchnorm
-    from .tta_samples import network_inputs
-    from .tta_stats import bn_kl_loss, reference_statistics
+    from ...device import select_device
+    from .methods import record_statistics, require_batchnorm
+    from .samples import network_inputs
+    from .stats import bn_kl_loss, reference_statistics
 
     ctx = ensure_context(ctx)
     require_batchnorm(model, "shift score")
@@ -161,7 +161,7 @@ def typical_range(card: ModelCard) -> tuple[float, float] | None:
 
 def store_shift_distribution(card_path: str | Path, distribution: dict[str, Any]) -> Path:
     """Write ``distribution`` into the ``shift_score`` field of the model card at ``card_path``."""
-    from ..models import ModelCard
+    from ...models import ModelCard
 
     card = ModelCard.load(card_path)
     card.shift_score = dict(distribution)

@@ -17,7 +17,7 @@ with keypoints gets its own mask from its own keypoints and slices without keypo
 slice. A 3D model is muted on its 3D feature maps with one mask for the volume.
 
 Segmentation extension (``keep_background=True``, the default): at the ``decoder`` tap, channels whose head
-weight favours the background class (:func:`~napari_medadapt.core.adapt.tts_engine.background_channels`) are
+weight favours the background class (:func:`~napari_medadapt.core.adapt.tts.engine.background_channels`) are
 never muted; the top ``keep_fraction`` is chosen among the other channels. In the published classifier the
 muted channels only carried evidence for the classes; in a segmentation head the background channels carry the
 evidence for "not target" at every pixel, and zeroing them moved every boundary outwards (on the training case
@@ -38,19 +38,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import MedAdaptError, PromptError
-from ..jobs import JobContext, ensure_context
-from . import tts_engine as engine
-from .tts_select import (
+from ...errors import MedAdaptError, PromptError
+from ...jobs import JobContext, ensure_context
+from . import engine
+from .select import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FRACTION,
     ChannelSelection,
 )
 
 if TYPE_CHECKING:
-    from ..model_input import ModelInput
-    from ..volume import Volume
-    from .tts_muting import KeypointMasks
+    from ...model_input import ModelInput
+    from ...volume import Volume
+    from .muting import KeypointMasks
 
 ARTIFACT_ALPHA = 0.2
 LAYERS = engine.TAP_LAYERS
@@ -211,7 +211,7 @@ def prepare_tts_input(model: Any, image: Volume | np.ndarray) -> ModelInput:
     intensity normalisation, resampling to the card's voxel size, so the model grid may differ from the display
     grid); an array ``(C, Z, Y, X)`` (or ``(Z, Y, X)``) is taken as already normalised and on the model grid.
     """
-    from ..model_input import ModelInput, prepare_model_input
+    from ...model_input import ModelInput, prepare_model_input
 
     if not isinstance(image, np.ndarray):
         return prepare_model_input(model, image)
@@ -308,8 +308,8 @@ def tts(
     -------
     TTSResult
     """
-    from ..inference import crop_box, predict_prepared
-    from .tts_muting import ChannelMuting, inside, keypoint_masks
+    from ...inference import crop_box, predict_prepared
+    from .muting import ChannelMuting, inside, keypoint_masks
 
     ctx = ensure_context(ctx)
     check_settings(alpha, keep_fraction, layer)

@@ -1,6 +1,6 @@
 """Interactive TTS: re-predict one slice after every keypoint change from cached features.
 
-:class:`TTSSession` prepares the volume once, runs the network once per slice (cached, least recently used
+:class:`SliceTTS` prepares the volume once, runs the network once per slice (cached, least recently used
 slices dropped first) and, when keypoints move, only re-scores the channels and re-runs the head on the
 muted cached features (the ``decoder`` tap). For other taps the cached features still make scoring free,
 but the network after the tap has to run again.
@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ModelError
-from ..inference import crop_box
-from . import tts_engine as engine
-from .tts import (
+from ...errors import ModelError
+from ...inference import crop_box
+from . import engine
+from .muting import inside
+from .run import (
     TTSWarning,
     check_settings,
     label_ids_for,
@@ -32,8 +33,7 @@ from .tts import (
     prepare_tts_input,
     validate_keypoints,
 )
-from .tts_muting import inside
-from .tts_select import (
+from .select import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FRACTION,
     ChannelSelection,
@@ -45,7 +45,7 @@ from .tts_select import (
 if TYPE_CHECKING:
     import torch
 
-    from ..volume import Volume
+    from ...volume import Volume
 
 
 @dataclass
@@ -92,7 +92,7 @@ class _CachedSlice:
     attention_before: np.ndarray
 
 
-class TTSSession:
+class SliceTTS:
     """Cached single-slice TTS for a 2D model and one volume.
 
     Parameters
@@ -210,7 +210,7 @@ class TTSSession:
         positive_points, negative_points
             ``(N, 3)`` ``(z, y, x)`` keypoints of the whole volume; only those on slice ``z`` are used.
         alpha, keep_fraction, keep_background
-            As in :func:`~napari_medadapt.core.adapt.tts.tts`.
+            As in :func:`~napari_medadapt.core.adapt.tts.run.tts`.
         warn
             Also issue the result's messages as :class:`TTSWarning` (a dock shows them in its status instead).
         """
