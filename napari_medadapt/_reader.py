@@ -1,4 +1,5 @@
-"""napari reader: NIfTI files (``.nii``, ``.nii.gz``) and case folders of NIfTI files.
+"""napari reader: NIfTI files (``.nii``, ``.nii.gz``), case folders of NIfTI files, and DICOM (folders, ``.dcm`` files,
+zips, DICOM SEG; :mod:`napari_medadapt._dicom_layers`).
 
 Each modality becomes an Image layer (``scale`` = voxel spacing in mm, gray colormap, contrast limits from
 robust percentiles or, for CT, the soft-tissue window); each label map becomes a Labels layer. Every layer
@@ -186,6 +187,11 @@ def read_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[L
         paths = [paths]
     layers: list[LayerData] = []
     for path in paths:
+        if _is_dicom(path):
+            from napari_medadapt._dicom_layers import read_dicom_layers
+
+            layers.extend(read_dicom_layers(path, image_layer_data, labels_layer_data))
+            continue
         layers.extend(read_case_layers(path) if Path(path).is_dir() else read_file_layers(path))
     return layers
 
@@ -221,11 +227,19 @@ def _holds_nifti(folder: Path) -> bool:
     return bool(nifti_files(folder))
 
 
+def _is_dicom(path: str | os.PathLike) -> bool:
+    """A DICOM folder (without NIfTI files: those are case folders), ``.dcm`` file, DICOMDIR or zip of DICOM."""
+    from napari_medadapt.core.dicom import is_dicom_source
+
+    path = Path(path)
+    return not is_nifti_path(path) and not (path.is_dir() and _holds_nifti(path)) and is_dicom_source(path)
+
+
 def _readable(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.is_dir():  # a folder of case folders is taken too, to say which case folder to open
-        return _holds_nifti(path) or any(p.is_dir() and _holds_nifti(p) for p in path.iterdir())
-    return is_nifti_path(path)
+        return _holds_nifti(path) or any(p.is_dir() and _holds_nifti(p) for p in path.iterdir()) or _is_dicom(path)
+    return is_nifti_path(path) or _is_dicom(path)
 
 
 def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:

@@ -1,4 +1,5 @@
-"""napari writer: a Labels layer -> NIfTI (``.nii.gz``/``.nii``) on the exact grid of its source image.
+"""napari writer: a Labels layer -> NIfTI (``.nii.gz``/``.nii``) on the exact grid of its source image, or -> DICOM SEG
+(``.dcm``) referencing the DICOM series its image came from.
 
 The geometry comes from the layer's ``metadata["medadapt"]["geometry"]``; a Labels layer without one
 (e.g. created with "New labels layer") uses the geometry of the image layer(s) of the same shape in the
@@ -163,6 +164,8 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """
     import napari
 
+    if str(path).lower().endswith(".dcm"):
+        return write_labels_dicom(path, data, attributes)
     array = np.asarray(data)
     viewer = napari.current_viewer()
     geometry = _metadata_geometry(attributes.get("metadata"))
@@ -178,6 +181,101 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         target,
         class_names=_class_names(attributes.get("features")),
         inputs=protected,
-        provenance=_provenance(attributes),
+        provenance=_series_inputs(_provenance(attributes), attributes, geometry, viewer),
     )
     return [str(written)]
+
+
+def _dicom_source(attributes: dict[str, Any], geometry: Geometry, viewer: Any, required: bool = True) -> dict[str, Any]:
+    """The DICOM series the labels belong to: the layer's own, else that of an open image layer on the same grid
+    (``{}`` when there is none and it is not ``required``)."""
+    own = ((attributes.get("metadata") or {}).get("medadapt") or {}).get("dicom")
+    if isinstance(own, dict) and own.get("source"):
+        return own
+    from napari.layers import Image
+
+    for layer in getattr(viewer, "layers", ()):
+        medadapt = (layer.metadata or {}).get("medadapt") or {}
+        grid = medadapt.get("geometry")
+        if isinstance(layer, Image) and medadapt.get("dicom") and isinstance(grid, Geometry) and grid.matches(geometry):
+            return medadapt["dicom"]
+    if not required:
+        return {}
+    raise VolumeError(
+        "These labels are not on the grid of a DICOM series open in the viewer, so a DICOM SEG cannot reference "
+        "their images. Open the DICOM series they were drawn on (File > Open Folder), or save them as .nii.gz."
+    )
+
+
+def _our_seg(target: Path) -> bool:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(target, stop_before_pixels=True, specific_tags=["SOPClassUID", "Manufacturer"])
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+    return str(ds.get("Manufacturer", "")) == "napari-medadapt" and str(ds.get("SOPClassUID", "")).endswith(".66.4")
+
+
+def write_labels_dicom(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """Save a Labels layer as a DICOM SEG referencing the DICOM series its image came from (never changed).
+
+    Parameters
+    ----------
+    path
+        Destination; ``.dcm`` is appended when missing.
+    data
+        The layer's ``(Z, Y, X)`` label array.
+    attributes
+        The layer's state (``metadata``, ``name``, ``features``, ...).
+
+    Returns
+    -------
+    list of str
+        The written file.
+    """
+    import napari
+
+    from napari_medadapt.core.dicom.seg import find_reference, write_seg
+
+    array = np.asarray(data)
+    viewer = napari.current_viewer()
+    geometry = _metadata_geometry(attributes.get("metadata")) or geometry_from_viewer(array.shape, viewer)
+    target = Path(path) if str(path).lower().endswith(".dcm") else Path(f"{path}.dcm")
+    protected = [*_provenance_inputs(attributes), *(_open_image_files(viewer) if viewer is not None else ())]
+    check_output_path(target, inputs=protected, what="DICOM SEG file")
+    if target.exists() and not _our_seg(target):
+        reason = "exists and is not a DICOM SEG saved by napari-medadapt (it may be a scan or another tool's labels)."
+        if not confirm_replace(target, reason):
+            raise OutputError(f"{target} {reason} It was left as it is. Save the labels under another name.")
+    source = _dicom_source(attributes, geometry, viewer)
+    grid = find_reference(f"{source['source']}#{source['series_uid']}", geometry)
+    record = _series_inputs(_provenance(attributes), attributes, geometry, viewer, grid.series)
+    model = (record or {}).get("model") or {}
+    written = write_seg(
+        array, geometry, grid.series, target, class_names=_class_names(attributes.get("features")),
+        algorithm=(str(model.get("name") or "manual (napari)"), str(model.get("sha256") or "unknown")),
+        inputs=protected, provenance=record,
+    )  # fmt: skip
+    return [str(written)]
+
+
+def _series_inputs(
+    record: dict[str, Any] | None, attributes: dict[str, Any], geometry: Geometry, viewer: Any, series: Any = None
+) -> dict[str, Any] | None:
+    """``record`` with its DICOM input described by the series (the SeriesInstanceUID's sha256, modality, number),
+    not a checksum of its folder, and never a patient identifier."""
+    if record is None:
+        return None
+    source = _dicom_source(attributes, geometry, viewer, required=False)
+    if not source:
+        return record
+    from napari_medadapt.core.dicom import choose_series, list_series
+    from napari_medadapt.core.dicom.privacy import series_entry
+
+    if series is None:
+        series = choose_series(list_series(source["source"]), source["series_uid"])[0][0]
+    for name, entry in record.get("inputs", {}).items():
+        if isinstance(entry, dict) and str(entry.get("path")) == str(Path(source["source"]).resolve()):
+            record["inputs"][name] = series_entry(series, source["source"])
+    return record

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "napari_medadapt.cli.info",
     "napari_medadapt.cli.segment",
     "napari_medadapt.cli.preprocess",
+    "napari_medadapt.cli.convert",
     "napari_medadapt.cli.evaluate",
     "napari_medadapt.cli.train",
     "napari_medadapt.cli.bench",

@@ -22,7 +22,30 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
         action="append",
         required=True,
         metavar="MODALITY=PATH",
-        help="an input image and its modality, e.g. flair=case/flair.nii.gz (repeat per modality)",
+        help="an input image and its modality, e.g. flair=case/flair.nii.gz or ct=DICOM_FOLDER (a DICOM folder, "
+        ".dcm file or zip; repeat per modality)",
+    )
+    add_series_argument(parser)
+
+
+class _SeriesAction(argparse.Action):
+    """``--series S`` after ``--image MOD=DICOM``: that input's series (kept as ``DICOM#S``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        images = getattr(namespace, "image", None)
+        if not images:
+            parser.error("--series goes after the --image whose DICOM series it chooses.")
+        images[-1] = f"{images[-1]}#{values}"
+
+
+def add_series_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--series`` (the series of the preceding DICOM ``--image``: number, SeriesInstanceUID or description)."""
+    parser.add_argument(
+        "--series",
+        action=_SeriesAction,
+        metavar="SERIES",
+        help="for a DICOM input holding several series: the series to use (its number, SeriesInstanceUID or words "
+        "of its description; given after that --image). Default: the largest CT/MR series, with a note",
     )
 
 
@@ -31,7 +54,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="compute device: auto, cpu, cuda, cuda:N or mps")
 
 
-def check_nifti_out(path: str, inputs: Iterable[str | os.PathLike] = ()) -> None:
+def check_nifti_out(path: str, inputs: Iterable[str | os.PathLike] = (), dicom_ok: bool = False) -> None:
     """Check ``--out`` before any computation: a NIfTI name, a writable folder, not an input, not read-only.
 
     Raises :class:`~napari_medadapt.cli.CLIError` or :class:`~napari_medadapt.core.files.OutputError`.
@@ -40,8 +63,9 @@ def check_nifti_out(path: str, inputs: Iterable[str | os.PathLike] = ()) -> None
     from napari_medadapt.core.files import check_output_path
     from napari_medadapt.core.volume import is_nifti_path
 
-    if not is_nifti_path(path):
-        raise CLIError(f"--out {path}: the output must be a .nii.gz or .nii file.")
+    if not is_nifti_path(path) and not (dicom_ok and str(path).lower().endswith(".dcm")):
+        also = " (or .dcm: a DICOM SEG, for a DICOM input)" if dicom_ok else ""
+        raise CLIError(f"--out {path}: the output must be a .nii.gz or .nii file{also}.")
     check_output_path(path, inputs=inputs, what="--out")
 
 
@@ -92,11 +116,11 @@ def load_images(images: dict[str, str]):
     import numpy as np
 
     from napari_medadapt.core.errors import VolumeError
-    from napari_medadapt.core.volume import Volume, load_volume
+    from napari_medadapt.core.volume import Volume
 
     volumes = []
     for modality, path in images.items():
-        volume = load_volume(path, name=modality)
+        volume = load_input(path, modality)
         if volume.data.shape[0] != 1:
             raise VolumeError(f"{path} holds {volume.data.shape[0]} channels; give one file per modality.")
         volumes.append(volume)
@@ -115,3 +139,36 @@ def load_images(images: dict[str, str]):
         tuple(images),
         tuple(images.values()),
     )
+
+
+def is_dicom_input(path: str) -> bool:
+    """Whether an ``--image`` path is DICOM (a folder, .dcm file or zip, optionally ``#SERIES``), not NIfTI."""
+    from napari_medadapt.core.dicom import is_dicom_source
+    from napari_medadapt.core.volume import is_nifti_path
+
+    return not is_nifti_path(path) and is_dicom_source(path)
+
+
+def load_input(path: str, modality: str):
+    """One ``--image``: a NIfTI file, or a DICOM series (its notes printed on stderr as ``note: ...``)."""
+    from napari_medadapt.core.volume import load_volume
+
+    if not is_dicom_input(path):
+        return load_volume(path, name=modality)
+    from napari_medadapt.core.dicom import load_dicom
+
+    volume, notes = load_dicom(path, name=modality)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return volume
+
+
+def input_entries(images: dict[str, str], record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its DICOM inputs described by their series (the SeriesInstanceUID's sha256, modality, number:
+    never a patient identifier) instead of a file checksum."""
+    from napari_medadapt.core.dicom import provenance_entry
+
+    for name, path in images.items():
+        if name in record.get("inputs", {}) and is_dicom_input(path):
+            record["inputs"][name] = provenance_entry(path)
+    return record

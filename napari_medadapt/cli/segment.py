@@ -22,6 +22,8 @@ from napari_medadapt.cli._common import (
     add_device_argument,
     add_model_arguments,
     check_nifti_out,
+    input_entries,
+    is_dicom_input,
     load_checked_model,
     load_images,
     parse_images,
@@ -40,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bundled model name, model card (.json) or weight file (.safetensors/.pt with its card beside it); "
         "default: the bundled brain-tumour model glioma2d",
     )
-    parser.add_argument("--out", required=True, metavar="OUT.nii.gz", help="where to write the label map")
+    parser.add_argument("--out", required=True, metavar="OUT.nii.gz",
+                        help="where to write the label map (.nii.gz, or .dcm: a DICOM SEG on a DICOM first --image)")
     parser.add_argument(
         "--tta", choices=TTA_METHODS, default="none", help="test-time adaptation before segmenting (default: none)"
     )
@@ -74,8 +77,16 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.session import ModelSession
 
     images = parse_images(args.image)
-    check_nifti_out(args.out, inputs=images.values())
+    check_nifti_out(args.out, inputs=images.values(), dicom_ok=True)
+    reference = next(iter(images.values()))
+    if args.out.lower().endswith(".dcm") and not is_dicom_input(reference):
+        raise CLIError(f"--out {args.out}: a DICOM SEG needs a DICOM series as the first --image ({reference} is "
+                       "not); write .nii.gz instead.")
     device = select_device(args.device)
+    dicom = [path for path in images.values() if is_dicom_input(path)]
+    if args.preprocess and dicom:
+        raise CLIError(f"--preprocess reads NIfTI files for now; {dicom[0]} is DICOM. Convert it first: medadapt "
+                       f"convert --image {dicom[0]} --out scan.nii.gz")  # fmt: skip
     if args.preprocess:
         volume = prepare(images, args, default_reference=next(iter(images))).volume
     elif args.reference or args.no_strip or args.force_strip or args.n4 != "auto":
@@ -116,10 +127,20 @@ def run(args: argparse.Namespace) -> int:
                   "n4": args.n4},
         device=str(device),
     )
-    written = save_labels(
-        prediction.labels, volume.geometry, args.out, class_names=prediction.class_names, inputs=list(images.values()),
-        provenance=record,
-    )
+    record = input_entries(images, record)
+    if args.out.lower().endswith(".dcm"):
+        from napari_medadapt.core.dicom.seg import write_seg
+
+        written = write_seg(
+            prediction.labels, volume.geometry, reference, args.out, class_names=prediction.class_names,
+            algorithm=(model.card.name, (record["model"] or {}).get("sha256") or "unknown"),
+            inputs=list(images.values()), provenance=record,
+        )
+    else:
+        written = save_labels(
+            prediction.labels, volume.geometry, args.out, class_names=prediction.class_names,
+            inputs=list(images.values()), provenance=record,
+        )
     print(prediction.format_volumes())
     print(f"labels written to {written}", file=sys.stderr)
     return 0
