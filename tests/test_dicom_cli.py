@@ -124,10 +124,9 @@ def test_seg_output_needs_a_dicom_input(tmp_path, capsys, ct_model):
     assert code == 2 and "needs a DICOM series" in capsys.readouterr().err
 
 
-def test_series_option_follows_each_image_and_batch_names_the_conversion(study, tmp_path):
+def test_series_option_follows_each_image(study, tmp_path):
     from napari_medadapt.cli import build_parser
     from napari_medadapt.cli._common import load_images, parse_images
-    from napari_medadapt.core.batch.cohort import CohortError, read_cohort
 
     args = build_parser().parse_args(["segment", "--image", f"ct={study}", "--series", "4", "--image",
                                       f"t2={study}", "--series", "T2", "--out", "x.nii.gz"])  # fmt: skip
@@ -135,9 +134,32 @@ def test_series_option_follows_each_image_and_batch_names_the_conversion(study, 
     assert images == {"ct": f"{study}#4", "t2": f"{study}#T2"}
     with pytest.raises(Exception, match="not on the voxel grid"):  # two series, two grids
         load_images(images)
+
+
+def test_a_cohort_of_dicom_folders_is_segmented_with_private_records(study, ct_model, tmp_path, capsys):
+    from napari_medadapt.core.batch.manifest import read
+    from napari_medadapt.core.provenance import read_provenance
+
     csv = tmp_path / "cohort.csv"
-    csv.write_text(f"case_id,ct\ncase1,{study}\n")
-    with pytest.raises(CohortError, match="is DICOM.*medadapt convert --image"):
+    csv.write_text(f"case_id,ct\ncase1,{study}#ABDOMEN\ncase2,{study / 'ct'}\n")
+    out = tmp_path / "results"
+    assert main(["batch", "segment", "--cases", str(csv), "--out", str(out), "--model", str(ct_model)]) == 0
+    records = [r for r in read(out) if r.get("status") == "done"]
+    assert sorted(r["case_id"] for r in records) == ["case1", "case2"]
+    ct = load_dicom(f"{study}#ABDOMEN", name="ct")[0]
+    for record in records:
+        labels = out / record["output"]
+        assert load_labels(labels).shape == ct.data.shape[1:]
+        entry = read_provenance(labels)["inputs"]["ct"]
+        assert entry["dicom_series_uid_sha256"] == uid_hash(list_series(study / "ct")[0].uid)
+        _no_identifiers(labels.with_name(labels.name.replace(".nii.gz", ".provenance.json")).read_text(),
+                        (out / "manifest.jsonl").read_text())
+    assert main(["batch", "segment", "--cases", str(csv), "--out", str(out), "--model", str(ct_model)]) == 0
+    assert "2 already done" in capsys.readouterr().out  # resumed: the series' identity is stable
+    csv.write_text(f"case_id,ct,reference\ncase1,{study}#ABDOMEN,{study}\n")
+    from napari_medadapt.core.batch.cohort import CohortError, read_cohort
+
+    with pytest.raises(CohortError, match="reference .* is DICOM"):
         read_cohort(csv)
 
 

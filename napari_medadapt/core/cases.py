@@ -90,6 +90,19 @@ def case_files(
     return modalities, labels
 
 
+def _load_image(path: Path, name: str) -> Volume:
+    """A modality file, or a DICOM series (folder, zip, ``.dcm``; ``FOLDER#SERIES``) with its notes as warnings."""
+    from .dicom import is_dicom_source, load_dicom
+
+    if not is_dicom_source(path):
+        return load_volume(path, name=name)
+
+    volume, notes = load_dicom(path, name=name)
+    for note in notes:
+        warnings.warn(note, VolumeWarning, stacklevel=3)
+    return volume
+
+
 def _skip(path: Path, err: VolumeError, what: str) -> None:
     warnings.warn(f"{path.name} was not opened ({err}) The rest of the case {what}.", VolumeWarning, stacklevel=3)
 
@@ -102,7 +115,8 @@ def load_case(
     Parameters
     ----------
     source
-        A folder of NIfTI files, or a mapping ``{modality: path}`` (module docstring). Channels come in
+        A folder of NIfTI files, or a mapping ``{modality: path}`` (module docstring; a path may be a DICOM series:
+        a folder, zip or ``.dcm`` file, ``FOLDER#SERIES`` to pick one). Channels come in
         :data:`~napari_medadapt.core.volume.CANONICAL_MODALITIES` order, others after.
     skip_unreadable
         A file that cannot be read (a damaged scan, a mask that is not a label map) is left out with a
@@ -121,7 +135,7 @@ def load_case(
     volumes, loaded = [], []
     for index, modality in enumerate(order):
         try:
-            volumes.append(load_volume(modalities[modality], name=modality))
+            volumes.append(_load_image(modalities[modality], modality))
             loaded.append(modality)
         except VolumeError as err:
             if not skip_unreadable or (index == len(order) - 1 and not volumes):

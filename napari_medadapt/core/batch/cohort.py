@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..dicom import is_dicom_source
 from ..errors import VolumeError
 
 ID_COLUMNS = ("case_id", "case", "id")
@@ -127,9 +128,10 @@ def read_cohort(source: str | Path, modalities: Sequence[str] | None = None) -> 
             problems.append(f"the case id {case.case_id!r} appears twice (cases {seen[case.case_id] + 1} and {index + 1}); ids must be unique")
         seen.setdefault(case.case_id, index)
         for name, file in [*case.images.items(), *([("reference", case.reference)] if case.reference else [])]:
-            if _dicom_input(file):
-                problems.append(f"case {case.case_id!r}: the {name} input {file} is DICOM; batch runs read NIfTI files "
-                                f"for now: convert it first (medadapt convert --image {file} --out {name}.nii.gz)")  # fmt: skip
+            if is_dicom_source(file):
+                if name == "reference":
+                    problems.append(f"case {case.case_id!r}: the reference {file} is DICOM; give the reference labels as "
+                                    f"NIfTI (medadapt convert --labels ... turns SEG into NIfTI)")  # fmt: skip
             elif not Path(file).is_file():
                 problems.append(f"case {case.case_id!r}: the {name} file {file} does not exist")
     readable = [case for case in cases if case.problem is None]
@@ -141,14 +143,6 @@ def read_cohort(source: str | Path, modalities: Sequence[str] | None = None) -> 
             problems.append(f"case {case.case_id!r} " + " and ".join(said) + f" (expected {', '.join(sorted(expected))})")
     _problems(problems, source)
     return cases
-
-
-def _dicom_input(file: str) -> bool:
-    """A DICOM folder, zip or ``.dcm`` file given as a case's input."""
-    from ..dicom import is_dicom_source
-    from ..volume import is_nifti_path
-
-    return not is_nifti_path(file) and Path(file).exists() and is_dicom_source(file)
 
 
 def output_name(case_id: str) -> str:

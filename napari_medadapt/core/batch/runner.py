@@ -94,12 +94,22 @@ def read_base(adapter: str) -> str:
     return str(read_adapter_card(adapter)["base_model"])
 
 
+def input_identity(path: str) -> str:
+    """What identifies an input: a file's sha256, or a DICOM series' SeriesInstanceUID sha256 (a series is many
+    files; its UID names its content, and never a patient)."""
+    from ..dicom import is_dicom_source, provenance_entry
+
+    if is_dicom_source(path):
+        return "dicom-series:" + provenance_entry(path)["dicom_series_uid_sha256"]
+    return sha256_file(path)
+
+
 def case_key(case: Case, settings: BatchSettings, identity: dict[str, Any]) -> dict[str, Any]:
     """What a case's output depends on: its inputs' (and reference's) sha256, the model, adapter and settings."""
     if case.problem is not None:
         return {"problem": case.problem}
     return {
-        "inputs": {m: sha256_file(p) for m, p in sorted(case.images.items())},
+        "inputs": {m: input_identity(p) for m, p in sorted(case.images.items())},
         "reference": sha256_file(case.reference) if case.reference else None,
         "settings": settings.as_dict(),
         **identity,

@@ -132,6 +132,16 @@ def _metrics(labels: Any, case: Case, geometry: Any, class_names: dict[int, str]
     return {region: round(values["dice"], 4) for region, values in scores.items()}
 
 
+def _series_entries(record: dict[str, Any], images: dict[str, str]) -> None:
+    """Describe DICOM inputs in a provenance record by their series (UID sha256, modality, number), never by a
+    patient identifier."""
+    from ..dicom import is_dicom_source, provenance_entry
+
+    for name, path in images.items():
+        if is_dicom_source(path):
+            record["inputs"][name] = provenance_entry(path)
+
+
 def run_case(
     case: Case, settings: BatchSettings, key: dict[str, Any], out_dir: str, run_id: str, threads: int | None = None,
 ) -> dict[str, Any]:
@@ -161,6 +171,7 @@ def run_case(
                 settings.method, inputs=case.images, settings={**settings.as_dict(), "case_id": case.case_id},
                 device=str(session.device), **entries,
             )
+            _series_entries(provenance, case.images)
             path = Path(out_dir) / LABELS_FOLDER / output_name(case.case_id)
             from ..hashing import sha256_file
             from ..labelmaps import save_labels
