@@ -171,3 +171,20 @@ def test_bench_dicom_compares_with_simpleitk_on_a_small_series(tmp_path, capsys)
     result = json.loads(report.read_text())
     assert all(series["identical"] for series in result["series"].values())
     assert "| axial |" in markdown.read_text()
+
+
+def test_preprocess_reads_dicom_series(tmp_path, capsys):
+    series = tmp_path / "t2"
+    write_series(series, sample_block((32, 28, 10)), affine_lps(rotation("x", 8)),
+                 template=base_dataset(description="T2 AX", number=3))  # fmt: skip
+    out = tmp_path / "prepared"
+    out.mkdir()
+    code = main(["preprocess", "--image", f"t2={series}", "--no-strip", "--n4", "off", "--out-dir", str(out),
+                 "--device", "cpu"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    t2 = load_dicom(series, name="t2")[0]
+    prepared = load_volume(out / "t2.nii.gz")
+    np.testing.assert_allclose(prepared.data[0], t2.data[0], atol=1e-3)
+    np.testing.assert_allclose(prepared.geometry.display_affine, t2.geometry.display_affine, atol=1e-3)
+    _no_identifiers(captured.out, captured.err, (out / "preprocess.json").read_text())

@@ -83,10 +83,6 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {args.out}: a DICOM SEG needs a DICOM series as the first --image ({reference} is "
                        "not); write .nii.gz instead.")
     device = select_device(args.device)
-    dicom = [path for path in images.values() if is_dicom_input(path)]
-    if args.preprocess and dicom:
-        raise CLIError(f"--preprocess reads NIfTI files for now; {dicom[0]} is DICOM. Convert it first: medadapt "
-                       f"convert --image {dicom[0]} --out scan.nii.gz")  # fmt: skip
     if args.preprocess:
         volume = prepare(images, args, default_reference=next(iter(images))).volume
     elif args.reference or args.no_strip or args.force_strip or args.n4 != "auto":

@@ -240,12 +240,18 @@ def prepare_scans(
 
 
 def load_sequences(paths: Mapping[str, str | Path]) -> tuple[dict[str, Volume], list[str]]:
-    """Read ``{modality: file}``; a 2D image (a localiser) or a 4D series is skipped with a note."""
+    """Read ``{modality: file or DICOM series}``; a 2D image (a localiser) or a 4D series is skipped with a note
+    (a DICOM source's own notes, e.g. the series chosen, come with them)."""
+    from ..dicom import is_dicom_source, load_dicom
     from ..volume import file_layout, load_volume, open_nifti
 
     sequences: dict[str, Volume] = {}
     skipped: list[str] = []
     for name, path in paths.items():
+        if is_dicom_source(path):  # the reader skips localisers and refuses what is not one volume
+            sequences[name], notes = load_dicom(path, name=name)
+            skipped.extend(f"{name}: {note}" for note in notes)
+            continue
         spatial, kind, channels = file_layout(open_nifti(path), path)
         if kind == "series":
             skipped.append(f"{name} ({path}) is a series of volumes, not one scan: skipped.")
