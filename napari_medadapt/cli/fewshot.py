@@ -23,6 +23,7 @@ from napari_medadapt.cli._common import (
     add_device_argument,
     add_model_arguments,
     check_nifti_out,
+    input_entries,
     load_images,
     parse_images,
     text_progress,
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         )
     written = save_labels(
         labels, volume.geometry, args.out, class_names=class_names, inputs=[*images.values(), *filter(None, [args.support])],
-        provenance=record,
+        provenance=input_entries(images, record),  # a DICOM input by its series, never a patient identifier
     )
     report["out"] = str(written)
     if args.adapter is None and args.save_adapter is not None:  # after the labels: a failed save loses no result

@@ -24,6 +24,7 @@ from napari_medadapt.cli._common import (
     add_device_argument,
     add_model_arguments,
     check_nifti_out,
+    input_entries,
     load_checked_model,
     load_images,
     parse_images,
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     )
     written = save_labels(
         result.after.astype(np.uint8), geometry, args.out, class_names=class_names, inputs=images.values(),
-        provenance=record,
+        provenance=input_entries(images, record),  # a DICOM input by its series, never a patient identifier
     )
     before = label_volumes_ml(result.before, geometry.spacing)
     after = label_volumes_ml(result.after, geometry.spacing)
