@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "napari_medadapt.cli.convert",
     "napari_medadapt.cli.evaluate",
     "napari_medadapt.cli.train",
+    "napari_medadapt.cli.segfm",
     "napari_medadapt.cli.bench",
     "napari_medadapt.cli.tts",
     "napari_medadapt.cli.fewshot",

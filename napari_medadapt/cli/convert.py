@@ -16,11 +16,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``medadapt convert`` (and the ``dicom`` target of ``medadapt bench``)."""
-    from napari_medadapt.cli.bench import BENCH_TARGETS
-
-    # the bench target lives beside the other benchmarks; registered here until cli/bench.py lists it
-    BENCH_TARGETS.setdefault("dicom", "napari_medadapt.bench.dicom")
+    """Add ``medadapt convert``."""
     help_text = "convert a DICOM series to NIfTI, NIfTI labels to DICOM SEG, or a DICOM SEG to NIfTI labels"
     parser = subparsers.add_parser("convert", help=help_text, description=help_text)
     source = parser.add_mutually_exclusive_group(required=True)

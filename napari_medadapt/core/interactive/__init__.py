@@ -1,0 +1,35 @@
+"""3D objects edited by interactions (3D box, clicks, scribbles, lasso, a mask), Qt-free.
+
+:class:`ObjectSet` holds several non-overlapping objects with their own undo history; an :class:`ObjectEngine`
+computes an object's new 3D mask from each interaction (:class:`SliceEngine`: a 2D promptable model slice by
+slice; a native 3D model can implement the same interface). Importing this package does not import torch.
+"""
+
+from .engine import ObjectEngine, SliceEngine
+from .interactions import (
+    Box3D,
+    Click,
+    Interaction,
+    Lasso,
+    MaskPrompt,
+    ObjectState,
+    Scribble,
+    polygon_mask,
+    sample_points,
+)
+from .objects import ObjectSet
+
+__all__ = [
+    "Box3D",
+    "Click",
+    "Interaction",
+    "Lasso",
+    "MaskPrompt",
+    "ObjectEngine",
+    "ObjectSet",
+    "ObjectState",
+    "Scribble",
+    "SliceEngine",
+    "polygon_mask",
+    "sample_points",
+]

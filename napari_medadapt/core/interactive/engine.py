@@ -1,0 +1,328 @@
+"""Engines that turn an interaction on a 3D object into the object's new 3D mask.
+
+:class:`ObjectEngine` is the interface (a native 3D promptable model would implement it by feeding the
+interactions as prompts); :class:`SliceEngine` implements it with a 2D promptable model (``SamPredictor``:
+embed each slice once, decode per prompt), so that every interaction updates the whole object:
+
+- a 3D box: the box on its middle slice, then box-margin propagation (LiteMedSAM's 3D recipe) confined to the
+  box's slab ``z_min..z_max``;
+- a click: its slice is predicted again (box from the object's mask on that slice widened to the positive clicks,
+  every click of the object on that slice, the slice's mask as a mask prompt); the change then travels to the
+  neighbours in both directions, each slice prompted from its corrected neighbour's box (+ margin) and its own
+  clicks, until a new slice agrees with the previous object (IoU >= ``agree_iou``), the model finds no object or
+  jumps (IoU with the neighbour < ``stop_iou``), or the slab ends. A positive click beyond the object's end
+  extends it (the slab grows to the click); a click whose slice comes out empty removes that slice and
+  everything beyond it on the side away from the object (the smaller side);
+- scribbles and a lasso: their slices are predicted from sampled points, the box and a mask prompt, and the
+  change travels from each of them the same way;
+- a mask: replaces the object.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import MedAdaptError
+from .interactions import (
+    Box3D,
+    Click,
+    Interaction,
+    Lasso,
+    MaskPrompt,
+    ObjectState,
+    Scribble,
+    polygon_mask,
+    sample_points,
+)
+
+
+class ObjectEngine(ABC):
+    """Computes an object's new 3D mask from its state and one new interaction.
+
+    ``state.interactions`` already ends with ``interaction``; ``state.mask`` is the mask before it.
+    """
+
+    volume: np.ndarray
+
+    @abstractmethod
+    def update(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
+        """The object's new boolean 3D mask (the volume's shape)."""
+
+
+def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+class SliceEngine(ObjectEngine):
+    """The slice-wise implementation of :class:`ObjectEngine` on a ``SamPredictor``.
+
+    ``travel="local"`` (default) carries only the continuation of a correction to the next slice: the voxels the
+    neighbour's re-prediction adds (removes) within ``LOCAL_REACH`` voxels of what the previous slice added
+    (removed); it stops where nothing continues. ``travel="replace"`` replaces each next slice by its
+    re-prediction until one agrees with the previous object (IoU >= ``agree_iou``).
+
+    Parameters
+    ----------
+    predictor
+        ``core.sam.SamPredictor`` (its embedding cache is used and filled).
+    volume
+        ``(Z, Y, X)`` volume; slices are taken along the first axis.
+    window
+        Intensity window ``(low, high)`` for the whole volume (``None``: the predictor's ``mri-auto``).
+    spread
+        Let a correction travel to the neighbouring slices (``False``: the clicked slice only, the old way).
+    agree_iou
+        A travelling correction stops at the first slice whose new mask agrees this well with the previous object.
+    stop_iou, max_area_ratio, min_area
+        The travelling correction also stops where the new mask overlaps its neighbour less than ``stop_iou``,
+        changes area by more than ``max_area_ratio`` or has fewer than ``min_area`` voxels.
+    box_stops
+        Stop box propagation inside the slab on IoU / area jumps (``False``: trust the slab, stop only on an
+        empty slice).
+    travel
+        ``"local"`` or ``"replace"`` (above).
+    click_scope
+        ``"slice"``: the clicked slice takes the model's whole new answer; ``"local"``: only the part of the change
+        at the click (the added or removed region within 2 voxels of it).
+    """
+
+    LOCAL_REACH = 3
+    TRIM_SHARE = 0.25
+
+    def __init__(
+        self,
+        predictor: Any,
+        volume: np.ndarray,
+        window: tuple[float, float] | str | None = None,
+        *,
+        spread: bool = True,
+        agree_iou: float = 0.9,
+        stop_iou: float = 0.4,
+        max_area_ratio: float = 2.5,
+        min_area: int = 4,
+        box_stops: bool = False,
+        travel: str = "local",
+        click_scope: str = "slice",
+    ) -> None:
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise MedAdaptError(f"The object engine needs a 3D volume (Z, Y, X); got shape {volume.shape}.")
+        self.predictor = predictor
+        self.volume = volume
+        self.window = predictor.window_for(volume, window)
+        self.spread = spread
+        self.agree_iou = agree_iou
+        self.stop_iou = stop_iou
+        self.max_area_ratio = max_area_ratio
+        self.min_area = min_area
+        self.box_stops = box_stops
+        if travel not in ("local", "replace"):
+            raise MedAdaptError(f"travel must be 'local' or 'replace'; got {travel!r}.")
+        self.travel = travel
+        if click_scope not in ("local", "slice"):
+            raise MedAdaptError(f"click_scope must be 'local' or 'slice'; got {click_scope!r}.")
+        self.click_scope = click_scope
+        from ..sam.propagation import BOX_MARGIN_PX
+
+        h, w = predictor.model.input_size(volume.shape[1:])
+        self.margin = (BOX_MARGIN_PX * volume.shape[1] / h, BOX_MARGIN_PX * volume.shape[2] / w)
+        self.decodes = 0
+
+    # ------------------------------------------------------------------ 2D
+    def _predict(self, z: int, points: np.ndarray, labels: np.ndarray, box: Any, mask: np.ndarray | None) -> np.ndarray:
+        from ..sam.prompts import make_prompts
+        from ..sam.propagation import mask_to_logits
+
+        logits = mask_to_logits(self.predictor, mask) if mask is not None and mask.any() else None
+        if box is None and len(points) == 0:
+            return np.zeros(self.volume.shape[1:], bool)
+        prompts = make_prompts(points if len(points) else None, labels if len(points) else None, box, logits)
+        self.decodes += 1
+        return self.predictor.predict(self.volume[z], self.window, prompts).mask
+
+    def _box_with(self, box: tuple | None, points: np.ndarray, labels: np.ndarray, margin: bool) -> tuple | None:
+        """``box`` (optionally widened by the margin) grown to hold the positive points; ``None`` without a box."""
+        if box is None:  # clicks alone (the click decoder answers them)
+            return None
+        pos = points[labels == 1] if len(points) else np.zeros((0, 2))
+        rows, cols = self.volume.shape[1:]
+        r0, c0, r1, c1 = box
+        if margin:
+            r0, c0, r1, c1 = r0 - self.margin[0], c0 - self.margin[1], r1 + self.margin[0], c1 + self.margin[1]
+        for r, c in pos:
+            r0, c0, r1, c1 = min(r0, r - self.margin[0]), min(c0, c - self.margin[1]), max(r1, r + self.margin[0]), max(c1, c + self.margin[1])
+        return max(0.0, r0), max(0.0, c0), min(rows - 1.0, r1), min(cols - 1.0, c1)
+
+    def _correct_slice(self, state: ObjectState, z: int, extra_points: np.ndarray | None = None,
+                       extra_labels: np.ndarray | None = None, hint: np.ndarray | None = None) -> np.ndarray:
+        """Predict slice ``z`` again from the object's mask there, its clicks and any extra prompts."""
+        cur = state.mask[z] if hint is None else hint
+        points, labels = state.clicks_on(z)
+        if extra_points is not None and len(extra_points):
+            points = np.vstack([points, extra_points])
+            labels = np.concatenate([labels, extra_labels])
+        if len(points) and not np.any(labels == 1) and not cur.any():
+            return np.zeros_like(cur)  # a negative prompt on a slice without the object: nothing to remove
+        box = self._box_with(_box_of(cur), points, labels, margin=False)
+        return self._predict(z, points, labels, box, cur)
+
+    # ------------------------------------------------------------------ 3D
+    def update(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
+        """The object's new 3D mask after ``interaction`` (see the module docstring)."""
+        if isinstance(interaction, MaskPrompt):
+            mask = np.asarray(interaction.mask, bool)
+            if mask.shape != self.volume.shape:
+                raise MedAdaptError(f"The mask has shape {mask.shape}; the volume has {self.volume.shape}.")
+            return mask.copy()
+        if isinstance(interaction, Box3D):
+            return self._box(interaction)
+        new = state.mask.copy()
+        if isinstance(interaction, Click):
+            z = interaction.zyx[0]
+            pred = self._correct_slice(state, z)
+            if self.click_scope == "local" and self.spread:
+                pred = self._near_click(state.mask[z], pred, interaction)
+            corrected = {z: pred}
+        elif isinstance(interaction, Scribble):
+            corrected = self._scribble(state, interaction)
+        elif isinstance(interaction, Lasso):
+            corrected = self._lasso(state, interaction)
+        else:
+            raise MedAdaptError(f"Unknown interaction {type(interaction).__name__}.")
+        self._apply(state, new, corrected, positive=getattr(interaction, "positive", True))
+        return new
+
+    @staticmethod
+    def _near_click(old: np.ndarray, pred: np.ndarray, click: Click) -> np.ndarray:
+        """The clicked slice changed only where the click is: the added (positive) or removed (negative) regions
+        of the re-prediction within 2 voxels of the click; the model's whole answer when none is there."""
+        change = (pred & ~old) if click.positive else (old & ~pred)
+        labels, _ = ndimage.label(change)
+        r, c = click.zyx[1], click.zyx[2]
+        ids = np.unique(labels[max(0, r - 2): r + 3, max(0, c - 2): c + 3])
+        ids = ids[ids != 0]
+        if ids.size == 0:
+            return pred
+        keep = np.isin(labels, ids)
+        return (old | keep) if click.positive else (old & ~keep)
+
+    def _box(self, box: Box3D) -> np.ndarray:
+        from ..sam.propagation import propagate
+
+        out = np.zeros(self.volume.shape, bool)
+        seed = self._predict(box.z_mid, np.zeros((0, 2)), np.zeros(0, np.int64), box.rect, None)
+        if seed.sum() < self.min_area:
+            return out
+        loose = {} if self.box_stops else {"iou_threshold": 0.0, "max_area_ratio": 1e9, "intensity_tolerance": None}
+        result = propagate(
+            self.predictor, self.volume, {box.z_mid: seed}, self.window, mode="box-margin",
+            index_range=(box.z_min, box.z_max), min_area=self.min_area, **loose,
+        )
+        self.decodes += len(result.stats)
+        return result.mask
+
+    def _scribble(self, state: ObjectState, s: Scribble) -> dict[int, np.ndarray]:
+        smask = np.asarray(s.mask, bool)
+        if smask.shape != self.volume.shape:
+            raise MedAdaptError(f"The scribble has shape {smask.shape}; the volume has {self.volume.shape}.")
+        out = {}
+        for z in np.flatnonzero(smask.any(axis=(1, 2))):
+            z = int(z)
+            pts = sample_points(smask[z])
+            labels = np.full(len(pts), 1 if s.positive else 0, np.int64)
+            cur = state.mask[z]
+            hint = (cur | smask[z]) if s.positive else (cur & ~smask[z])
+            if not s.positive and not cur.any():
+                continue
+            pred = self._correct_slice(state, z, pts, labels, hint=hint)
+            out[z] = (pred | smask[z]) if s.positive else (pred & ~smask[z])
+        return out
+
+    def _lasso(self, state: ObjectState, lasso: Lasso) -> dict[int, np.ndarray]:
+        z = int(lasso.z)
+        if not 0 <= z < self.volume.shape[0]:
+            raise MedAdaptError(f"The lasso's slice {z} is outside the volume's {self.volume.shape[0]} slices.")
+        poly = polygon_mask(lasso.polygon, self.volume.shape[1:])
+        if not poly.any():
+            return {}
+        if not lasso.positive:
+            return {z: state.mask[z] & ~poly}
+        pts = sample_points(poly, 1)
+        pred = self._correct_slice(state, z, pts, np.ones(len(pts), np.int64), hint=poly)
+        return {z: pred & ndimage.binary_dilation(poly, iterations=2)}
+
+    def _apply(self, state: ObjectState, new: np.ndarray, corrected: dict[int, np.ndarray], positive: bool) -> None:
+        """Write the corrected slices into ``new`` and let each change travel outwards (up to the next corrected
+        slice, the slab's end, or agreement with the previous object); a negative prompt that empties a slice
+        trims the object there."""
+        depth = self.volume.shape[0]
+        lo, hi = state.slab(depth)
+        old = state.mask
+        order = sorted(corrected)
+        for z in order:
+            new[z] = corrected[z]
+        if not self.spread:
+            return
+        for k, z in enumerate(order):
+            if corrected[z].sum() < self.min_area:
+                if not positive:
+                    self._trim(new, old, z)
+                continue
+            down_end = order[k - 1] if k > 0 else lo - 1
+            up_end = order[k + 1] if k + 1 < len(order) else hi + 1
+            for step, end in ((-1, down_end), (1, up_end)):
+                self._travel(state, new, old, z, step, end)
+
+    def _trim(self, new: np.ndarray, old: np.ndarray, z: int) -> None:
+        """Slice ``z`` came out empty: remove it, and everything beyond it on the side away from the object when
+        that side is the object's end (at most ``TRIM_SHARE`` of its voxels)."""
+        new[z] = False
+        below, above = int(old[:z].sum()), int(old[z + 1:].sum())
+        if min(below, above) > self.TRIM_SHARE * max(1, below + above):
+            return  # the slice is inside the object, not past its end: only that slice goes
+        if below <= above:
+            new[:z] = False
+        else:
+            new[z + 1:] = False
+
+    def _travel(self, state: ObjectState, new: np.ndarray, old: np.ndarray, start: int, step: int, end: int) -> None:
+        """Carry the change of slice ``start`` to the next slices in direction ``step`` (see :attr:`travel`)."""
+        prev = new[start]
+        added, removed = new[start] & ~old[start], old[start] & ~new[start]
+        i = start + step
+        while i != end and 0 <= i < self.volume.shape[0] and prev.any():
+            points, labels = state.clicks_on(i)
+            box = self._box_with(_box_of(prev), points, labels, margin=True)
+            pred = self._predict(i, points, labels, box, None)
+            area, prev_area = int(pred.sum()), max(1, int(prev.sum()))
+            if area < self.min_area:
+                break
+            if _iou(pred, prev) < self.stop_iou or area > prev_area * self.max_area_ratio or area * self.max_area_ratio < prev_area:
+                break
+            if self.travel == "replace":
+                if old[i].any() and _iou(pred, old[i]) >= self.agree_iou:
+                    break
+                new[i] = pred
+            else:  # "local": only the part of the change that continues the neighbour's change
+                reach = self.LOCAL_REACH
+                grow = pred & ~old[i] & ndimage.binary_dilation(added, iterations=reach)
+                shrink = old[i] & ~pred & ndimage.binary_dilation(removed, iterations=reach)
+                if not grow.any() and not shrink.any():
+                    break
+                new[i] = (old[i] | grow) & ~shrink
+                added, removed = grow, shrink
+            prev = new[i]
+            i += step

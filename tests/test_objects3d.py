@@ -1,0 +1,180 @@
+"""The 3D object model: a box stays in its slab, a click extends or trims the object, undo, no overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_medadapt.core.interactive import Box3D, Click, Lasso, MaskPrompt, ObjectSet, Scribble, SliceEngine
+from napari_medadapt.core.sam.model import MaskPrediction
+
+
+class _Model:
+    image_size, grid = 64, 16
+
+    def input_size(self, shape):
+        scale = 64 / max(shape)
+        return int(round(shape[0] * scale)), int(round(shape[1] * scale))
+
+
+class BrightPredictor:
+    """Stand-in for SamPredictor: the bright voxels inside the box (or, without one, connected to a positive
+    click), minus the bright component under a negative click. Makes the object logic testable exactly."""
+
+    model = _Model()
+
+    def window_for(self, data, window):
+        return (0.0, 255.0)
+
+    def is_cached(self, image, window):
+        return True
+
+    def precompute(self, slices, window, batch_size=None):
+        return None
+
+    def predict(self, image, window, prompts):
+        from scipy import ndimage
+
+        bright = image > 127
+        labels, _ = ndimage.label(bright)
+        if prompts.box is not None:
+            r0, c0, r1, c1 = (int(round(v)) for v in prompts.box)
+            region = np.zeros_like(bright)
+            region[r0 : r1 + 1, c0 : c1 + 1] = True
+            mask = bright & region
+        else:
+            ids = {labels[int(r), int(c)] for (r, c), lab in zip(prompts.points, prompts.labels, strict=True) if lab == 1} - {0}
+            mask = np.isin(labels, list(ids))
+        for (r, c), lab in zip(prompts.points, prompts.labels, strict=True):
+            if lab == 0 and labels[int(r), int(c)]:
+                mask &= labels != labels[int(r), int(c)]
+        return MaskPrediction(mask, mask[None], np.array([0.9]), 0, np.zeros((1, 64, 64), np.float32))
+
+
+def _blob(shape=(24, 40, 40), center=(12, 20, 14), radii=(8, 9, 7)) -> np.ndarray:
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return ((zz - center[0]) / radii[0]) ** 2 + ((yy - center[1]) / radii[1]) ** 2 + ((xx - center[2]) / radii[2]) ** 2 <= 1
+
+
+def _box(mask: np.ndarray, z_min: int, z_max: int) -> Box3D:
+    z_mid = (z_min + z_max) // 2
+    ys, xs = np.nonzero(mask[z_mid])
+    return Box3D(z_min, z_max, z_mid, (int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())))
+
+
+@pytest.fixture()
+def scene():
+    blob = _blob()
+    volume = (blob * 200 + 20).astype(np.uint8)
+    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+    return blob, volume, objects
+
+
+def test_box_with_the_small_model_stays_in_its_slab() -> None:
+    from napari_medadapt.core.sam import SamPredictor
+
+    blob = _blob()
+    volume = (blob * 180 + 30).astype(np.uint8)
+    objects = ObjectSet(SliceEngine(SamPredictor("sam-small"), volume, (0, 255)))
+    obj = objects.add("blob")
+    mask = objects.interact(obj, _box(blob, 9, 15))
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    assert zs.size and zs.min() >= 9 and zs.max() <= 15
+    assert (mask & blob).sum() > 0.5 * mask.sum()
+
+
+def test_box_fills_the_slab(scene) -> None:
+    blob, _, objects = scene
+    obj = objects.add()
+    mask = objects.interact(obj, _box(blob, 6, 18))
+    assert np.array_equal(np.flatnonzero(mask.any(axis=(1, 2))), np.arange(6, 19))
+    assert not (mask & ~blob).any()
+
+
+@pytest.mark.parametrize("travel", ["local", "replace"])
+def test_foreground_click_beyond_the_end_extends_the_object(scene, travel: str) -> None:
+    blob, volume, _ = scene
+    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255), travel=travel))
+    start = blob.copy()
+    start[16:] = False  # the object stops short of the blob's end (slice 19)
+    obj = objects.add(mask=start, interactions=[_box(blob, 8, 15)])
+    mask = objects.interact(obj, Click((17, 20, 14), True))
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    assert zs.max() >= 19 and zs.max() <= 20
+    assert all(mask[z].any() for z in range(16, 20)) and not (mask & ~blob).any()
+
+
+def test_background_click_past_the_end_trims(scene) -> None:
+    blob, volume, objects = scene
+    leaking = blob.copy()
+    leaking[19:23] = blob[18]  # the object leaks 4 slices past the blob's end
+    volume[19:23] = 20
+    obj = objects.add(mask=leaking)
+    mask = objects.interact(obj, Click((20, 20, 14), False))
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    assert zs.max() == 19 - 1 or zs.max() == 19  # slice 20 and beyond removed
+    assert not mask[20:].any() and mask[5:19].sum() == blob[5:19].sum()
+
+
+def test_clicks_on_one_slice_only_leave_the_neighbours(scene) -> None:
+    blob, volume, _ = scene
+    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255), spread=False))
+    start = blob.copy()
+    start[16:] = False
+    obj = objects.add(mask=start)
+    mask = objects.interact(obj, Click((17, 20, 14), True))
+    assert mask[17].any() and not mask[18].any()
+
+
+def test_undo_restores_the_previous_mask(scene) -> None:
+    blob, _, objects = scene
+    obj = objects.add()
+    first = objects.interact(obj, _box(blob, 8, 15)).copy()
+    objects.interact(obj, Click((18, 20, 14), True))
+    assert objects.can_undo(obj)
+    assert np.array_equal(objects.undo(obj), first)
+    assert np.array_equal(objects.undo(obj), np.zeros_like(first))
+    assert not objects.can_undo(obj)
+
+
+def test_two_objects_never_overlap_and_undo_gives_voxels_back(scene) -> None:
+    blob, _, objects = scene
+    a = objects.add("a", mask=blob)
+    b = objects.add("b")
+    objects.interact(b, MaskPrompt(blob[:, :, :] & (np.arange(40)[None, None, :] < 14)))
+    assert not (objects.objects[a].mask & objects.objects[b].mask).any()
+    assert objects.objects[b].mask.any()
+    objects.undo(b)
+    assert np.array_equal(objects.objects[a].mask, blob)
+    labels = objects.labels()
+    assert set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_scribble_and_lasso_update_the_object(scene) -> None:
+    blob, _, objects = scene
+    obj = objects.add()
+    scribble = np.zeros_like(blob)
+    scribble[12, 18:23, 12:16] = True
+    mask = objects.interact(obj, Scribble(scribble, True))
+    assert mask[12].any() and mask[10].any() and mask[14].any()
+    ys, xs = np.nonzero(blob[12])
+    poly = ((ys.min() - 1, xs.min() - 1), (ys.min() - 1, xs.max() + 1), (ys.max() + 1, xs.max() + 1), (ys.max() + 1, xs.min() - 1))
+    obj2 = objects.add("lasso")
+    objects.undo(obj)
+    mask2 = objects.interact(obj2, Lasso(12, poly, True))
+    assert (mask2 & blob).sum() > 0.8 * blob.sum()
+
+
+@pytest.mark.parametrize("scope", ["slice", "local"])
+def test_click_scope_local_keeps_only_the_change_at_the_click(scope: str) -> None:
+    volume = np.full((10, 40, 40), 20, np.uint8)
+    volume[:, 5:13, 5:13] = 220  # A: the object
+    volume[:, 5:13, 25:33] = 220  # B: where the user clicks
+    volume[:, 6:11, 17:21] = 220  # C: bright too, inside the grown box, away from the click
+    start = np.zeros(volume.shape, bool)
+    start[:, 5:13, 5:13] = True
+    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255), click_scope=scope))
+    obj = objects.add(mask=start)
+    mask = objects.interact(obj, Click((5, 8, 28), True))
+    assert mask[5, 8, 28] and mask[5, 8, 8]
+    assert mask[5, 8, 18] == (scope == "slice")
