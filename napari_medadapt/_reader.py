@@ -155,6 +155,8 @@ def place_in_scanner_space(layers: list[LayerData], where: str, reference: Geome
     prepare such scans before segmenting."""
     grids = [kwargs["metadata"]["medadapt"]["geometry"] for _data, kwargs, _kind in layers]
     images = [grid for grid, (_d, _k, kind) in zip(grids, layers, strict=True) if kind == "image"]
+    what = f"{where} is not on one grid with the scans already open" if reference is not None else (
+        f"The sequences of {where} are not on one grid")  # fmt: skip
     reference = reference or (images[0] if images else None)
     if reference is None or all(grid.matches(reference) for grid in grids):
         return layers
@@ -171,7 +173,7 @@ def place_in_scanner_space(layers: list[LayerData], where: str, reference: Geome
     tilted = f" Their slices are tilted by up to {max(tilts):.0f} degrees, which the view does not show." if max(
         tilts) >= 1.0 else ""  # fmt: skip
     warnings.warn(
-        f"{where} is not on one grid with the scans already open (scans as exported: {described}): each sequence "
+        f"{what} (scans as exported: {described}): each sequence "
         f"is a layer of its own, placed where the scanner put it.{tilted} Co-register them with Plugins > MedAdapt "
         "> Prepare scans before segmenting.",
         VolumeWarning,

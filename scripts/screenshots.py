@@ -126,10 +126,9 @@ def main() -> int:
     explain.table.selectRow(0)
     explain.open_source()
     wait(explain.handle)
-    shown = {"flair", "explain point", "evidence"} | {name for name in (layer.name for layer in viewer.layers) if name.startswith("prototype #")}
-    for layer in viewer.layers:  # the explanation alone over the FLAIR: the other docks' results hidden
+    shown = {"flair", "explain point"} | {name for name in (layer.name for layer in viewer.layers) if name.startswith("prototype #")}
+    for layer in viewer.layers:  # the explanation alone over the FLAIR: the other docks' results (and evidence) hidden
         layer.visible = layer.name in shown
-    viewer.layers["evidence"].visible = False
     viewer.reset_view()
     settle()
     shot(7, "prototype_explanations")
