@@ -76,7 +76,7 @@ def test_open_folder_choose_series_draw_save_seg_and_reopen(plugin_viewer, notif
     viewer = plugin_viewer(study)
     assert [layer.name for layer in viewer.layers] == ["ct #3", "flair #6"]
     assert "#3 CT 'LIVER'" in shown["items"][0] and shown["preselected"] == [0]  # the largest CT by default
-    notifications.take("is not on one grid", "warning")  # two series, two grids: placed in scanner space
+    notifications.take("not on one grid", "warning")  # two series, two grids: placed in scanner space
     image = viewer.layers["ct #3"]
     volume, _notes = load_dicom(f"{study}#3")
     np.testing.assert_array_equal(image.data, volume.data[0])

@@ -46,7 +46,7 @@ def test_bad_choices_give_messages(plugin_viewer, open_plugin_dock, notification
 def test_raw_export_is_prepared_and_segmented(plugin_viewer, open_plugin_dock, notifications, qtbot, tmp_path):
     viewer = plugin_viewer()
     viewer.open(str(REAL_DATA / "glioma_tcga_fg6692_raw"), plugin="napari-medadapt")
-    notifications.take("is not on one grid", "warning")
+    notifications.take("not on one grid", "warning")
     assert {layer.name for layer in viewer.layers} == {"flair", "t1", "t1c", "t2"}
     segment = open_plugin_dock(viewer, "Segment volume")
     assert not segment.inputs.input_warning.isHidden()  # said before anything runs
