@@ -27,6 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import MedAdaptError
+from ..sam.clicks import iou
+from ..sam.prompts import box_from_mask
 from .interactions import (
     Box3D,
     Click,
@@ -51,19 +53,6 @@ class ObjectEngine(ABC):
     @abstractmethod
     def update(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
         """The object's new boolean 3D mask (the volume's shape)."""
-
-
-def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 class SliceEngine(ObjectEngine):
@@ -176,7 +165,7 @@ class SliceEngine(ObjectEngine):
             labels = np.concatenate([labels, extra_labels])
         if len(points) and not np.any(labels == 1) and not cur.any():
             return np.zeros_like(cur)  # a negative prompt on a slice without the object: nothing to remove
-        box = self._box_with(_box_of(cur), points, labels, margin=False)
+        box = self._box_with(box_from_mask(cur), points, labels, margin=False)
         return self._predict(z, points, labels, box, cur)
 
     # ------------------------------------------------------------------ 3D
@@ -305,15 +294,15 @@ class SliceEngine(ObjectEngine):
         i = start + step
         while i != end and 0 <= i < self.volume.shape[0] and prev.any():
             points, labels = state.clicks_on(i)
-            box = self._box_with(_box_of(prev), points, labels, margin=True)
+            box = self._box_with(box_from_mask(prev), points, labels, margin=True)
             pred = self._predict(i, points, labels, box, None)
             area, prev_area = int(pred.sum()), max(1, int(prev.sum()))
             if area < self.min_area:
                 break
-            if _iou(pred, prev) < self.stop_iou or area > prev_area * self.max_area_ratio or area * self.max_area_ratio < prev_area:
+            if iou(pred, prev) < self.stop_iou or area > prev_area * self.max_area_ratio or area * self.max_area_ratio < prev_area:
                 break
             if self.travel == "replace":
-                if old[i].any() and _iou(pred, old[i]) >= self.agree_iou:
+                if old[i].any() and iou(pred, old[i]) >= self.agree_iou:
                     break
                 new[i] = pred
             else:  # "local": only the part of the change that continues the neighbour's change
