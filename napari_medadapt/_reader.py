@@ -113,10 +113,15 @@ def read_case_layers(folder: str | os.PathLike) -> list[LayerData]:
                           VolumeWarning, stacklevel=2)  # fmt: skip
     first = next(iter(geometries.values()))
     if not all(g.matches(first) for g in geometries.values()):
-        layers = [layer for m in geometries for layer in image_layer_data(load_volume(modalities[m], name=m))]
+        layers = []
+        for modality in geometries:
+            layers.extend(_or_skip(lambda m=modality: image_layer_data(load_volume(modalities[m], name=m)),
+                                   modalities[modality]))  # fmt: skip
+        if not layers:
+            raise VolumeError(f"No scan of {Path(folder).name} could be read; the warnings name each file and why.")
         for index, (_data, kwargs, _kind) in enumerate(layers):
             kwargs["visible"] = index == 0  # one sequence shown at a time, as for a case on one grid
-        return layers + [layer for p in label_paths.values() for layer in read_file_layers(p)]
+        return layers + [layer for p in label_paths.values() for layer in _or_skip(lambda p=p: read_file_layers(p), p)]
     volume, labels = load_case({m: modalities[m] for m in geometries} | label_paths, skip_unreadable=True)
     # each layer carries its own file's grid, so labels saved from it get that file's affine and codes
     layers = image_layer_data(volume, [read_geometry(path) for path in volume.source_paths])
@@ -124,6 +129,16 @@ def read_case_layers(folder: str | os.PathLike) -> list[LayerData]:
         path = label_paths[name]
         layers.append(labels_layer_data(array, read_geometry(path), name, str(path), label_class_names(path)))
     return layers
+
+
+def _or_skip(read: Callable[[], list[LayerData]], path: str | os.PathLike) -> list[LayerData]:
+    """``read()``, or no layer and a warning naming ``path`` and why (one damaged file never blocks a case)."""
+    try:
+        return read()
+    except VolumeError as err:
+        warnings.warn(f"{Path(path).name} was not opened ({err}) The rest of the case is opened.", VolumeWarning,
+                      stacklevel=3)  # fmt: skip
+        return []
 
 
 def read_file_layers(path: str | os.PathLike) -> list[LayerData]:
@@ -135,15 +150,19 @@ def read_file_layers(path: str | os.PathLike) -> list[LayerData]:
     return image_layer_data(load_volume(path))
 
 
-def _in_plane(placement: np.ndarray) -> tuple[np.ndarray, float]:
+def _in_plane(placement: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, float]:
     """``placement`` without the terms that tilt the slices out of their plane (napari slices a volume only along
-    its axes: it would show them unapplied, with a warning), and the tilt removed in degrees."""
-    affine = np.array(placement, dtype=np.float64)
+    its axes: it would show them unapplied, with a warning), keeping the volume's centre where the scanner put it,
+    and the tilt removed in degrees."""
+    full = np.asarray(placement, dtype=np.float64)
+    affine = full.copy()
     slice_axis = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
     tilt = float(np.degrees(np.arccos(np.clip(abs(slice_axis[0]), 0.0, 1.0))))
     affine[0, 1:3] = 0.0
     affine[1:3, 0] = 0.0
-    affine[0, 0] = np.sign(affine[0, 0]) * np.linalg.norm(placement[:3, 0])
+    affine[0, 0] = np.sign(affine[0, 0]) * np.linalg.norm(full[:3, 0])
+    centre = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
+    affine[:3, 3] += (full[:3, :3] - affine[:3, :3]) @ centre  # the centre voxel lands exactly; the rest is tilted
     return affine, tilt
 
 
@@ -164,7 +183,7 @@ def place_in_scanner_space(layers: list[LayerData], where: str, reference: Geome
     for grid, (_data, kwargs, _kind) in zip(grids, layers, strict=True):
         if not grid.matches(reference):
             kwargs.pop("scale", None)
-            kwargs["affine"], tilt = _in_plane(grid.placement_on(reference))
+            kwargs["affine"], tilt = _in_plane(grid.placement_on(reference), grid.display_shape)
             tilts.append(tilt)
     described = "; ".join(
         f"{kwargs['name']}: {grid.summary()}" for grid, (_d, kwargs, kind) in zip(grids, layers, strict=True)

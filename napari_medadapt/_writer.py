@@ -109,6 +109,17 @@ def confirm_replace(path: Path, reason: str) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
+def _refuse_inside_inputs(target: Path, protected: list[str]) -> None:
+    """A file inside an input folder (a DICOM series) is part of that input: never replaced."""
+    for source in protected:
+        folder = Path(source.split("#")[0]).expanduser()
+        if folder.is_dir() and target.expanduser().resolve().is_relative_to(folder.resolve()):
+            raise OutputError(
+                f"{target} is inside {folder}, a series the labels were computed from; writing there would change "
+                "that input. Choose a file outside it."
+            )
+
+
 def _check_replacement(target: Path) -> None:
     """An existing ``target`` that is not a label map written by napari-medadapt needs the user's yes."""
     if not target.exists() or target.is_dir():
@@ -173,6 +184,7 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         geometry = geometry_from_viewer(array.shape, viewer)
     target = Path(path) if is_nifti_path(path) else Path(f"{path}.nii.gz")
     protected = [*_provenance_inputs(attributes), *(_open_image_files(viewer) if viewer is not None else ())]
+    _refuse_inside_inputs(target, protected)
     check_output_path(target, inputs=protected, what="Labels file")
     _check_replacement(target)
     written = save_labels(
@@ -243,6 +255,7 @@ def write_labels_dicom(path: str, data: Any, attributes: dict[str, Any]) -> list
     geometry = _metadata_geometry(attributes.get("metadata")) or geometry_from_viewer(array.shape, viewer)
     target = Path(path) if str(path).lower().endswith(".dcm") else Path(f"{path}.dcm")
     protected = [*_provenance_inputs(attributes), *(_open_image_files(viewer) if viewer is not None else ())]
+    _refuse_inside_inputs(target, protected)
     check_output_path(target, inputs=protected, what="DICOM SEG file")
     if target.exists() and not _our_seg(target):
         reason = "exists and is not a DICOM SEG saved by napari-medadapt (it may be a scan or another tool's labels)."

@@ -211,8 +211,12 @@ def test_raw_files_opened_together_overlay_in_scanner_space(plugin_viewer, notif
     scanner_t2 = grid_t2.display_affine @ np.append(index, 1.0)
     scanner_from_world = grid_flair.display_affine @ np.append(world / np.asarray(grid_flair.spacing), 1.0)
     np.testing.assert_allclose(scanner_from_world[:3], scanner_t2[:3], atol=1e-3)
-    assert tuple(viewer.layers["t1"].data_to_world((12.0, 0.0, 0.0)))[0] == pytest.approx(
-        tuple(t2.data_to_world((12.0, 0.0, 0.0)))[0], abs=10.0)  # same slab of the head
+    t1 = viewer.layers["t1"]  # tilted by 14 degrees: its centre voxel sits exactly where the scanner put it
+    grid_t1 = t1.metadata["medadapt"]["geometry"]
+    centre = (np.asarray(grid_t1.display_shape, float) - 1.0) / 2.0
+    world = np.asarray(t1.data_to_world(centre))
+    scanner_from_world = grid_flair.display_affine @ np.append(world / np.asarray(grid_flair.spacing), 1.0)
+    np.testing.assert_allclose(scanner_from_world[:3], (grid_t1.display_affine @ np.append(centre, 1.0))[:3], atol=1e-3)
     widget = open_plugin_dock(viewer, "Segment volume")
     widget.model_combo.setCurrentIndex(widget.model_combo.findText(model.name))
     widget.run()
@@ -247,3 +251,37 @@ def test_a_painted_few_shot_result_never_becomes_flair_in_any_dock(plugin_viewer
             assert not [text for text in offered if "probability" in text], name
     results = [layer.name for layer in viewer.layers if layer.metadata.get("medadapt", {}).get("role") == "result"]
     assert results and not [name for name in results if "flair" in name.lower()]
+
+
+def test_a_damaged_scan_in_a_raw_folder_is_left_out(tmp_path, notifications, plugin_viewer):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    _nifti(folder / "flair.nii.gz", rng.random((16, 16, 8), dtype=np.float32))
+    _nifti(folder / "t2.nii.gz", rng.random((12, 16, 8), dtype=np.float32))  # another grid: a raw export
+    import gzip
+
+    raw = nib.Nifti1Image(rng.random((16, 12, 8), dtype=np.float32), np.eye(4)).to_bytes()
+    (folder / "t1.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))  # a good header, half the voxels
+    viewer = plugin_viewer(folder)
+    assert sorted(layer.name for layer in viewer.layers) == ["flair", "t2"]
+    notifications.take("t1.nii.gz was not opened", "warning")
+    notifications.take("not on one grid", "warning")
+
+
+def test_a_result_of_another_case_is_never_replaced(segment_dock, qtbot, tmp_path, case_folder):
+    viewer, widget = segment_dock
+    _run(qtbot, widget)
+    first = viewer.layers["tinysafe labels"]
+    before = np.array(first.data)
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in MODALITIES:  # the same shape and spacing, another patient (other files)
+        image = nib.load(str(case_folder / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[::-1].copy(), image.affine, image.header), str(other / f"{name}.nii.gz"))
+    for name in MODALITIES:
+        viewer.open(str(other / f"{name}.nii.gz"), plugin="napari-medadapt")
+        widget.set_input(name, f"{name} [1]")
+    _run(qtbot, widget)
+    assert "tinysafe labels [1]" in viewer.layers  # a new layer: the first case's result is kept as it was
+    np.testing.assert_array_equal(first.data, before)

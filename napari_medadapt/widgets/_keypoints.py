@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QButtonGroup, QHBoxLayout, QLabel, QRadioButton, QWid
 
 from napari_medadapt.core.errors import PromptError, VolumeError
 from napari_medadapt.core.sam.prompts import Plane
-from napari_medadapt.widgets._layers import layer_geometry, prompt_metadata
+from napari_medadapt.widgets._layers import grid_of, layer_geometry, prompt_metadata
 
 POSITIVE_STYLE = {"symbol": "disc", "face_color": "lime", "border_color": "white"}
 NEGATIVE_STYLE = {"symbol": "x", "face_color": "magenta", "border_color": "magenta"}
@@ -46,13 +46,9 @@ def current_plane(viewer: Any, image: Any) -> Plane:
 
 
 def grid_kwargs(image: Any) -> dict[str, Any]:
-    """``scale``, ``translate`` and metadata that put a click layer on ``image``'s grid."""
+    """``scale``, ``translate``, ``affine`` and metadata that put a click layer on ``image``'s grid."""
     geometry, shape = layer_geometry(image), tuple(int(s) for s in image.data.shape)
-    return {
-        "scale": tuple(image.scale)[-3:],
-        "translate": tuple(image.translate)[-3:],
-        "metadata": prompt_metadata(geometry=geometry, shape=shape),
-    }
+    return {**grid_of(image), "metadata": prompt_metadata(geometry=geometry, shape=shape)}
 
 
 def put_on_grid(layer: Any, image: Any) -> None:

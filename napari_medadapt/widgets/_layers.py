@@ -15,7 +15,7 @@ import numpy as np
 from napari_medadapt._reader import LABELS_MODALITY, class_features, medadapt_metadata
 
 __all__ = [
-    "REPLACE_PREFIX", "check_volume_layer", "class_features", "class_names_of", "image_layers_by_modality",
+    "REPLACE_PREFIX", "check_volume_layer", "class_features", "class_names_of", "grid_of", "image_layers_by_modality",
     "is_result_layer", "keep_on_top", "labels_layer_kwargs", "layer_geometry", "layer_modality", "mark_result",
     "place_result", "prompt_metadata", "same_layer", "set_labels_undoable", "target_choices", "target_layer_name",
     "volume_from_layers",
@@ -73,7 +73,25 @@ def _result_key(layer: Any) -> tuple[Any, Any, Any] | None:
     return (entry.get("dock"), entry.get("model"), entry.get("part")) if entry.get("role") == RESULT_ROLE else None
 
 
-def place_result(viewer: Any, kind: str, data: np.ndarray, kwargs: dict[str, Any], keep_previous: bool = False) -> Any:
+def grid_of(layer: Any) -> dict[str, Any]:
+    """``scale``, ``translate`` and ``affine`` that put a new layer exactly on ``layer``'s voxels (a raw sequence
+    opened on another grid is placed by an affine)."""
+    return {"scale": tuple(layer.scale)[-3:], "translate": tuple(layer.translate)[-3:],
+            "affine": np.asarray(layer.affine.affine_matrix)[-4:, -4:]}  # fmt: skip
+
+
+def _same_origin(previous: Any, metadata: dict[str, Any]) -> bool:
+    """Whether a new result comes from the same grid and input files as ``previous`` (else it is another case's)."""
+    old, new = _medadapt(previous), metadata.get("medadapt") or {}
+    grids = old.get("geometry"), new.get("geometry")
+    if all(isinstance(g, Geometry) for g in grids) and not grids[0].matches(grids[1]):
+        return False
+    inputs = [((entry.get("provenance") or {}).get("inputs")) for entry in (old, new)]
+    return inputs[0] == inputs[1]
+
+
+def place_result(viewer: Any, kind: str, data: np.ndarray, kwargs: dict[str, Any], keep_previous: bool = False,
+                 like: Any = None) -> Any:
     """Show a result marked by :func:`mark_result`: it replaces the previous result of the same dock, model and
     part (labels as one undoable step, Ctrl+Z brings the previous result back), or is added as a new layer when
     there is none, when the grid changed, or when ``keep_previous`` (the user asked to keep earlier results).
@@ -90,6 +108,8 @@ def place_result(viewer: Any, kind: str, data: np.ndarray, kwargs: dict[str, Any
         Keyword arguments of ``viewer.add_labels`` / ``viewer.add_image`` (marked with :func:`mark_result`).
     keep_previous
         Add a new layer even when an earlier result exists.
+    like
+        The input layer the result lies on: its affine is copied (a raw sequence placed in scanner space).
 
     Returns
     -------
@@ -105,7 +125,11 @@ def place_result(viewer: Any, kind: str, data: np.ndarray, kwargs: dict[str, Any
         (layer for layer in reversed(list(viewer.layers)) if isinstance(layer, layer_type) and _result_key(layer) == key),
         None,
     )
+    if like is not None:
+        kwargs = {**kwargs, "affine": grid_of(like)["affine"]}
     data = np.asarray(data)
+    if previous is not None and not _same_origin(previous, kwargs["metadata"]):
+        previous = None  # another case's (or other inputs') result stays as it is
     if previous is not None and previous.data.shape == data.shape and tuple(previous.scale)[-3:] == tuple(
         kwargs.get("scale", previous.scale)
     )[-3:]:
@@ -120,6 +144,8 @@ def place_result(viewer: Any, kind: str, data: np.ndarray, kwargs: dict[str, Any
             previous.metadata = {**previous.metadata, "medadapt": kwargs["metadata"]["medadapt"]}
             if "features" in kwargs:
                 previous.features = kwargs["features"]
+            if kwargs.get("name") and kwargs["name"] not in viewer.layers:
+                previous.name = kwargs["name"]  # e.g. "after TTA (tent)" after "after TTA (bn_affine)"
             return previous
     add = viewer.add_labels if kind == "labels" else viewer.add_image
     return add(data, **kwargs)
@@ -135,6 +161,8 @@ def target_choices(viewer: Any, new_choice: str, shape: tuple[int, ...] | None =
     for layer in viewer.layers:
         if not isinstance(layer, Labels) or (shape is not None and tuple(layer.data.shape) != tuple(shape)):
             continue
+        if _medadapt(layer).get("part") == "preview":
+            continue  # the Segment Anything preview is redrawn at every click: never a place to keep labels
         (ours if is_result_layer(layer) else others).append(layer.name)
     return [new_choice, *ours, *(f"{REPLACE_PREFIX}{name}" for name in others)]
 

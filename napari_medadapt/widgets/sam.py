@@ -37,7 +37,7 @@ from napari_medadapt.core.sam.workspace import ModelChoice, neighbour_slices, sl
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane, put_on_grid
-from napari_medadapt.widgets._layers import is_result_layer, mark_result, same_layer, target_choices
+from napari_medadapt.widgets._layers import grid_of, is_result_layer, mark_result, same_layer, target_choices
 from napari_medadapt.widgets.sam_jobs import SamLongJobs
 from napari_medadapt.widgets.sam_panels import NEW_LABELS, CommitPanel, ModelChoicePanel, PropagationPanel
 from napari_medadapt.widgets.sam_prefetch import PREFETCH_SLICES, NeighbourPrefetch
@@ -304,14 +304,14 @@ class SamWidget(SamLongJobs, DockBody):
         if layer is None:
             active = self.viewer.layers.selection.active  # keep adding points / drawing boxes
             layer = self.viewer.add_labels(
-                np.zeros(shape, np.uint8), name=sp.PREVIEW_LAYER, opacity=0.5,
-                scale=tuple(image.scale), translate=tuple(image.translate),
+                np.zeros(shape, np.uint8), name=sp.PREVIEW_LAYER, opacity=0.5, **grid_of(image),
                 **mark_result({}, "sam", "", "preview"),
             )
             self.viewer.layers.selection.active = active or layer
         elif layer.data.shape != shape:
             layer.data = np.zeros(shape, np.uint8)
-            layer.scale, layer.translate = tuple(image.scale), tuple(image.translate)
+            for key, value in grid_of(image).items():
+                setattr(layer, key, value)
         return layer
 
     # --------------------------------------------------------------------------------------- prompts

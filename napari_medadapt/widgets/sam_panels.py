@@ -182,6 +182,7 @@ class CommitPanel(QGroupBox):
     def _target_layer(self, viewer: Any, image: Any) -> Any:
         from napari_medadapt.core.volume import Geometry
         from napari_medadapt.widgets._layers import (
+            grid_of,
             labels_layer_kwargs,
             layer_geometry,
             mark_result,
@@ -195,7 +196,7 @@ class CommitPanel(QGroupBox):
             image.data.shape, tuple(image.scale), tuple(image.translate)
         )
         kwargs = mark_result(labels_layer_kwargs(geometry, name=NEW_LABELS_NAME), "sam", "", "objects")
-        kwargs["translate"] = tuple(image.translate)
+        kwargs.update(grid_of(image))  # on the image's voxels, also for a raw sequence placed by an affine
         dtype = np.uint8 if self.label_spin.value() < 256 else np.uint16
         layer = viewer.add_labels(np.zeros(image.data.shape, dtype), **kwargs)
         self.target_combo.setCurrentText(layer.name)

@@ -134,6 +134,7 @@ class SegmentWidget(JobDock):
             self.report(err)
             return
         target = target_layer_name(self.output_combo.currentText())
+        like = next(iter(self.inputs.chosen_layers().values()), None)  # the result lies on the inputs' voxels
         self.status.setText(f"Segmenting with {card.name}...")
         draft = provenance_draft(
             "segment", volume, {"name": card.name, "sha256": card.weights_sha256, "card": card.path},
@@ -142,7 +143,7 @@ class SegmentWidget(JobDock):
         self.run_job(
             self.worker.session.segment, self.inputs.model_ref, volume,
             largest_component=self.largest_check.isChecked(), description=f"Segment ({card.name})",
-            on_result=lambda prediction: self._show_result(prediction, target, card, draft),
+            on_result=lambda prediction: self._show_result(prediction, target, card, draft, like),
             disable=(self.run_button,), input_layers=list(self.inputs.chosen_layers().values()),
         )
 
@@ -150,7 +151,9 @@ class SegmentWidget(JobDock):
         """The segmentation ended: Segment is available again when a model is chosen."""
         self.run_button.setEnabled(self.card is not None)
 
-    def _show_result(self, prediction: Prediction, target: str, card: ModelCard, draft: dict[str, Any]) -> None:
+    def _show_result(
+        self, prediction: Prediction, target: str, card: ModelCard, draft: dict[str, Any], like: Any = None
+    ) -> None:
         from napari_medadapt.core.metrics import region_volumes_ml
         from napari_medadapt.widgets._layers import (
             class_features,
@@ -180,14 +183,14 @@ class SegmentWidget(JobDock):
             )
             kwargs["opacity"] = 0.6
             mark_result(kwargs, "segment", card.name, "labels")
-            layer = place_result(self.viewer, "labels", prediction.labels, kwargs, self.keep_check.isChecked())
+            layer = place_result(self.viewer, "labels", prediction.labels, kwargs, self.keep_check.isChecked(), like)
         if self.confidence_check.isChecked():
             options = mark_result(
                 {"name": CONFIDENCE_LAYER, "scale": prediction.geometry.spacing, "colormap": "magma",
                  "contrast_limits": (0.0, 1.0), "opacity": 0.5, "blending": "additive"},
                 "segment", card.name, "confidence",
             )  # fmt: skip
-            place_result(self.viewer, "image", prediction.confidence, options, self.keep_check.isChecked())
+            place_result(self.viewer, "image", prediction.confidence, options, self.keep_check.isChecked(), like)
         self.volume_table.show_volumes(
             [(label_id, name, [ml]) for label_id, name, ml in prediction.volume_rows()],
             {name: [ml] for name, ml in region_volumes_ml(prediction.volumes_ml, card.regions).items()},

@@ -229,11 +229,12 @@ class TTAWidget(JobDock):
 
         model = {"name": card.name, "sha256": card.weights_sha256, "card": card.path}
         device = self.worker.session.device
+        like = next(iter(self.inputs.chosen_layers().values()), None)  # the results lie on the inputs' voxels
         drafts = (provenance_draft("segment", volume, model, {}, device),
                   provenance_draft("segment+tta", volume, model, {"tta": dict(settings)}, device))
         self._submit(adapt_job, self.inputs.model_ref, volume, extra=(settings, on_loss),
                      description=f"Adapt ({card.name})",
-                     on_result=lambda outcome: self._show_outcome(outcome, card, drafts))
+                     on_result=lambda outcome: self._show_outcome(outcome, card, drafts, like))
 
     def _forget(self) -> None:
         """Drop the running job, the scores, loss curve and table (another model was chosen, or Reset)."""
@@ -266,7 +267,7 @@ class TTAWidget(JobDock):
         self.shift_label.setText(line[0].upper() + line[1:] + ".")
         self.status.setText("Shift measured.")
 
-    def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard, drafts: tuple[dict, dict]) -> None:
+    def _show_outcome(self, outcome: AdaptOutcome, card: ModelCard, drafts: tuple[dict, dict], like: Any = None) -> None:
         from napari_medadapt.core.metrics import region_volumes_ml
         from napari_medadapt.widgets._layers import (
             class_names_of,
@@ -286,7 +287,7 @@ class TTAWidget(JobDock):
             kwargs = labels_layer_kwargs(prediction.geometry, name=name, class_names=names, provenance=draft)
             kwargs["opacity"] = 0.6
             mark_result(kwargs, "tta", card.name, part)  # replaces the previous run's layers unless kept
-            added.append(place_result(self.viewer, "labels", prediction.labels, kwargs, self.keep_check.isChecked()))
+            added.append(place_result(self.viewer, "labels", prediction.labels, kwargs, self.keep_check.isChecked(), like))
         self.shift_label.setText(f"Before: {outcome.rating_before}.\nAfter: {outcome.rating_after}.")
         before, after = outcome.before.volumes_ml, outcome.after.volumes_ml
         regions = {

@@ -36,6 +36,7 @@ from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel
 from napari_medadapt.widgets._layers import (
     check_volume_layer,
     class_names_of,
+    grid_of,
     labels_layer_kwargs,
     layer_geometry,
     mark_result,
@@ -338,7 +339,7 @@ class TTSWidget(JobDock):
         )
         card = self.inputs.card
         kwargs = labels_layer_kwargs(geometry, name=name, class_names=class_names_of(card))
-        kwargs["translate"] = tuple(reference.translate)[-3:]
+        kwargs.update(grid_of(reference))
         mark_result(kwargs, "tts", card.name if card is not None else "", name)
         return self.viewer.add_labels(np.zeros(reference.data.shape[-3:], dtype=np.uint8), **kwargs)
 
@@ -348,8 +349,7 @@ class TTSWidget(JobDock):
         return self.viewer.add_image(
             np.zeros(reference.data.shape[-3:], dtype=np.float32),
             name=name,
-            scale=tuple(reference.scale)[-3:],
-            translate=tuple(reference.translate)[-3:],
+            **grid_of(reference),
             colormap="inferno",
             blending="additive",
             opacity=0.5,
