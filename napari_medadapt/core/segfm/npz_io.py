@@ -5,8 +5,8 @@ class: ``z_min, z_max, z_mid, z_mid_x_min, z_mid_y_min, z_mid_x_max, z_mid_y_max
 ``{"fg": [[z, y, x], ...], "bg": [...]}`` per class), ``clicks_order`` (per class, ``"fg"``/``"bg"``/``None``
 per step) and ``prev_pred``. ``boxes``, ``clicks`` and ``clicks_order`` are stored by numpy as pickled object
 arrays; they are read here with :class:`RestrictedUnpickler`, which admits only plain containers, strings,
-numbers and the exact numpy globals that ``np.save`` writes for numeric scalars and arrays. Nothing is ever
-loaded with ``allow_pickle=True``.
+numbers and the exact numpy globals that ``np.save`` writes for numeric scalars and arrays; numpy's own pickle
+loading is never switched on.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def read_npy(data: bytes, where: str) -> np.ndarray:
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` (never with ``allow_pickle=True``); object arrays via the restricted unpickler."""
+    """All arrays of an ``.npz`` (numpy's pickle loading stays off); object arrays via the restricted unpickler."""
     path = Path(path)
     out: dict[str, np.ndarray] = {}
     try:
