@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medadapt.core.cases import case_files, load_case, nifti_files
+from napari_medadapt.core.cases import case_files, load_case, nifti_files, warn_skipped
 from napari_medadapt.core.errors import VolumeError
 from napari_medadapt.core.intensity import display_window
 from napari_medadapt.core.labelmaps import is_label_file, label_class_names, load_labels
@@ -109,8 +109,7 @@ def read_case_layers(folder: str | os.PathLike) -> list[LayerData]:
         except VolumeError as err:
             if len(geometries) + 1 == len(modalities) and not geometries:
                 raise
-            warnings.warn(f"{Path(path).name} was not opened ({err}) The rest of the case is opened.",
-                          VolumeWarning, stacklevel=2)  # fmt: skip
+            warn_skipped(path, err)
     first = next(iter(geometries.values()))
     if not all(g.matches(first) for g in geometries.values()):
         layers = []
@@ -136,8 +135,7 @@ def _or_skip(read: Callable[[], list[LayerData]], path: str | os.PathLike) -> li
     try:
         return read()
     except VolumeError as err:
-        warnings.warn(f"{Path(path).name} was not opened ({err}) The rest of the case is opened.", VolumeWarning,
-                      stacklevel=3)  # fmt: skip
+        warn_skipped(path, err)
         return []
 
 

@@ -26,7 +26,7 @@ from .volume import (
     nifti_stem,
 )
 
-__all__ = ["case_files", "load_case", "nifti_files"]
+__all__ = ["case_files", "load_case", "nifti_files", "warn_skipped"]
 
 
 def nifti_files(folder: Path) -> list[Path]:
@@ -103,8 +103,10 @@ def _load_image(path: Path, name: str) -> Volume:
     return volume
 
 
-def _skip(path: Path, err: VolumeError, what: str) -> None:
-    warnings.warn(f"{path.name} was not opened ({err}) The rest of the case {what}.", VolumeWarning, stacklevel=3)
+def warn_skipped(path: str | os.PathLike, err: VolumeError) -> None:
+    """The warning for a file of a case that cannot be read and is left out (the rest of the case opens)."""
+    warnings.warn(f"{Path(path).name} was not opened ({err}) The rest of the case is opened.", VolumeWarning,
+                  stacklevel=3)  # fmt: skip
 
 
 def load_case(
@@ -140,7 +142,7 @@ def load_case(
         except VolumeError as err:
             if not skip_unreadable or (index == len(order) - 1 and not volumes):
                 raise
-            _skip(modalities[modality], err, "is opened")
+            warn_skipped(modalities[modality], err)
     order = loaded
     reference = volumes[0].geometry
     if not all(v.geometry.matches(reference) for v in volumes[1:]):
@@ -162,5 +164,5 @@ def load_case(
         except VolumeError as err:
             if not skip_unreadable:
                 raise
-            _skip(path, err, "is opened")
+            warn_skipped(path, err)
     return volume, labels
