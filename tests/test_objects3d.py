@@ -11,6 +11,7 @@ from napari_medadapt.core.sam.model import MaskPrediction
 
 class _Model:
     image_size, grid = 64, 16
+    fallback_reason = None
 
     def input_size(self, shape):
         scale = 64 / max(shape)
@@ -178,3 +179,86 @@ def test_click_scope_local_keeps_only_the_change_at_the_click(scope: str) -> Non
     mask = objects.interact(obj, Click((5, 8, 28), True))
     assert mask[5, 8, 28] and mask[5, 8, 8]
     assert mask[5, 8, 18] == (scope == "slice")
+
+
+def test_box_round_trips_through_its_cuboid_and_other_planes() -> None:
+    from napari_medadapt.core.interactive import in_frame
+
+    box = Box3D(4, 9, 6, (10, 12, 20, 30), axis=1)
+    assert box.ranges() == [(10, 20), (4, 9), (12, 30)]
+    on_axial = in_frame(box, 0, (24, 40, 40))
+    assert (on_axial.z_min, on_axial.z_max, on_axial.rect) == (10, 20, (4, 12, 9, 30))
+    assert Box3D.from_ranges(box.ranges(), 1) == box
+    lasso = Lasso(7, ((2, 2), (2, 8), (8, 8), (8, 2)), True, axis=2)
+    moved = in_frame(lasso, 0, (24, 40, 40))
+    assert isinstance(moved, Scribble)
+    assert moved.mask[2:9, 2:9, 7].all() and moved.mask.sum() == 49  # the filled polygon on sagittal slice 7
+    on_coronal = in_frame(lasso, 1, (24, 40, 40))  # frame of axis 1: (y, z, x)
+    assert on_coronal.mask[2:9, 2:9, 7].all() and on_coronal.mask.sum() == 49
+
+
+def test_a_click_on_a_coronal_slice_updates_the_object_along_the_coronal_axis(scene) -> None:
+    blob, volume, objects = scene
+    start = blob.copy()
+    start[:, 24:, :] = False  # rows (axis 1) past 23 missing: the object stops short along y
+    obj = objects.add(mask=start)
+    mask = objects.interact(obj, Click((12, 25, 14), True, axis=1))
+    ys = np.flatnonzero(mask.any(axis=(0, 2)))
+    end = np.flatnonzero(blob.any(axis=(0, 2))).max()
+    assert end - 1 <= ys.max() <= end  # extended to the blob's end along y (its last row has under min_area voxels)
+    assert not (mask & ~blob).any()
+    # the same click given on an axial slice changes slice 12 and its axial neighbours instead
+    axial = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+    other = axial.add(mask=start)
+    got = axial.interact(other, Click((12, 25, 14), True, axis=0))
+    assert got[12, 25:].any() and not np.array_equal(got, mask)
+
+
+def test_a_box_on_a_sagittal_slice_stays_in_its_cuboid(scene) -> None:
+    blob, _, objects = scene
+    obj = objects.add()
+    xs = np.flatnonzero(blob.any(axis=(0, 1)))
+    x_mid = int(xs.mean())
+    zs, ys = np.nonzero(blob[:, :, x_mid])
+    rect = (int(zs.min()), int(ys.min()), int(zs.max()), int(ys.max()))
+    mask = objects.interact(obj, Box3D(int(xs.min()) + 2, int(xs.max()) - 2, x_mid, rect, axis=2))
+    got_x = np.flatnonzero(mask.any(axis=(0, 1)))
+    assert got_x.min() == xs.min() + 2 and got_x.max() == xs.max() - 2
+    assert not (mask & ~blob).any() and mask.sum() > 0.6 * blob.sum()
+
+
+def test_editor_jobs_show_the_growing_object_and_a_cancel_changes_nothing(scene) -> None:
+    from napari_medadapt.core.interactive import LiveMask, ObjectEditor
+    from napari_medadapt.core.jobs import JobCancelled, JobContext
+    from napari_medadapt.core.sam.workspace import ModelChoice, SamWorkspace
+
+    blob, volume, _ = scene
+    sam = SamWorkspace()
+    choice = ModelChoice("bright")
+    sam.use(choice, BrightPredictor())
+    editor = ObjectEditor(sam)
+    live, seen = LiveMask(), []
+    ctx = JobContext(lambda done, total, message: seen.append((message, live.take())))
+    snap = editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), None, _box(blob, 6, 18),
+                           name="tumour", live=live, ctx=ctx)
+    (summary,) = snap.objects
+    assert summary.name == "tumour" and summary.voxels == int((snap.labels == summary.id).sum())
+    assert summary.millilitres == pytest.approx(summary.voxels * 2.0 / 1000.0) and summary.undo_steps == 1
+    grown = [int(m[1].sum()) for _, m in seen if m is not None]
+    assert len(grown) > 5 and grown == sorted(grown) and grown[1] < summary.voxels  # shown while it grew
+
+    cancelled = JobContext()
+    cancelled.cancel()
+    with pytest.raises(JobCancelled):
+        editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), summary.id, Click((19, 20, 14), True),
+                        ctx=cancelled)
+    with pytest.raises(JobCancelled):
+        editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), None, Click((12, 20, 14), True),
+                        name="second", ctx=cancelled)
+    after = editor.snapshot("flair")
+    assert np.array_equal(after.labels, snap.labels) and [o.name for o in after.objects] == ["tumour"]
+    assert after.objects[0].undo_steps == 1
+    undone = editor.undo("flair", summary.id, ctx=JobContext())
+    assert undone.objects[0].voxels == 0 and undone.objects[0].undo_steps == 0
+    assert editor.rename("flair", summary.id, "liver", ctx=JobContext()).objects[0].name == "liver"
+    assert editor.remove("flair", summary.id, ctx=JobContext()).objects == []

@@ -28,6 +28,7 @@ from .jobs import JobContext, ensure_context
 if TYPE_CHECKING:
     from .inference import Prediction
     from .models import SegModel
+    from .interactive.editor import ObjectEditor
     from .sam.workspace import SamWorkspace
     from .volume import Volume
 
@@ -70,6 +71,7 @@ class ModelSession:
         self._variants: dict[str, SegModel] = {}  # derived models: kept until the session ends
         self._predictions: OrderedDict[tuple, Prediction] = OrderedDict()
         self._sam: SamWorkspace | None = None
+        self._objects: ObjectEditor | None = None
         self._artefacts: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self.loads = 0  # model files read
         self.hits = 0  # segmentations served from the cache
@@ -93,10 +95,20 @@ class ModelSession:
     def sam(self) -> SamWorkspace:
         """The promptable (Segment Anything) model of the session, with its embedding cache."""
         if self._sam is None:
-            from .sam.workspace import SamWorkspace
+            from .interactive.editor import ObjectEditor
+    from .sam.workspace import SamWorkspace
 
             self._sam = SamWorkspace()
         return self._sam
+
+    @property
+    def objects(self) -> ObjectEditor:
+        """The 3D objects being segmented with the promptable model (:attr:`sam`), per image."""
+        if self._objects is None:
+            from .interactive.editor import ObjectEditor
+
+            self._objects = ObjectEditor(self.sam)
+        return self._objects
 
     def add_variant(self, model: SegModel, name: str) -> str:
         """Keep a derived model (e.g. a test-time-adapted copy) under ``name`` (made unique with ``#2``,
@@ -190,3 +202,4 @@ class ModelSession:
         self._variants.clear()
         self._predictions.clear()
         self._sam = None
+        self._objects = None

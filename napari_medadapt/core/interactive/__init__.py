@@ -2,9 +2,11 @@
 
 :class:`ObjectSet` holds several non-overlapping objects with their own undo history; an :class:`ObjectEngine`
 computes an object's new 3D mask from each interaction (:class:`SliceEngine`: a 2D promptable model slice by
-slice; a native 3D model can implement the same interface). Importing this package does not import torch.
+slice; a native 3D model can implement the same interface); :class:`ObjectEditor` keeps a session's objects per
+image and edits them in jobs. Importing this package does not import torch.
 """
 
+from .editor import LiveMask, ObjectEditor, ObjectsSnapshot, ObjectSummary
 from .engine import ObjectEngine, SliceEngine
 from .interactions import (
     Box3D,
@@ -14,6 +16,7 @@ from .interactions import (
     MaskPrompt,
     ObjectState,
     Scribble,
+    in_frame,
     polygon_mask,
     sample_points,
 )
@@ -24,12 +27,17 @@ __all__ = [
     "Click",
     "Interaction",
     "Lasso",
+    "LiveMask",
     "MaskPrompt",
+    "ObjectEditor",
     "ObjectEngine",
     "ObjectSet",
     "ObjectState",
+    "ObjectSummary",
+    "ObjectsSnapshot",
     "Scribble",
     "SliceEngine",
+    "in_frame",
     "polygon_mask",
     "sample_points",
 ]

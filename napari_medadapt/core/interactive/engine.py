@@ -16,12 +16,18 @@ embed each slice once, decode per prompt), so that every interaction updates the
 - scribbles and a lasso: their slices are predicted from sampled points, the box and a mask prompt, and the
   change travels from each of them the same way;
 - a mask: replaces the object.
+
+An interaction given in another plane (``axis`` 1 or 2) is handled the same way in that plane's frame (slices along
+its axis): a click on a coronal slice re-predicts that coronal slice and travels to the coronal neighbours.
+``watch`` hands the engine a job context (progress per decoded slice, cancellation) and a callback that sees each
+slice of the new mask as soon as it is decided (a dock shows the object while it grows).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -37,9 +43,16 @@ from .interactions import (
     MaskPrompt,
     ObjectState,
     Scribble,
+    in_frame,
     polygon_mask,
     sample_points,
 )
+
+if TYPE_CHECKING:
+    from ..jobs import JobContext
+
+#: ``on_slice(axis, index, mask2d)``: slice ``index`` along volume axis ``axis`` of the new mask is decided
+SliceCallback = Callable[[int, int, np.ndarray], None]
 
 
 class ObjectEngine(ABC):
@@ -49,6 +62,13 @@ class ObjectEngine(ABC):
     """
 
     volume: np.ndarray
+    ctx: JobContext | None = None
+    on_slice: SliceCallback | None = None
+
+    def watch(self, ctx: JobContext | None, on_slice: SliceCallback | None = None) -> None:
+        """Report progress to / honour cancellation of ``ctx`` and show slices through ``on_slice`` during the
+        next updates (``None``: stop)."""
+        self.ctx, self.on_slice = ctx, on_slice
 
     @abstractmethod
     def update(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
@@ -105,6 +125,7 @@ class SliceEngine(ObjectEngine):
         box_stops: bool = False,
         travel: str = "local",
         click_scope: str = "slice",
+        frame_axis: int = 0,
     ) -> None:
         volume = np.asarray(volume)
         if volume.ndim != 3:
@@ -124,6 +145,11 @@ class SliceEngine(ObjectEngine):
         if click_scope not in ("local", "slice"):
             raise MedAdaptError(f"click_scope must be 'local' or 'slice'; got {click_scope!r}.")
         self.click_scope = click_scope
+        self.frame_axis = frame_axis  # the volume axis this engine's first axis is (engines of other planes)
+        self._settings = {"spread": spread, "agree_iou": agree_iou, "stop_iou": stop_iou,
+                          "max_area_ratio": max_area_ratio, "min_area": min_area, "box_stops": box_stops,
+                          "travel": travel, "click_scope": click_scope}
+        self._frames: dict[int, SliceEngine] = {}
         from ..sam.propagation import BOX_MARGIN_PX
 
         h, w = predictor.model.input_size(volume.shape[1:])
@@ -140,7 +166,22 @@ class SliceEngine(ObjectEngine):
             return np.zeros(self.volume.shape[1:], bool)
         prompts = make_prompts(points if len(points) else None, labels if len(points) else None, box, logits)
         self.decodes += 1
+        if self.ctx is not None:
+            self.ctx.progress(self.decodes, 0, f"slice {z}")
         return self.predictor.predict(self.volume[z], self.window, prompts).mask
+
+    def _show(self, z: int, mask: np.ndarray) -> None:
+        if self.on_slice is not None:
+            self.on_slice(self.frame_axis, z, mask)
+
+    def _in_plane(self, axis: int) -> SliceEngine:
+        """The engine of the frame whose first axis is volume axis ``axis`` (same predictor, window, settings)."""
+        if axis not in self._frames:
+            self._frames[axis] = SliceEngine(self.predictor, np.moveaxis(self.volume, axis, 0), self.window,
+                                             frame_axis=axis, **self._settings)
+        engine = self._frames[axis]
+        engine.watch(self.ctx, self.on_slice)
+        return engine
 
     def _box_with(self, box: tuple | None, points: np.ndarray, labels: np.ndarray, margin: bool) -> tuple | None:
         """``box`` (optionally widened by the margin) grown to hold the positive points; ``None`` without a box."""
@@ -171,6 +212,11 @@ class SliceEngine(ObjectEngine):
     # ------------------------------------------------------------------ 3D
     def update(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
         """The object's new 3D mask after ``interaction`` (see the module docstring)."""
+        axis = getattr(interaction, "axis", 0)
+        if axis:
+            engine = self._in_plane(axis)
+            moved = engine.update(state.in_frame(axis), in_frame(interaction, axis, self.volume.shape))
+            return np.moveaxis(moved, 0, axis)
         if isinstance(interaction, MaskPrompt):
             mask = np.asarray(interaction.mask, bool)
             if mask.shape != self.volume.shape:
@@ -218,7 +264,8 @@ class SliceEngine(ObjectEngine):
         loose = {} if self.box_stops else {"iou_threshold": 0.0, "max_area_ratio": 1e9, "intensity_tolerance": None}
         result = propagate(
             self.predictor, self.volume, {box.z_mid: seed}, self.window, mode="box-margin",
-            index_range=(box.z_min, box.z_max), min_area=self.min_area, **loose,
+            index_range=(box.z_min, box.z_max), min_area=self.min_area, ctx=self.ctx,
+            on_slice=None if self.on_slice is None else self._show, **loose,
         )
         self.decodes += len(result.stats)
         return result.mask
@@ -263,6 +310,7 @@ class SliceEngine(ObjectEngine):
         order = sorted(corrected)
         for z in order:
             new[z] = corrected[z]
+            self._show(z, new[z])
         if not self.spread:
             return
         for k, z in enumerate(order):
@@ -313,5 +361,6 @@ class SliceEngine(ObjectEngine):
                     break
                 new[i] = (old[i] | grow) & ~shrink
                 added, removed = grow, shrink
+            self._show(i, new[i])
             prev = new[i]
             i += step

@@ -1,8 +1,11 @@
 """Interactions on a 3D object: a 3D box, clicks, scribbles, a lasso, a given mask.
 
-Coordinates are voxel indices of the volume ``(z, y, x)``: ``z`` is the slicing axis of a slice-wise engine, a
-slice's rows are ``y`` and its columns ``x``. Each interaction turns into 2D prompts on the slices it touches
-(sampled points, a box, a mask prompt) with the helpers below.
+Coordinates are voxel indices of the volume ``(z, y, x)``. Each interaction names the ``axis`` of the plane it was
+given in (0 axial, 1 coronal, 2 sagittal for a volume in napari's display order): a click's ``zyx`` and a scribble's
+mask are in volume coordinates; a box or lasso lies on slice ``z`` of its axis, its ``(row, col)`` being the two other
+axes in order. :func:`in_frame` expresses an interaction in the frame whose first axis is a given one (the frame a
+slice-wise engine works in). Each interaction turns into 2D prompts on the slices it touches (sampled points, a box, a
+mask prompt) with the helpers below.
 """
 
 from __future__ import annotations
@@ -22,6 +25,20 @@ class Box3D:
     z_max: int
     z_mid: int
     rect: tuple[int, int, int, int]
+    axis: int = 0
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The box as a cuboid: ``(first, last)`` voxel index along each volume axis."""
+        r0, c0, r1, c1 = self.rect
+        out = [(r0, r1), (c0, c1)]
+        out.insert(self.axis, (self.z_min, self.z_max))
+        return out
+
+    @classmethod
+    def from_ranges(cls, ranges: list[tuple[int, int]], axis: int = 0) -> Box3D:
+        """The cuboid ``ranges`` as a box on ``axis`` (its middle slice across the cuboid)."""
+        (z0, z1), (r0, r1), (c0, c1) = ranges[axis], *[ranges[i] for i in range(3) if i != axis]
+        return cls(int(z0), int(z1), (int(z0) + int(z1)) // 2, (int(r0), int(c0), int(r1), int(c1)), axis)
 
     @classmethod
     def from_dict(cls, d: dict) -> Box3D:
@@ -44,6 +61,7 @@ class Click:
 
     zyx: tuple[int, int, int]
     positive: bool = True
+    axis: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +70,7 @@ class Scribble:
 
     mask: np.ndarray
     positive: bool = True
+    axis: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +81,7 @@ class Lasso:
     z: int
     polygon: tuple[tuple[float, float], ...]
     positive: bool = True
+    axis: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,12 +94,39 @@ class MaskPrompt:
 Interaction = Box3D | Click | Scribble | Lasso | MaskPrompt
 
 
+def in_frame(interaction: Interaction, axis: int, shape: tuple[int, int, int]) -> Interaction:
+    """``interaction`` in the frame whose first axis is volume axis ``axis`` (``np.moveaxis(volume, axis, 0)``;
+    ``shape`` is the volume's). A box of another plane becomes the same cuboid on ``axis``; a lasso of another
+    plane becomes a scribble of its filled polygon. The result's ``axis`` is 0."""
+    if isinstance(interaction, MaskPrompt):
+        return MaskPrompt(np.moveaxis(np.asarray(interaction.mask), axis, 0))
+    if isinstance(interaction, Click):
+        z = interaction.zyx
+        return Click((z[axis], *[z[i] for i in range(3) if i != axis]), interaction.positive)
+    if isinstance(interaction, Scribble):
+        return Scribble(np.moveaxis(np.asarray(interaction.mask), axis, 0), interaction.positive)
+    if isinstance(interaction, Box3D):
+        return Box3D.from_ranges(interaction.ranges(), axis) if interaction.axis != axis else Box3D(
+            interaction.z_min, interaction.z_max, interaction.z_mid, interaction.rect)
+    if interaction.axis == axis:
+        return Lasso(interaction.z, interaction.polygon, interaction.positive)
+    plane = [shape[i] for i in range(3) if i != interaction.axis]
+    mask = np.zeros(shape, bool)
+    np.moveaxis(mask, interaction.axis, 0)[interaction.z] = polygon_mask(interaction.polygon, (plane[0], plane[1]))
+    return Scribble(np.moveaxis(mask, axis, 0), interaction.positive)
+
+
 @dataclass
 class ObjectState:
     """One object: its current 3D mask and the interactions that made it (the newest last)."""
 
     mask: np.ndarray
     interactions: list = field(default_factory=list)
+
+    def in_frame(self, axis: int) -> ObjectState:
+        """The state in the frame whose first axis is ``axis`` (the mask a view, see :func:`in_frame`)."""
+        shape = self.mask.shape
+        return ObjectState(np.moveaxis(self.mask, axis, 0), [in_frame(i, axis, shape) for i in self.interactions])
 
     @property
     def box(self) -> Box3D | None:

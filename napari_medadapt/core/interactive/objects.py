@@ -83,6 +83,18 @@ class ObjectSet:
         """Whether object ``obj_id`` has an interaction to undo."""
         return bool(self._history.get(obj_id))
 
+    def undo_steps(self, obj_id: int) -> int:
+        """How many interactions of object ``obj_id`` can be undone."""
+        return len(self._history.get(obj_id, ()))
+
+    def rename(self, obj_id: int, name: str) -> None:
+        """Give object ``obj_id`` a new name."""
+        self._get(obj_id)
+        name = name.strip()
+        if not name:
+            raise MedAdaptError("An object needs a name: type one.")
+        self.names[obj_id] = name
+
     def undo(self, obj_id: int) -> np.ndarray:
         """Undo object ``obj_id``'s last interaction: its previous mask comes back (and the voxels it had taken
         from other objects go back to them where free); returns the restored mask."""

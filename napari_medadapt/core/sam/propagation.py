@@ -12,7 +12,7 @@ from a shape interpolation (signed distance) of the two annotations.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,6 +120,7 @@ def propagate(
     intensity_tolerance: float | None = 2.0,
     prefetch: int = 4,
     ctx: JobContext | None = None,
+    on_slice: Callable[[int, np.ndarray], None] | None = None,
 ) -> PropagationResult:
     """Propagate annotated 2D masks through a 3D volume.
 
@@ -160,6 +161,8 @@ def propagate(
         most ``prefetch - 1`` embeddings are wasted where the object ends, and they stay cached).
     ctx
         Progress (one step per slice) and cancellation.
+    on_slice
+        Called as ``on_slice(index, mask2d)`` with each slice as soon as it is decided (seeds first), along ``axis``.
     """
     ctx = ensure_context(ctx)
     if mode not in MODES:
@@ -181,8 +184,10 @@ def propagate(
     out = np.zeros(vol.shape, bool)
     result = PropagationResult(mask=out)
     order = sorted(seeds)
+    show = on_slice if on_slice is not None else (lambda index, mask: None)
     for k in order:
         out[k] = seeds[k]
+        show(k, out[k])
         result.stats.append(SliceStat(k, int(seeds[k].sum()), 1.0, 1.0, "seed"))
     total = max(1, hi - lo + 1)
     steps = [0]
@@ -220,6 +225,7 @@ def propagate(
             pred = predictor.predict(vol[i], window, _neighbour_prompts(prior, mode, prior_logits, margin))
             use = pred.mask if iou(pred.mask, prior) >= iou_threshold else prior
             out[i] = use
+            show(i, use)
             result.stats.append(
                 SliceStat(i, int(use.sum()), iou(pred.mask, prior), float(pred.scores[pred.best]), "interpolated")
             )
@@ -259,6 +265,7 @@ def propagate(
             if reason:
                 break
             out[i] = pred.mask
+            show(i, pred.mask)
             result.stats.append(SliceStat(i, area, overlap, float(pred.scores[pred.best]), "propagated"))
             tick(f"propagated to slice {i}")
             prev, prev_logits = pred.mask, pred.feedback

@@ -137,7 +137,7 @@ class SamWorkspace:
             for done, index in enumerate(indices):
                 ctx.progress(done, len(indices), f"embedding slice {index}")
                 predictor.embedding(Plane(plane.axis, index).take(volume), window)
-        self._fallback_notes(notes)
+        self.fallback_notes(notes)
         return notes
 
     def window(self, volume: np.ndarray, spec: str | tuple[float, float]) -> tuple[float, float]:
@@ -152,7 +152,8 @@ class SamWorkspace:
             self._windows[key] = resolve_window(volume, spec)
         return self._windows[key]
 
-    def _fallback_notes(self, notes: list[str]) -> None:
+    def fallback_notes(self, notes: list[str]) -> None:
+        """Add the model's fallback reason (e.g. no GPU) to ``notes`` the first time it is seen."""
         reason = None if self._predictor is None else self._predictor.model.fallback_reason
         if reason and reason != self._reported_fallback:
             self._reported_fallback = reason
@@ -191,7 +192,7 @@ class SamWorkspace:
             )
             outcomes.append(SliceOutcome(request.index, prompts.signature, prediction))
         ctx.progress(len(requests), len(requests), "done")
-        self._fallback_notes(notes)
+        self.fallback_notes(notes)
         return JobOutput(outcomes, window, notes)
 
     def precompute(
@@ -203,7 +204,7 @@ class SamWorkspace:
         predictor = self.predictor(choice, ctx, notes)
         window = self.window(volume, window_spec)
         stats: PrecomputeStats = predictor.precompute(np.moveaxis(volume, axis, 0), window, ctx=ctx)
-        self._fallback_notes(notes)
+        self.fallback_notes(notes)
         return JobOutput(stats, window, notes)
 
     def propagate(
@@ -238,7 +239,7 @@ class SamWorkspace:
             stop_slices=stop_slices,
             ctx=ctx,
         )
-        self._fallback_notes(notes)
+        self.fallback_notes(notes)
         return JobOutput(result, window, notes)
 
 

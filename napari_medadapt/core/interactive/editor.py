@@ -1,0 +1,211 @@
+"""The 3D objects of the images a viewer segments, edited only by jobs in the compute thread (Qt-free).
+
+A dock never holds an :class:`~.objects.ObjectSet`: it submits :meth:`ObjectEditor.interact`, ``undo``, ``remove``
+or ``objects`` as jobs, and each returns an :class:`ObjectsSnapshot` (the label map of every object and a summary
+of each, volume in mL included) that the dock shows. While a job runs, a :class:`LiveMask` the dock created
+receives every slice of the changing object as soon as it is decided, so the dock can show the object growing.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import MedAdaptError
+from .engine import SliceEngine
+from .interactions import Interaction
+from .objects import ObjectSet
+
+if TYPE_CHECKING:
+    from ..jobs import JobContext
+    from ..sam.workspace import ModelChoice, SamWorkspace
+
+
+@dataclass(frozen=True)
+class ObjectSummary:
+    """One object as the dock lists it."""
+
+    id: int
+    name: str
+    voxels: int
+    millilitres: float
+    undo_steps: int
+
+
+@dataclass
+class ObjectsSnapshot:
+    """Every object of one image after a job: ``labels`` holds each object's id; ``changed`` is the object the job
+    worked on (``None``: none); ``message`` says what happened."""
+
+    labels: np.ndarray
+    objects: list[ObjectSummary]
+    changed: int | None = None
+    message: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self, obj_id: int | None) -> ObjectSummary | None:
+        """The summary of object ``obj_id`` (``None`` if it is not there)."""
+        return next((o for o in self.objects if o.id == obj_id), None)
+
+
+class LiveMask:
+    """A 3D mask that a job fills slice by slice while the dock shows it (safe across the two threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._mask: np.ndarray | None = None
+        self._object: int | None = None
+        self._version = 0
+        self._taken = 0
+
+    def start(self, obj_id: int, mask: np.ndarray) -> None:
+        """Begin with object ``obj_id``'s current mask (compute thread)."""
+        with self._lock:
+            self._mask, self._object = np.array(mask, bool), obj_id
+            self._version += 1
+
+    def put(self, axis: int, index: int, plane: np.ndarray) -> None:
+        """Slice ``index`` along volume axis ``axis`` is now ``plane`` (compute thread)."""
+        with self._lock:
+            if self._mask is not None:
+                np.moveaxis(self._mask, axis, 0)[index] = plane
+                self._version += 1
+
+    def take(self) -> tuple[int, np.ndarray] | None:
+        """``(object id, a copy of the mask)`` when it changed since the last take, else ``None`` (UI thread)."""
+        with self._lock:
+            if self._mask is None or self._version == self._taken:
+                return None
+            self._taken = self._version
+            return int(self._object or 0), self._mask.copy()
+
+
+@dataclass
+class _Board:
+    """The objects of one image with the engine that edits them."""
+
+    volume: np.ndarray
+    voxel_ml: float
+    objects: ObjectSet
+    engine_key: tuple
+
+
+class ObjectEditor:
+    """The objects of every image being segmented, each image under a key its dock chooses.
+
+    Parameters
+    ----------
+    sam
+        The session's promptable model workspace (model loading, embedding cache, windows).
+    """
+
+    def __init__(self, sam: SamWorkspace) -> None:
+        self.sam = sam
+        self._boards: dict[str, _Board] = {}
+
+    def _board(self, key: str, volume: np.ndarray, spacing: tuple[float, float, float], choice: ModelChoice,
+               window_spec: Any, ctx: JobContext, notes: list[str]) -> _Board:
+        """The objects of image ``key``, their engine on the chosen model and window (objects of a volume of
+        another shape are dropped)."""
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise MedAdaptError(f"3D objects need a 3D image; this one has shape {volume.shape}.")
+        predictor = self.sam.predictor(choice, ctx, notes)
+        window = self.sam.window(volume, window_spec)
+        engine_key = (id(predictor), id(volume), window)
+        board = self._boards.get(key)
+        if board is None or board.volume.shape != volume.shape:
+            board = _Board(volume, 0.0, ObjectSet(SliceEngine(predictor, volume, window)), engine_key)
+            self._boards[key] = board
+        elif board.engine_key != engine_key:
+            board.objects.engine = SliceEngine(predictor, volume, window)
+            board.volume, board.engine_key = volume, engine_key
+        board.voxel_ml = float(np.prod(spacing)) / 1000.0
+        return board
+
+    def snapshot(self, key: str, changed: int | None = None, message: str = "", notes: list[str] | None = None,
+                 ) -> ObjectsSnapshot:
+        """The objects of image ``key`` now (an empty snapshot for an image without objects)."""
+        board = self._boards.get(key)
+        if board is None:
+            return ObjectsSnapshot(np.zeros((0, 0, 0), np.uint8), [], changed, message, list(notes or []))
+        objects = board.objects
+        summaries = [
+            ObjectSummary(i, objects.names[i], int(s.mask.sum()), float(s.mask.sum()) * board.voxel_ml,
+                          objects.undo_steps(i))
+            for i, s in sorted(objects.objects.items())
+        ]
+        return ObjectsSnapshot(objects.labels(), summaries, changed, message, list(notes or []))
+
+    # ------------------------------------------------------------------------------------------ jobs
+    def interact(
+        self,
+        choice: ModelChoice,
+        key: str,
+        volume: np.ndarray,
+        spacing: tuple[float, float, float],
+        window_spec: str | tuple[float, float],
+        obj_id: int | None,
+        interaction: Interaction,
+        *,
+        name: str | None = None,
+        live: LiveMask | None = None,
+        ctx: JobContext,
+    ) -> ObjectsSnapshot:
+        """Apply ``interaction`` to object ``obj_id`` of image ``key`` (``None``: a new object named ``name``),
+        loading the model when needed; a cancelled job leaves the object as it was."""
+        notes: list[str] = []
+        board = self._board(key, volume, spacing, choice, window_spec, ctx, notes)
+        objects = board.objects
+        created = obj_id is None or obj_id not in objects.objects
+        if created:
+            obj_id = objects.add(name)
+        state = objects.objects[obj_id]
+        if live is not None:
+            live.start(obj_id, state.mask)
+        objects.engine.watch(ctx, None if live is None else live.put)
+        try:
+            mask = objects.interact(obj_id, interaction)
+        except BaseException:
+            if created:
+                objects.remove(obj_id)
+            raise
+        finally:
+            objects.engine.watch(None)
+        self.sam.fallback_notes(notes)
+        label = objects.names[obj_id]
+        message = f"{label}: {int(mask.sum())} voxels" if mask.any() else f"{label}: the model found nothing there"
+        return self.snapshot(key, obj_id, message, notes)
+
+    def undo(self, key: str, obj_id: int, *, ctx: JobContext) -> ObjectsSnapshot:
+        """Undo object ``obj_id``'s last interaction."""
+        objects = self._objects(key)
+        objects.undo(obj_id)
+        return self.snapshot(key, obj_id, f"Undid the last interaction of {objects.names[obj_id]}.")
+
+    def remove(self, key: str, obj_id: int, *, ctx: JobContext) -> ObjectsSnapshot:
+        """Remove object ``obj_id``."""
+        objects = self._objects(key)
+        name = objects.names.get(obj_id, f"object {obj_id}")
+        objects.remove(obj_id)
+        return self.snapshot(key, None, f"Removed {name}.")
+
+    def rename(self, key: str, obj_id: int, name: str, *, ctx: JobContext) -> ObjectsSnapshot:
+        """Give object ``obj_id`` a new name."""
+        objects = self._objects(key)
+        objects.rename(obj_id, name)
+        return self.snapshot(key, obj_id, f"Renamed to {name}.")
+
+    def forget(self, key: str, *, ctx: JobContext) -> ObjectsSnapshot:
+        """Drop every object of image ``key`` (a new image, or the user starts over)."""
+        self._boards.pop(key, None)
+        return self.snapshot(key)
+
+    def _objects(self, key: str) -> ObjectSet:
+        board = self._boards.get(key)
+        if board is None:
+            raise MedAdaptError("There are no objects on this image yet: draw a box or click on one first.")
+        return board.objects
