@@ -27,8 +27,8 @@ from .jobs import JobContext, ensure_context
 
 if TYPE_CHECKING:
     from .inference import Prediction
-    from .models import SegModel
     from .interactive.editor import ObjectEditor
+    from .models import SegModel
     from .sam.workspace import SamWorkspace
     from .volume import Volume
 
@@ -95,8 +95,7 @@ class ModelSession:
     def sam(self) -> SamWorkspace:
         """The promptable (Segment Anything) model of the session, with its embedding cache."""
         if self._sam is None:
-            from .interactive.editor import ObjectEditor
-    from .sam.workspace import SamWorkspace
+            from .sam.workspace import SamWorkspace
 
             self._sam = SamWorkspace()
         return self._sam
