@@ -39,16 +39,18 @@ from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane, put_on_grid
 from napari_medadapt.widgets._layers import grid_of, is_result_layer, mark_result, same_layer, target_choices
 from napari_medadapt.widgets.sam_jobs import SamLongJobs
-from napari_medadapt.widgets.sam_panels import NEW_LABELS, CommitPanel, ModelChoicePanel, PropagationPanel
+from napari_medadapt.widgets.sam_panels import (
+    NEW_LABELS,
+    CommitPanel,
+    ModelChoicePanel,
+    PropagationPanel,
+    WindowChoice,
+)
 from napari_medadapt.widgets.sam_prefetch import PREFETCH_SLICES, NeighbourPrefetch
 from napari_medadapt.widgets.sam_results import SamResults, record_commit
 
 if TYPE_CHECKING:
     import napari
-
-#: Window choice meaning "the image layer's contrast limits".
-LAYER_LIMITS = "layer contrast limits"
-
 
 class SamWidget(SamLongJobs, DockBody):
     """Dock for interactive Segment Anything segmentation of a 3D image layer.
@@ -61,8 +63,6 @@ class SamWidget(SamLongJobs, DockBody):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
-        from napari_medadapt.core.sam import AUTO_WINDOW, WINDOW_PRESETS
-
         self.workspace = get_worker(self.viewer, self).session.sam  # the viewer's promptable model + embeddings
         self._predict_handle: Any = None
         self._predict_request: tuple | None = None
@@ -78,12 +78,7 @@ class SamWidget(SamLongJobs, DockBody):
         self.image_combo.setToolTip("The 3D grayscale image to segment (one channel)")
         self.model_panel = ModelChoicePanel()
         self.model_combo = self.model_panel.model_combo
-        self.window_combo = QComboBox()
-        self.window_combo.addItems([LAYER_LIMITS, AUTO_WINDOW, *WINDOW_PRESETS])
-        self.window_combo.setToolTip(
-            "Intensity window that makes the 8-bit image the model sees: the layer's contrast limits, MRI "
-            "percentiles (mri-auto) or a CT window in HU"
-        )
+        self.window_combo = WindowChoice()
         self.polarity = PolarityPanel("the next point marks the object", "the next point marks what is not the object")
         self.points = KeypointLayer(self.viewer, sp.POINTS_LAYER, self.polarity, self._schedule_update, sp.POINT_SIZE)
         self.layers_button = QPushButton("Add prompt layers")
@@ -152,11 +147,7 @@ class SamWidget(SamLongJobs, DockBody):
         self.model_panel.add_checkpoint(path)
 
     def _window_spec(self, image: Any) -> str | tuple[float, float]:
-        choice = self.window_combo.currentText()
-        if choice == LAYER_LIMITS:
-            lo, hi = (float(v) for v in image.contrast_limits)
-            return lo, hi
-        return choice
+        return self.window_combo.spec(image)
 
     # ---------------------------------------------------------------------------------------- layers
     def _refresh_layers(self, *_: Any) -> None:

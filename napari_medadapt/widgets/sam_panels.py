@@ -26,6 +26,8 @@ LOCAL_CHECKPOINT = "Local checkpoint..."
 ENCODERS = ("auto", "vit_b", "vit_l", "vit_h")
 NEW_LABELS = "new Labels layer"
 NEW_LABELS_NAME = "SAM labels"
+#: Window choice meaning "the image layer's contrast limits".
+LAYER_LIMITS = "layer contrast limits"
 
 
 def model_items() -> list[tuple[str, str]]:
@@ -44,6 +46,28 @@ def model_items() -> list[tuple[str, str]]:
             note = " - put the file in place first"
         items.append((row["title"] + note, row["name"]))
     return items
+
+
+class WindowChoice(QComboBox):
+    """The intensity window that makes the 8-bit image the model sees: the layer's contrast limits, MRI
+    percentiles (mri-auto) or a CT window preset (the one table of windows, ``core.sam.WINDOW_PRESETS``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from napari_medadapt.core.sam import AUTO_WINDOW, WINDOW_PRESETS
+
+        self.addItems([LAYER_LIMITS, AUTO_WINDOW, *WINDOW_PRESETS])
+        self.setToolTip(
+            "Intensity window that makes the 8-bit image the model sees: the layer's contrast limits, MRI "
+            "percentiles (mri-auto) or a CT window in HU"
+        )
+
+    def spec(self, image: Any) -> str | tuple[float, float]:
+        """The window for ``image``: its contrast limits, or the chosen preset's name."""
+        if self.currentText() == LAYER_LIMITS:
+            lo, hi = (float(v) for v in image.contrast_limits)
+            return lo, hi
+        return self.currentText()
 
 
 class ModelChoicePanel(QWidget):

@@ -73,26 +73,34 @@ def point_prompts(layer: Any, image: Any) -> tuple[np.ndarray, np.ndarray, np.nd
     return voxels, positive.astype(np.int64), plane
 
 
+def shape_on_slice(layer: Any, image: Any, number: int) -> tuple[Plane, np.ndarray] | None:
+    """Shape ``number`` of a Shapes layer as the plane it was drawn on and its vertices ``(N, 2)`` as ``(row, col)``
+    of that plane's slice, clipped to the image (``None`` for a shape without area yet: the first moment of drawing
+    one); raises :class:`PromptError` for a shape across slices or outside the image."""
+    voxels = to_image_voxels(layer, image, np.asarray(layer.data[number]))
+    flat = np.flatnonzero(np.ptp(voxels, axis=0) < 1e-6)
+    if flat.size > 1:
+        return None
+    if flat.size == 0:
+        raise PromptError(f"Shape #{number + 1} is not drawn on one slice; draw it in the 2D view.")
+    plane = Plane(int(flat[0]), int(np.rint(voxels[0, flat[0]])))
+    if not 0 <= plane.index < image.data.shape[plane.axis]:
+        raise PromptError(f"Shape #{number + 1} lies outside image {image.name!r}; draw it on the image.")
+    rows, cols = plane.in_plane_axes  # a shape dragged past the image's edge is clipped to it
+    r = np.clip(voxels[:, rows], 0, image.data.shape[rows] - 1)
+    c = np.clip(voxels[:, cols], 0, image.data.shape[cols] - 1)
+    return plane, np.stack([r, c], axis=1)
+
+
 def box_prompts(layer: Any, image: Any) -> list[tuple[int, int, tuple[float, float, float, float]]]:
     """Rectangles as ``(axis, slice index, (r0, c0, r1, c1))`` in slice coordinates, in drawing order."""
     check_prompt_layer(layer, image)
     boxes = []
-    for number, (vertices, kind) in enumerate(zip(layer.data, layer.shape_type, strict=True)):
-        if kind != "rectangle":
-            continue
-        voxels = to_image_voxels(layer, image, vertices)
-        flat = np.flatnonzero(np.ptp(voxels, axis=0) < 1e-6)
-        if flat.size > 1:
-            continue  # a box without area (the first moment of drawing one) is no prompt yet
-        if flat.size == 0:
-            raise PromptError(f"Box #{number + 1} is not drawn on one slice; draw rectangles in the 2D view.")
-        plane = Plane(int(flat[0]), int(np.rint(voxels[0, flat[0]])))
-        if not 0 <= plane.index < image.data.shape[plane.axis]:
-            raise PromptError(f"Box #{number + 1} lies outside image {image.name!r}; draw it on the image.")
-        rows, cols = plane.in_plane_axes  # a box dragged past the image's edge is clipped to it
-        r = np.clip(voxels[:, rows], 0, image.data.shape[rows] - 1)
-        c = np.clip(voxels[:, cols], 0, image.data.shape[cols] - 1)
-        boxes.append((plane.axis, plane.index, (r.min(), c.min(), r.max(), c.max())))
+    for number, kind in enumerate(layer.shape_type):
+        placed = shape_on_slice(layer, image, number) if kind == "rectangle" else None
+        if placed is not None:
+            plane, rc = placed
+            boxes.append((plane.axis, plane.index, (rc[:, 0].min(), rc[:, 1].min(), rc[:, 0].max(), rc[:, 1].max())))
     return boxes
 
 

@@ -155,14 +155,15 @@ class ObjectEditor:
         live: LiveMask | None = None,
         ctx: JobContext,
     ) -> ObjectsSnapshot:
-        """Apply ``interaction`` to object ``obj_id`` of image ``key`` (``None``: a new object named ``name``),
-        loading the model when needed; a cancelled job leaves the object as it was."""
+        """Apply ``interaction`` to object ``obj_id`` of image ``key`` (``None`` or an id not in use: a new object
+        named ``name``, with that id when given), loading the model when needed; a cancelled job leaves the objects
+        as they were."""
         notes: list[str] = []
         board = self._board(key, volume, spacing, choice, window_spec, ctx, notes)
         objects = board.objects
         created = obj_id is None or obj_id not in objects.objects
         if created:
-            obj_id = objects.add(name)
+            obj_id = objects.add(name, obj_id=obj_id)
         state = objects.objects[obj_id]
         if live is not None:
             live.start(obj_id, state.mask)
@@ -179,6 +180,10 @@ class ObjectEditor:
         label = objects.names[obj_id]
         message = f"{label}: {int(mask.sum())} voxels" if mask.any() else f"{label}: the model found nothing there"
         return self.snapshot(key, obj_id, message, notes)
+
+    def listing(self, key: str, *, ctx: JobContext) -> ObjectsSnapshot:
+        """The objects of image ``key`` (a dock choosing that image again shows them)."""
+        return self.snapshot(key)
 
     def undo(self, key: str, obj_id: int, *, ctx: JobContext) -> ObjectsSnapshot:
         """Undo object ``obj_id``'s last interaction."""

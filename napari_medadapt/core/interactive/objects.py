@@ -38,12 +38,15 @@ class ObjectSet:
         self.names: dict[int, str] = {}
         self._history: dict[int, list[_Step]] = {}
 
-    def add(self, name: str | None = None, mask: np.ndarray | None = None, interactions: list | None = None) -> int:
-        """A new object (empty, or with a known ``mask`` and the ``interactions`` that made it); returns its id.
+    def add(self, name: str | None = None, mask: np.ndarray | None = None, interactions: list | None = None,
+            obj_id: int | None = None) -> int:
+        """A new object (empty, or with a known ``mask`` and the ``interactions`` that made it); returns its id
+        (``obj_id`` when given and free, else the next one).
 
         A given mask loses the voxels that other objects hold.
         """
-        obj_id = max(self.objects, default=0) + 1
+        if obj_id is None or obj_id in self.objects or obj_id < 1:
+            obj_id = max(self.objects, default=0) + 1
         m = np.zeros(self.shape, bool) if mask is None else np.asarray(mask, bool).copy()
         if m.shape != self.shape:
             raise MedAdaptError(f"The mask of object {name or obj_id} has shape {m.shape}; the volume has {self.shape}.")

@@ -1,0 +1,495 @@
+"""3D objects dock: every box, click, scribble or lasso, in any of the three planes, updates the whole 3D object.
+
+A box is drawn on the object's middle slice, then given its first and last slice (a 3D box); its slab is embedded
+in the background as soon as the rectangle exists. Clicks ("object clicks": positive green, negative magenta; 'T'
+or the radio buttons switch), scribbles ("object scribbles": label 1 = object, 2 = not the object) and lassos
+(polygons on "object boxes and lassos") correct the selected object: its slice is predicted again and the change
+travels to the neighbouring slices of that plane (``core.interactive``). The objects show in "3D objects" while they
+grow (progress and Cancel; a cancelled interaction changes nothing); the list gives each one's name and volume in
+mL, and Undo takes back the selected object's last interaction. All computing runs as jobs in the viewer's compute
+worker (``core.interactive.editor.ObjectEditor``); this dock never reads the session's state itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton
+
+from napari_medadapt.core.errors import MedAdaptError
+from napari_medadapt.core.interactive import (
+    Box3D,
+    Click,
+    Interaction,
+    Lasso,
+    LiveMask,
+    ObjectsSnapshot,
+    Scribble,
+)
+from napari_medadapt.widgets import sam_prompts as sp
+from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane
+from napari_medadapt.widgets._layers import (
+    class_features,
+    grid_of,
+    is_result_layer,
+    labels_layer_kwargs,
+    layer_geometry,
+    mark_result,
+    target_choices,
+)
+from napari_medadapt.widgets.objects3d_panels import BoxSlabPanel, ObjectTable
+from napari_medadapt.widgets.sam_panels import NEW_LABELS, CommitPanel, ModelChoicePanel, WindowChoice
+
+if TYPE_CHECKING:
+    import napari
+
+CLICKS_LAYER = "object clicks"
+SHAPES_LAYER = "object boxes and lassos"
+SCRIBBLES_LAYER = "object scribbles"
+OBJECTS_LAYER = "3D objects"
+#: how often the growing object is redrawn while a job runs
+LIVE_MS = 200
+
+
+class ObjectsWidget(JobDock):
+    """Dock for 3D objects segmented with a promptable model, one interaction at a time.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer this dock works on.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(napari_viewer)
+        session = self.worker.session
+        self.editor = session.objects  # its methods run only as jobs in the compute worker
+        self.sam = session.sam
+        self._snapshot: ObjectsSnapshot | None = None
+        self._image_key: str | None = None
+        self._active: int | None = None  # the object the next click, scribble or lasso changes
+        self._issued = 0  # the highest object id handed out
+        self._clicks_seen = 0
+        self._shapes_seen = 0
+        self._quiet = False  # the dock itself is emptying a prompt layer
+        self._live = LiveMask()  # the dock's jobs run one after another: each fills it while it runs
+        self._embed_handle: Any = None
+        self._connected: set[Any] = set()  # unique_id of the prompt layers whose events are connected
+
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The 3D grayscale image to segment (one channel)")
+        self.model_panel = ModelChoicePanel()
+        self.window_combo = WindowChoice()
+        self.polarity = PolarityPanel("the next click or lasso marks the object",
+                                      "the next click or lasso marks what is not the object")
+        self.points = KeypointLayer(self.viewer, CLICKS_LAYER, self.polarity, self._clicks_changed, sp.POINT_SIZE)
+        self.layers_button = QPushButton("Add prompt layers")
+        self.layers_button.setToolTip("Create the click, box/lasso and scribble layers on the image's grid")
+        self.box_panel = BoxSlabPanel()
+        self.objects_table = ObjectTable()
+        self.commit_panel = CommitPanel()
+        self.commit_panel.setTitle("Copy the selected object into a Labels layer")
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("model", self.model_panel)
+        form.addRow("window", self.window_combo)
+        form.addRow("next click", self.polarity)
+        layout = self.layout_
+        layout.addLayout(form)
+        layout.addWidget(self.layers_button)
+        layout.addWidget(self.box_panel)
+        layout.addWidget(self.job_panel)
+        layout.addWidget(self.objects_table)
+        layout.addWidget(self.status)
+        layout.addWidget(self.commit_panel)
+        layout.addStretch(1)
+        self.status.setText("Choose an image, add prompt layers, draw a box around an object or click on it.")
+
+        self._live_timer = QTimer(self)
+        self._live_timer.setInterval(LIVE_MS)
+        self._live_timer.timeout.connect(self._show_live)
+        self.layers_button.clicked.connect(self.ensure_prompt_layers)
+        self.box_panel.first_here.clicked.connect(lambda: self._slice_here(self.box_panel.first_spin))
+        self.box_panel.last_here.clicked.connect(lambda: self._slice_here(self.box_panel.last_spin))
+        self.box_panel.segment_button.clicked.connect(self.segment_box)
+        self.objects_table.new_button.clicked.connect(self.new_object)
+        self.objects_table.undo_button.clicked.connect(self.undo)
+        self.objects_table.remove_button.clicked.connect(self.remove)
+        self.objects_table.renamed.connect(self._rename)
+        self.objects_table.table.itemSelectionChanged.connect(self._selection_changed)
+        self.commit_panel.commit_button.clicked.connect(self.commit)
+        self.image_combo.currentIndexChanged.connect(self._image_changed)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self.viewer.dims.events.current_step.connect(self._dims_changed)
+        self._refresh_layers()
+
+    # ---------------------------------------------------------------------------------------- layers
+    def _refresh_layers(self, *_: Any) -> None:
+        from napari.layers import Image
+
+        images = [layer for layer in self.viewer.layers if isinstance(layer, Image) and not is_result_layer(layer)]
+        names = [layer.name for layer in images]
+        previous = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if previous in names:
+            self.image_combo.setCurrentText(previous)
+        elif images:
+            self.image_combo.setCurrentText(sp.default_image(images))
+        self.image_combo.blockSignals(False)
+        self.commit_panel.set_targets(
+            [name for name in target_choices(self.viewer, NEW_LABELS)[1:] if name != OBJECTS_LAYER]
+        )
+        self._image_changed()
+        self._connect_prompt_layers()
+
+    @property
+    def image_layer(self) -> Any:
+        """The chosen image layer, or ``None``."""
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _layer(self, name: str) -> Any:
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _image_changed(self, *_: Any) -> None:
+        image = self.image_layer
+        key = None if image is None else str(image.unique_id)
+        if key == self._image_key:
+            return
+        self._image_key = key
+        self.forget_jobs()  # results of the other image's jobs are dropped
+        self._snapshot, self._active, self._issued = None, None, 0
+        self.objects_table.show_snapshot(ObjectsSnapshot(np.zeros((0, 0, 0), np.uint8), []), None)
+        if key is not None:  # objects of an image chosen again come back (the editor keeps them per image)
+            self.run_job(self.editor.listing, key, description="3D objects: list", on_result=self._show)
+
+    def ensure_prompt_layers(self, *_: Any) -> Any:
+        """The click, box/lasso and scribble layers on the image's grid (created when absent); selects the box
+        layer in rectangle mode."""
+        try:
+            image, _ = self._checked_image()
+        except MedAdaptError as err:
+            self.report(err)
+            return None
+        image.visible = True
+        shapes = self._layer(SHAPES_LAYER)
+        if shapes is None:
+            shapes = sp.add_boxes_layer(self.viewer, image)
+            shapes.name = SHAPES_LAYER
+        if self._layer(SCRIBBLES_LAYER) is None:
+            scribbles = self.viewer.add_labels(np.zeros(image.data.shape, np.uint8), name=SCRIBBLES_LAYER,
+                                               opacity=0.7, **grid_of(image))
+            scribbles.brush_size = 3
+        self.points.ensure(image)
+        self._connect_prompt_layers()
+        self.viewer.layers.selection.active = shapes
+        shapes.mode = "add_rectangle"
+        return shapes
+
+    def _connect_prompt_layers(self) -> None:
+        self.points.connect()
+        for name, event, slot in ((SHAPES_LAYER, "data", self._shapes_changed),
+                                  (SCRIBBLES_LAYER, "paint", self._scribbles_painted)):
+            layer = self._layer(name)
+            if layer is not None and layer.unique_id not in self._connected:
+                getattr(layer.events, event).connect(slot)
+                self._connected.add(layer.unique_id)
+
+    def _checked_image(self) -> tuple[Any, np.ndarray]:
+        image = self.image_layer
+        return image, sp.check_image_layer(image)
+
+    def _dims_changed(self, *_: Any) -> None:
+        image = self.image_layer
+        if image is not None:
+            self.points.follow_plane(image)
+
+    def _slice_here(self, spin: Any) -> None:
+        image = self.image_layer
+        if image is not None:
+            spin.setValue(current_plane(self.viewer, image).index)
+
+    # ---------------------------------------------------------------------------------- interactions
+    def _clicks_changed(self, *_: Any) -> None:
+        """New points are clicks on the selected object (a removed point is only a marker gone: Undo undoes)."""
+        image = self.image_layer
+        if image is None or self._quiet:
+            return
+        try:
+            voxels, positive, plane = self.points.read(image, "Click")
+        except MedAdaptError as err:
+            self.report(err)
+            return
+        new = range(self._clicks_seen, len(voxels))
+        self._clicks_seen = len(voxels)
+        for i in new:
+            zyx = tuple(int(v) for v in np.rint(voxels[i]))
+            self.interact(Click(zyx, bool(positive[i]), int(plane[i])), what="click")
+
+    def _shapes_changed(self, event: Any = None) -> None:
+        """A rectangle starts a 3D box (its slab is embedded in the background); a polygon is a lasso."""
+        if self._quiet or str(getattr(event, "action", "")).endswith("ing"):
+            return
+        layer, image = self._layer(SHAPES_LAYER), self.image_layer
+        if layer is None or image is None:
+            return
+        count = len(layer.data)
+        new = range(self._shapes_seen, count)
+        self._shapes_seen = count
+        for number in new:
+            try:
+                placed = sp.shape_on_slice(layer, image, number)
+            except MedAdaptError as err:
+                self.report(err)
+                continue
+            if placed is None:
+                continue
+            plane, rc = placed
+            if layer.shape_type[number] == "rectangle":
+                self._box_drawn(image, plane, rc)
+            else:
+                polygon = tuple((float(r), float(c)) for r, c in rc)
+                self.interact(Lasso(plane.index, polygon, self.polarity.positive, plane.axis), what="lasso")
+
+    def _box_drawn(self, image: Any, plane: Any, rc: np.ndarray) -> None:
+        rect = (rc[:, 0].min(), rc[:, 1].min(), rc[:, 0].max(), rc[:, 1].max())
+        rows, cols = plane.in_plane_axes
+        spacing = np.asarray(image.scale[-3:], float)
+        half_mm = max((rect[2] - rect[0]) * spacing[rows], (rect[3] - rect[1]) * spacing[cols]) / 2
+        depth = max(1, int(round(half_mm / spacing[plane.axis])))
+        size = image.data.shape[plane.axis]
+        self.box_panel.drawn(plane.axis, plane.index, rect, size, depth)
+        self._embed_slab(plane, *self.box_panel.slab())
+
+    def _embed_slab(self, plane: Any, first: int, last: int) -> None:
+        """Embed the slab's slices in the background, from the box's slice outwards (a box or click job first
+        cancels it; the embedded slices stay cached)."""
+        from napari_medadapt.core.sam.prompts import Plane
+
+        image, choice = self.image_layer, self.model_panel.choice
+        if image is None or choice is None:
+            return
+        order = sorted(range(first, last + 1), key=lambda i: abs(i - plane.index))
+        neighbours = [i for i in order if i != plane.index]
+        self._embed_handle = self.worker.submit(
+            self.sam.prepare, choice, sp.check_image_layer(image), self.window_combo.spec(image),
+            Plane(plane.axis, plane.index), neighbours=neighbours, interactive_key="objects3d-embed",
+            description="3D objects: embedding the box's slices",
+        )
+
+    def segment_box(self, *_: Any) -> Any:
+        """Segment the 3D box: into the selected object when it is still empty, else into a new object."""
+        box = self.box_panel.box()
+        if box is None:
+            self.report(MedAdaptError("Draw a rectangle around the object first (on the box layer)."))
+            return None
+        current = self._snapshot.summary(self._active) if self._snapshot is not None else None
+        if current is not None and current.voxels:
+            self._active = None
+        handle = self.interact(box, what="3D box")
+        if handle is not None:
+            self.box_panel.used()
+            self._empty_layer(SHAPES_LAYER)
+        return handle
+
+    def _scribbles_painted(self, *_: Any) -> None:
+        """A finished brush stroke: label 1 adds to the selected object, label 2 removes from it."""
+        layer, image = self._layer(SCRIBBLES_LAYER), self.image_layer
+        if layer is None or image is None or self._quiet:
+            return
+        data = np.asarray(layer.data)
+        axis = current_plane(self.viewer, image).axis
+        for value, positive in ((1, True), (2, False)):
+            painted = data == value
+            if painted.any():
+                self.interact(Scribble(painted, positive, axis), what="scribble")
+        self._empty_layer(SCRIBBLES_LAYER)
+
+    def _empty_layer(self, name: str) -> None:
+        layer = self._layer(name)
+        if layer is None:
+            return
+        self._quiet = True
+        try:
+            if name == SHAPES_LAYER:
+                layer.data = []
+                self._shapes_seen = 0
+            else:
+                layer.data = np.zeros_like(layer.data)
+        finally:
+            self._quiet = False
+
+    def interact(self, interaction: Interaction, what: str) -> Any:
+        """Send one interaction to the selected object (a new object when none is selected) as a job."""
+        try:
+            image, data = self._checked_image()
+        except MedAdaptError as err:
+            self.report(err)
+            return None
+        choice = self.model_panel.choice
+        if choice is None:
+            self.report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
+            return None
+        if self._active is None and not isinstance(interaction, Box3D) and self.model_panel.needs_box:
+            title = self.model_panel.entry.title if self.model_panel.entry else choice.name
+            self.report(MedAdaptError(f"{title} starts from a box: draw a 3D box around the object first."))
+            return None
+        obj_id, name = self._active, None
+        if obj_id is None:
+            known = [o.id for o in self._snapshot.objects] if self._snapshot is not None else []
+            self._issued = max([self._issued, *known]) + 1
+            obj_id, name = self._issued, f"object {self._issued}"
+            self._active = obj_id
+        if self._embed_handle is not None and not self._embed_handle.done:
+            self._embed_handle.cancel()
+        self.clear_report()
+        geometry = layer_geometry(image)
+        spacing = tuple(float(s) for s in (geometry.spacing if geometry is not None else image.scale[-3:]))
+        handle = self.run_job(
+            self.editor.interact, choice, self._image_key, data, spacing, self.window_combo.spec(image), obj_id,
+            interaction, name=name, live=self._live, description=f"3D objects: {what}", on_result=self._show,
+            input_layers=(image,),
+        )
+        self.status.setText(f"Updating {name or self._name_of(obj_id)} from the {what}...")
+        self._live_timer.start()
+        return handle
+
+    # ---------------------------------------------------------------------------------- object list
+    def _name_of(self, obj_id: int | None) -> str:
+        summary = self._snapshot.summary(obj_id) if self._snapshot is not None else None
+        return summary.name if summary is not None else f"object {obj_id}"
+
+    def new_object(self, *_: Any) -> None:
+        """The next click, scribble, lasso or box starts a new object."""
+        self._active = None
+        self.objects_table.table.clearSelection()
+        self.status.setText("The next box, click, scribble or lasso starts a new object.")
+
+    def _selection_changed(self) -> None:
+        selected = self.objects_table.selected
+        if selected is not None:
+            self._active = selected
+
+    def undo(self, *_: Any) -> Any:
+        """Undo the selected object's last interaction."""
+        obj_id = self.objects_table.selected or self._active
+        if obj_id is None or self._image_key is None:
+            self.report(MedAdaptError("Select the object to undo in the list."))
+            return None
+        return self.run_job(self.editor.undo, self._image_key, obj_id, description="3D objects: undo",
+                            on_result=self._show)
+
+    def remove(self, *_: Any) -> Any:
+        """Remove the selected object."""
+        obj_id = self.objects_table.selected
+        if obj_id is None or self._image_key is None:
+            self.report(MedAdaptError("Select the object to remove in the list."))
+            return None
+        if obj_id == self._active:
+            self._active = None
+        return self.run_job(self.editor.remove, self._image_key, obj_id, description="3D objects: remove",
+                            on_result=self._show)
+
+    def _rename(self, obj_id: int, name: str) -> None:
+        if self._image_key is not None:
+            self.run_job(self.editor.rename, self._image_key, obj_id, name, description="3D objects: rename",
+                         on_result=self._show)
+
+    # --------------------------------------------------------------------------------------- display
+    def objects_layer(self, image: Any) -> Any:
+        """The "3D objects" Labels layer on ``image``'s grid (created or re-gridded when needed)."""
+        from napari_medadapt.core.volume import Geometry
+
+        layer = self._layer(OBJECTS_LAYER)
+        shape = image.data.shape
+        if layer is None or layer.data.shape != shape:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            geometry = layer_geometry(image) or Geometry.from_display_grid(shape, tuple(image.scale),
+                                                                           tuple(image.translate))
+            kwargs = mark_result(labels_layer_kwargs(geometry, name=OBJECTS_LAYER), "objects3d", "", "objects")
+            kwargs.update(grid_of(image))
+            active = self.viewer.layers.selection.active  # keep clicking / drawing
+            layer = self.viewer.add_labels(np.zeros(shape, np.uint16), opacity=0.5, **kwargs)
+            if active is not None and active in self.viewer.layers:
+                self.viewer.layers.selection.active = active
+        return layer
+
+    def _show_live(self) -> None:
+        """Redraw the object a job is changing, as far as it got."""
+        taken, image = self._live.take(), self.image_layer
+        if taken is None or image is None or not self.busy:
+            return
+        obj_id, mask = taken
+        layer = self.objects_layer(image)
+        data = np.array(self._labels(mask.shape), np.uint16)
+        data[data == obj_id] = 0
+        data[mask] = obj_id
+        layer.data = data
+
+    def _labels(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The label map of the last finished job (zeros before one, or for another grid)."""
+        if self._snapshot is not None and self._snapshot.labels.shape == tuple(shape):
+            return self._snapshot.labels
+        return np.zeros(shape, np.uint16)
+
+    def _show(self, snapshot: ObjectsSnapshot) -> None:
+        image = self.image_layer
+        self._snapshot = snapshot
+        self._live.take()  # drawn in full below
+        for note in snapshot.notes:
+            show_warning(note)
+        if snapshot.changed is not None and snapshot.summary(snapshot.changed) is not None:
+            self._active = snapshot.changed
+        self._issued = max([self._issued, *(o.id for o in snapshot.objects)])
+        self.objects_table.show_snapshot(snapshot, self._active)
+        if image is not None and snapshot.labels.shape == image.data.shape:
+            layer = self.objects_layer(image)
+            layer.data = snapshot.labels.astype(np.uint16)
+            layer.features = class_features({o.id: o.name for o in snapshot.objects})
+        elif image is not None and not snapshot.objects and self._layer(OBJECTS_LAYER) is not None:
+            self._layer(OBJECTS_LAYER).data = np.zeros(image.data.shape, np.uint16)
+        summary = snapshot.summary(snapshot.changed)
+        if summary is not None:
+            text = f"{snapshot.message} ({summary.millilitres:.2f} mL). Click to correct it; Undo takes it back."
+        else:
+            text = snapshot.message or "Draw a box around an object, or click on it."
+        self.status.setText(text)
+
+    def job_finished(self) -> None:
+        """Once no job is left: stop redrawing, and show the objects as the last finished job left them (a
+        cancelled or failed interaction changed nothing)."""
+        if self.busy:
+            return
+        self._live_timer.stop()
+        self._live.take()
+        image, layer = self.image_layer, self._layer(OBJECTS_LAYER)
+        if image is not None and layer is not None and layer.data.shape == image.data.shape:
+            labels = self._labels(layer.data.shape)
+            if not np.array_equal(layer.data, labels):
+                layer.data = labels.astype(np.uint16)
+
+    def commit(self, *_: Any) -> int:
+        """Copy the selected object into the target Labels layer with the chosen label id (undoable)."""
+        image, obj_id = self.image_layer, self.objects_table.selected or self._active
+        if image is None or self._snapshot is None or obj_id is None or self._snapshot.labels.shape != image.data.shape:
+            self.report(MedAdaptError("Nothing to copy: segment an object and select it in the list."))
+            return 0
+        mask = self._snapshot.labels == obj_id
+        try:
+            target, changed = self.commit_panel.commit(self.viewer, image, mask)
+        except MedAdaptError as err:
+            self.report(err)
+            return 0
+        text = (f"Copied {self._name_of(obj_id)} ({changed} voxels) as label {self.commit_panel.label_spin.value()} "
+                f"into {target.name!r} (Ctrl+Z on that layer undoes it).")
+        self.status.setText(text)
+        show_info(text)
+        return changed

@@ -1,0 +1,150 @@
+"""Segment Anything 3D objects dock, opened from the Plugins menu: a 3D box segments the object in its slab, a
+click on a coronal slice changes the object along the coronal axis, scribbles and lassos correct it, Cancel
+changes nothing, Undo per object, the list names each object with its volume in mL, and a copy into a Labels
+layer is undoable."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from _data import SAMPLE_CASE
+from test_objects3d import BrightPredictor, _blob
+
+from napari_medadapt._reader import medadapt_metadata
+from napari_medadapt.core.volume import Geometry, load_volume
+from napari_medadapt.widgets import objects3d as o3
+
+pytestmark = pytest.mark.gui
+
+DOCK = "Segment Anything 3D objects"
+
+
+def _wait(qtbot, dock):
+    """Wait until every job of the dock has ended."""
+    qtbot.waitUntil(lambda: not dock.busy, timeout=120_000)
+    qtbot.wait(20)
+
+
+def _open(plugin_viewer, open_plugin_dock, data, spacing, name="scan", predictor=None):
+    viewer = plugin_viewer()
+    geometry = Geometry.from_display_grid(data.shape, spacing, (0.0, 0.0, 0.0))
+    image = viewer.add_image(data, name=name, scale=spacing, metadata=medadapt_metadata(geometry, "flair"),
+                             contrast_limits=(float(data.min()), float(data.max())))
+    dock = open_plugin_dock(viewer, DOCK)
+    combo = dock.model_panel.model_combo
+    combo.setCurrentIndex(combo.findData("sam-small"))
+    if predictor is not None:  # a stand-in whose answers are known exactly (the object logic is the product's)
+        dock.sam.use(dock.model_panel.choice, predictor)
+    dock.window_combo.setCurrentText("layer contrast limits")
+    return viewer, image, dock
+
+
+def _draw_box(viewer, dock, axis_index, rect):
+    shapes = dock.ensure_prompt_layers()
+    z = axis_index
+    r0, c0, r1, c1 = rect
+    shapes.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]], float))
+    return shapes
+
+
+def test_box_on_the_glioma_fills_its_slab_and_reports_millilitres(plugin_viewer, open_plugin_dock, qtbot):
+    volume = load_volume(SAMPLE_CASE / "flair.nii.gz")
+    crop = np.ascontiguousarray(volume.data[0][70:100, 33:133, 30:130])  # around the tumour
+    viewer, image, dock = _open(plugin_viewer, open_plugin_dock, crop, volume.geometry.spacing, "flair")
+    viewer.dims.set_point(0, 18 * image.scale[0])
+    _draw_box(viewer, dock, 18, (30, 30, 75, 75))
+    assert dock.box_panel.segment_button.isEnabled()
+    dock.box_panel.first_spin.setValue(12)
+    dock.box_panel.last_spin.setValue(24)
+    _wait(qtbot, dock)  # the slab's embeddings started as soon as the rectangle existed
+    dock.segment_box()
+    _wait(qtbot, dock)
+    objects = viewer.layers[o3.OBJECTS_LAYER]
+    zs = np.flatnonzero((objects.data > 0).any(axis=(1, 2)))
+    assert zs.size > 3 and zs.min() >= 12 and zs.max() <= 24  # the 3D object, inside its slab
+    ((name, ml, steps),) = dock.objects_table.rows()
+    expected = (objects.data == 1).sum() * np.prod(volume.geometry.spacing) / 1000
+    assert name == "object 1" and float(ml) == pytest.approx(expected, abs=0.01) and steps == "1"
+    assert "mL" in dock.status.text()
+    assert objects.features["class"].tolist()[-1] == "object 1"
+    assert len(viewer.layers[o3.SHAPES_LAYER].data) == 0  # the box became the object
+
+
+def test_clicks_scribbles_lasso_cancel_undo_and_copy(plugin_viewer, open_plugin_dock, qtbot, notifications):
+    blob = _blob()
+    data = (blob * 200 + 20).astype(np.uint8)
+    viewer, image, dock = _open(plugin_viewer, open_plugin_dock, data, (2.0, 1.0, 1.0), predictor=BrightPredictor())
+    points = dock.ensure_prompt_layers() and viewer.layers[o3.CLICKS_LAYER]
+
+    # a click with no object yet starts one (the stand-in answers clicks alone)
+    viewer.dims.set_point(0, 12 * 2.0)
+    points.add([12, 20, 14])
+    _wait(qtbot, dock)
+    first = viewer.layers[o3.OBJECTS_LAYER].data == 1
+    assert first.any() and len(np.flatnonzero(first.any(axis=(1, 2)))) > 3  # the whole object, not one slice
+    assert dock.objects_table.rows()[0][2] == "1"
+
+    # a negative scribble on axial slice 12 cuts the object's rows >= 20 there and the change travels on
+    scribbles = viewer.layers[o3.SCRIBBLES_LAYER]
+    stroke = np.zeros(data.shape, np.uint8)
+    stroke[12, 20:30, 10:20] = 2
+    scribbles.data = stroke
+    scribbles.events.paint(value=[])  # the end of a brush stroke
+    _wait(qtbot, dock)
+    assert not scribbles.data.any()  # applied, then emptied
+    after = viewer.layers[o3.OBJECTS_LAYER].data == 1
+    assert after.sum() < first.sum() and dock.objects_table.rows()[0][2] == "2"
+
+    # Undo gives the object back as it was before the scribble
+    dock.objects_table.table.selectRow(0)
+    dock.undo()
+    _wait(qtbot, dock)
+    np.testing.assert_array_equal(viewer.layers[o3.OBJECTS_LAYER].data == 1, first)
+
+    # a click on a coronal slice is a coronal click (the change travels along y)
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, 24)
+    points.add([12, 24, 14])
+    _wait(qtbot, dock)
+    assert points.features["plane"].iloc[-1] == 1 and dock.objects_table.rows()[0][2] == "2"
+    dock.undo()
+    _wait(qtbot, dock)
+
+    # a new object from a lasso on a sagittal slice; the objects never overlap
+    dock.new_object()
+    viewer.dims.order = (2, 0, 1)
+    shapes = viewer.layers[o3.SHAPES_LAYER]
+    shapes.add_polygons(np.array([[2, 2, 14], [2, 38, 14], [22, 38, 14], [22, 2, 14]], float))  # on x = 14
+    _wait(qtbot, dock)
+    rows = dock.objects_table.rows()
+    assert [r[0] for r in rows] == ["object 1", "object 2"] and float(rows[1][1]) > 0
+    labels = viewer.layers[o3.OBJECTS_LAYER].data
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+    # a cancelled click changes nothing (it waits behind another job, so Cancel comes before it runs)
+    before = labels.copy()
+    dock.objects_table.table.selectRow(0)
+    viewer.dims.order = (0, 1, 2)
+    gate = threading.Event()
+    blocker = dock.worker.submit(lambda ctx: gate.wait(30), description="another dock's job")
+    points.add([19, 20, 14])
+    dock.cancel()
+    gate.set()
+    _wait(qtbot, dock)
+    qtbot.waitUntil(lambda: blocker.done, timeout=10_000)
+    np.testing.assert_array_equal(viewer.layers[o3.OBJECTS_LAYER].data, before)
+
+    # rename, copy into a new Labels layer (undoable)
+    dock.objects_table.table.item(0, 0).setText("tumour")
+    _wait(qtbot, dock)
+    assert dock.objects_table.rows()[0][0] == "tumour"
+    dock.objects_table.table.selectRow(0)
+    dock.commit_panel.label_spin.setValue(4)
+    written = dock.commit()
+    target = viewer.layers["SAM labels"]
+    assert written == int((viewer.layers[o3.OBJECTS_LAYER].data == 1).sum()) > 0
+    np.testing.assert_array_equal(target.data == 4, viewer.layers[o3.OBJECTS_LAYER].data == 1)
+    target.undo()
+    assert not target.data.any()
