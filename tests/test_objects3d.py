@@ -214,6 +214,19 @@ def test_a_click_on_a_coronal_slice_updates_the_object_along_the_coronal_axis(sc
     assert got[12, 25:].any() and not np.array_equal(got, mask)
 
 
+def test_a_click_in_another_plane_works_on_the_slices_of_the_objects_box(scene) -> None:
+    blob, volume, _ = scene
+    start = blob.copy()
+    start[16:] = False
+    results = []
+    for axis in (0, 1):
+        objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+        obj = objects.add(mask=start, interactions=[_box(blob, 8, 15)])
+        results.append(objects.interact(obj, Click((17, 20, 14), True, axis=axis)))
+    np.testing.assert_array_equal(results[0], results[1])  # the coronal click acts on the box's axial slices
+    assert results[0][17:20].any()
+
+
 def test_a_box_on_a_sagittal_slice_stays_in_its_cuboid(scene) -> None:
     blob, _, objects = scene
     obj = objects.add()

@@ -348,7 +348,7 @@ class ObjectsWidget(JobDock):
             obj_id, name = self._issued, f"object {self._issued}"
             self._active = obj_id
         if self._embed_handle is not None and not self._embed_handle.done:
-            self._embed_handle.cancel()
+            self._embed_handle.drop()  # quietly: the slices embedded so far stay cached
         self.clear_report()
         geometry = layer_geometry(image)
         spacing = tuple(float(s) for s in (geometry.spacing if geometry is not None else image.scale[-3:]))

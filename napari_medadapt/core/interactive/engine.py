@@ -17,8 +17,11 @@ embed each slice once, decode per prompt), so that every interaction updates the
   change travels from each of them the same way;
 - a mask: replaces the object.
 
-An interaction given in another plane (``axis`` 1 or 2) is handled the same way in that plane's frame (slices along
-its axis): a click on a coronal slice re-predicts that coronal slice and travels to the coronal neighbours.
+The slices are taken along the axis of the object's 3D box (the plane the box was drawn in): a click, scribble or
+lasso given in another plane is a 3D prompt like any other, applied on the box's slices through it (on the
+glioma sample a negative click at the largest error, given on a coronal slice: Dice 0.777 -> 0.778 in 0.6 s on the
+box's axial slices, already embedded, vs 0.743 in 54 s re-predicting coronal slices). An object without a box is
+sliced along the plane of the interaction (a click on a coronal slice travels to the coronal neighbours).
 ``watch`` hands the engine a job context (progress per decoded slice, cancellation) and a callback that sees each
 slice of the new mask as soon as it is decided (a dock shows the object while it grows).
 """
@@ -212,7 +215,9 @@ class SliceEngine(ObjectEngine):
     # ------------------------------------------------------------------ 3D
     def update(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
         """The object's new 3D mask after ``interaction`` (see the module docstring)."""
-        axis = getattr(interaction, "axis", 0)
+        box = state.box
+        own = isinstance(interaction, Box3D | MaskPrompt) or box is None
+        axis = getattr(interaction, "axis", 0) if own else box.axis
         if axis:
             engine = self._in_plane(axis)
             moved = engine.update(state.in_frame(axis), in_frame(interaction, axis, self.volume.shape))
