@@ -146,5 +146,7 @@ def test_clicks_scribbles_lasso_cancel_undo_and_copy(plugin_viewer, open_plugin_
     target = viewer.layers["SAM labels"]
     assert written == int((viewer.layers[o3.OBJECTS_LAYER].data == 1).sum()) > 0
     np.testing.assert_array_equal(target.data == 4, viewer.layers[o3.OBJECTS_LAYER].data == 1)
+    draft = target.metadata["medadapt"]["provenance"]  # the model that made it, recorded for the writer
+    assert draft["method"] == "segment-anything" and draft["settings"]["objects"][0]["label"] == 4
     target.undo()
     assert not target.data.any()

@@ -206,7 +206,7 @@ class BrightPredictor:
     """Test double of ``SamPredictor`` (to test the dock's propagation wiring without relying on a model's
     quality): the bright voxels inside the box, or connected to the positive clicks."""
 
-    model = SimpleNamespace(fallback_reason=None)
+    model = SimpleNamespace(fallback_reason=None, weights_hash="stand-in")
 
     def is_cached(self, image, window) -> bool:
         return True  # it has no embeddings to compute, so propagation never prefetches
@@ -373,7 +373,7 @@ def test_missing_checkpoint_and_gpu_fallback_messages(
     assert sp.PREVIEW_LAYER not in viewer.layers or not viewer.layers[sp.PREVIEW_LAYER].data.any()
 
     fallback = BrightPredictor()
-    fallback.model = SimpleNamespace(fallback_reason="The GPU ran out of memory; continuing on the CPU.")
+    fallback.model = SimpleNamespace(fallback_reason="The GPU ran out of memory; continuing on the CPU.", weights_hash="stand-in")
     dock.workspace.use(dock.model_choice, fallback)
     points.add([12, 30, 30])
     _settle(qtbot, dock)

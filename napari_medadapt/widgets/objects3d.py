@@ -43,6 +43,7 @@ from napari_medadapt.widgets._layers import (
 )
 from napari_medadapt.widgets.objects3d_panels import BoxSlabPanel, ObjectTable
 from napari_medadapt.widgets.sam_panels import NEW_LABELS, CommitPanel, ModelChoicePanel, WindowChoice
+from napari_medadapt.widgets.sam_results import record_commit
 
 if TYPE_CHECKING:
     import napari
@@ -78,6 +79,7 @@ class ObjectsWidget(JobDock):
         self._quiet = False  # the dock itself is emptying a prompt layer
         self._live = LiveMask()  # the dock's jobs run one after another: each fills it while it runs
         self._embed_handle: Any = None
+        self._model_run: ObjectsSnapshot | None = None  # the last interaction's result: its model's hash and device
         self._connected: set[Any] = set()  # unique_id of the prompt layers whose events are connected
 
         self.image_combo = QComboBox()
@@ -443,6 +445,8 @@ class ObjectsWidget(JobDock):
     def _show(self, snapshot: ObjectsSnapshot) -> None:
         image = self.image_layer
         self._snapshot = snapshot
+        if snapshot.weights_hash is not None:
+            self._model_run = snapshot
         self._live.take()  # drawn in full below
         for note in snapshot.notes:
             show_warning(note)
@@ -488,6 +492,10 @@ class ObjectsWidget(JobDock):
         except MedAdaptError as err:
             self.report(err)
             return 0
+        run = self._model_run
+        choice = self.model_panel.choice
+        record_commit(target, image, mask, self.commit_panel.label_spin.value(), choice.name if choice else None,
+                      run.weights_hash if run else None, run.device if run else None)
         text = (f"Copied {self._name_of(obj_id)} ({changed} voxels) as label {self.commit_panel.label_spin.value()} "
                 f"into {target.name!r} (Ctrl+Z on that layer undoes it).")
         self.status.setText(text)

@@ -71,7 +71,8 @@ class SamWidget(SamLongJobs, DockBody):
         self._generation = 0
         self._connected: set[Any] = set()  # unique_id of the box layers whose events are connected
         self._boxes_busy = False  # a box is being drawn or dragged (napari sends "adding"/"changing" first)
-        self.results = SamResults(self.status.setText, self._notes)
+        self._loaded: Any = None  # the last job's model output (JobOutput): what is loaded, without asking the session
+        self.results = SamResults(self.status.setText, self._took)
         self.candidate_combo = self.results.candidate_combo
 
         self.image_combo = QComboBox()
@@ -219,7 +220,7 @@ class SamWidget(SamLongJobs, DockBody):
         image = self.image_layer
         self.points.follow_plane(image)
         self.results.show_candidates(self._plane_or_none(image) if image is not None else None)
-        if self.workspace.loaded == self.model_choice:  # never interrupt a model load or download by scrolling
+        if self._model_loaded:  # never interrupt a model load or download by scrolling
             self._embed_displayed_slice()
             plane = self._plane_or_none(image) if image is not None else None
             if plane is not None:
@@ -242,7 +243,7 @@ class SamWidget(SamLongJobs, DockBody):
         image = self.image_layer
         if (self._long_handle is not None and not self._long_handle.done) or image is None or self._boxes_busy:
             return None
-        if self.workspace.loaded != self.model_choice or self._plane_or_none(image) != plane:
+        if not self._model_loaded or self._plane_or_none(image) != plane:
             return None
         size = image.data.shape[plane.axis]
         return self._embed_displayed_slice(neighbour_slices(plane.index, size, direction, PREFETCH_SLICES))
@@ -265,7 +266,7 @@ class SamWidget(SamLongJobs, DockBody):
             self.workspace.prepare, choice, data, self._window_spec(image), plane, neighbours=neighbours,
             description="Segment Anything: embedding neighbouring slices" if neighbours
             else "Segment Anything: loading the model, embedding the slice", interactive_key="sam-embed",
-            on_result=self._notes, on_error=self._job_failed,
+            on_result=self._took, on_error=self._job_failed,
         )
 
     def _checked_image(self) -> tuple[Any, np.ndarray]:
@@ -379,7 +380,7 @@ class SamWidget(SamLongJobs, DockBody):
     def _show_slices(self, output: Any, image: Any, axis: int, generation: int) -> None:
         if not self._is_current(image, generation):
             return
-        self._notes(output.notes)
+        self._took(output)
         self.results.apply_slices(self.preview_layer(image), output.value, axis)
         self.results.show_candidates(self._plane_or_none(image))
         entry = self.model_panel.entry
@@ -424,8 +425,9 @@ class SamWidget(SamLongJobs, DockBody):
             self.viewer.layers.selection.active = active
         label = self.commit_panel.label_spin.value()
         choice = self.model_choice
+        output = self._loaded
         record_commit(target, image, np.asarray(preview.data) > 0, label, choice.name if choice else None,
-                      get_worker(self.viewer, self).session)
+                      output.weights_hash if self._model_loaded else None, output.device if output else None)
         self.status.setText(f"Committed {changed} voxels as label {label} into {target.name!r} (Ctrl+Z undoes).")
         show_info(self.status.text())
         return changed
@@ -460,3 +462,14 @@ class SamWidget(SamLongJobs, DockBody):
     def _notes(self, notes: list[str]) -> None:
         for note in notes:
             show_warning(note)
+
+    def _took(self, output: Any) -> None:
+        """A job's output: remember which model it ran on (so the dock never asks the compute session), show its
+        notes."""
+        self._loaded = output
+        self._notes(output.notes)
+
+    @property
+    def _model_loaded(self) -> bool:
+        """Whether the last job ran on the chosen model (it is loaded: scrolling may embed slices)."""
+        return self._loaded is not None and self._loaded.model == self.model_choice

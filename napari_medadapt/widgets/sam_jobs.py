@@ -92,5 +92,5 @@ class SamLongJobs:
     def _show_propagation(self, output: Any, image: Any, axis: int, generation: int) -> None:
         if not self._is_current(image, generation):
             return
-        self._notes(output.notes)
+        self._took(output)
         self.results.show_propagation(self.preview_layer(image), output.value, axis)

@@ -36,13 +36,13 @@ class SamResults:
     ----------
     show_status
         Puts a line into the dock's status.
-    show_notes
-        Shows notes of a job (fallback to CPU, unverified checkpoint, ...) to the user.
+    take_output
+        Takes a job's output: remembers its model and shows its notes (fallback to CPU, unverified checkpoint, ...).
     """
 
-    def __init__(self, show_status: Callable[[str], Any], show_notes: Callable[[list[str]], Any]) -> None:
+    def __init__(self, show_status: Callable[[str], Any], take_output: Callable[[JobOutput], Any]) -> None:
         self._show_status = show_status
-        self._show_notes = show_notes
+        self._take_output = take_output
         self.predictions: dict[tuple[int, int], MaskPrediction] = {}
         self.applied: dict[tuple[int, int], tuple] = {}
         self.feedback: dict[tuple[int, int], np.ndarray] = {}
@@ -155,7 +155,7 @@ class SamResults:
 
     def show_precompute(self, output: JobOutput) -> None:
         """Report a finished precomputation."""
-        self._show_notes(output.notes)
+        self._take_output(output)
         stats = output.value
         self._show_status(
             f"Embeddings ready: {stats.computed} computed, {stats.cached} already cached. Clicks are now instant."
@@ -199,7 +199,8 @@ class _SingleImage:
         self.channels, self.source_paths = (name,), (source,)
 
 
-def record_commit(target: Any, image: Any, mask: np.ndarray, label: int, model_name: str | None, session: Any) -> None:
+def record_commit(target: Any, image: Any, mask: np.ndarray, label: int, model_name: str | None,
+                  weights_hash: str | None, device: str | None) -> None:
     """Add a committed object to the provenance draft in ``target``'s metadata (the writer completes it when the
     layer is saved): the image's file, the promptable model (its weights' hash once loaded, its decoder's for a card
     with a fine-tuned decoder) and, per object, its
@@ -212,8 +213,8 @@ def record_commit(target: Any, image: Any, mask: np.ndarray, label: int, model_n
         source = (image.metadata.get("medadapt") or {}).get("source_path") or None
         from napari_medadapt.core.provenance import promptable_entry
 
-        model = promptable_entry(model_name, session.sam.loaded_weights_hash if session.sam.loaded else None)
-        draft = provenance_draft("segment-anything", _SingleImage(image.name, source), model, {"objects": []}, session.device)
+        model = promptable_entry(model_name, weights_hash)
+        draft = provenance_draft("segment-anything", _SingleImage(image.name, source), model, {"objects": []}, device)
     planes = np.flatnonzero(mask.any(axis=(1, 2)))
     draft["settings"]["objects"].append({
         "label": int(label), "image_layer": image.name, "voxels": int(mask.sum()),

@@ -45,6 +45,8 @@ class ObjectsSnapshot:
     changed: int | None = None
     message: str = ""
     notes: list[str] = field(default_factory=list)
+    weights_hash: str | None = None  # of the model that computed the interaction (``None``: no model ran)
+    device: str | None = None
 
     def summary(self, obj_id: int | None) -> ObjectSummary | None:
         """The summary of object ``obj_id`` (``None`` if it is not there)."""
@@ -176,10 +178,12 @@ class ObjectEditor:
             raise
         finally:
             objects.engine.watch(None)
-        self.sam.fallback_notes(notes)
+        ran = self.sam.output(None, None, notes)
         label = objects.names[obj_id]
         message = f"{label}: {int(mask.sum())} voxels" if mask.any() else f"{label}: the model found nothing there"
-        return self.snapshot(key, obj_id, message, notes)
+        snapshot = self.snapshot(key, obj_id, message, notes)
+        snapshot.weights_hash, snapshot.device = ran.weights_hash, ran.device
+        return snapshot
 
     def listing(self, key: str, *, ctx: JobContext) -> ObjectsSnapshot:
         """The objects of image ``key`` (a dock choosing that image again shows them)."""

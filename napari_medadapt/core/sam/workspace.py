@@ -52,11 +52,15 @@ class SliceOutcome:
 
 @dataclass
 class JobOutput:
-    """A job's result plus notes for the user (fallback to CPU, unverified checkpoint, ...)."""
+    """A job's result plus notes for the user (fallback to CPU, unverified checkpoint, ...) and the model that
+    computed it (its choice, weights' sha256 and device: what a dock records, without reading the workspace)."""
 
     value: Any
-    window: tuple[float, float]
+    window: tuple[float, float] | None
     notes: list[str] = field(default_factory=list)
+    model: ModelChoice | None = None
+    weights_hash: str | None = None
+    device: str | None = None
 
 
 def neighbour_slices(index: int, size: int, direction: int, count: int = 2) -> list[int]:
@@ -125,20 +129,20 @@ class SamWorkspace:
     def prepare(
         self, choice: ModelChoice, volume: np.ndarray, window_spec: str | tuple[float, float], plane: Plane | None,
         *, neighbours: Sequence[int] = (), ctx: JobContext,
-    ) -> list[str]:
+    ) -> JobOutput:
         """Load (or download) the model and embed the displayed slice ahead of the first click, then the slices
         ``neighbours`` of its plane in that order (each a cancellation point: a click waits for one slice at
-        most); returns notes."""
+        most)."""
         notes: list[str] = []
         predictor = self.predictor(choice, ctx, notes)
+        window = None
         if plane is not None:
             window = self.window(volume, window_spec)
             indices = [plane.index, *neighbours]
             for done, index in enumerate(indices):
                 ctx.progress(done, len(indices), f"embedding slice {index}")
                 predictor.embedding(Plane(plane.axis, index).take(volume), window)
-        self.fallback_notes(notes)
-        return notes
+        return self.output(None, window, notes)
 
     def window(self, volume: np.ndarray, spec: str | tuple[float, float]) -> tuple[float, float]:
         """``(low, high)`` for a window spec: contrast limits as given, presets resolved once per volume."""
@@ -151,6 +155,13 @@ class SamWorkspace:
             self._windows = {k: v for k, v in self._windows.items() if k[0] == id(volume)}
             self._windows[key] = resolve_window(volume, spec)
         return self._windows[key]
+
+    def output(self, value: Any, window: tuple[float, float] | None, notes: list[str]) -> JobOutput:
+        """A job's :class:`JobOutput` naming the loaded model (after adding its fallback note, if new)."""
+        self.fallback_notes(notes)
+        model = None if self._predictor is None else self._predictor.model
+        return JobOutput(value, window, notes, self._choice, self.loaded_weights_hash,
+                         None if model is None else str(getattr(model, "device", "cpu")))
 
     def fallback_notes(self, notes: list[str]) -> None:
         """Add the model's fallback reason (e.g. no GPU) to ``notes`` the first time it is seen."""
@@ -192,8 +203,7 @@ class SamWorkspace:
             )
             outcomes.append(SliceOutcome(request.index, prompts.signature, prediction))
         ctx.progress(len(requests), len(requests), "done")
-        self.fallback_notes(notes)
-        return JobOutput(outcomes, window, notes)
+        return self.output(outcomes, window, notes)
 
     def precompute(
         self, choice: ModelChoice, volume: np.ndarray, window_spec: str | tuple[float, float], axis: int, *,
@@ -204,8 +214,7 @@ class SamWorkspace:
         predictor = self.predictor(choice, ctx, notes)
         window = self.window(volume, window_spec)
         stats: PrecomputeStats = predictor.precompute(np.moveaxis(volume, axis, 0), window, ctx=ctx)
-        self.fallback_notes(notes)
-        return JobOutput(stats, window, notes)
+        return self.output(stats, window, notes)
 
     def propagate(
         self,
@@ -239,8 +248,7 @@ class SamWorkspace:
             stop_slices=stop_slices,
             ctx=ctx,
         )
-        self.fallback_notes(notes)
-        return JobOutput(result, window, notes)
+        return self.output(result, window, notes)
 
 
 def slice_requests(
