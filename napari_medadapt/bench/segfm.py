@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agree-iou", type=float, default=None, help="override the engine's agree_iou")
     parser.add_argument("--box-stops", action="store_true", help="box propagation stops on IoU/area jumps")
     parser.add_argument("--travel", choices=("local", "replace"), default=None, help="override the engine's travel")
-    parser.add_argument("--click-scope", choices=("slice", "local"), default=None, help="override the click scope")
+    parser.add_argument("--click-scope", choices=("slice", "local", "sign"), default=None,
+                        help="override the click scope")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default=None, help="compute device")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here (reruns)")

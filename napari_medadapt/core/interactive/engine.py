@@ -108,7 +108,9 @@ class SliceEngine(ObjectEngine):
         ``"local"`` or ``"replace"`` (above).
     click_scope
         ``"slice"``: the clicked slice takes the model's whole new answer; ``"local"``: only the part of the change
-        at the click (the added or removed region within 2 voxels of it).
+        at the click (the added or removed region within 2 voxels of it); ``"sign"`` (default): the part of the
+        answer that agrees with the click's sign (a positive click only adds voxels to its slice, a negative one only
+        removes; chosen on the settings cases, docs/benchmarks/segfm.md).
     """
 
     LOCAL_REACH = 3
@@ -127,7 +129,7 @@ class SliceEngine(ObjectEngine):
         min_area: int = 4,
         box_stops: bool = False,
         travel: str = "local",
-        click_scope: str = "slice",
+        click_scope: str = "sign",
         frame_axis: int = 0,
     ) -> None:
         volume = np.asarray(volume)
@@ -145,8 +147,8 @@ class SliceEngine(ObjectEngine):
         if travel not in ("local", "replace"):
             raise MedAdaptError(f"travel must be 'local' or 'replace'; got {travel!r}.")
         self.travel = travel
-        if click_scope not in ("local", "slice"):
-            raise MedAdaptError(f"click_scope must be 'local' or 'slice'; got {click_scope!r}.")
+        if click_scope not in ("local", "slice", "sign"):
+            raise MedAdaptError(f"click_scope must be 'local', 'slice' or 'sign'; got {click_scope!r}.")
         self.click_scope = click_scope
         self.frame_axis = frame_axis  # the volume axis this engine's first axis is (engines of other planes)
         self._settings = {"spread": spread, "agree_iou": agree_iou, "stop_iou": stop_iou,
@@ -235,6 +237,8 @@ class SliceEngine(ObjectEngine):
             pred = self._correct_slice(state, z)
             if self.click_scope == "local" and self.spread:
                 pred = self._near_click(state.mask[z], pred, interaction)
+            elif self.click_scope == "sign":
+                pred = (state.mask[z] | pred) if interaction.positive else (state.mask[z] & pred)
             corrected = {z: pred}
         elif isinstance(interaction, Scribble):
             corrected = self._scribble(state, interaction)

@@ -15,7 +15,7 @@ from .npz_io import (
     read_npz,
     save_case,
 )
-from .predictor import ENGINE_DEFAULTS, FolderResult, case_window, predict_case, run_folder
+from .predictor import FolderResult, case_window, predict_case, run_folder
 from .protocol import (
     SimulatedClick,
     auc,
@@ -30,7 +30,6 @@ from .protocol import (
 
 __all__ = [
     "ALLOWED_GLOBALS",
-    "ENGINE_DEFAULTS",
     "ClassClicks",
     "FolderResult",
     "RestrictedUnpickler",
