@@ -276,3 +276,28 @@ def test_editor_jobs_show_the_growing_object_and_a_cancel_changes_nothing(scene)
     assert undone.objects[0].voxels == 0 and undone.objects[0].undo_steps == 0
     assert editor.rename("flair", summary.id, "liver", ctx=JobContext()).objects[0].name == "liver"
     assert editor.remove("flair", summary.id, ctx=JobContext()).objects == []
+
+
+def test_on_a_gpu_the_slab_is_embedded_in_batches_first(scene) -> None:
+    from types import SimpleNamespace
+
+    blob, volume, _ = scene
+    calls = []
+
+    class GpuPredictor(BrightPredictor):
+        model = SimpleNamespace(**{k: getattr(_Model, k) for k in ("image_size", "grid", "fallback_reason",
+                                                                    "weights_hash")},
+                                input_size=_Model().input_size, device=SimpleNamespace(type="cuda"))
+
+        def precompute(self, slices, window, ctx=None, batch_size=None):
+            calls.append(len(slices))
+
+    objects = ObjectSet(SliceEngine(GpuPredictor(), volume, (0, 255)))
+    obj = objects.add()
+    objects.interact(obj, _box(blob, 6, 18))
+    objects.interact(obj, Click((12, 20, 14), False))
+    assert calls == [13, 13]  # the box's slab before propagating, and before the click's update
+    cpu = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+    calls.clear()
+    cpu.interact(cpu.add(), _box(blob, 6, 18))
+    assert calls == []  # on a CPU slices are embedded as they are reached

@@ -175,6 +175,13 @@ class SliceEngine(ObjectEngine):
             self.ctx.progress(self.decodes, 0, f"slice {z}")
         return self.predictor.predict(self.volume[z], self.window, prompts).mask
 
+    def _embed_slab(self, lo: int, hi: int) -> None:
+        """On a GPU, embed slices ``lo..hi`` first in the model's batches (8 slices per fp16 encoder call; cached
+        ones are skipped); on a CPU, where batches do not pay off, slices are embedded as they are reached."""
+        device = getattr(getattr(self.predictor, "model", None), "device", None)
+        if getattr(device, "type", "cpu") == "cuda":
+            self.predictor.precompute(self.volume[max(0, lo): hi + 1], self.window, ctx=self.ctx)
+
     def _show(self, z: int, mask: np.ndarray) -> None:
         if self.on_slice is not None:
             self.on_slice(self.frame_axis, z, mask)
@@ -230,7 +237,9 @@ class SliceEngine(ObjectEngine):
                 raise MedAdaptError(f"The mask has shape {mask.shape}; the volume has {self.volume.shape}.")
             return mask.copy()
         if isinstance(interaction, Box3D):
+            self._embed_slab(interaction.z_min, interaction.z_max)
             return self._box(interaction)
+        self._embed_slab(*state.slab(self.volume.shape[0]))
         new = state.mask.copy()
         if isinstance(interaction, Click):
             z = interaction.zyx[0]
