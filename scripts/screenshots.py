@@ -3,7 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
 
 Opens the demo (sample glioma case, every dock) and, as a user would: segments the volume with the bundled
-model; draws a box around the tumour for Segment Anything (LiteMedSAM); adapts the model at test time; places a positive and
+model; draws a box around the tumour for Segment Anything (LiteMedSAM), then a 3D box and a corrective click in the
+3D objects dock; adapts the model at test time; places a positive and
 a negative keypoint for TTS; adapts a few-shot adapter to three painted slices; explains the predicted tumour by its prototypes and
 opens the top prototype's training slice; then shows the coronal view; finally opens the same patient's raw export and
 prepares it in the Prepare scans dock (needs ../shared or MEDADAPT_DATA_DIR). One PNG per step goes to
@@ -77,6 +78,34 @@ def main() -> int:
         settle()
         wait(sam.update_preview() or sam._predict_handle)
     shot(2, "segment_anything")
+
+    # the 3D objects dock: a 3D box around the tumour (its first and last slice), then one corrective click
+    objects_dock, objects = docks["Segment Anything 3D objects"]
+    objects_dock.raise_()
+    sam_layers = [layer for layer in viewer.layers if layer.name.startswith("SAM ")]
+    for layer in sam_layers:
+        layer.visible = False
+    shapes = objects.ensure_prompt_layers()
+    shapes.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]], float))
+    settle()
+    extent = np.flatnonzero((reference > 0).any(axis=(1, 2)))
+    objects.box_panel.first_spin.setValue(int(extent.min()))
+    objects.box_panel.last_spin.setValue(int(extent.max()))
+    wait(objects.segment_box())
+    correction = next_click(np.asarray(viewer.layers["3D objects"].data[z]) == 1, reference[z] > 0)
+    if correction is not None:
+        r, c, positive = correction
+        if not positive:
+            objects.polarity.toggle()
+        viewer.layers["object clicks"].add([z, r, c])
+        settle()
+        wait(objects.handle)
+    shot(8, "segment_anything_3d_objects")
+    for layer in viewer.layers:
+        if layer.name in ("3D objects", "object clicks", "object boxes and lassos", "object scribbles"):
+            layer.visible = False
+    for layer in sam_layers:
+        layer.visible = True
 
     tta_dock, tta = docks["Test-time adaptation"]
     tta_dock.raise_()
