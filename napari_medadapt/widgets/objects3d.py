@@ -36,12 +36,10 @@ from napari_medadapt.widgets._layers import (
     class_features,
     grid_of,
     is_result_layer,
-    labels_layer_kwargs,
     layer_geometry,
-    mark_result,
     target_choices,
 )
-from napari_medadapt.widgets.objects3d_panels import BoxSlabPanel, ObjectTable
+from napari_medadapt.widgets.objects3d_panels import BoxSlabPanel, ObjectTable, objects_layer
 from napari_medadapt.widgets.sam_panels import NEW_LABELS, CommitPanel, ModelChoicePanel, WindowChoice
 from napari_medadapt.widgets.sam_results import record_commit
 
@@ -280,10 +278,11 @@ class ObjectsWidget(JobDock):
             return
         order = sorted(range(first, last + 1), key=lambda i: abs(i - plane.index))
         neighbours = [i for i in order if i != plane.index]
-        self._embed_handle = self.worker.submit(
+        self._embed_handle = self.run_job(
             self.sam.prepare, choice, sp.check_image_layer(image), self.window_combo.spec(image),
             Plane(plane.axis, plane.index), neighbours=neighbours, interactive_key="objects3d-embed",
-            description="3D objects: embedding the box's slices",
+            description="3D objects: embedding the box's slices", on_result=lambda output: self._notes(output.notes),
+            input_layers=(image,),
         )
 
     def segment_box(self, *_: Any) -> Any:
@@ -407,22 +406,7 @@ class ObjectsWidget(JobDock):
     # --------------------------------------------------------------------------------------- display
     def objects_layer(self, image: Any) -> Any:
         """The "3D objects" Labels layer on ``image``'s grid (created or re-gridded when needed)."""
-        from napari_medadapt.core.volume import Geometry
-
-        layer = self._layer(OBJECTS_LAYER)
-        shape = image.data.shape
-        if layer is None or layer.data.shape != shape:
-            if layer is not None:
-                self.viewer.layers.remove(layer)
-            geometry = layer_geometry(image) or Geometry.from_display_grid(shape, tuple(image.scale),
-                                                                           tuple(image.translate))
-            kwargs = mark_result(labels_layer_kwargs(geometry, name=OBJECTS_LAYER), "objects3d", "", "objects")
-            kwargs.update(grid_of(image))
-            active = self.viewer.layers.selection.active  # keep clicking / drawing
-            layer = self.viewer.add_labels(np.zeros(shape, np.uint16), opacity=0.5, **kwargs)
-            if active is not None and active in self.viewer.layers:
-                self.viewer.layers.selection.active = active
-        return layer
+        return objects_layer(self.viewer, image, OBJECTS_LAYER)
 
     def _show_live(self) -> None:
         """Redraw the object a job is changing, as far as it got."""
@@ -448,8 +432,7 @@ class ObjectsWidget(JobDock):
         if snapshot.weights_hash is not None:
             self._model_run = snapshot
         self._live.take()  # drawn in full below
-        for note in snapshot.notes:
-            show_warning(note)
+        self._notes(snapshot.notes)
         if snapshot.changed is not None and snapshot.summary(snapshot.changed) is not None:
             self._active = snapshot.changed
         self._issued = max([self._issued, *(o.id for o in snapshot.objects)])
@@ -466,6 +449,10 @@ class ObjectsWidget(JobDock):
         else:
             text = snapshot.message or "Draw a box around an object, or click on it."
         self.status.setText(text)
+
+    def _notes(self, notes: list[str]) -> None:
+        for note in notes:
+            show_warning(note)
 
     def job_finished(self) -> None:
         """Once no job is left: stop redrawing, and show the objects as the last finished job left them (a

@@ -1,4 +1,5 @@
-"""Panels of the 3D objects dock: the 3D box's slab and the object list (names, volumes in mL, undo)."""
+"""Panels of the 3D objects dock: the 3D box's slab and the object list (names, volumes in mL, undo), and its
+result layer."""
 
 from __future__ import annotations
 
@@ -20,6 +21,30 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medadapt.core.interactive import Box3D, ObjectsSnapshot
+from napari_medadapt.widgets._layers import grid_of, labels_layer_kwargs, layer_geometry, mark_result
+
+
+def objects_layer(viewer: Any, image: Any, name: str) -> Any:
+    """The Labels layer ``name`` of the objects on ``image``'s grid: a result layer (never a model input), created
+    (or made again for another grid) when needed, without taking the selection from the prompt layer in use."""
+    import numpy as np
+
+    from napari_medadapt.core.volume import Geometry
+
+    layer = viewer.layers[name] if name in viewer.layers else None
+    shape = image.data.shape
+    if layer is not None and layer.data.shape == shape:
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    geometry = layer_geometry(image) or Geometry.from_display_grid(shape, tuple(image.scale), tuple(image.translate))
+    kwargs = mark_result(labels_layer_kwargs(geometry, name=name), "objects3d", "", "objects")
+    kwargs.update(grid_of(image))
+    active = viewer.layers.selection.active  # keep clicking / drawing
+    layer = viewer.add_labels(np.zeros(shape, np.uint16), opacity=0.5, **kwargs)
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
+    return layer
 
 
 class BoxSlabPanel(QGroupBox):
