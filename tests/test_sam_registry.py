@@ -41,7 +41,8 @@ def server(tmp_path: Path):
 
 def _entry(monkeypatch: pytest.MonkeyPatch, url: str | None, sha: str | None) -> str:
     base = registry.REGISTRY["sam-vit-b"]
-    entry = dataclasses.replace(base, name="tiny-test", filename="tiny.pth", url=url, sha256=sha)
+    download = {**base.download, "filename": "tiny.pth", "url": url, "sha256": sha}
+    entry = dataclasses.replace(base, name="tiny-test", download=download)
     monkeypatch.setitem(registry.REGISTRY, "tiny-test", entry)
     return "tiny-test"
 
@@ -114,6 +115,8 @@ def test_registry_pins_official_sam_hashes() -> None:
         assert entry.url.startswith("https://dl.fbaipublicfiles.com/segment_anything/")
         assert len(entry.sha256) == 64
     assert registry.get_entry("medsam-vit-b").sha256 is None
+    rows = {row["name"]: row for row in registry.list_checkpoints()}  # the report: the encoder as architecture
+    assert rows["sam-vit-b"]["architecture"] == "vit_b" and rows["sam-vit-b"]["title"] == "SAM ViT-B (Meta)"
     with pytest.raises(ModelError, match="choose one of"):
         registry.get_entry("sam-vit-x")
 
@@ -137,8 +140,8 @@ def test_a_users_card_with_weights_beside_it(tmp_path: Path, monkeypatch: pytest
     card = {"kind": "promptable", "name": "my-sam", "architecture": {"encoder": "vit_b"}, "weights_file": "my_sam.pth",
             "weights_sha256": hashlib.sha256(PAYLOAD).hexdigest(), "license": "Apache-2.0"}  # fmt: skip
     card_path.write_text(json.dumps(card))
-    entry = registry.CheckpointEntry.from_card(read_card(card_path))
-    assert entry.bundled and entry.url is None
+    entry = read_card(card_path)
+    assert entry.bundled and entry.url is None and entry.title == "my-sam" and entry.source.startswith("bundled")
     monkeypatch.setitem(registry.REGISTRY, "my-sam", entry)
     assert registry.checkpoint_path("my-sam") == tmp_path / "my_sam.pth"
     assert registry._fetch("my-sam", None, None, False, None) == (tmp_path / "my_sam.pth", None)

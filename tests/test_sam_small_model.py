@@ -11,7 +11,13 @@ from _data import SAMPLE_CASE
 
 from napari_medadapt.core.errors import ModelError
 from napari_medadapt.core.sam import SamPredictor, box_from_mask, iou, load_sam, resolve_window
-from napari_medadapt.core.sam.small_model import SMALL_CARD, SMALL_WEIGHTS, load_small_sam, sha256_file
+from napari_medadapt.core.sam.small_model import (
+    SMALL_CARD,
+    SMALL_WEIGHTS,
+    load_small_sam,
+    read_small_card,
+    sha256_file,
+)
 
 CASE = SAMPLE_CASE
 
@@ -20,6 +26,18 @@ def test_bundled_weights_match_their_card() -> None:
     card = json.loads(SMALL_CARD.read_text())
     assert sha256_file(SMALL_WEIGHTS) == card["weights_sha256"]
     assert "glioma_tcga_fg6692" not in " ".join(card["training_data"]["cases"])
+    read = read_small_card()  # the one card type, documentation fields kept
+    assert read.sha256 == read.weights_sha256 == card["weights_sha256"] and read.encoder == "small"
+    assert read.extra["training_data"] == card["training_data"] and read.card_path == str(SMALL_CARD)
+
+
+def test_unreadable_card_is_a_clear_error(tmp_path: Path) -> None:
+    broken = tmp_path / "sam_small.json"
+    broken.write_text("{not json")
+    with pytest.raises(ModelError, match="Cannot read the model card"):
+        read_small_card(broken)
+    with pytest.raises(ModelError, match="Cannot read the model card"):
+        load_small_sam(SMALL_WEIGHTS, tmp_path / "missing.json")
 
 
 def test_tampered_weights_are_rejected(tmp_path: Path) -> None:

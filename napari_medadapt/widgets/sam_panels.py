@@ -110,7 +110,7 @@ class ModelChoicePanel(QWidget):
 
     @property
     def entry(self) -> Any:
-        """The chosen registry model's :class:`~napari_medadapt.core.sam.CheckpointEntry` (``None``: a local file)."""
+        """The chosen registry model's :class:`~napari_medadapt.core.models.PromptableCard` (``None``: a local file)."""
         from napari_medadapt.core.sam import REGISTRY
 
         return REGISTRY.get(self.model_combo.currentData() or "")

@@ -38,7 +38,6 @@ from .propagation import (
 from .registry import (
     REGISTRY,
     SMALL_MODEL_NAME,
-    CheckpointEntry,
     checkpoint_path,
     fetch_checkpoint,
     get_entry,
@@ -52,7 +51,6 @@ __all__ = [
     "REGISTRY",
     "SMALL_MODEL_NAME",
     "WINDOW_PRESETS",
-    "CheckpointEntry",
     "ClickSession",
     "EmbeddingCache",
     "MaskPrediction",

