@@ -182,7 +182,10 @@ class ComputeWorker(QObject):
                 abandoned.append(self._running)
             self._condition.notify_all()
         for job in abandoned:
-            self._finalize(job, JobState.CANCELLED, notify=False)
+            try:
+                self._finalize(job, JobState.CANCELLED, notify=False)
+            except RuntimeError:  # at interpreter exit Qt may have deleted the job's objects already
+                logger.debug("job %r ended with its Qt objects already deleted", job.description)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         stopped = not self._thread.is_alive()

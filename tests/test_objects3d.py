@@ -272,10 +272,15 @@ def test_editor_jobs_show_the_growing_object_and_a_cancel_changes_nothing(scene)
     after = editor.snapshot("flair")
     assert np.array_equal(after.labels, snap.labels) and [o.name for o in after.objects] == ["tumour"]
     assert after.objects[0].undo_steps == 1
-    undone = editor.undo("flair", summary.id, ctx=JobContext())
-    assert undone.objects[0].voxels == 0 and undone.objects[0].undo_steps == 0
     assert editor.rename("flair", summary.id, "liver", ctx=JobContext()).objects[0].name == "liver"
-    assert editor.remove("flair", summary.id, ctx=JobContext()).objects == []
+    other = editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), None, Click((12, 20, 30), True),
+                            name="second", ctx=JobContext())
+    assert "did not change" in editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), summary.id,
+                                               Click((12, 20, 14), True), ctx=JobContext()).message
+    assert editor.undo("flair", summary.id, ctx=JobContext()).summary(summary.id).undo_steps == 1
+    gone = editor.undo("flair", summary.id, ctx=JobContext())  # undoing its first interaction: the object goes
+    assert gone.summary(summary.id) is None and "gone" in gone.message
+    assert editor.remove("flair", other.changed, ctx=JobContext()).objects == []
 
 
 def test_on_a_gpu_the_slab_is_embedded_in_batches_first(scene) -> None:
@@ -301,3 +306,11 @@ def test_on_a_gpu_the_slab_is_embedded_in_batches_first(scene) -> None:
     calls.clear()
     cpu.interact(cpu.add(), _box(blob, 6, 18))
     assert calls == []  # on a CPU slices are embedded as they are reached
+
+
+def test_a_click_where_the_object_already_agrees_changes_nothing(scene) -> None:
+    blob, volume, objects = scene
+    obj = objects.add(mask=blob, interactions=[_box(blob, 5, 19)])
+    assert np.array_equal(objects.interact(obj, Click((12, 20, 14), True)), blob)  # inside, positive
+    assert np.array_equal(objects.interact(obj, Click((12, 2, 2), False)), blob)  # outside, negative
+    assert objects.undo_steps(obj) == 2

@@ -150,3 +150,62 @@ def test_clicks_scribbles_lasso_cancel_undo_and_copy(plugin_viewer, open_plugin_
     assert draft["method"] == "segment-anything" and draft["settings"]["objects"][0]["label"] == 4
     target.undo()
     assert not target.data.any()
+
+
+def test_what_a_new_user_gets_wrong(plugin_viewer, open_plugin_dock, qtbot, notifications, monkeypatch):
+    blob = _blob()
+    data = (blob * 200 + 20).astype(np.uint8)
+    viewer, image, dock = _open(plugin_viewer, open_plugin_dock, data, (2.0, 1.0, 1.0), predictor=BrightPredictor())
+    other = viewer.add_image(data[::-1].copy(), name="other", scale=(2.0, 1.0, 1.0))
+    dock.image_combo.setCurrentText("scan")
+    points = dock.ensure_prompt_layers() and viewer.layers[o3.CLICKS_LAYER]
+
+    # Undo and Segment box with nothing to act on: messages, nothing runs
+    dock.undo()
+    assert "Select the object to undo" in notifications.take("Select the object to undo")
+    dock.segment_box()
+    notifications.take("Draw a rectangle around the object first")
+
+    # a click in the 3D view is refused with the fix
+    viewer.dims.ndisplay = 3
+    points.add([12, 20, 14])
+    assert "2D view" in notifications.take("prompts need the 2D view")
+    _wait(qtbot, dock)
+    assert dock.objects_table.rows() == []
+    viewer.dims.ndisplay = 2
+
+    # one object; a blank name is refused and the old one kept
+    viewer.dims.set_point(0, 12 * 2.0)
+    points.add([12, 20, 15])
+    _wait(qtbot, dock)
+    dock.objects_table.table.item(0, 0).setText("  ")
+    notifications.take("An object needs a name")
+    assert dock.objects_table.rows()[0][0] == "object 1"
+
+    # a positive click inside the object changes nothing and says so
+    before = viewer.layers[o3.OBJECTS_LAYER].data.copy()
+    points.add([12, 20, 14])
+    _wait(qtbot, dock)
+    assert "did not change" in dock.status.text()
+    np.testing.assert_array_equal(viewer.layers[o3.OBJECTS_LAYER].data, before)
+
+    # Remove asks first (No keeps it); a drawn lasso is removed once applied
+    monkeypatch.setattr(o3, "confirm_remove", lambda parent, name: False)
+    dock.objects_table.table.selectRow(0)
+    dock.remove()
+    assert "was kept" in dock.status.text() and len(dock.objects_table.rows()) == 1
+    viewer.layers[o3.SHAPES_LAYER].add_polygons(np.array([[12, 2, 2], [12, 2, 8], [12, 8, 8], [12, 8, 2]], float))
+    _wait(qtbot, dock)
+    qtbot.waitUntil(lambda: len(viewer.layers[o3.SHAPES_LAYER].data) == 0, timeout=5_000)
+    kept = viewer.layers[o3.OBJECTS_LAYER].data.copy()
+
+    # choosing another image: its own (no) objects, no prompts of the first image left, the image shown
+    other.visible = False
+    dock.image_combo.setCurrentText("other")
+    _wait(qtbot, dock)
+    assert other.visible and dock.objects_table.rows() == []
+    assert len(points.data) == 0 and not viewer.layers[o3.OBJECTS_LAYER].data.any()
+    dock.image_combo.setCurrentText("scan")
+    _wait(qtbot, dock)
+    assert [r[0] for r in dock.objects_table.rows()] == ["object 1"]  # the first image's object comes back
+    np.testing.assert_array_equal(viewer.layers[o3.OBJECTS_LAYER].data, kept)

@@ -22,36 +22,46 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton
 from napari_medadapt.core.errors import MedAdaptError
 from napari_medadapt.core.interactive import (
     Box3D,
-    Click,
     Interaction,
-    Lasso,
     LiveMask,
     ObjectsSnapshot,
-    Scribble,
 )
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import JobDock
-from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane
+from napari_medadapt.widgets._keypoints import PolarityPanel, current_plane
 from napari_medadapt.widgets._layers import (
     class_features,
-    grid_of,
     is_result_layer,
     layer_geometry,
     target_choices,
 )
 from napari_medadapt.widgets.objects3d_panels import BoxSlabPanel, ObjectTable, objects_layer
+from napari_medadapt.widgets.objects3d_prompts import (
+    CLICKS_LAYER,
+    SCRIBBLES_LAYER,
+    SHAPES_LAYER,
+    ObjectPromptLayers,
+)
 from napari_medadapt.widgets.sam_panels import NEW_LABELS, CommitPanel, ModelChoicePanel, WindowChoice
 from napari_medadapt.widgets.sam_results import record_commit
 
 if TYPE_CHECKING:
     import napari
 
-CLICKS_LAYER = "object clicks"
-SHAPES_LAYER = "object boxes and lassos"
-SCRIBBLES_LAYER = "object scribbles"
 OBJECTS_LAYER = "3D objects"
 #: how often the growing object is redrawn while a job runs
 LIVE_MS = 200
+
+
+def confirm_remove(parent: Any, name: str) -> bool:
+    """Ask before removing object ``name`` (it cannot be undone); the default answer is No."""
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(
+        parent, "Remove object", f"Remove {name}? This cannot be undone (copy it into a Labels layer first to keep it).",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 class ObjectsWidget(JobDock):
@@ -72,13 +82,9 @@ class ObjectsWidget(JobDock):
         self._image_key: str | None = None
         self._active: int | None = None  # the object the next click, scribble or lasso changes
         self._issued = 0  # the highest object id handed out
-        self._clicks_seen = 0
-        self._shapes_seen = 0
-        self._quiet = False  # the dock itself is emptying a prompt layer
         self._live = LiveMask()  # the dock's jobs run one after another: each fills it while it runs
         self._embed_handle: Any = None
         self._model_run: ObjectsSnapshot | None = None  # the last interaction's result: its model's hash and device
-        self._connected: set[Any] = set()  # unique_id of the prompt layers whose events are connected
 
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The 3D grayscale image to segment (one channel)")
@@ -86,7 +92,9 @@ class ObjectsWidget(JobDock):
         self.window_combo = WindowChoice()
         self.polarity = PolarityPanel("the next click or lasso marks the object",
                                       "the next click or lasso marks what is not the object")
-        self.points = KeypointLayer(self.viewer, CLICKS_LAYER, self.polarity, self._clicks_changed, sp.POINT_SIZE)
+        self.prompts = ObjectPromptLayers(self.viewer, self.polarity, self._clicks_changed, self._shapes_changed,
+                                          self._scribbles_painted)
+        self.points = self.prompts.points
         self.layers_button = QPushButton("Add prompt layers")
         self.layers_button.setToolTip("Create the click, box/lasso and scribble layers on the image's grid")
         self.box_panel = BoxSlabPanel()
@@ -147,7 +155,7 @@ class ObjectsWidget(JobDock):
             [name for name in target_choices(self.viewer, NEW_LABELS)[1:] if name != OBJECTS_LAYER]
         )
         self._image_changed()
-        self._connect_prompt_layers()
+        self.prompts.connect()
 
     @property
     def image_layer(self) -> Any:
@@ -167,40 +175,13 @@ class ObjectsWidget(JobDock):
         self.forget_jobs()  # results of the other image's jobs are dropped
         self._snapshot, self._active, self._issued = None, None, 0
         self.objects_table.show_snapshot(ObjectsSnapshot(np.zeros((0, 0, 0), np.uint8), []), None)
+        self.box_panel.used()  # a box drawn on the other image is not this one's
+        for name in (CLICKS_LAYER, SHAPES_LAYER, SCRIBBLES_LAYER, OBJECTS_LAYER):
+            self.prompts.empty(name)
+        if image is not None and self._layer(SHAPES_LAYER) is not None:
+            image.visible = True  # prompting has started: show the image the objects are of
         if key is not None:  # objects of an image chosen again come back (the editor keeps them per image)
             self.run_job(self.editor.listing, key, description="3D objects: list", on_result=self._show)
-
-    def ensure_prompt_layers(self, *_: Any) -> Any:
-        """The click, box/lasso and scribble layers on the image's grid (created when absent); selects the box
-        layer in rectangle mode."""
-        try:
-            image, _ = self._checked_image()
-        except MedAdaptError as err:
-            self.report(err)
-            return None
-        image.visible = True
-        shapes = self._layer(SHAPES_LAYER)
-        if shapes is None:
-            shapes = sp.add_boxes_layer(self.viewer, image)
-            shapes.name = SHAPES_LAYER
-        if self._layer(SCRIBBLES_LAYER) is None:
-            scribbles = self.viewer.add_labels(np.zeros(image.data.shape, np.uint8), name=SCRIBBLES_LAYER,
-                                               opacity=0.7, **grid_of(image))
-            scribbles.brush_size = 3
-        self.points.ensure(image)
-        self._connect_prompt_layers()
-        self.viewer.layers.selection.active = shapes
-        shapes.mode = "add_rectangle"
-        return shapes
-
-    def _connect_prompt_layers(self) -> None:
-        self.points.connect()
-        for name, event, slot in ((SHAPES_LAYER, "data", self._shapes_changed),
-                                  (SCRIBBLES_LAYER, "paint", self._scribbles_painted)):
-            layer = self._layer(name)
-            if layer is not None and layer.unique_id not in self._connected:
-                getattr(layer.events, event).connect(slot)
-                self._connected.add(layer.unique_id)
 
     def _checked_image(self) -> tuple[Any, np.ndarray]:
         image = self.image_layer
@@ -217,46 +198,45 @@ class ObjectsWidget(JobDock):
             spin.setValue(current_plane(self.viewer, image).index)
 
     # ---------------------------------------------------------------------------------- interactions
-    def _clicks_changed(self, *_: Any) -> None:
-        """New points are clicks on the selected object (a removed point is only a marker gone: Undo undoes)."""
+    def ensure_prompt_layers(self, *_: Any) -> Any:
+        """The click, box/lasso and scribble layers on the image's grid (created when absent); selects the box
+        layer in rectangle mode."""
+        try:
+            image, _ = self._checked_image()
+        except MedAdaptError as err:
+            self.report(err)
+            return None
+        image.visible = True
+        return self.prompts.ensure(image)
+
+    def _clicks_changed(self) -> None:
         image = self.image_layer
-        if image is None or self._quiet:
+        if image is None:
             return
         try:
-            voxels, positive, plane = self.points.read(image, "Click")
+            clicks = self.prompts.new_clicks(image)
         except MedAdaptError as err:
             self.report(err)
             return
-        new = range(self._clicks_seen, len(voxels))
-        self._clicks_seen = len(voxels)
-        for i in new:
-            zyx = tuple(int(v) for v in np.rint(voxels[i]))
-            self.interact(Click(zyx, bool(positive[i]), int(plane[i])), what="click")
+        for click in clicks:
+            self.interact(click, what="click")
 
-    def _shapes_changed(self, event: Any = None) -> None:
+    def _shapes_changed(self) -> None:
         """A rectangle starts a 3D box (its slab is embedded in the background); a polygon is a lasso."""
-        if self._quiet or str(getattr(event, "action", "")).endswith("ing"):
+        image = self.image_layer
+        if image is None:
             return
-        layer, image = self._layer(SHAPES_LAYER), self.image_layer
-        if layer is None or image is None:
+        try:
+            shapes = self.prompts.new_shapes(image)
+        except MedAdaptError as err:
+            self.report(err)
             return
-        count = len(layer.data)
-        new = range(self._shapes_seen, count)
-        self._shapes_seen = count
-        for number in new:
-            try:
-                placed = sp.shape_on_slice(layer, image, number)
-            except MedAdaptError as err:
-                self.report(err)
-                continue
-            if placed is None:
-                continue
-            plane, rc = placed
-            if layer.shape_type[number] == "rectangle":
+        for kind, plane, rc in shapes:
+            if kind == "rectangle":
                 self._box_drawn(image, plane, rc)
             else:
-                polygon = tuple((float(r), float(c)) for r, c in rc)
-                self.interact(Lasso(plane.index, polygon, self.polarity.positive, plane.axis), what="lasso")
+                self.interact(self.prompts.lasso(plane, rc, self.polarity.positive), what="lasso")
+                QTimer.singleShot(0, self.prompts.drop_lassos)  # applied: the object shows it (not inside the event)
 
     def _box_drawn(self, image: Any, plane: Any, rc: np.ndarray) -> None:
         rect = (rc[:, 0].min(), rc[:, 1].min(), rc[:, 0].max(), rc[:, 1].max())
@@ -266,6 +246,8 @@ class ObjectsWidget(JobDock):
         depth = max(1, int(round(half_mm / spacing[plane.axis])))
         size = image.data.shape[plane.axis]
         self.box_panel.drawn(plane.axis, plane.index, rect, size, depth)
+        self.clear_report()
+        self.status.setText(self.box_panel.rect_label.text())
         self._embed_slab(plane, *self.box_panel.slab())
 
     def _embed_slab(self, plane: Any, first: int, last: int) -> None:
@@ -297,35 +279,16 @@ class ObjectsWidget(JobDock):
         handle = self.interact(box, what="3D box")
         if handle is not None:
             self.box_panel.used()
-            self._empty_layer(SHAPES_LAYER)
+            self.prompts.empty(SHAPES_LAYER)
         return handle
 
-    def _scribbles_painted(self, *_: Any) -> None:
+    def _scribbles_painted(self) -> None:
         """A finished brush stroke: label 1 adds to the selected object, label 2 removes from it."""
-        layer, image = self._layer(SCRIBBLES_LAYER), self.image_layer
-        if layer is None or image is None or self._quiet:
+        image = self.image_layer
+        if image is None:
             return
-        data = np.asarray(layer.data)
-        axis = current_plane(self.viewer, image).axis
-        for value, positive in ((1, True), (2, False)):
-            painted = data == value
-            if painted.any():
-                self.interact(Scribble(painted, positive, axis), what="scribble")
-        self._empty_layer(SCRIBBLES_LAYER)
-
-    def _empty_layer(self, name: str) -> None:
-        layer = self._layer(name)
-        if layer is None:
-            return
-        self._quiet = True
-        try:
-            if name == SHAPES_LAYER:
-                layer.data = []
-                self._shapes_seen = 0
-            else:
-                layer.data = np.zeros_like(layer.data)
-        finally:
-            self._quiet = False
+        for scribble in self.prompts.take_scribbles(current_plane(self.viewer, image).axis):
+            self.interact(scribble, what="scribble")
 
     def interact(self, interaction: Interaction, what: str) -> Any:
         """Send one interaction to the selected object (a new object when none is selected) as a job."""
@@ -337,6 +300,10 @@ class ObjectsWidget(JobDock):
         choice = self.model_panel.choice
         if choice is None:
             self.report(MedAdaptError("Choose a model (or a local checkpoint file) first."))
+            return None
+        if self.viewer.dims.ndisplay != 2:
+            self.report(MedAdaptError(f"The {what} was not used: prompts need the 2D view. Switch the viewer to 2D "
+                                      "(the 2D/3D button) and give it on a slice."))
             return None
         if self._active is None and not isinstance(interaction, Box3D) and self.model_panel.needs_box:
             title = self.model_panel.entry.title if self.model_panel.entry else choice.name
@@ -380,7 +347,7 @@ class ObjectsWidget(JobDock):
 
     def undo(self, *_: Any) -> Any:
         """Undo the selected object's last interaction."""
-        obj_id = self.objects_table.selected or self._active
+        obj_id = self.objects_table.selected
         if obj_id is None or self._image_key is None:
             self.report(MedAdaptError("Select the object to undo in the list."))
             return None
@@ -393,12 +360,20 @@ class ObjectsWidget(JobDock):
         if obj_id is None or self._image_key is None:
             self.report(MedAdaptError("Select the object to remove in the list."))
             return None
+        if not confirm_remove(self, self._name_of(obj_id)):
+            self.status.setText(f"{self._name_of(obj_id)} was kept.")
+            return None
         if obj_id == self._active:
             self._active = None
         return self.run_job(self.editor.remove, self._image_key, obj_id, description="3D objects: remove",
                             on_result=self._show)
 
     def _rename(self, obj_id: int, name: str) -> None:
+        if not name.strip():
+            self.report(MedAdaptError("An object needs a name: type one (the old name is kept)."))
+            if self._snapshot is not None:
+                self.objects_table.show_snapshot(self._snapshot, self._active)
+            return
         if self._image_key is not None:
             self.run_job(self.editor.rename, self._image_key, obj_id, name, description="3D objects: rename",
                          on_result=self._show)
@@ -443,11 +418,9 @@ class ObjectsWidget(JobDock):
             layer.features = class_features({o.id: o.name for o in snapshot.objects})
         elif image is not None and not snapshot.objects and self._layer(OBJECTS_LAYER) is not None:
             self._layer(OBJECTS_LAYER).data = np.zeros(image.data.shape, np.uint16)
-        summary = snapshot.summary(snapshot.changed)
-        if summary is not None:
-            text = f"{snapshot.message} ({summary.millilitres:.2f} mL). Click to correct it; Undo takes it back."
-        else:
-            text = snapshot.message or "Draw a box around an object, or click on it."
+        text = snapshot.message or "Draw a box around an object, or click on it."
+        if snapshot.weights_hash is not None and snapshot.summary(snapshot.changed) is not None:
+            text += " Click, scribble or lasso to correct it; Undo takes it back."
         self.status.setText(text)
 
     def _notes(self, notes: list[str]) -> None:

@@ -53,6 +53,11 @@ class ObjectsSnapshot:
         return next((o for o in self.objects if o.id == obj_id), None)
 
 
+def _kind(interaction: Interaction) -> str:
+    """What the user gave, in words ("click", "3D box", ...)."""
+    return {"Box3D": "3D box", "MaskPrompt": "mask"}.get(type(interaction).__name__, type(interaction).__name__.lower())
+
+
 class LiveMask:
     """A 3D mask that a job fills slice by slice while the dock shows it (safe across the two threads)."""
 
@@ -167,6 +172,7 @@ class ObjectEditor:
         if created:
             obj_id = objects.add(name, obj_id=obj_id)
         state = objects.objects[obj_id]
+        state_before = state.mask
         if live is not None:
             live.start(obj_id, state.mask)
         objects.engine.watch(ctx, None if live is None else live.put)
@@ -179,8 +185,13 @@ class ObjectEditor:
         finally:
             objects.engine.watch(None)
         ran = self.sam.output(None, None, notes)
-        label = objects.names[obj_id]
-        message = f"{label}: {int(mask.sum())} voxels" if mask.any() else f"{label}: the model found nothing there"
+        label, voxels = objects.names[obj_id], int(mask.sum())
+        if np.array_equal(mask, state_before):
+            message = f"{label} did not change (it already agrees with this {_kind(interaction)})."
+        elif voxels:
+            message = f"{label}: {voxels * board.voxel_ml:.2f} mL ({voxels} voxels)."
+        else:
+            message = f"{label}: the model found nothing there."
         snapshot = self.snapshot(key, obj_id, message, notes)
         snapshot.weights_hash, snapshot.device = ran.weights_hash, ran.device
         return snapshot
@@ -192,8 +203,12 @@ class ObjectEditor:
     def undo(self, key: str, obj_id: int, *, ctx: JobContext) -> ObjectsSnapshot:
         """Undo object ``obj_id``'s last interaction."""
         objects = self._objects(key)
-        objects.undo(obj_id)
-        return self.snapshot(key, obj_id, f"Undid the last interaction of {objects.names[obj_id]}.")
+        mask = objects.undo(obj_id)
+        name = objects.names[obj_id]
+        if not mask.any() and not objects.can_undo(obj_id):  # back to before its first interaction: gone
+            objects.remove(obj_id)
+            return self.snapshot(key, None, f"Undid the first interaction of {name}: it is gone.")
+        return self.snapshot(key, obj_id, f"Undid the last interaction of {name}.")
 
     def remove(self, key: str, obj_id: int, *, ctx: JobContext) -> ObjectsSnapshot:
         """Remove object ``obj_id``."""

@@ -6,6 +6,8 @@ embed each slice once, decode per prompt), so that every interaction updates the
 
 - a 3D box: the box on its middle slice, then box-margin propagation (LiteMedSAM's 3D recipe) confined to the
   box's slab ``z_min..z_max``;
+- a click where the object already agrees with it (a positive click inside, a negative one outside) changes
+  nothing (it stays a prompt of its slice for later interactions);
 - a click: its slice is predicted again (box from the object's mask on that slice widened to the positive clicks,
   every click of the object on that slice, the slice's mask as a mask prompt); the change then travels to the
   neighbours in both directions, each slice prompted from its corrected neighbour's box (+ margin) and its own
@@ -243,6 +245,8 @@ class SliceEngine(ObjectEngine):
         new = state.mask.copy()
         if isinstance(interaction, Click):
             z = interaction.zyx[0]
+            if state.mask[interaction.zyx] == interaction.positive:
+                return state.mask.copy()  # the object already agrees with the click there: nothing to correct
             pred = self._correct_slice(state, z)
             if self.click_scope == "local" and self.spread:
                 pred = self._near_click(state.mask[z], pred, interaction)
