@@ -273,14 +273,22 @@ def test_editor_jobs_show_the_growing_object_and_a_cancel_changes_nothing(scene)
     assert np.array_equal(after.labels, snap.labels) and [o.name for o in after.objects] == ["tumour"]
     assert after.objects[0].undo_steps == 1
     assert editor.rename("flair", summary.id, "liver", ctx=JobContext()).objects[0].name == "liver"
-    other = editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), None, Click((12, 20, 30), True),
-                            name="second", ctx=JobContext())
+    nothing = editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), -5, Click((12, 20, 30), True),
+                              name="second", ctx=JobContext())  # on the dark background: the model finds nothing
+    assert "no object was made" in nothing.message and [o.name for o in nothing.objects] == ["liver"]
+    apart = blob.copy()
+    apart[:19] = False  # the blob's end, outside the tumour's slab
+    second = editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), -6, MaskPrompt(apart),
+                             name="second", ctx=JobContext())
+    again = editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), -6, Click((12, 2, 2), False),
+                            ctx=JobContext())  # the dock's provisional id reaches the same object
+    assert again.changed == second.changed and len(again.objects) == 2
     assert "did not change" in editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), summary.id,
                                                Click((12, 20, 14), True), ctx=JobContext()).message
     assert editor.undo("flair", summary.id, ctx=JobContext()).summary(summary.id).undo_steps == 1
     gone = editor.undo("flair", summary.id, ctx=JobContext())  # undoing its first interaction: the object goes
     assert gone.summary(summary.id) is None and "gone" in gone.message
-    assert editor.remove("flair", other.changed, ctx=JobContext()).objects == []
+    assert editor.remove("flair", second.changed, ctx=JobContext()).objects == []
 
 
 def test_on_a_gpu_the_slab_is_embedded_in_batches_first(scene) -> None:
@@ -314,3 +322,38 @@ def test_a_click_where_the_object_already_agrees_changes_nothing(scene) -> None:
     assert np.array_equal(objects.interact(obj, Click((12, 20, 14), True)), blob)  # inside, positive
     assert np.array_equal(objects.interact(obj, Click((12, 2, 2), False)), blob)  # outside, negative
     assert objects.undo_steps(obj) == 2
+
+
+def test_a_lasso_in_another_plane_than_the_box_lands_where_it_was_drawn(scene) -> None:
+    blob, _, objects = scene
+    start = blob.copy()
+    start[10:14, 12:17, :] = False  # a hole the user outlines on coronal slice y = 14
+    obj = objects.add(mask=start, interactions=[_box(blob, 5, 19)])
+    lasso = Lasso(14, ((10, 10), (10, 18), (13, 18), (13, 10)), True, axis=1)  # rows = z, cols = x
+    mask = objects.interact(obj, lasso)
+    assert mask[10:14, 14, 10:19].all()  # filled where drawn (z 10-13 on y = 14), not on axial slice 14
+    assert not (mask & ~blob).any()
+
+
+def test_ids_are_never_reused_and_undo_reaches_no_later_object(scene) -> None:
+    blob, _, objects = scene
+    a = objects.add("a")
+    b = objects.add("b", mask=blob)
+    objects.interact(a, MaskPrompt(blob))  # a takes b's voxels
+    objects.remove(b)
+    c = objects.add("c")
+    assert c not in (a, b)
+    objects.undo(a)
+    assert not objects.objects[c].mask.any()  # b's voxels went nowhere: b is gone
+
+
+def test_every_interaction_converts_between_all_planes() -> None:
+    from napari_medadapt.core.interactive import in_frame
+
+    box = Box3D(3, 9, 6, (10, 12, 20, 30), axis=0)
+    for a in range(3):
+        for b in range(3):
+            there = in_frame(Box3D.from_ranges(box.ranges(), a), b, (24, 40, 40))
+            assert there.axis == 0
+            back = Box3D.from_ranges([there.ranges()[i] for i in np.argsort([b, *[i for i in range(3) if i != b]])], 0)
+            assert back.ranges() == box.ranges()

@@ -15,6 +15,7 @@ from test_objects3d import BrightPredictor, _blob
 from napari_medadapt._reader import medadapt_metadata
 from napari_medadapt.core.volume import Geometry, load_volume
 from napari_medadapt.widgets import objects3d as o3
+from napari_medadapt.widgets import objects3d_prompts as op
 
 pytestmark = pytest.mark.gui
 
@@ -69,14 +70,14 @@ def test_box_on_the_glioma_fills_its_slab_and_reports_millilitres(plugin_viewer,
     assert name == "object 1" and float(ml) == pytest.approx(expected, abs=0.01) and steps == "1"
     assert "mL" in dock.status.text()
     assert objects.features["class"].tolist()[-1] == "object 1"
-    assert len(viewer.layers[o3.SHAPES_LAYER].data) == 0  # the box became the object
+    assert len(viewer.layers[op.SHAPES_LAYER].data) == 0  # the box became the object
 
 
 def test_clicks_scribbles_lasso_cancel_undo_and_copy(plugin_viewer, open_plugin_dock, qtbot, notifications):
     blob = _blob()
     data = (blob * 200 + 20).astype(np.uint8)
     viewer, image, dock = _open(plugin_viewer, open_plugin_dock, data, (2.0, 1.0, 1.0), predictor=BrightPredictor())
-    points = dock.ensure_prompt_layers() and viewer.layers[o3.CLICKS_LAYER]
+    points = dock.ensure_prompt_layers() and viewer.layers[op.CLICKS_LAYER]
 
     # a click with no object yet starts one (the stand-in answers clicks alone)
     viewer.dims.set_point(0, 12 * 2.0)
@@ -87,7 +88,7 @@ def test_clicks_scribbles_lasso_cancel_undo_and_copy(plugin_viewer, open_plugin_
     assert dock.objects_table.rows()[0][2] == "1"
 
     # a negative scribble on axial slice 12 cuts the object's rows >= 20 there and the change travels on
-    scribbles = viewer.layers[o3.SCRIBBLES_LAYER]
+    scribbles = viewer.layers[op.SCRIBBLES_LAYER]
     stroke = np.zeros(data.shape, np.uint8)
     stroke[12, 20:30, 10:20] = 2
     scribbles.data = stroke
@@ -115,7 +116,7 @@ def test_clicks_scribbles_lasso_cancel_undo_and_copy(plugin_viewer, open_plugin_
     # a new object from a lasso on a sagittal slice; the objects never overlap
     dock.new_object()
     viewer.dims.order = (2, 0, 1)
-    shapes = viewer.layers[o3.SHAPES_LAYER]
+    shapes = viewer.layers[op.SHAPES_LAYER]
     shapes.add_polygons(np.array([[2, 2, 14], [2, 38, 14], [22, 38, 14], [22, 2, 14]], float))  # on x = 14
     _wait(qtbot, dock)
     rows = dock.objects_table.rows()
@@ -158,7 +159,7 @@ def test_what_a_new_user_gets_wrong(plugin_viewer, open_plugin_dock, qtbot, noti
     viewer, image, dock = _open(plugin_viewer, open_plugin_dock, data, (2.0, 1.0, 1.0), predictor=BrightPredictor())
     other = viewer.add_image(data[::-1].copy(), name="other", scale=(2.0, 1.0, 1.0))
     dock.image_combo.setCurrentText("scan")
-    points = dock.ensure_prompt_layers() and viewer.layers[o3.CLICKS_LAYER]
+    points = dock.ensure_prompt_layers() and viewer.layers[op.CLICKS_LAYER]
 
     # Undo and Segment box with nothing to act on: messages, nothing runs
     dock.undo()
@@ -194,9 +195,9 @@ def test_what_a_new_user_gets_wrong(plugin_viewer, open_plugin_dock, qtbot, noti
     dock.objects_table.table.selectRow(0)
     dock.remove()
     assert "was kept" in dock.status.text() and len(dock.objects_table.rows()) == 1
-    viewer.layers[o3.SHAPES_LAYER].add_polygons(np.array([[12, 2, 2], [12, 2, 8], [12, 8, 8], [12, 8, 2]], float))
+    viewer.layers[op.SHAPES_LAYER].add_polygons(np.array([[12, 2, 2], [12, 2, 8], [12, 8, 8], [12, 8, 2]], float))
     _wait(qtbot, dock)
-    qtbot.waitUntil(lambda: len(viewer.layers[o3.SHAPES_LAYER].data) == 0, timeout=5_000)
+    qtbot.waitUntil(lambda: len(viewer.layers[op.SHAPES_LAYER].data) == 0, timeout=5_000)
     kept = viewer.layers[o3.OBJECTS_LAYER].data.copy()
 
     # choosing another image: its own (no) objects, no prompts of the first image left, the image shown
@@ -209,3 +210,38 @@ def test_what_a_new_user_gets_wrong(plugin_viewer, open_plugin_dock, qtbot, noti
     _wait(qtbot, dock)
     assert [r[0] for r in dock.objects_table.rows()] == ["object 1"]  # the first image's object comes back
     np.testing.assert_array_equal(viewer.layers[o3.OBJECTS_LAYER].data, kept)
+
+
+def test_queued_interactions_new_object_and_the_cancel_button(plugin_viewer, open_plugin_dock, qtbot, notifications):
+    blob = _blob()
+    data = (blob * 200 + 20).astype(np.uint8)
+    data[:, 30:36, 30:36] = 220  # a second bright object
+    viewer, image, dock = _open(plugin_viewer, open_plugin_dock, data, (2.0, 1.0, 1.0), predictor=BrightPredictor())
+    points = dock.ensure_prompt_layers() and viewer.layers[op.CLICKS_LAYER]
+    viewer.dims.set_point(0, 12 * 2.0)
+    gate = threading.Event()
+    blocker = dock.worker.submit(lambda ctx: gate.wait(30), description="another dock's job")
+    points.add([12, 20, 14])  # a new object, queued behind the other job
+    points.add([12, 21, 14])  # queued too: it goes to the same (not yet made) object
+    dock.new_object()
+    points.add([12, 32, 32])  # the user asked for a new object: this one starts it
+    gate.set()
+    _wait(qtbot, dock)
+    rows = dock.objects_table.rows()
+    assert [r[0] for r in rows] == ["object 1", "object 2"] and [r[2] for r in rows] == ["2", "1"]
+    assert dock._active == 2 and dock.objects_table.selected == 2  # not taken back by the first job's result
+    labels = viewer.layers[o3.OBJECTS_LAYER].data
+    assert labels[12, 20, 14] == 1 and labels[12, 32, 32] == 2
+
+    # the dock's Cancel button stops every queued interaction, not only the newest
+    gate.clear()
+    blocker = dock.worker.submit(lambda ctx: gate.wait(30), description="another dock's job")
+    before = labels.copy()
+    points.add([12, 2, 2])  # a positive click for object 2 on the background (it would grow its box), then one more
+    points.add([5, 20, 14])
+    dock.cancel_button.click()
+    gate.set()
+    _wait(qtbot, dock)
+    qtbot.waitUntil(lambda: blocker.done, timeout=10_000)
+    np.testing.assert_array_equal(viewer.layers[o3.OBJECTS_LAYER].data, before)
+    assert [r[2] for r in dock.objects_table.rows()] == ["2", "1"]

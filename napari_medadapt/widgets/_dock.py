@@ -245,6 +245,15 @@ class JobPanel(QWidget):
         self._handle = None
 
 
+def widget_deleted(widget: Any) -> bool:
+    """Whether Qt has deleted ``widget`` already (its viewer was closed while a job ended)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return True
+    return False
+
+
 class JobDock(DockBody):
     """The skeleton of a dock that computes: :class:`DockBody` plus its jobs in the viewer's compute worker
     (which runs them one at a time), its :class:`JobPanel` (progress, time left, Cancel), errors in the status
@@ -330,6 +339,8 @@ class JobDock(DockBody):
         self.cancel()
 
     def _job_finished(self, handle: Any, generation: int, disable: tuple[QWidget, ...]) -> None:
+        if widget_deleted(self):
+            return
         if handle in self._open:
             self._open.remove(handle)
         if handle is self.handle:

@@ -27,7 +27,7 @@ from napari_medadapt.core.interactive import (
     ObjectsSnapshot,
 )
 from napari_medadapt.widgets import sam_prompts as sp
-from napari_medadapt.widgets._dock import JobDock
+from napari_medadapt.widgets._dock import JobDock, widget_deleted
 from napari_medadapt.widgets._keypoints import PolarityPanel, current_plane
 from napari_medadapt.widgets._layers import (
     class_features,
@@ -37,7 +37,6 @@ from napari_medadapt.widgets._layers import (
 )
 from napari_medadapt.widgets.objects3d_panels import BoxSlabPanel, ObjectTable, objects_layer
 from napari_medadapt.widgets.objects3d_prompts import (
-    CLICKS_LAYER,
     SCRIBBLES_LAYER,
     SHAPES_LAYER,
     ObjectPromptLayers,
@@ -81,10 +80,11 @@ class ObjectsWidget(JobDock):
         self._snapshot: ObjectsSnapshot | None = None
         self._image_key: str | None = None
         self._active: int | None = None  # the object the next click, scribble or lasso changes
-        self._issued = 0  # the highest object id handed out
+        self._provisional = 0  # ids for objects not made yet are handed out downwards from -1 (the editor maps them)
         self._live = LiveMask()  # the dock's jobs run one after another: each fills it while it runs
+        self._resync = False  # after a Cancel, show the objects as the editor holds them
         self._embed_handle: Any = None
-        self._model_run: ObjectsSnapshot | None = None  # the last interaction's result: its model's hash and device
+        self._model_run: ObjectsSnapshot | None = None  # the last interaction's result: its model, hash and device
 
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The 3D grayscale image to segment (one channel)")
@@ -127,6 +127,7 @@ class ObjectsWidget(JobDock):
         self.objects_table.new_button.clicked.connect(self.new_object)
         self.objects_table.undo_button.clicked.connect(self.undo)
         self.objects_table.remove_button.clicked.connect(self.remove)
+        self.cancel_button.clicked.connect(self.cancel)  # every job of the dock, not only the newest
         self.objects_table.renamed.connect(self._rename)
         self.objects_table.table.itemSelectionChanged.connect(self._selection_changed)
         self.commit_panel.commit_button.clicked.connect(self.commit)
@@ -164,7 +165,7 @@ class ObjectsWidget(JobDock):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _layer(self, name: str) -> Any:
-        return self.viewer.layers[name] if name in self.viewer.layers else None
+        return self.prompts.layer(name)
 
     def _image_changed(self, *_: Any) -> None:
         image = self.image_layer
@@ -173,11 +174,13 @@ class ObjectsWidget(JobDock):
             return
         self._image_key = key
         self.forget_jobs()  # results of the other image's jobs are dropped
-        self._snapshot, self._active, self._issued = None, None, 0
+        self._snapshot, self._active = None, None
+        self._live = LiveMask()  # a job still running for the other image fills the old one, never shown
         self.objects_table.show_snapshot(ObjectsSnapshot(np.zeros((0, 0, 0), np.uint8), []), None)
         self.box_panel.used()  # a box drawn on the other image is not this one's
-        for name in (CLICKS_LAYER, SHAPES_LAYER, SCRIBBLES_LAYER, OBJECTS_LAYER):
-            self.prompts.empty(name)
+        self.prompts.empty(OBJECTS_LAYER)
+        if image is not None:
+            self.prompts.regrid(image)  # emptied, on this image's grid
         if image is not None and self._layer(SHAPES_LAYER) is not None:
             image.visible = True  # prompting has started: show the image the objects are of
         if key is not None:  # objects of an image chosen again come back (the editor keeps them per image)
@@ -258,10 +261,15 @@ class ObjectsWidget(JobDock):
         image, choice = self.image_layer, self.model_panel.choice
         if image is None or choice is None:
             return
+        try:
+            data = sp.check_image_layer(image)
+        except MedAdaptError as err:
+            self.report(err)
+            return
         order = sorted(range(first, last + 1), key=lambda i: abs(i - plane.index))
         neighbours = [i for i in order if i != plane.index]
         self._embed_handle = self.run_job(
-            self.sam.prepare, choice, sp.check_image_layer(image), self.window_combo.spec(image),
+            self.sam.prepare, choice, data, self.window_combo.spec(image),
             Plane(plane.axis, plane.index), neighbours=neighbours, interactive_key="objects3d-embed",
             description="3D objects: embedding the box's slices", on_result=lambda output: self._notes(output.notes),
             input_layers=(image,),
@@ -287,7 +295,13 @@ class ObjectsWidget(JobDock):
         image = self.image_layer
         if image is None:
             return
-        for scribble in self.prompts.take_scribbles(current_plane(self.viewer, image).axis):
+        try:
+            axis = current_plane(self.viewer, image).axis
+        except MedAdaptError as err:  # painted in the 3D view
+            self.prompts.empty(SCRIBBLES_LAYER)
+            self.report(MedAdaptError(f"The scribble was not used: {err}"))
+            return
+        for scribble in self.prompts.take_scribbles(axis):
             self.interact(scribble, what="scribble")
 
     def interact(self, interaction: Interaction, what: str) -> Any:
@@ -309,12 +323,10 @@ class ObjectsWidget(JobDock):
             title = self.model_panel.entry.title if self.model_panel.entry else choice.name
             self.report(MedAdaptError(f"{title} starts from a box: draw a 3D box around the object first."))
             return None
-        obj_id, name = self._active, None
-        if obj_id is None:
-            known = [o.id for o in self._snapshot.objects] if self._snapshot is not None else []
-            self._issued = max([self._issued, *known]) + 1
-            obj_id, name = self._issued, f"object {self._issued}"
-            self._active = obj_id
+        obj_id = self._active
+        if obj_id is None:  # a new object: later interactions queued before it exists go to it too
+            self._provisional -= 1
+            obj_id = self._active = self._provisional
         if self._embed_handle is not None and not self._embed_handle.done:
             self._embed_handle.drop()  # quietly: the slices embedded so far stay cached
         self.clear_report()
@@ -322,10 +334,10 @@ class ObjectsWidget(JobDock):
         spacing = tuple(float(s) for s in (geometry.spacing if geometry is not None else image.scale[-3:]))
         handle = self.run_job(
             self.editor.interact, choice, self._image_key, data, spacing, self.window_combo.spec(image), obj_id,
-            interaction, name=name, live=self._live, description=f"3D objects: {what}", on_result=self._show,
-            input_layers=(image,),
+            interaction, live=self._live, description=f"3D objects: {what}",
+            on_result=lambda snapshot: self._show(snapshot, obj_id), input_layers=(image,),
         )
-        self.status.setText(f"Updating {name or self._name_of(obj_id)} from the {what}...")
+        self.status.setText(f"Updating {'a new object' if obj_id < 0 else self._name_of(obj_id)} from the {what}...")
         self._live_timer.start()
         return handle
 
@@ -352,7 +364,7 @@ class ObjectsWidget(JobDock):
             self.report(MedAdaptError("Select the object to undo in the list."))
             return None
         return self.run_job(self.editor.undo, self._image_key, obj_id, description="3D objects: undo",
-                            on_result=self._show)
+                            on_result=lambda snapshot: self._show(snapshot, obj_id))
 
     def remove(self, *_: Any) -> Any:
         """Remove the selected object."""
@@ -401,16 +413,17 @@ class ObjectsWidget(JobDock):
             return self._snapshot.labels
         return np.zeros(shape, np.uint16)
 
-    def _show(self, snapshot: ObjectsSnapshot) -> None:
+    def _show(self, snapshot: ObjectsSnapshot, asked: int | None = None) -> None:
+        """Show a job's snapshot; ``asked``: the object id the job was given (the next interactions go to the
+        object it became, unless the user chose another meanwhile)."""
         image = self.image_layer
         self._snapshot = snapshot
         if snapshot.weights_hash is not None:
             self._model_run = snapshot
         self._live.take()  # drawn in full below
         self._notes(snapshot.notes)
-        if snapshot.changed is not None and snapshot.summary(snapshot.changed) is not None:
-            self._active = snapshot.changed
-        self._issued = max([self._issued, *(o.id for o in snapshot.objects)])
+        if asked is not None and self._active == asked:
+            self._active = snapshot.changed if snapshot.summary(snapshot.changed) is not None else None
         self.objects_table.show_snapshot(snapshot, self._active)
         if image is not None and snapshot.labels.shape == image.data.shape:
             layer = self.objects_layer(image)
@@ -427,13 +440,22 @@ class ObjectsWidget(JobDock):
         for note in notes:
             show_warning(note)
 
+    def cancel(self, *_: Any) -> None:
+        """Cancel every job of the dock; the objects are shown as they are once the jobs have ended."""
+        self._resync = True
+        super().cancel()
+
     def job_finished(self) -> None:
         """Once no job is left: stop redrawing, and show the objects as the last finished job left them (a
         cancelled or failed interaction changed nothing)."""
-        if self.busy:
+        if self.busy or widget_deleted(self._live_timer):  # (deleted: the viewer is closing)
             return
         self._live_timer.stop()
         self._live.take()
+        if self._resync and self._image_key is not None:  # a Cancel may have come as a job finished
+            self._resync = False
+            self.run_job(self.editor.listing, self._image_key, description="3D objects: list", on_result=self._show)
+            return
         image, layer = self.image_layer, self._layer(OBJECTS_LAYER)
         if image is not None and layer is not None and layer.data.shape == image.data.shape:
             labels = self._labels(layer.data.shape)
@@ -453,8 +475,7 @@ class ObjectsWidget(JobDock):
             self.report(err)
             return 0
         run = self._model_run
-        choice = self.model_panel.choice
-        record_commit(target, image, mask, self.commit_panel.label_spin.value(), choice.name if choice else None,
+        record_commit(target, image, mask, self.commit_panel.label_spin.value(), run.model if run else None,
                       run.weights_hash if run else None, run.device if run else None)
         text = (f"Copied {self._name_of(obj_id)} ({changed} voxels) as label {self.commit_panel.label_spin.value()} "
                 f"into {target.name!r} (Ctrl+Z on that layer undoes it).")

@@ -117,6 +117,26 @@ class ObjectPromptLayers:
         self.empty(SCRIBBLES_LAYER)
         return out
 
+    def regrid(self, image: Any) -> None:
+        """Put every prompt layer on ``image``'s grid, emptied (the scribble layer takes its shape)."""
+        from napari_medadapt.widgets._keypoints import put_on_grid
+
+        for name in (CLICKS_LAYER, SHAPES_LAYER, SCRIBBLES_LAYER):
+            self.empty(name)
+        scribbles = self.layer(SCRIBBLES_LAYER)
+        if scribbles is not None and getattr(image, "ndim", 0) == 3:
+            self._quiet = True
+            try:
+                scribbles.data = np.zeros(image.data.shape, np.uint8)
+                for key, value in grid_of(image).items():
+                    setattr(scribbles, key, value)
+            finally:
+                self._quiet = False
+        for name in (CLICKS_LAYER, SHAPES_LAYER):
+            layer = self.layer(name)
+            if layer is not None:
+                put_on_grid(layer, image)
+
     def empty(self, name: str) -> None:
         """Empty layer ``name`` (no edit is reported)."""
         layer = self.layer(name)

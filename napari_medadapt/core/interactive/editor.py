@@ -45,7 +45,8 @@ class ObjectsSnapshot:
     changed: int | None = None
     message: str = ""
     notes: list[str] = field(default_factory=list)
-    weights_hash: str | None = None  # of the model that computed the interaction (``None``: no model ran)
+    model: str | None = None  # the model that computed the interaction (``None``: no model ran), its weights' hash
+    weights_hash: str | None = None
     device: str | None = None
 
     def summary(self, obj_id: int | None) -> ObjectSummary | None:
@@ -98,6 +99,7 @@ class _Board:
     voxel_ml: float
     objects: ObjectSet
     engine_key: tuple
+    aliases: dict[int, int] = field(default_factory=dict)  # a dock's provisional id (< 0) -> the object's id
 
 
 class ObjectEditor:
@@ -162,23 +164,37 @@ class ObjectEditor:
         live: LiveMask | None = None,
         ctx: JobContext,
     ) -> ObjectsSnapshot:
-        """Apply ``interaction`` to object ``obj_id`` of image ``key`` (``None`` or an id not in use: a new object
-        named ``name``, with that id when given), loading the model when needed; a cancelled job leaves the objects
-        as they were."""
+        """Apply ``interaction`` to object ``obj_id`` of image ``key``, loading the model when needed.
+
+        ``obj_id`` ``None``, or a negative id the dock handed out before the object existed: a new object named
+        ``name`` (later interactions with the same negative id go to it, so a dock can queue several before the
+        first result). An object that comes out empty from its first interaction is not kept; a cancelled job
+        leaves the objects as they were.
+        """
         notes: list[str] = []
         board = self._board(key, volume, spacing, choice, window_spec, ctx, notes)
         objects = board.objects
-        created = obj_id is None or obj_id not in objects.objects
+        asked = obj_id
+        if obj_id is not None and obj_id < 0:
+            obj_id = board.aliases.get(obj_id)
+        created = obj_id is None
         if created:
-            obj_id = objects.add(name, obj_id=obj_id)
+            obj_id = objects.add(name)
+            if asked is not None:
+                board.aliases[asked] = obj_id
+        if obj_id not in objects.objects:
+            raise MedAdaptError(f"Object {obj_id} is gone (removed or undone); select another in the list.")
         state = objects.objects[obj_id]
-        state_before = state.mask
+        state_before, steps_before = state.mask, objects.undo_steps(obj_id)
         if live is not None:
             live.start(obj_id, state.mask)
         objects.engine.watch(ctx, None if live is None else live.put)
         try:
             mask = objects.interact(obj_id, interaction)
+            ctx.check()  # a Cancel that came while the interaction finished still wins
         except BaseException:
+            if objects.undo_steps(obj_id) > steps_before:
+                objects.undo(obj_id)
             if created:
                 objects.remove(obj_id)
             raise
@@ -192,7 +208,11 @@ class ObjectEditor:
             message = f"{label}: {voxels * board.voxel_ml:.2f} mL ({voxels} voxels)."
         else:
             message = f"{label}: the model found nothing there."
+        if created and not voxels:
+            objects.remove(obj_id)
+            obj_id, message = None, f"The model found nothing at this {_kind(interaction)}: no object was made."
         snapshot = self.snapshot(key, obj_id, message, notes)
+        snapshot.model = None if ran.model is None else ran.model.name
         snapshot.weights_hash, snapshot.device = ran.weights_hash, ran.device
         return snapshot
 
@@ -222,11 +242,6 @@ class ObjectEditor:
         objects = self._objects(key)
         objects.rename(obj_id, name)
         return self.snapshot(key, obj_id, f"Renamed to {name}.")
-
-    def forget(self, key: str, *, ctx: JobContext) -> ObjectsSnapshot:
-        """Drop every object of image ``key`` (a new image, or the user starts over)."""
-        self._boards.pop(key, None)
-        return self.snapshot(key)
 
     def _objects(self, key: str) -> ObjectSet:
         board = self._boards.get(key)

@@ -229,10 +229,14 @@ class SliceEngine(ObjectEngine):
         box = state.box
         own = isinstance(interaction, Box3D | MaskPrompt) or box is None
         axis = getattr(interaction, "axis", 0) if own else box.axis
+        # every interaction in the frame of the chosen axis (a lasso of another plane becomes a scribble, ...)
+        state, interaction = state.in_frame(axis), in_frame(interaction, axis, self.volume.shape)
         if axis:
-            engine = self._in_plane(axis)
-            moved = engine.update(state.in_frame(axis), in_frame(interaction, axis, self.volume.shape))
-            return np.moveaxis(moved, 0, axis)
+            return np.moveaxis(self._in_plane(axis).update(state, interaction), 0, axis)
+        return self._update_in_frame(state, interaction)
+
+    def _update_in_frame(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
+        """:meth:`update` for a state and interaction already in this engine's frame."""
         if isinstance(interaction, MaskPrompt):
             mask = np.asarray(interaction.mask, bool)
             if mask.shape != self.volume.shape:
@@ -241,7 +245,8 @@ class SliceEngine(ObjectEngine):
         if isinstance(interaction, Box3D):
             self._embed_slab(interaction.z_min, interaction.z_max)
             return self._box(interaction)
-        self._embed_slab(*state.slab(self.volume.shape[0]))
+        if state.box is not None:  # without a box the slab is the whole axis: slices are embedded as reached
+            self._embed_slab(*state.slab(self.volume.shape[0]))
         new = state.mask.copy()
         if isinstance(interaction, Click):
             z = interaction.zyx[0]

@@ -106,8 +106,10 @@ def in_frame(interaction: Interaction, axis: int, shape: tuple[int, int, int]) -
     if isinstance(interaction, Scribble):
         return Scribble(np.moveaxis(np.asarray(interaction.mask), axis, 0), interaction.positive)
     if isinstance(interaction, Box3D):
-        return Box3D.from_ranges(interaction.ranges(), axis) if interaction.axis != axis else Box3D(
-            interaction.z_min, interaction.z_max, interaction.z_mid, interaction.rect)
+        if interaction.axis == axis:
+            return Box3D(interaction.z_min, interaction.z_max, interaction.z_mid, interaction.rect)
+        box = Box3D.from_ranges(interaction.ranges(), axis)  # the same cuboid, drawn on ``axis``
+        return Box3D(box.z_min, box.z_max, box.z_mid, box.rect)
     if interaction.axis == axis:
         return Lasso(interaction.z, interaction.polygon, interaction.positive)
     plane = [shape[i] for i in range(3) if i != interaction.axis]

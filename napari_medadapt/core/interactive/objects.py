@@ -37,16 +37,18 @@ class ObjectSet:
         self.objects: dict[int, ObjectState] = {}
         self.names: dict[int, str] = {}
         self._history: dict[int, list[_Step]] = {}
+        self._next_id = 1
 
     def add(self, name: str | None = None, mask: np.ndarray | None = None, interactions: list | None = None,
             obj_id: int | None = None) -> int:
         """A new object (empty, or with a known ``mask`` and the ``interactions`` that made it); returns its id
-        (``obj_id`` when given and free, else the next one).
+        (``obj_id`` when given and never used, else the next one: ids are never reused).
 
         A given mask loses the voxels that other objects hold.
         """
-        if obj_id is None or obj_id in self.objects or obj_id < 1:
-            obj_id = max(self.objects, default=0) + 1
+        if obj_id is None or obj_id in self.objects or obj_id < self._next_id:
+            obj_id = self._next_id  # ids are never reused (an undo must not reach a later object)
+        self._next_id = obj_id + 1
         m = np.zeros(self.shape, bool) if mask is None else np.asarray(mask, bool).copy()
         if m.shape != self.shape:
             raise MedAdaptError(f"The mask of object {name or obj_id} has shape {m.shape}; the volume has {self.shape}.")
@@ -124,6 +126,9 @@ class ObjectSet:
         """Forget object ``obj_id``."""
         self._get(obj_id)
         del self.objects[obj_id], self.names[obj_id], self._history[obj_id]
+        for steps in self._history.values():  # voxels it had lost are nobody's to give back now
+            for step in steps:
+                step.taken.pop(obj_id, None)
 
     def labels(self, dtype: type = np.uint8) -> np.ndarray:
         """Label map of all objects (each object's id as its value)."""
