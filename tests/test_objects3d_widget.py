@@ -245,3 +245,17 @@ def test_queued_interactions_new_object_and_the_cancel_button(plugin_viewer, ope
     qtbot.waitUntil(lambda: blocker.done, timeout=10_000)
     np.testing.assert_array_equal(viewer.layers[o3.OBJECTS_LAYER].data, before)
     assert [r[2] for r in dock.objects_table.rows()] == ["2", "1"]
+
+
+def test_closing_the_viewer_with_interactions_queued(plugin_viewer, open_plugin_dock, qtbot):
+    blob = _blob()
+    data = (blob * 200 + 20).astype(np.uint8)
+    viewer, image, dock = _open(plugin_viewer, open_plugin_dock, data, (2.0, 1.0, 1.0), predictor=BrightPredictor())
+    points = dock.ensure_prompt_layers() and viewer.layers[op.CLICKS_LAYER]
+    viewer.dims.set_point(0, 12 * 2.0)
+    gate = threading.Event()
+    dock.worker.submit(lambda ctx: gate.wait(30), description="another dock's job")
+    points.add([12, 20, 14])
+    viewer.close()  # the dock's jobs end cancelled while its widgets go: no callback may touch them
+    gate.set()
+    qtbot.wait(200)

@@ -146,6 +146,15 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+def widget_deleted(widget: Any) -> bool:
+    """Whether Qt has deleted ``widget`` already (its viewer was closed while a job ended)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return True
+    return False
+
+
 class JobPanel(QWidget):
     """Progress of the dock's running long job: bar, stage, elapsed time, time left, and Cancel.
 
@@ -212,7 +221,7 @@ class JobPanel(QWidget):
             self.label.setText("Cancelling...")
 
     def _on_progress(self, handle: Any, done: int, total: int, message: str) -> None:
-        if handle is not self._handle:  # a job replaced by a newer one
+        if handle is not self._handle or widget_deleted(self):  # a job replaced by a newer one; a closed viewer
             return
         now = time.monotonic()
         if total != self._stage[0] or done < self._last[0]:
@@ -236,22 +245,13 @@ class JobPanel(QWidget):
         self.label.setText(text)
 
     def _on_finished(self, handle: Any) -> None:
-        if handle is not self._handle:
+        if handle is not self._handle or widget_deleted(self._timer):
             return
         self._timer.stop()
         self._show_timer.stop()
         self.cancel_button.setEnabled(False)
         self.setVisible(False)
         self._handle = None
-
-
-def widget_deleted(widget: Any) -> bool:
-    """Whether Qt has deleted ``widget`` already (its viewer was closed while a job ended)."""
-    try:
-        widget.objectName()
-    except RuntimeError:
-        return True
-    return False
 
 
 class JobDock(DockBody):

@@ -31,7 +31,6 @@ from napari_medadapt.widgets._dock import JobDock, widget_deleted
 from napari_medadapt.widgets._keypoints import PolarityPanel, current_plane
 from napari_medadapt.widgets._layers import (
     class_features,
-    is_result_layer,
     layer_geometry,
     target_choices,
 )
@@ -139,19 +138,7 @@ class ObjectsWidget(JobDock):
 
     # ---------------------------------------------------------------------------------------- layers
     def _refresh_layers(self, *_: Any) -> None:
-        from napari.layers import Image
-
-        images = [layer for layer in self.viewer.layers if isinstance(layer, Image) and not is_result_layer(layer)]
-        names = [layer.name for layer in images]
-        previous = self.image_combo.currentText()
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if previous in names:
-            self.image_combo.setCurrentText(previous)
-        elif images:
-            self.image_combo.setCurrentText(sp.default_image(images))
-        self.image_combo.blockSignals(False)
+        sp.fill_image_combo(self.image_combo, self.viewer)
         self.commit_panel.set_targets(
             [name for name in target_choices(self.viewer, NEW_LABELS)[1:] if name != OBJECTS_LAYER]
         )

@@ -37,7 +37,7 @@ from napari_medadapt.core.sam.workspace import ModelChoice, neighbour_slices, sl
 from napari_medadapt.widgets import sam_prompts as sp
 from napari_medadapt.widgets._dock import DockBody, JobPanel
 from napari_medadapt.widgets._keypoints import KeypointLayer, PolarityPanel, current_plane, put_on_grid
-from napari_medadapt.widgets._layers import grid_of, is_result_layer, mark_result, same_layer, target_choices
+from napari_medadapt.widgets._layers import grid_of, mark_result, same_layer, target_choices
 from napari_medadapt.widgets.sam_jobs import SamLongJobs
 from napari_medadapt.widgets.sam_panels import (
     NEW_LABELS,
@@ -152,19 +152,7 @@ class SamWidget(SamLongJobs, DockBody):
 
     # ---------------------------------------------------------------------------------------- layers
     def _refresh_layers(self, *_: Any) -> None:
-        from napari.layers import Image
-
-        images = [layer for layer in self.viewer.layers if isinstance(layer, Image) and not is_result_layer(layer)]
-        names = [layer.name for layer in images]
-        previous = self.image_combo.currentText()
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if previous in names:
-            self.image_combo.setCurrentText(previous)
-        elif images:
-            self.image_combo.setCurrentText(sp.default_image(images))
-        self.image_combo.blockSignals(False)
+        sp.fill_image_combo(self.image_combo, self.viewer)
         self.commit_panel.set_targets(
             [name for name in target_choices(self.viewer, NEW_LABELS)[1:] if name != sp.PREVIEW_LAYER]
         )

@@ -67,6 +67,26 @@ def default_image(images: list[Any]) -> str:
     return next((layer.name for layer in images if layer.visible), images[0].name)
 
 
+def fill_image_combo(combo: Any, viewer: Any) -> None:
+    """Offer the viewer's image layers that are not results in ``combo`` (no signal), keeping the current choice,
+    else :func:`default_image`."""
+    from napari.layers import Image
+
+    from napari_medadapt.widgets._layers import is_result_layer
+
+    images = [layer for layer in viewer.layers if isinstance(layer, Image) and not is_result_layer(layer)]
+    names = [layer.name for layer in images]
+    previous = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    if previous in names:
+        combo.setCurrentText(previous)
+    elif images:
+        combo.setCurrentText(default_image(images))
+    combo.blockSignals(False)
+
+
 def point_prompts(layer: Any, image: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points as image voxels ``(N, 3)``, their labels (1/0) and planes (image axis), checked."""
     voxels, positive, plane = read_points(layer, image)
