@@ -82,8 +82,10 @@ def main() -> int:
     # the 3D objects dock: a 3D box around the tumour (its first and last slice), then one corrective click
     objects_dock, objects = docks["Segment Anything 3D objects"]
     objects_dock.raise_()
-    sam_layers = [layer for layer in viewer.layers if layer.name.startswith("SAM ")]
-    for layer in sam_layers:
+    ours = ("3D objects", "object clicks", "object boxes and lassos", "object scribbles")
+    sam_layers = [layer for layer in viewer.layers if layer.visible and (layer.name.startswith("SAM ")
+                  or (layer.__class__.__name__ == "Labels" and layer.name not in ours))]
+    for layer in sam_layers:  # the other docks' results hidden: the object alone over the FLAIR
         layer.visible = False
     shapes = objects.ensure_prompt_layers()
     shapes.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]], float))
@@ -102,7 +104,7 @@ def main() -> int:
         wait(objects.handle)
     shot(8, "segment_anything_3d_objects")
     for layer in viewer.layers:
-        if layer.name in ("3D objects", "object clicks", "object boxes and lassos", "object scribbles"):
+        if layer.name in ours:
             layer.visible = False
     for layer in sam_layers:
         layer.visible = True
