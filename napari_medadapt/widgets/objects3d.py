@@ -4,7 +4,8 @@ A box is drawn on the object's middle slice, then given its first and last slice
 in the background as soon as the rectangle exists. Clicks ("object clicks": positive green, negative magenta; 'T'
 or the radio buttons switch), scribbles ("object scribbles": label 1 = object, 2 = not the object) and lassos
 (polygons on "object boxes and lassos") correct the selected object: its slice is predicted again and the change
-travels to the neighbouring slices of that plane (``core.interactive``). The objects show in "3D objects" while they
+travels to the neighbouring slices (along the axis of the object's box, whatever plane the prompt was given in;
+``core.interactive``). The objects show in "3D objects" while they
 grow (progress and Cancel; a cancelled interaction changes nothing); the list gives each one's name and volume in
 mL, and Undo takes back the selected object's last interaction. All computing runs as jobs in the viewer's compute
 worker (``core.interactive.editor.ObjectEditor``); this dock never reads the session's state itself.

@@ -1,7 +1,7 @@
 """The 3D objects of the images a viewer segments, edited only by jobs in the compute thread (Qt-free).
 
-A dock never holds an :class:`~.objects.ObjectSet`: it submits :meth:`ObjectEditor.interact`, ``undo``, ``remove``
-or ``objects`` as jobs, and each returns an :class:`ObjectsSnapshot` (the label map of every object and a summary
+A dock never holds an :class:`~.objects.ObjectSet`: it submits :meth:`ObjectEditor.interact`, ``undo``, ``remove``,
+``rename`` or ``listing`` as jobs, and each returns an :class:`ObjectsSnapshot` (the label map of every object and a summary
 of each, volume in mL included) that the dock shows. While a job runs, a :class:`LiveMask` the dock created
 receives every slice of the changing object as soon as it is decided, so the dock can show the object growing.
 """
