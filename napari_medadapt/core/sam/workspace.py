@@ -158,12 +158,12 @@ class SamWorkspace:
 
     def output(self, value: Any, window: tuple[float, float] | None, notes: list[str]) -> JobOutput:
         """A job's :class:`JobOutput` naming the loaded model (after adding its fallback note, if new)."""
-        self.fallback_notes(notes)
+        self._fallback_notes(notes)
         model = None if self._predictor is None else self._predictor.model
         return JobOutput(value, window, notes, self._choice, self.loaded_weights_hash,
                          None if model is None else str(getattr(model, "device", "cpu")))
 
-    def fallback_notes(self, notes: list[str]) -> None:
+    def _fallback_notes(self, notes: list[str]) -> None:
         """Add the model's fallback reason (e.g. no GPU) to ``notes`` the first time it is seen."""
         reason = None if self._predictor is None else self._predictor.model.fallback_reason
         if reason and reason != self._reported_fallback:
