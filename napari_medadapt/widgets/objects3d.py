@@ -188,8 +188,12 @@ class ObjectsWidget(JobDock):
 
     def _slice_here(self, spin: Any) -> None:
         image = self.image_layer
-        if image is not None:
+        if image is None:
+            return
+        try:
             spin.setValue(current_plane(self.viewer, image).index)
+        except MedAdaptError as err:  # the 3D view shows no slice
+            self.report(err)
 
     # ---------------------------------------------------------------------------------- interactions
     def ensure_prompt_layers(self, *_: Any) -> Any:
