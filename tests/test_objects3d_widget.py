@@ -211,6 +211,13 @@ def test_what_a_new_user_gets_wrong(plugin_viewer, open_plugin_dock, qtbot, noti
     assert [r[0] for r in dock.objects_table.rows()] == ["object 1"]  # the first image's object comes back
     np.testing.assert_array_equal(viewer.layers[o3.OBJECTS_LAYER].data, kept)
 
+    # closing the image frees its objects
+    key = str(image.unique_id)
+    assert dock.editor.snapshot(key).objects
+    viewer.layers.remove(image)
+    _wait(qtbot, dock)
+    assert dock.editor.snapshot(key).objects == [] and dock.image_combo.currentText() == "other"
+
 
 def test_queued_interactions_new_object_and_the_cancel_button(plugin_viewer, open_plugin_dock, qtbot, notifications):
     blob = _blob()

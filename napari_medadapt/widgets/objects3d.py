@@ -85,6 +85,7 @@ class ObjectsWidget(JobDock):
         self._resync = False  # after a Cancel, show the objects as the editor holds them
         self._embed_handle: Any = None
         self._model_run: ObjectsSnapshot | None = None  # the last interaction's result: its model, hash and device
+        self._keys: set[str] = set()  # the images this dock made objects on (forgotten when their layer closes)
 
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The 3D grayscale image to segment (one channel)")
@@ -145,6 +146,11 @@ class ObjectsWidget(JobDock):
         )
         self._image_changed()
         self.prompts.connect()
+        open_keys = {str(layer.unique_id) for layer in self.viewer.layers}
+        for key in self._keys - open_keys:  # an image with objects was closed: its objects go (memory)
+            self._keys.discard(key)
+            self.run_job(self.editor.forget, key, description="3D objects: forget a closed image",
+                         on_result=lambda _: None)
 
     @property
     def image_layer(self) -> Any:
@@ -327,6 +333,7 @@ class ObjectsWidget(JobDock):
         self.clear_report()
         geometry = layer_geometry(image)
         spacing = tuple(float(s) for s in (geometry.spacing if geometry is not None else image.scale[-3:]))
+        self._keys.add(self._image_key)
         handle = self.run_job(
             self.editor.interact, choice, self._image_key, data, spacing, self.window_combo.spec(image), obj_id,
             interaction, live=self._live, description=f"3D objects: {what}",

@@ -243,6 +243,10 @@ class ObjectEditor:
         objects.rename(obj_id, name)
         return self.snapshot(key, obj_id, f"Renamed to {name}.")
 
+    def forget(self, key: str, *, ctx: JobContext) -> None:
+        """Drop the objects of image ``key`` (its layer was closed: its volume and masks are freed)."""
+        self._boards.pop(key, None)
+
     def _objects(self, key: str) -> ObjectSet:
         board = self._boards.get(key)
         if board is None:
