@@ -28,7 +28,7 @@ from napari_medadapt.core.interactive import (
     ObjectsSnapshot,
 )
 from napari_medadapt.widgets import sam_prompts as sp
-from napari_medadapt.widgets._dock import JobDock, widget_deleted
+from napari_medadapt.widgets._dock import JobDock
 from napari_medadapt.widgets._keypoints import PolarityPanel, current_plane
 from napari_medadapt.widgets._layers import (
     class_features,
@@ -450,7 +450,7 @@ class ObjectsWidget(JobDock):
     def job_finished(self) -> None:
         """Once no job is left: stop redrawing, and show the objects as the last finished job left them (a
         cancelled or failed interaction changed nothing)."""
-        if self.busy or widget_deleted(self._live_timer):  # (deleted: the viewer is closing)
+        if self.busy:
             return
         self._live_timer.stop()
         self._live.take()
