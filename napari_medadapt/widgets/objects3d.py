@@ -398,16 +398,18 @@ class ObjectsWidget(JobDock):
         return objects_layer(self.viewer, image, OBJECTS_LAYER)
 
     def _show_live(self) -> None:
-        """Redraw the object a job is changing, as far as it got."""
-        taken, image = self._live.take(), self.image_layer
+        """Redraw the slices of the object a job decided since the last look (only those: no volume copy on the
+        UI thread)."""
+        taken, image = self._live.take_changes(), self.image_layer
         if taken is None or image is None or not self.busy:
             return
-        obj_id, mask = taken
-        layer = self.objects_layer(image)
-        data = np.array(self._labels(mask.shape), np.uint16)
-        data[data == obj_id] = 0
-        data[mask] = obj_id
-        layer.data = data
+        obj_id, changes = taken
+        layer = self.objects_layer(image)  # its data is the dock's own copy of the last snapshot
+        for (axis, index), plane in changes.items():
+            view = np.moveaxis(layer.data, axis, 0)[index]
+            view[view == obj_id] = 0
+            view[plane] = obj_id
+        layer.refresh()
 
     def _labels(self, shape: tuple[int, ...]) -> np.ndarray:
         """The label map of the last finished job (zeros before one, or for another grid)."""
@@ -422,7 +424,7 @@ class ObjectsWidget(JobDock):
         self._snapshot = snapshot
         if snapshot.weights_hash is not None:
             self._model_run = snapshot
-        self._live.take()  # drawn in full below
+        self._live.take_changes()  # drawn in full below
         self._notes(snapshot.notes)
         if asked is not None and self._active == asked:
             self._active = snapshot.changed if snapshot.summary(snapshot.changed) is not None else None
@@ -453,7 +455,7 @@ class ObjectsWidget(JobDock):
         if self.busy:
             return
         self._live_timer.stop()
-        self._live.take()
+        self._live.take_changes()
         if self._resync and self._image_key is not None:  # a Cancel may have come as a job finished
             self._resync = False
             self.run_job(self.editor.listing, self._image_key, description="3D objects: list", on_result=self._show)

@@ -60,7 +60,9 @@ def _kind(interaction: Interaction) -> str:
 
 
 class LiveMask:
-    """A 3D mask that a job fills slice by slice while the dock shows it (safe across the two threads)."""
+    """A 3D mask that a job fills slice by slice while the dock shows it (safe across the two threads): the whole
+    mask as far as it got (:meth:`take`), or only the slices decided since the last look (:meth:`take_changes`,
+    what a viewer redraws without copying the volume)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -68,19 +70,31 @@ class LiveMask:
         self._object: int | None = None
         self._version = 0
         self._taken = 0
+        self._changes: dict[tuple[int, int], np.ndarray] = {}
 
     def start(self, obj_id: int, mask: np.ndarray) -> None:
         """Begin with object ``obj_id``'s current mask (compute thread)."""
         with self._lock:
             self._mask, self._object = np.array(mask, bool), obj_id
             self._version += 1
+            self._changes = {}
 
     def put(self, axis: int, index: int, plane: np.ndarray) -> None:
         """Slice ``index`` along volume axis ``axis`` is now ``plane`` (compute thread)."""
         with self._lock:
             if self._mask is not None:
                 np.moveaxis(self._mask, axis, 0)[index] = plane
+                self._changes[(axis, index)] = np.array(plane, bool)
                 self._version += 1
+
+    def take_changes(self) -> tuple[int, dict[tuple[int, int], np.ndarray]] | None:
+        """``(object id, {(axis, index): slice})``: the slices decided since the last call, or ``None`` (UI
+        thread)."""
+        with self._lock:
+            if not self._changes:
+                return None
+            changes, self._changes = self._changes, {}
+            return int(self._object or 0), changes
 
     def take(self) -> tuple[int, np.ndarray] | None:
         """``(object id, a copy of the mask)`` when it changed since the last take, else ``None`` (UI thread)."""
