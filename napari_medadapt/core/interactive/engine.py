@@ -231,9 +231,8 @@ class SliceEngine(ObjectEngine):
         axis = getattr(interaction, "axis", 0) if own else box.axis
         # every interaction in the frame of the chosen axis (a lasso of another plane becomes a scribble, ...)
         state, interaction = state.in_frame(axis), in_frame(interaction, axis, self.volume.shape)
-        if axis:
-            return np.moveaxis(self._in_plane(axis).update(state, interaction), 0, axis)
-        return self._update_in_frame(state, interaction)
+        engine = self._in_plane(axis) if axis else self
+        return np.moveaxis(engine._update_in_frame(state, interaction), 0, axis)
 
     def _update_in_frame(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
         """:meth:`update` for a state and interaction already in this engine's frame."""
