@@ -29,7 +29,9 @@ CT_WINDOW = (-160.0, 240.0)
 #: TotalSegmentator ids of the scored CT organs, and of the organs used to choose settings (--dev)
 CT_ORGANS = {5: "liver", 1: "spleen", 2: "kidney_right", 3: "kidney_left", 6: "stomach", 4: "gallbladder",
              7: "pancreas", 52: "aorta"}
-CT_DEV_ORGANS = {63: "inferior_vena_cava", 19: "duodenum", 88: "iliopsoas_left", 64: "portal_vein_and_splenic_vein"}
+CT_DEV_ORGANS = {63: "inferior_vena_cava", 19: "duodenum", 88: "iliopsoas_left", 64: "portal_vein_and_splenic_vein",
+                 8: "adrenal_gland_right", 9: "adrenal_gland_left", 18: "small_bowel", 20: "colon", 31: "vertebrae_L1",
+                 89: "iliopsoas_right", 86: "autochthon_left", 79: "spinal_cord"}
 VARIANTS = {"slice": "clicks on one slice only", "object": "3D object update"}
 
 
@@ -44,8 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agree-iou", type=float, default=None, help="override the engine's agree_iou")
     parser.add_argument("--box-stops", action="store_true", help="box propagation stops on IoU/area jumps")
     parser.add_argument("--travel", choices=("local", "replace"), default=None, help="override the engine's travel")
-    parser.add_argument("--click-scope", choices=("slice", "local", "sign"), default=None,
+    parser.add_argument("--click-scope", choices=("slice", "local", "sign", "connected"), default=None,
                         help="override the click scope")
+    parser.add_argument("--ignored-click", choices=("keep", "region", "click-box"), default=None,
+                        help="override what a positive click the model's answer leaves out does")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default=None, help="compute device")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here (reruns)")
@@ -86,14 +90,20 @@ def make_cases(data: Path, names: list[str], dev: bool, organ_ids: list[int] | N
         }
     if "glioma" in names:
         case = "glioma_tcga_du7294" if dev else "glioma_tcga_fg6692"
-        flair, spacing = _load(data / case / "flair.nii.gz")
+        # (suffix, sequence, labels of seg_fusion, class name): the dev case also gives its whole tumour on T2 and
+        # its tumour core on T1c (du7294 has no enhancing label)
+        targets = [("wt", "flair", (1, 2, 4), "whole tumour")]
+        if dev:
+            targets += [("wt_t2", "t2", (1, 2, 4), "whole tumour"), ("tc", "t1c", (1, 4), "tumour core")]
         seg, _ = _load(data / case / "seg_fusion.nii.gz")
-        lo, hi = percentile_range(flair, 0.5, 99.5)
-        imgs = np.rint((np.clip(flair.astype(np.float32), lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
-        imgs[flair == 0] = 0
-        gts = (seg > 0).astype(np.uint8)
-        cases[case + "_wt"] = {"imgs": imgs, "gts": gts, "spacing": spacing, "boxes": boxes_from_labels(gts),
-                               "classes": ["whole tumour"]}
+        for suffix, sequence, label_values, class_name in targets:
+            image, spacing = _load(data / case / f"{sequence}.nii.gz")
+            lo, hi = percentile_range(image, 0.5, 99.5)
+            imgs = np.rint((np.clip(image.astype(np.float32), lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
+            imgs[image == 0] = 0
+            gts = np.isin(seg, label_values).astype(np.uint8)
+            cases[f"{case}_{suffix}"] = {"imgs": imgs, "gts": gts, "spacing": spacing, "boxes": boxes_from_labels(gts),
+                                         "classes": [class_name]}
     return cases
 
 
@@ -186,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
         options["travel"] = args.travel
     if args.click_scope is not None:
         options["click_scope"] = args.click_scope
+    if args.ignored_click is not None:
+        options["ignored_click"] = args.ignored_click
     report: dict[str, Any] = {
         "protocol": "CVPR25_iter_eval.py (JunMa11/CVPR-MedSegFMCompetition), re-implemented in core/segfm",
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
