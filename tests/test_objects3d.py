@@ -167,7 +167,7 @@ def test_scribble_and_lasso_update_the_object(scene) -> None:
     assert (mask2 & blob).sum() > 0.8 * blob.sum()
 
 
-@pytest.mark.parametrize("scope", ["slice", "local"])
+@pytest.mark.parametrize("scope", ["slice", "local", "connected"])
 def test_click_scope_local_keeps_only_the_change_at_the_click(scope: str) -> None:
     volume = np.full((10, 40, 40), 20, np.uint8)
     volume[:, 5:13, 5:13] = 220  # A: the object
@@ -357,3 +357,77 @@ def test_every_interaction_converts_between_all_planes() -> None:
             assert there.axis == 0
             back = Box3D.from_ranges([there.ranges()[i] for i in np.argsort([b, *[i for i in range(3) if i != b]])], 0)
             assert back.ranges() == box.ranges()
+
+
+class StubbornPredictor(BrightPredictor):
+    """A model that answers a mask prompt with the mask itself, whatever the clicks say (as LiteMedSAM's click
+    decoder does with some small organs); without a mask prompt it is :class:`BrightPredictor`."""
+
+    def predict(self, image, window, prompts):
+        if prompts.mask_input is not None:
+            mask = prompts.mask_input[0] > 0
+            mask = np.kron(mask, np.ones((image.shape[0] // mask.shape[0], image.shape[1] // mask.shape[1]), bool))
+            return MaskPrediction(mask, mask[None], np.array([0.9]), 0, prompts.mask_input)
+        return super().predict(image, window, prompts)
+
+
+def _two_parts() -> tuple[np.ndarray, np.ndarray]:
+    volume = np.full((10, 64, 64), 20, np.uint8)
+    volume[:, 5:13, 5:13] = 220  # found by the box
+    volume[:, 20:26, 20:26] = 220  # the part the object still lacks
+    start = np.zeros(volume.shape, bool)
+    start[:, 5:13, 5:13] = True
+    return volume, start
+
+
+@pytest.mark.parametrize("ignored_click", ["click-box", "keep"])
+def test_a_positive_click_the_answer_leaves_out_is_asked_again_around_the_click(ignored_click: str) -> None:
+    volume, start = _two_parts()
+    engine = SliceEngine(StubbornPredictor(), volume, (0, 255), ignored_click=ignored_click)
+    assert engine._predict(5, np.array([[23.0, 23.0]]), np.array([1]), None, start[5]).sum() == 64  # it does ignore it
+    objects = ObjectSet(engine)
+    obj = objects.add(mask=start)
+    mask = objects.interact(obj, Click((5, 23, 23), True))
+    if ignored_click == "keep":
+        assert np.array_equal(mask, start)
+    else:  # the part at the click joins the object on its slice, and the change travels to the neighbours
+        assert mask[5, 20:26, 20:26].all() and mask[4, 20:26, 20:26].all() and mask[6, 20:26, 20:26].all()
+        assert not (mask & (volume < 127)).any()
+
+
+def test_a_click_whose_answer_is_far_larger_than_the_object_changes_nothing() -> None:
+    volume = np.full((10, 64, 64), 20, np.uint8)
+    volume[:, 5:9, 5:9] = 220  # a small object (its box: 4 x 4 voxels)
+    volume[:, 10:60, 10:60] = 220  # a large bright structure beside it
+    start = np.zeros(volume.shape, bool)
+    start[3:8, 5:9, 5:9] = True
+    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+    obj = objects.add(mask=start, interactions=[Box3D(3, 7, 5, (5, 5, 8, 8))])
+    assert np.array_equal(objects.interact(obj, Click((5, 14, 14), True)), start)
+
+
+def test_a_click_takes_other_objects_voxels_only_on_its_own_slice() -> None:
+    volume = np.full((10, 40, 40), 20, np.uint8)
+    volume[2:8, 10:20, 10:20] = 220
+    upper, lower = np.zeros(volume.shape, bool), np.zeros(volume.shape, bool)
+    upper[2:8, 10:15, 10:20] = True
+    lower[2:8, 15:20, 10:20] = True
+    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+    a, b = objects.add("a", mask=upper), objects.add("b", mask=lower)
+    mask = objects.interact(a, Click((5, 17, 15), True))  # "this is a too", given on slice 5
+    assert mask[5, 17, 15] and not objects.objects[b].mask[5, 17, 15]
+    assert objects.objects[b].mask[4, 17, 15] and not mask[4, 17, 15]  # where the change only travelled, b keeps it
+    objects.undo(a)
+    assert np.array_equal(objects.objects[b].mask, lower)
+
+
+def test_given_on_names_the_slices_of_the_interactions_plane() -> None:
+    from napari_medadapt.core.interactive import given_on
+
+    shape = (6, 8, 10)
+    assert given_on(Box3D(1, 4, 2, (0, 0, 3, 3)), shape) is None
+    assert np.array_equal(np.flatnonzero(given_on(Click((3, 5, 7), True, axis=1), shape).all(axis=(0, 2))), [5])
+    scribble = np.zeros(shape, bool)
+    scribble[2, 1, 4] = scribble[3, 1, 6] = True
+    assert np.array_equal(np.flatnonzero(given_on(Scribble(scribble, True, axis=2), shape).all(axis=(0, 1))), [4, 6])
+    assert given_on(Lasso(2, ((0, 0), (1, 1), (0, 1)), True), shape)[2].all()

@@ -9,8 +9,12 @@ embed each slice once, decode per prompt), so that every interaction updates the
 - a click where the object already agrees with it (a positive click inside, a negative one outside) changes
   nothing (it stays a prompt of its slice for later interactions);
 - a click: its slice is predicted again (box from the object's mask on that slice widened to the positive clicks,
-  every click of the object on that slice, the slice's mask as a mask prompt); the change then travels to the
-  neighbours in both directions, each slice prompted from its corrected neighbour's box (+ margin) and its own
+  every click of the object on that slice, the slice's mask as a mask prompt) and changes only where the click is
+  (the added or removed regions of the answer that reach the click). When that answer leaves a positive click out,
+  the slice is asked again without the mask prompt, in a square around the click of the object's size there, and
+  the region at the click is taken. A click that would add more than ``max_area_ratio`` times the object's box
+  rectangle to its slice changes nothing (the model answered with another structure). The change then travels to
+  the neighbours in both directions, each slice prompted from its corrected neighbour's box (+ margin) and its own
   clicks, until a new slice agrees with the previous object (IoU >= ``agree_iou``), the model finds no object or
   jumps (IoU with the neighbour < ``stop_iou``), or the slab ends. A positive click beyond the object's end
   extends it (the slab grows to the click); a click whose slice comes out empty removes that slice and
@@ -110,9 +114,18 @@ class SliceEngine(ObjectEngine):
         ``"local"`` or ``"replace"`` (above).
     click_scope
         ``"slice"``: the clicked slice takes the model's whole new answer; ``"local"``: only the part of the change
-        at the click (the added or removed region within 2 voxels of it); ``"sign"`` (default): the part of the
-        answer that agrees with the click's sign (a positive click only adds voxels to its slice, a negative one only
-        removes; chosen on the settings cases, docs/benchmarks/segfm.md).
+        at the click (the added or removed regions within 2 voxels of it; the whole answer when none is there);
+        ``"sign"``: the part of the answer that agrees with the click's sign (a positive click only adds voxels to its
+        slice, a negative one only removes); ``"connected"`` (default): the added (positive) or removed (negative)
+        regions that come within ``LOCAL_REACH`` voxels of the click, nothing else.
+    ignored_click
+        When the answer leaves a positive click out: ``"keep"`` the slice as it was; ask again without the mask
+        prompt and take the answer's region at the click, with the object's box on the slice widened to the click
+        (``"region"``) or a square around the click whose side is twice the square root of the object's area on that
+        slice (or the nearest slice holding it) (``"click-box"``, default).
+
+    The defaults were chosen on the settings cases (``medadapt bench segfm --dev``), never on the scored ones:
+    docs/benchmarks/segfm.md.
     """
 
     LOCAL_REACH = 3
@@ -131,7 +144,8 @@ class SliceEngine(ObjectEngine):
         min_area: int = 4,
         box_stops: bool = False,
         travel: str = "local",
-        click_scope: str = "sign",
+        click_scope: str = "connected",
+        ignored_click: str = "click-box",
         frame_axis: int = 0,
     ) -> None:
         volume = np.asarray(volume)
@@ -149,13 +163,16 @@ class SliceEngine(ObjectEngine):
         if travel not in ("local", "replace"):
             raise MedAdaptError(f"travel must be 'local' or 'replace'; got {travel!r}.")
         self.travel = travel
-        if click_scope not in ("local", "slice", "sign"):
-            raise MedAdaptError(f"click_scope must be 'local', 'slice' or 'sign'; got {click_scope!r}.")
+        if click_scope not in ("local", "slice", "sign", "connected"):
+            raise MedAdaptError(f"click_scope must be 'local', 'slice', 'sign' or 'connected'; got {click_scope!r}.")
         self.click_scope = click_scope
+        if ignored_click not in ("keep", "region", "click-box"):
+            raise MedAdaptError(f"ignored_click must be 'keep', 'region' or 'click-box'; got {ignored_click!r}.")
+        self.ignored_click = ignored_click
         self.frame_axis = frame_axis  # the volume axis this engine's first axis is (engines of other planes)
         self._settings = {"spread": spread, "agree_iou": agree_iou, "stop_iou": stop_iou,
                           "max_area_ratio": max_area_ratio, "min_area": min_area, "box_stops": box_stops,
-                          "travel": travel, "click_scope": click_scope}
+                          "travel": travel, "click_scope": click_scope, "ignored_click": ignored_click}
         self._frames: dict[int, SliceEngine] = {}
         from ..sam.propagation import BOX_MARGIN_PX
 
@@ -252,10 +269,16 @@ class SliceEngine(ObjectEngine):
             if state.mask[interaction.zyx] == interaction.positive:
                 return state.mask.copy()  # the object already agrees with the click there: nothing to correct
             pred = self._correct_slice(state, z)
+            if interaction.positive and not pred[interaction.zyx[1:]] and self.ignored_click != "keep":
+                pred = pred | self._region_at_click(state, interaction)
             if self.click_scope == "local" and self.spread:
-                pred = self._near_click(state.mask[z], pred, interaction)
+                pred = self._near_click(state.mask[z], pred, interaction, 2, whole_when_none=True)
+            elif self.click_scope == "connected":
+                pred = self._near_click(state.mask[z], pred, interaction, self.LOCAL_REACH, whole_when_none=False)
             elif self.click_scope == "sign":
                 pred = (state.mask[z] | pred) if interaction.positive else (state.mask[z] & pred)
+            if interaction.positive and (pred & ~state.mask[z]).sum() > self._area_limit(state):
+                pred = state.mask[z]  # the answer is another structure, far larger than the object
             corrected = {z: pred}
         elif isinstance(interaction, Scribble):
             corrected = self._scribble(state, interaction)
@@ -267,17 +290,54 @@ class SliceEngine(ObjectEngine):
         return new
 
     @staticmethod
-    def _near_click(old: np.ndarray, pred: np.ndarray, click: Click) -> np.ndarray:
-        """The clicked slice changed only where the click is: the added (positive) or removed (negative) regions
-        of the re-prediction within 2 voxels of the click; the model's whole answer when none is there."""
+    def _size_near(state: ObjectState, z: int) -> int:
+        """The object's area on slice ``z``, or on the nearest slice that holds it (0 for an empty object)."""
+        areas = state.mask.sum(axis=(1, 2))
+        held = np.flatnonzero(areas)
+        if held.size == 0:
+            return 0
+        return int(areas[held[np.argmin(np.abs(held - z))]])
+
+    def _area_limit(self, state: ObjectState) -> float:
+        """The most voxels one click may add to its slice: ``max_area_ratio`` times the object's size on a slice
+        (its box's rectangle; without a box its largest slice)."""
+        if state.box is not None:
+            r0, c0, r1, c1 = state.box.rect
+            size = (r1 - r0 + 1) * (c1 - c0 + 1)
+        else:
+            size = int(state.mask.sum(axis=(1, 2)).max()) if state.mask.any() else 0
+        return self.max_area_ratio * max(size, self.min_area)
+
+    def _region_at_click(self, state: ObjectState, click: Click) -> np.ndarray:
+        """The region a positive click names when the answer with the object's mask prompt left it out: the slice
+        asked again from its clicks without the mask prompt, and only the connected region of that answer holding
+        the click (nothing when the click is outside it). The box of that question is a square around the click
+        of the object's size there (``"click-box"``: side twice the square root of the object's area on that slice,
+        or on the nearest slice holding it) or the object's box on the slice widened to the click (``"region"``)."""
+        z, r, c = click.zyx
+        points, labels = state.clicks_on(z)
+        if self.ignored_click == "click-box":
+            half = max(2.0, float(np.sqrt(self._size_near(state, z))))
+            rows, cols = self.volume.shape[1:]
+            box = (max(0.0, r - half), max(0.0, c - half), min(rows - 1.0, r + half), min(cols - 1.0, c + half))
+        else:
+            box = self._box_with(box_from_mask(state.mask[z]), points, labels, margin=False)
+        regions, _ = ndimage.label(self._predict(z, points, labels, box, None))
+        return regions == regions[r, c] if regions[r, c] else np.zeros(regions.shape, bool)
+
+    @staticmethod
+    def _near_click(old: np.ndarray, pred: np.ndarray, click: Click, reach: int, whole_when_none: bool) -> np.ndarray:
+        """The clicked slice changed only where the click is: the added (positive) or removed (negative) regions of
+        the answer that come within ``reach`` voxels of the click; when none does, the answer as it is
+        (``whole_when_none``) or no change."""
         change = (pred & ~old) if click.positive else (old & ~pred)
-        labels, _ = ndimage.label(change)
+        regions, _ = ndimage.label(change)
         r, c = click.zyx[1], click.zyx[2]
-        ids = np.unique(labels[max(0, r - 2): r + 3, max(0, c - 2): c + 3])
+        ids = np.unique(regions[max(0, r - reach): r + reach + 1, max(0, c - reach): c + reach + 1])
         ids = ids[ids != 0]
-        if ids.size == 0:
+        if ids.size == 0 and whole_when_none:
             return pred
-        keep = np.isin(labels, ids)
+        keep = np.isin(regions, ids)
         return (old | keep) if click.positive else (old & ~keep)
 
     def _box(self, box: Box3D) -> np.ndarray:

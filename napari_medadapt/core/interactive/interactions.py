@@ -94,6 +94,25 @@ class MaskPrompt:
 Interaction = Box3D | Click | Scribble | Lasso | MaskPrompt
 
 
+def given_on(interaction: Interaction, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The voxels an interaction was given on: the slices of its plane it lies on (a click's or lasso's slice, the
+    slices a scribble paints); ``None`` for a 3D box or a mask, which speak for the whole volume."""
+    if isinstance(interaction, Box3D | MaskPrompt):
+        return None
+    axis = interaction.axis
+    if isinstance(interaction, Scribble):
+        other = tuple(i for i in range(3) if i != axis)
+        slices = np.asarray(interaction.mask, bool).any(axis=other)
+    else:
+        slices = np.zeros(shape[axis], bool)
+        slices[interaction.zyx[axis] if isinstance(interaction, Click) else interaction.z] = True
+    out = np.zeros(shape, bool)
+    index = [slice(None)] * 3
+    index[axis] = slices
+    out[tuple(index)] = True
+    return out
+
+
 def in_frame(interaction: Interaction, axis: int, shape: tuple[int, int, int]) -> Interaction:
     """``interaction`` in the frame whose first axis is volume axis ``axis`` (``np.moveaxis(volume, axis, 0)``;
     ``shape`` is the volume's). A box of another plane becomes the same cuboid on ``axis``; a lasso of another

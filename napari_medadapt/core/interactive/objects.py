@@ -1,7 +1,9 @@
 """Several 3D objects on one volume, never overlapping, each with its own undo history.
 
-The object an interaction is for takes the voxels its new mask claims (the user's latest word wins); the objects
-that lose voxels get them back when that interaction is undone, if no object holds them by then.
+The object an interaction is for takes the voxels its new mask claims where the interaction was given (the user's
+latest word wins: a 3D box or mask everywhere, a click, lasso or scribble on its own slices); where the change only
+travelled to, the other objects keep their voxels. The objects that lose voxels get them back when that interaction
+is undone, if no object holds them by then.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 from ..errors import MedAdaptError
 from .engine import ObjectEngine
-from .interactions import Interaction, ObjectState
+from .interactions import Interaction, ObjectState, given_on
 
 
 @dataclass
@@ -74,8 +76,11 @@ class ObjectSet:
             state.interactions.pop()
             raise
         step = _Step(interaction, state.mask)
+        given = given_on(interaction, self.shape)
         for other_id, other in self.objects.items():
             if other_id != obj_id:
+                if given is not None:
+                    new = new & ~(other.mask & ~given)
                 lost = other.mask & new
                 if lost.any():
                     step.taken[other_id] = lost
