@@ -406,6 +406,12 @@ def test_a_click_whose_answer_is_far_larger_than_the_object_changes_nothing() ->
     assert np.array_equal(objects.interact(obj, Click((5, 14, 14), True)), start)
 
 
+def test_a_first_click_alone_makes_the_whole_object(scene) -> None:
+    blob, _, objects = scene
+    mask = objects.interact(objects.add(), Click((12, 20, 14), True))  # no box, nothing yet: no size to limit it
+    assert mask[12].sum() == blob[12].sum() and len(np.flatnonzero(mask.any(axis=(1, 2)))) > 3
+
+
 def test_a_click_takes_other_objects_voxels_only_on_its_own_slice() -> None:
     volume = np.full((10, 40, 40), 20, np.uint8)
     volume[2:8, 10:20, 10:20] = 220

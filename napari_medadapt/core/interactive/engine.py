@@ -300,12 +300,15 @@ class SliceEngine(ObjectEngine):
 
     def _area_limit(self, state: ObjectState) -> float:
         """The most voxels one click may add to its slice: ``max_area_ratio`` times the object's size on a slice
-        (its box's rectangle; without a box its largest slice)."""
+        (its box's rectangle; without a box its largest slice; no limit for a first click, which has nothing to
+        compare with)."""
         if state.box is not None:
             r0, c0, r1, c1 = state.box.rect
             size = (r1 - r0 + 1) * (c1 - c0 + 1)
+        elif state.mask.any():
+            size = int(state.mask.sum(axis=(1, 2)).max())
         else:
-            size = int(state.mask.sum(axis=(1, 2)).max()) if state.mask.any() else 0
+            return float("inf")
         return self.max_area_ratio * max(size, self.min_area)
 
     def _region_at_click(self, state: ObjectState, click: Click) -> np.ndarray:
