@@ -3,7 +3,8 @@
 Cases are made from ``--data`` with the challenge's box rule (``core.segfm.protocol.boxes_from_labels``): the
 abdominal CT's organs (window level 40 / width 400, i.e. [-160, 240] HU, to uint8, as the challenge's CT
 preprocessing) and the glioma fg6692's FLAIR whole tumour (uint8 by the 0.5-99.5 percentiles of the non-zero
-voxels). ``--dev`` makes the cases used to choose settings instead (glioma du7294, CT organs that are not scored).
+voxels). ``--dev`` makes the cases used to choose settings instead (CT organs that are not scored; glioma du7294's
+whole tumour on FLAIR and T2 and tumour core on T1c; three synthetic gliomas that the click decoder never saw).
 Each (model, variant) runs the protocol through the npz contract: step 0 the boxes, then 5 steps with one
 simulated click per class, the previous prediction passed back; DSC and NSD (2 mm) per step, DSC_AUC / NSD_AUC
 over the 5 click steps, final DSC / NSD, seconds per interaction (the slabs' embeddings are computed first, so
@@ -32,6 +33,8 @@ CT_ORGANS = {5: "liver", 1: "spleen", 2: "kidney_right", 3: "kidney_left", 6: "s
 CT_DEV_ORGANS = {63: "inferior_vena_cava", 19: "duodenum", 88: "iliopsoas_left", 64: "portal_vein_and_splenic_vein",
                  8: "adrenal_gland_right", 9: "adrenal_gland_left", 18: "small_bowel", 20: "colon", 31: "vertebrae_L1",
                  89: "iliopsoas_right", 86: "autochthon_left", 79: "spinal_cord"}
+#: synthetic gliomas among the settings cases: held out from the click decoder's training (phantoms 0 and 1)
+DEV_PHANTOM_SEEDS = (101, 102, 103)
 VARIANTS = {"slice": "clicks on one slice only", "object": "3D object update"}
 
 
@@ -104,6 +107,27 @@ def make_cases(data: Path, names: list[str], dev: bool, organ_ids: list[int] | N
             gts = np.isin(seg, label_values).astype(np.uint8)
             cases[f"{case}_{suffix}"] = {"imgs": imgs, "gts": gts, "spacing": spacing, "boxes": boxes_from_labels(gts),
                                          "classes": [class_name]}
+        if dev:
+            cases.update(_phantom_cases(DEV_PHANTOM_SEEDS))
+    return cases
+
+
+def _phantom_cases(seeds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """Synthetic gliomas (``core.synth``, 1 mm): FLAIR as uint8 by the non-zero 0.5-99.5 percentiles, whole tumour."""
+    from napari_medadapt.core.intensity import percentile_range
+    from napari_medadapt.core.segfm import boxes_from_labels
+    from napari_medadapt.core.synth import MODALITIES, make_phantom_volume
+
+    cases = {}
+    for seed in seeds:
+        images, labels = make_phantom_volume(seed)
+        flair = images[MODALITIES.index("flair")]
+        lo, hi = percentile_range(flair, 0.5, 99.5)
+        imgs = np.rint((np.clip(flair, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
+        imgs[flair == 0] = 0
+        gts = (labels > 0).astype(np.uint8)
+        cases[f"phantom_{seed}_wt"] = {"imgs": imgs, "gts": gts, "spacing": (1.0, 1.0, 1.0),
+                                       "boxes": boxes_from_labels(gts), "classes": ["whole tumour"]}
     return cases
 
 
