@@ -175,3 +175,21 @@ def test_foundation_model_segments_any_image(painted_viewer, open_plugin_dock, q
     _adapt(widget, qtbot)
     assert widget.result is not None and widget.result.settings["backbone"] == "promptable"
     assert viewer.layers[-2].data.shape == labels.shape
+
+
+def test_results_on_a_sequence_placed_by_an_affine_lie_on_it(painted_viewer, open_plugin_dock, qtbot):
+    viewer, labels = painted_viewer
+    tilt = np.eye(4)
+    tilt[1, 1] = tilt[2, 2] = np.cos(0.2)
+    tilt[1, 2], tilt[2, 1] = -np.sin(0.2), np.sin(0.2)
+    tilt[:3, 3] = (4.0, -7.0, 12.0)
+    viewer.layers["ct"].affine = tilt  # a raw sequence opened in scanner space, tilted
+    viewer.layers["painted"].affine = tilt
+    widget = open_plugin_dock(viewer, DOCK)
+    widget.backbone_combo.setCurrentIndex(widget.backbone_combo.findData("litemedsam"))
+    widget.image_combo.setCurrentText("ct")
+    widget.labels_combo.setCurrentText("painted")
+    widget.steps_spin.setValue(10)
+    _adapt(widget, qtbot)
+    for name in (widget.result_layer_name, "few-shot litemedsam probability"):
+        assert np.allclose(viewer.layers[name].affine.affine_matrix, tilt), name

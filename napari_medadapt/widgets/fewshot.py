@@ -245,6 +245,12 @@ class FewShotWidget(JobDock):
         self.empty_planes = []
         self.update_support()
 
+    def _input_layer(self) -> Any:
+        """The image layer the results lie on (its affine is copied onto them: a raw sequence placed by one)."""
+        if self.backbone == FOUNDATION:
+            return self.viewer.layers[self.image_combo.currentText()]
+        return next(iter(self.inputs.chosen_layers().values()), None)
+
     def _volume(self) -> Volume:
         if self.backbone == FOUNDATION:
             name = self.image_combo.currentText()
@@ -282,6 +288,7 @@ class FewShotWidget(JobDock):
             return
         try:
             volume = self._volume()
+            like = self._input_layer()
             layer = self._labels_layer()
             model_ref = self.inputs.model_ref if self.backbone != FOUNDATION else FOUNDATION
         except MedAdaptError as err:
@@ -311,7 +318,7 @@ class FewShotWidget(JobDock):
         self.run_job(
             fit_job, *inputs, self.worker.session, on_step, previous,
             description="Few-shot adapt", disable=(self.adapt_button, self.apply_button),
-            on_result=lambda out: self._show_result(out, layer.name, volume, inputs, key),
+            on_result=lambda out: self._show_result(out, layer.name, volume, inputs, key, like),
         )
 
     def _free_but_check(self) -> bool:
@@ -328,29 +335,31 @@ class FewShotWidget(JobDock):
             self.loss_plot.add_point(step, loss)
 
     def _add_result_layers(self, labels: np.ndarray, probabilities: np.ndarray, volume: Volume, model: str,
-                           class_names: dict[int, str], provenance: dict[str, Any], title: str = "") -> None:
+                           class_names: dict[int, str], provenance: dict[str, Any], title: str = "",
+                           like: Any = None) -> None:
         """Show the labels and the foreground probability as this dock's results of ``model`` (layers "TITLE
-        labels" / "TITLE probability", by default "few-shot MODEL ..."): they replace the previous ones (the
-        labels undoably) unless "keep earlier results" is checked."""
+        labels" / "TITLE probability", by default "few-shot MODEL ..."), placed like the input layer ``like``:
+        they replace the previous ones (the labels undoably) unless "keep earlier results" is checked."""
         keep, title = self.keep_check.isChecked(), title or f"few-shot {model}"
         kwargs = labels_layer_kwargs(volume.geometry, name=f"{title} labels", class_names=class_names,
                                      provenance=provenance)
         kwargs["opacity"] = 0.6
         data = np.array(labels, copy=True)  # the layer's own array: edits and later results never reach the fit's
-        layer = place_result(self.viewer, "labels", data, mark_result(kwargs, DOCK_KEY, model, "labels"), keep)
+        layer = place_result(self.viewer, "labels", data, mark_result(kwargs, DOCK_KEY, model, "labels"), keep, like)
         self.result_layer_name = layer.name
         foreground = (1.0 - probabilities[0].astype(np.float32)).clip(0, 1)
         image_kwargs = {
             "name": f"{title} probability", "scale": volume.geometry.spacing, "colormap": "magma",
             "blending": "additive", "opacity": 0.5, "contrast_limits": (0.0, 1.0), "visible": False,
         }
-        place_result(self.viewer, "image", foreground, mark_result(image_kwargs, DOCK_KEY, model, "probability"), keep)
+        place_result(self.viewer, "image", foreground, mark_result(image_kwargs, DOCK_KEY, model, "probability"), keep,
+                     like)
         self.viewer.layers.selection.active = self.viewer.layers[self.result_layer_name]
         self.refresh_layers()
 
     def _show_result(
         self, outcome: tuple[FewShotResult, str | None, list[SliceSuggestion]], painted: str, volume: Volume,
-        inputs: tuple, key: tuple,
+        inputs: tuple, key: tuple, like: Any = None,
     ) -> None:
         result, variant, suggestions = outcome
         self.suggest_panel.set_suggestions(suggestions)
@@ -366,7 +375,7 @@ class FewShotWidget(JobDock):
             settings, self.worker.session.device, extra_inputs={"support": None},
         )
         self._add_result_layers(result.predicted, result.probabilities, volume, result.settings["base_model"],
-                                result.class_names, draft)
+                                result.class_names, draft, like=like)
         if painted in self.viewer.layers:
             self.labels_combo.setCurrentText(painted)
         seconds = sum(result.seconds.values())
@@ -464,6 +473,7 @@ class FewShotWidget(JobDock):
             foundation = card["backbone"] == "promptable"
             self.backbone_combo.setCurrentIndex(self.backbone_combo.findData(FOUNDATION if foundation else "segmentation"))
             volume = self._volume()
+            like = self._input_layer()
             model_ref = None
             if not foundation and self.inputs.card is not None and self.inputs.card.name == card["base_model"]:
                 model_ref = self.inputs.model_ref
@@ -482,7 +492,7 @@ class FewShotWidget(JobDock):
                 adapter={"name": card["name"], "path": card["path"], "sha256": card["weights_sha256"],
                          "method": card["method"], "support": card["support"], "settings": card["settings"]},
             )
-            self._add_result_layers(labels, probabilities, volume, card["name"], names, draft, card["name"])
+            self._add_result_layers(labels, probabilities, volume, card["name"], names, draft, card["name"], like)
             self.status.setText(f"Segmented with the adapter {card['name']!r} (base model {card['base_model']}).")
 
         self.status.setText(f"Applying the adapter {card['name']!r}...")
