@@ -48,6 +48,11 @@ def test_explain_a_voxel(case, capsys):
     assert (out / "report.html").read_text().count("<img") == 4 and (out / "heatmaps.png").is_file()
     heat = read_geometry(out / f"heatmap_prototype_{record['matches'][0]['id']}.nii.gz")
     assert heat.matches(read_geometry(folder / "flair.nii.gz"))  # on the source grid
+    provenance = record["provenance"]
+    assert provenance["method"] == "explain" and provenance["model"]["name"] == "glioma2d"
+    assert provenance["model"]["sha256"] and provenance["inputs"]["flair"]["sha256"]
+    assert provenance["settings"]["top_k"] == 3 and provenance["software"]["napari-medadapt"]
+    assert provenance["inputs"]["bank"]["sha256"]  # the model's own bank, found beside it
 
 
 def test_explain_a_region_forget_and_baselines(case, capsys):

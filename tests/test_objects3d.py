@@ -404,6 +404,7 @@ def test_a_click_whose_answer_is_far_larger_than_the_object_changes_nothing() ->
     objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
     obj = objects.add(mask=start, interactions=[Box3D(3, 7, 5, (5, 5, 8, 8))])
     assert np.array_equal(objects.interact(obj, Click((5, 14, 14), True)), start)
+    assert "far larger than the object" in objects.engine.note
 
 
 def test_a_first_click_alone_makes_the_whole_object(scene) -> None:
@@ -427,6 +428,29 @@ def test_a_click_takes_other_objects_voxels_only_on_its_own_slice() -> None:
     assert np.array_equal(objects.objects[b].mask, lower)
 
 
+@pytest.mark.parametrize("axis", [1, 2])
+def test_a_click_in_another_plane_takes_voxels_only_on_the_box_slice_it_corrects(axis: int) -> None:
+    volume = np.full((10, 40, 40), 20, np.uint8)
+    volume[2:8, 10:20, 10:20] = 220
+    upper, lower = np.zeros(volume.shape, bool), np.zeros(volume.shape, bool)
+    upper[2:8, 10:15, 10:20] = True
+    lower[2:8, 15:20, 10:20] = True
+    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+    a = objects.add("a", mask=upper, interactions=[Box3D(2, 7, 5, (10, 10, 14, 19))])  # an axial box
+    b = objects.add("b", mask=lower)
+    mask = objects.interact(a, Click((5, 17, 15), True, axis=axis))  # given on a coronal / sagittal slice
+    taken = lower & ~objects.objects[b].mask
+    assert mask[5, 17, 15] and taken.any() and not taken[np.arange(10) != 5].any()  # only on axial slice 5
+
+
+def test_given_on_for_a_lasso_in_another_plane_is_the_box_slices_it_crosses(scene) -> None:
+    blob, _, objects = scene
+    state = objects.objects[objects.add(mask=blob, interactions=[_box(blob, 5, 19)])]
+    lasso = Lasso(14, ((10, 10), (10, 18), (13, 18), (13, 10)), True, axis=1)  # rows = z 10-13 on coronal y = 14
+    given = objects.engine.given_on(state, lasso)
+    assert np.array_equal(np.flatnonzero(given.any(axis=(1, 2))), [10, 11, 12, 13]) and given[10:14].all()
+
+
 def test_given_on_names_the_slices_of_the_interactions_plane() -> None:
     from napari_medadapt.core.interactive import given_on
 
@@ -436,4 +460,7 @@ def test_given_on_names_the_slices_of_the_interactions_plane() -> None:
     scribble = np.zeros(shape, bool)
     scribble[2, 1, 4] = scribble[3, 1, 6] = True
     assert np.array_equal(np.flatnonzero(given_on(Scribble(scribble, True, axis=2), shape).all(axis=(0, 1))), [4, 6])
-    assert given_on(Lasso(2, ((0, 0), (1, 1), (0, 1)), True), shape)[2].all()
+    lasso = given_on(Lasso(2, ((0, 0), (1, 1), (0, 1)), True), shape)
+    assert lasso[2].all() and lasso.sum() == lasso[2].size
+    sagittal = given_on(Lasso(3, ((0, 0), (1, 1), (0, 1)), True, axis=2), shape)
+    assert sagittal[:, :, 3].all() and sagittal.sum() == sagittal[:, :, 3].size

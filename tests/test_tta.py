@@ -304,6 +304,9 @@ def test_shift_score_cli(model, tmp_path):
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["shift_score"] > 0 and report["category"] is None and report["slices"] == 2
+    provenance = report["provenance"]
+    assert provenance["method"] == "shift-score" and provenance["settings"] == {"slices": 2}
+    assert provenance["model"]["sha256"] and provenance["inputs"]["flair"]["sha256"] and provenance["device"] == "cpu"
     assert main(["shift-score", "--model", str(card_path), "--slices", "zero", "--image", images[0]]) == 2
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from napari_medadapt.cli._common import (
     add_device_argument,
     add_model_arguments,
+    input_entries,
     load_checked_model,
     load_images,
     parse_images,
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.jobs import JobContext
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.model_input import prepare_model_input
+    from napari_medadapt.core.provenance import model_entry, provenance_record
 
     if args.top_k < 1:
         raise CLIError(f"--top-k {args.top_k}: give at least 1.")
@@ -143,6 +145,14 @@ def run(args: argparse.Namespace) -> int:
             "peak_zyx": {str(i): [int(v) for v in np.unravel_index(int(np.argmax(h)), h.shape)] for i, h in zip(ids, heatmaps, strict=True)},
         },
         "inputs": {k: str(v) for k, v in images.items()},
+        # how the explanation was made: inputs with their sha256 (a DICOM input by its series), model, bank, software
+        "provenance": input_entries(images, provenance_record(
+            "explain", inputs={**images, **({"region": args.region} if args.region else {}),
+                               **({"bank": str(bank.path)} if bank.path else {})}, model=model_entry(model),
+            settings={"voxel_ijk": args.voxel, "label_values": args.label_values, "top_k": args.top_k,
+                      "forget": forget, "baselines": bool(args.baselines), "prototypes": len(bank)},
+            device=str(model.device),
+        )),
     }
     if args.baselines:  # on the explained model, before any prototype is forgotten
         extra["baselines"] = _baselines(explainer, plane, prediction, explanation, geometry, args.out_dir, inputs)

@@ -16,6 +16,7 @@ from pathlib import Path
 from napari_medadapt.cli._common import (
     add_device_argument,
     add_model_arguments,
+    input_entries,
     load_checked_model,
     load_images,
     parse_images,
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medadapt.core.adapt.tta.score import classify_shift, shift_score, typical_range
     from napari_medadapt.core.files import check_output_path, write_text_atomic
     from napari_medadapt.core.jobs import JobContext
+    from napari_medadapt.core.provenance import model_entry, provenance_record
 
     policy = _slice_policy(args.slices)
     images = parse_images(args.image)
@@ -84,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
             "typical_max": bounds[0] if bounds else None,
             "far_min": bounds[1] if bounds else None,
             "slices": policy,
+            # how the score was made: inputs with their sha256 (a DICOM input by its series), model, software
+            "provenance": input_entries(images, provenance_record(
+                "shift-score", inputs=images, model=model_entry(model), settings={"slices": policy},
+                device=str(args.device or model.device),
+            )),
         }
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n", what="--json")
         print(f"report written to {args.json}", file=sys.stderr)

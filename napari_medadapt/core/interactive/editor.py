@@ -217,7 +217,8 @@ class ObjectEditor:
         ran = self.sam.output(None, None, notes)
         label, voxels = objects.names[obj_id], int(mask.sum())
         if np.array_equal(mask, state_before):
-            message = f"{label} did not change (it already agrees with this {_kind(interaction)})."
+            why = objects.engine.note or f"it already agrees with this {_kind(interaction)}"
+            message = f"{label} did not change: {why}."
         elif voxels:
             message = f"{label}: {voxels * board.voxel_ml:.2f} mL ({voxels} voxels)."
         else:

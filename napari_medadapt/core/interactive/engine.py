@@ -13,7 +13,8 @@ embed each slice once, decode per prompt), so that every interaction updates the
   (the added or removed regions of the answer that reach the click). When that answer leaves a positive click out,
   the slice is asked again without the mask prompt, in a square around the click of the object's size there, and
   the region at the click is taken. A click that would add more than ``max_area_ratio`` times the object's box
-  rectangle to its slice changes nothing (the model answered with another structure). The change then travels to
+  rectangle (without a box: its largest slice; no limit for an empty object) to its slice changes nothing (the
+  model answered with another structure); :attr:`ObjectEngine.note` then says so. The change then travels to
   the neighbours in both directions, each slice prompted from its corrected neighbour's box (+ margin) and its own
   clicks, until a new slice agrees with the previous object (IoU >= ``agree_iou``), the model finds no object or
   jumps (IoU with the neighbour < ``stop_iou``), or the slab ends. A positive click beyond the object's end
@@ -52,6 +53,7 @@ from .interactions import (
     MaskPrompt,
     ObjectState,
     Scribble,
+    given_on,
     in_frame,
     polygon_mask,
     sample_points,
@@ -81,7 +83,15 @@ class ObjectEngine(ABC):
 
     @abstractmethod
     def update(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
-        """The object's new boolean 3D mask (the volume's shape)."""
+        """The object's new boolean 3D mask (the volume's shape); :attr:`note` says why it did not change, when
+        the engine knows."""
+
+    note: str | None = None
+
+    def given_on(self, state: ObjectState, interaction: Interaction) -> np.ndarray | None:
+        """The voxels ``interaction`` speaks for, where its object may take other objects' voxels (``None``: all):
+        by default the slices of its own plane it lies on (:func:`~.interactions.given_on`)."""
+        return given_on(interaction, tuple(self.volume.shape))
 
 
 class SliceEngine(ObjectEngine):
@@ -119,8 +129,8 @@ class SliceEngine(ObjectEngine):
         slice, a negative one only removes); ``"connected"`` (default): the added (positive) or removed (negative)
         regions that come within ``LOCAL_REACH`` voxels of the click, nothing else.
     ignored_click
-        When the answer leaves a positive click out: ``"keep"`` the slice as it was; ask again without the mask
-        prompt and take the answer's region at the click, with the object's box on the slice widened to the click
+        When the answer leaves a positive click out: ``"keep"``: not asked again (the click scope applies to the
+        first answer); ask again without the mask prompt and take the answer's region at the click, with the object's box on the slice widened to the click
         (``"region"``) or a square around the click whose side is twice the square root of the object's area on that
         slice (or the nearest slice holding it) (``"click-box"``, default).
 
@@ -241,15 +251,34 @@ class SliceEngine(ObjectEngine):
         return self._predict(z, points, labels, box, cur)
 
     # ------------------------------------------------------------------ 3D
+    @staticmethod
+    def _axis_for(state: ObjectState, interaction: Interaction) -> int:
+        """The volume axis the object's slices are taken along for ``interaction``: its box's (the interaction's
+        own plane for a box, a mask, or an object without a box)."""
+        box = state.box
+        if isinstance(interaction, Box3D | MaskPrompt) or box is None:
+            return getattr(interaction, "axis", 0)
+        return box.axis
+
     def update(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
         """The object's new 3D mask after ``interaction`` (see the module docstring)."""
-        box = state.box
-        own = isinstance(interaction, Box3D | MaskPrompt) or box is None
-        axis = getattr(interaction, "axis", 0) if own else box.axis
+        axis = self._axis_for(state, interaction)
         # every interaction in the frame of the chosen axis (a lasso of another plane becomes a scribble, ...)
         state, interaction = state.in_frame(axis), in_frame(interaction, axis, self.volume.shape)
         engine = self._in_plane(axis) if axis else self
-        return np.moveaxis(engine._update_in_frame(state, interaction), 0, axis)
+        engine.note = None
+        new = np.moveaxis(engine._update_in_frame(state, interaction), 0, axis)
+        self.note = engine.note
+        return new
+
+    def given_on(self, state: ObjectState, interaction: Interaction) -> np.ndarray | None:
+        """The slices the object's correction starts from (those of the box's axis the interaction lies on, where
+        the engine re-predicts): ``None`` for a box or a mask."""
+        axis = self._axis_for(state, interaction)
+        shape = self.volume.shape
+        framed = (shape[axis], *[shape[i] for i in range(3) if i != axis])
+        given = given_on(in_frame(interaction, axis, self.volume.shape), framed)
+        return None if given is None else np.moveaxis(given, 0, axis)
 
     def _update_in_frame(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
         """:meth:`update` for a state and interaction already in this engine's frame."""
@@ -267,7 +296,8 @@ class SliceEngine(ObjectEngine):
         if isinstance(interaction, Click):
             z = interaction.zyx[0]
             if state.mask[interaction.zyx] == interaction.positive:
-                return state.mask.copy()  # the object already agrees with the click there: nothing to correct
+                self.note = "it already agrees with this click"
+                return state.mask.copy()  # nothing to correct
             pred = self._correct_slice(state, z)
             if interaction.positive and not pred[interaction.zyx[1:]] and self.ignored_click != "keep":
                 pred = pred | self._region_at_click(state, interaction)
@@ -279,6 +309,10 @@ class SliceEngine(ObjectEngine):
                 pred = (state.mask[z] | pred) if interaction.positive else (state.mask[z] & pred)
             if interaction.positive and (pred & ~state.mask[z]).sum() > self._area_limit(state):
                 pred = state.mask[z]  # the answer is another structure, far larger than the object
+                self.note = ("the model's answer to this click was far larger than the object (a neighbouring "
+                             "structure), so it was not taken; outline the part with a lasso or a scribble")
+            elif np.array_equal(pred, state.mask[z]):
+                self.note = "the model's answer leaves this click out; outline the part with a lasso or a scribble"
             corrected = {z: pred}
         elif isinstance(interaction, Scribble):
             corrected = self._scribble(state, interaction)
@@ -316,15 +350,18 @@ class SliceEngine(ObjectEngine):
         asked again from its clicks without the mask prompt, and only the connected region of that answer holding
         the click (nothing when the click is outside it). The box of that question is a square around the click
         of the object's size there (``"click-box"``: side twice the square root of the object's area on that slice,
-        or on the nearest slice holding it) or the object's box on the slice widened to the click (``"region"``)."""
+        or on the nearest slice holding it) or the object's box on the slice widened to the click (``"region"``).
+        Not asked for an empty object, or (``"region"``) on a slice without the object: there is no box to ask with."""
         z, r, c = click.zyx
         points, labels = state.clicks_on(z)
         if self.ignored_click == "click-box":
-            half = max(2.0, float(np.sqrt(self._size_near(state, z))))
+            half = float(np.sqrt(self._size_near(state, z)))
             rows, cols = self.volume.shape[1:]
             box = (max(0.0, r - half), max(0.0, c - half), min(rows - 1.0, r + half), min(cols - 1.0, c + half))
         else:
             box = self._box_with(box_from_mask(state.mask[z]), points, labels, margin=False)
+        if box is None or not state.mask.any():  # nothing to size a box by: the question would be the first one
+            return np.zeros(self.volume.shape[1:], bool)
         regions, _ = ndimage.label(self._predict(z, points, labels, box, None))
         return regions == regions[r, c] if regions[r, c] else np.zeros(regions.shape, bool)
 

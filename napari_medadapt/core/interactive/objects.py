@@ -1,8 +1,9 @@
 """Several 3D objects on one volume, never overlapping, each with its own undo history.
 
 The object an interaction is for takes the voxels its new mask claims where the interaction was given (the user's
-latest word wins: a 3D box or mask everywhere, a click, lasso or scribble on its own slices); where the change only
-travelled to, the other objects keep their voxels. The objects that lose voxels get them back when that interaction
+latest word wins: a 3D box or mask everywhere, a click, lasso or scribble on the slices it lies on, as the engine
+slices the object: :meth:`ObjectEngine.given_on`); where the change only travelled to, the other objects keep their
+voxels. The objects that lose voxels get them back when that interaction
 is undone, if no object holds them by then.
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..errors import MedAdaptError
 from .engine import ObjectEngine
-from .interactions import Interaction, ObjectState, given_on
+from .interactions import Interaction, ObjectState
 
 
 @dataclass
@@ -76,7 +77,7 @@ class ObjectSet:
             state.interactions.pop()
             raise
         step = _Step(interaction, state.mask)
-        given = given_on(interaction, self.shape)
+        given = self.engine.given_on(state, interaction)
         for other_id, other in self.objects.items():
             if other_id != obj_id:
                 if given is not None:
