@@ -130,9 +130,10 @@ class SliceEngine(ObjectEngine):
         regions that come within ``LOCAL_REACH`` voxels of the click, nothing else.
     ignored_click
         When the answer leaves a positive click out: ``"keep"``: not asked again (the click scope applies to the
-        first answer); ask again without the mask prompt and take the answer's region at the click, with the object's box on the slice widened to the click
-        (``"region"``) or a square around the click whose side is twice the square root of the object's area on that
-        slice (or the nearest slice holding it) (``"click-box"``, default).
+        first answer); else asked again without the mask prompt, the answer's region at the click taken, in the
+        object's box on the slice widened to the click (``"region"``) or in a square around the click whose side
+        is twice the square root of the object's area on that slice or the nearest one holding it
+        (``"click-box"``, default).
 
     The defaults were chosen on the settings cases (``medadapt bench segfm --dev``), never on the scored ones:
     docs/benchmarks/segfm.md.
@@ -312,7 +313,7 @@ class SliceEngine(ObjectEngine):
                 self.note = ("the model's answer to this click was far larger than the object (a neighbouring "
                              "structure), so it was not taken; outline the part with a lasso or a scribble")
             elif np.array_equal(pred, state.mask[z]):
-                self.note = "the model's answer leaves this click out; outline the part with a lasso or a scribble"
+                self.note = "the model's answer does not follow this click; outline the part with a lasso or a scribble"
             corrected = {z: pred}
         elif isinstance(interaction, Scribble):
             corrected = self._scribble(state, interaction)

@@ -3,8 +3,7 @@
 The object an interaction is for takes the voxels its new mask claims where the interaction was given (the user's
 latest word wins: a 3D box or mask everywhere, a click, lasso or scribble on the slices it lies on, as the engine
 slices the object: :meth:`ObjectEngine.given_on`); where the change only travelled to, the other objects keep their
-voxels. The objects that lose voxels get them back when that interaction
-is undone, if no object holds them by then.
+voxels. The objects that lose voxels get them back when that interaction is undone, if no object holds them by then.
 """
 
 from __future__ import annotations
