@@ -4,7 +4,7 @@ Cases are made from ``--data`` with the challenge's box rule (``core.segfm.proto
 abdominal CT's organs (window level 40 / width 400, i.e. [-160, 240] HU, to uint8, as the challenge's CT
 preprocessing) and the glioma fg6692's FLAIR whole tumour (uint8 by the 0.5-99.5 percentiles of the non-zero
 voxels). ``--dev`` makes the cases used to choose settings instead (CT organs that are not scored; glioma du7294's
-whole tumour on FLAIR and T2 and tumour core on T1c; three synthetic gliomas that the click decoder never saw).
+whole tumour on FLAIR and T2 and tumour core on T1c; synthetic gliomas that the click decoder never saw).
 Each (model, variant) runs the protocol through the npz contract: step 0 the boxes, then 5 steps with one
 simulated click per class, the previous prediction passed back; DSC and NSD (2 mm) per step, DSC_AUC / NSD_AUC
 over the 5 click steps, final DSC / NSD, seconds per interaction (the slabs' embeddings are computed first, so
@@ -34,7 +34,7 @@ CT_DEV_ORGANS = {63: "inferior_vena_cava", 19: "duodenum", 88: "iliopsoas_left",
                  8: "adrenal_gland_right", 9: "adrenal_gland_left", 18: "small_bowel", 20: "colon", 31: "vertebrae_L1",
                  89: "iliopsoas_right", 86: "autochthon_left", 79: "spinal_cord"}
 #: synthetic gliomas among the settings cases: held out from the click decoder's training (phantoms 0 and 1)
-DEV_PHANTOM_SEEDS = (101, 102, 103)
+DEV_PHANTOM_SEEDS = (101, 102, 103, 104, 105, 106)
 VARIANTS = {"slice": "clicks on one slice only", "object": "3D object update"}
 
 
@@ -108,26 +108,32 @@ def make_cases(data: Path, names: list[str], dev: bool, organ_ids: list[int] | N
             cases[f"{case}_{suffix}"] = {"imgs": imgs, "gts": gts, "spacing": spacing, "boxes": boxes_from_labels(gts),
                                          "classes": [class_name]}
         if dev:
-            cases.update(_phantom_cases(DEV_PHANTOM_SEEDS))
+            cases.update(_phantom_cases())
     return cases
 
 
-def _phantom_cases(seeds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
-    """Synthetic gliomas (``core.synth``, 1 mm): FLAIR as uint8 by the non-zero 0.5-99.5 percentiles, whole tumour."""
+def _phantom_cases() -> dict[str, dict[str, Any]]:
+    """Synthetic gliomas (``core.synth``, 1 mm), uint8 by the non-zero 0.5-99.5 percentiles: the whole tumour on
+    FLAIR (phantoms 101-103) and on T2, and the tumour core (labels 1, 4) on T1c (phantoms 101-106)."""
     from napari_medadapt.core.intensity import percentile_range
     from napari_medadapt.core.segfm import boxes_from_labels
     from napari_medadapt.core.synth import MODALITIES, make_phantom_volume
 
     cases = {}
-    for seed in seeds:
+    for seed in DEV_PHANTOM_SEEDS:
         images, labels = make_phantom_volume(seed)
-        flair = images[MODALITIES.index("flair")]
-        lo, hi = percentile_range(flair, 0.5, 99.5)
-        imgs = np.rint((np.clip(flair, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
-        imgs[flair == 0] = 0
-        gts = (labels > 0).astype(np.uint8)
-        cases[f"phantom_{seed}_wt"] = {"imgs": imgs, "gts": gts, "spacing": (1.0, 1.0, 1.0),
-                                       "boxes": boxes_from_labels(gts), "classes": ["whole tumour"]}
+        targets = [("t2", (1, 2, 4), "whole tumour"), ("t1c", (1, 4), "tumour core")]
+        if seed in DEV_PHANTOM_SEEDS[:3]:
+            targets.insert(0, ("flair", (1, 2, 4), "whole tumour"))
+        for sequence, label_values, class_name in targets:
+            image = images[MODALITIES.index(sequence)]
+            lo, hi = percentile_range(image, 0.5, 99.5)
+            imgs = np.rint((np.clip(image, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
+            imgs[image == 0] = 0
+            gts = np.isin(labels, label_values).astype(np.uint8)
+            name = f"phantom_{seed}_{sequence}_{'wt' if class_name == 'whole tumour' else 'tc'}"
+            cases[name] = {"imgs": imgs, "gts": gts, "spacing": (1.0, 1.0, 1.0), "boxes": boxes_from_labels(gts),
+                           "classes": [class_name]}
     return cases
 
 
