@@ -11,8 +11,8 @@ embed each slice once, decode per prompt), so that every interaction updates the
 - a click: its slice is predicted again (box from the object's mask on that slice widened to the positive clicks,
   every click of the object on that slice, the slice's mask as a mask prompt) and changes only where the click is
   (the added or removed regions of the answer that reach the click). When that answer leaves a positive click out,
-  the slice is asked again without the mask prompt, in a square around the click of the object's size there, and
-  the region at the click is taken. A click that would add more than ``max_area_ratio`` times the object's box
+  the slice is asked again without the mask prompt, in a square around the click as far out as the click is from
+  the object, and the region at the click is taken. A click that would add more than ``max_area_ratio`` times the object's box
   rectangle (without a box: its largest slice; no limit for an empty object) to its slice changes nothing (the
   model answered with another structure); :attr:`ObjectEngine.note` then says so. The change then travels to
   the neighbours in both directions, each slice prompted from its corrected neighbour's box (+ margin) and its own
@@ -131,9 +131,9 @@ class SliceEngine(ObjectEngine):
     ignored_click
         When the answer leaves a positive click out: ``"keep"``: not asked again (the click scope applies to the
         first answer); else asked again without the mask prompt, the answer's region at the click taken, in the
-        object's box on the slice widened to the click (``"region"``) or in a square around the click whose side
-        is twice the square root of the object's area on that slice or the nearest one holding it
-        (``"click-box"``, default).
+        object's box on the slice widened to the click (``"region"``) or in a square around the click whose half
+        side is the click's distance to the object on that slice (``"click-box"``, default; see
+        :meth:`_region_at_click`).
 
     The defaults were chosen on the settings cases (``medadapt bench segfm --dev``), never on the scored ones:
     docs/benchmarks/segfm.md.
@@ -350,13 +350,17 @@ class SliceEngine(ObjectEngine):
         """The region a positive click names when the answer with the object's mask prompt left it out: the slice
         asked again from its clicks without the mask prompt, and only the connected region of that answer holding
         the click (nothing when the click is outside it). The box of that question is a square around the click
-        of the object's size there (``"click-box"``: side twice the square root of the object's area on that slice,
-        or on the nearest slice holding it) or the object's box on the slice widened to the click (``"region"``).
+        (``"click-box"``: its half side the click's distance to the object on that slice, at least 2 voxels; on a
+        slice without the object, the square root of the object's area on the nearest slice holding it) or the
+        object's box on the slice widened to the click (``"region"``).
         Not asked for an empty object, or (``"region"``) on a slice without the object: there is no box to ask with."""
         z, r, c = click.zyx
         points, labels = state.clicks_on(z)
         if self.ignored_click == "click-box":
-            half = float(np.sqrt(self._size_near(state, z)))
+            if state.mask[z].any():  # the part the click names reaches at least as far as the click is from the object
+                half = max(2.0, float(ndimage.distance_transform_edt(~state.mask[z])[r, c]))
+            else:
+                half = float(np.sqrt(self._size_near(state, z)))
             rows, cols = self.volume.shape[1:]
             box = (max(0.0, r - half), max(0.0, c - half), min(rows - 1.0, r + half), min(cols - 1.0, c + half))
         else:
