@@ -413,13 +413,18 @@ def test_a_first_click_alone_makes_the_whole_object(scene) -> None:
     assert mask[12].sum() == blob[12].sum() and len(np.flatnonzero(mask.any(axis=(1, 2)))) > 3
 
 
-def test_a_click_takes_other_objects_voxels_only_on_its_own_slice() -> None:
+def _two_halves() -> tuple[ObjectSet, np.ndarray, np.ndarray]:
+    """One bright block, its upper half held by one object and its lower half by another."""
     volume = np.full((10, 40, 40), 20, np.uint8)
     volume[2:8, 10:20, 10:20] = 220
     upper, lower = np.zeros(volume.shape, bool), np.zeros(volume.shape, bool)
     upper[2:8, 10:15, 10:20] = True
     lower[2:8, 15:20, 10:20] = True
-    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+    return ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255))), upper, lower
+
+
+def test_a_click_takes_other_objects_voxels_only_on_its_own_slice() -> None:
+    objects, upper, lower = _two_halves()
     a, b = objects.add("a", mask=upper), objects.add("b", mask=lower)
     mask = objects.interact(a, Click((5, 17, 15), True))  # "this is a too", given on slice 5
     assert mask[5, 17, 15] and not objects.objects[b].mask[5, 17, 15]
@@ -430,12 +435,7 @@ def test_a_click_takes_other_objects_voxels_only_on_its_own_slice() -> None:
 
 @pytest.mark.parametrize("axis", [1, 2])
 def test_a_click_in_another_plane_takes_voxels_only_on_the_box_slice_it_corrects(axis: int) -> None:
-    volume = np.full((10, 40, 40), 20, np.uint8)
-    volume[2:8, 10:20, 10:20] = 220
-    upper, lower = np.zeros(volume.shape, bool), np.zeros(volume.shape, bool)
-    upper[2:8, 10:15, 10:20] = True
-    lower[2:8, 15:20, 10:20] = True
-    objects = ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255)))
+    objects, upper, lower = _two_halves()
     a = objects.add("a", mask=upper, interactions=[Box3D(2, 7, 5, (10, 10, 14, 19))])  # an axial box
     b = objects.add("b", mask=lower)
     mask = objects.interact(a, Click((5, 17, 15), True, axis=axis))  # given on a coronal / sagittal slice
