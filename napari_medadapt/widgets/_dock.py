@@ -333,10 +333,16 @@ class JobDock(DockBody):
             if not handle.done:
                 handle.cancel()
 
-    def forget_jobs(self) -> None:
-        """Drop the results of every job submitted so far (those still queued or running are cancelled)."""
+    def forget_jobs(self, quietly: bool = False) -> None:
+        """Drop the results of every job submitted so far (those still queued or running are cancelled; ``quietly``:
+        dropped as unneeded, with no "cancelled" notification)."""
         self._generation += 1
-        self.cancel()
+        if not quietly:
+            self.cancel()
+            return
+        for handle in list(self._open):
+            if not handle.done:
+                handle.drop()
 
     def _job_finished(self, handle: Any, generation: int, disable: tuple[QWidget, ...]) -> None:
         if widget_deleted(self):

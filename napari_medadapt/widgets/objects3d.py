@@ -167,10 +167,7 @@ class ObjectsWidget(JobDock):
         if key == self._image_key:
             return
         self._image_key = key
-        self._generation += 1  # results of the other image's jobs are dropped, the jobs quietly stopped
-        for handle in list(self._open):
-            if not handle.done:
-                handle.drop()
+        self.forget_jobs(quietly=True)  # results of the other image's jobs are dropped, the jobs quietly stopped
         self._snapshot, self._active = None, None
         self._live = LiveMask()  # a job still running for the other image fills the old one, never shown
         self.objects_table.show_snapshot(ObjectsSnapshot(np.zeros((0, 0, 0), np.uint8), []), None)
