@@ -251,8 +251,16 @@ def test_editor_jobs_show_the_growing_object_and_a_cancel_changes_nothing(scene)
     choice = ModelChoice("bright")
     sam.use(choice, BrightPredictor())
     editor = ObjectEditor(sam)
-    live, seen = LiveMask(), []
-    ctx = JobContext(lambda done, total, message: seen.append((message, live.take())))
+    live, seen, shown = LiveMask(), [], np.zeros(volume.shape, bool)
+
+    def look(done: int, total: int, message: str) -> None:  # what a dock draws: the slices decided since its last look
+        taken = live.take_changes()
+        if taken is not None:
+            for (axis, index), plane in taken[1].items():
+                np.moveaxis(shown, axis, 0)[index] = plane
+        seen.append((message, None if taken is None else (taken[0], shown.copy())))
+
+    ctx = JobContext(look)
     snap = editor.interact(choice, "flair", volume, (1.0, 1.0, 2.0), (0, 255), None, _box(blob, 6, 18),
                            name="tumour", live=live, ctx=ctx)
     (summary,) = snap.objects

@@ -60,32 +60,25 @@ def _kind(interaction: Interaction) -> str:
 
 
 class LiveMask:
-    """A 3D mask that a job fills slice by slice while the dock shows it (safe across the two threads): the whole
-    mask as far as it got (:meth:`take`), or only the slices decided since the last look (:meth:`take_changes`,
-    what a viewer redraws without copying the volume)."""
+    """The slices of the object a job is changing, handed from the job to the dock as soon as each is decided (safe
+    across the two threads): :meth:`take_changes` gives those decided since the last look, which a viewer redraws in
+    place without copying the volume."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._mask: np.ndarray | None = None
         self._object: int | None = None
-        self._version = 0
-        self._taken = 0
         self._changes: dict[tuple[int, int], np.ndarray] = {}
 
-    def start(self, obj_id: int, mask: np.ndarray) -> None:
-        """Begin with object ``obj_id``'s current mask (compute thread)."""
+    def start(self, obj_id: int) -> None:
+        """Begin showing object ``obj_id`` (compute thread)."""
         with self._lock:
-            self._mask, self._object = np.array(mask, bool), obj_id
-            self._version += 1
-            self._changes = {}
+            self._object, self._changes = obj_id, {}
 
     def put(self, axis: int, index: int, plane: np.ndarray) -> None:
         """Slice ``index`` along volume axis ``axis`` is now ``plane`` (compute thread)."""
         with self._lock:
-            if self._mask is not None:
-                np.moveaxis(self._mask, axis, 0)[index] = plane
+            if self._object is not None:
                 self._changes[(axis, index)] = np.array(plane, bool)
-                self._version += 1
 
     def take_changes(self) -> tuple[int, dict[tuple[int, int], np.ndarray]] | None:
         """``(object id, {(axis, index): slice})``: the slices decided since the last call, or ``None`` (UI
@@ -95,14 +88,6 @@ class LiveMask:
                 return None
             changes, self._changes = self._changes, {}
             return int(self._object or 0), changes
-
-    def take(self) -> tuple[int, np.ndarray] | None:
-        """``(object id, a copy of the mask)`` when it changed since the last take, else ``None`` (UI thread)."""
-        with self._lock:
-            if self._mask is None or self._version == self._taken:
-                return None
-            self._taken = self._version
-            return int(self._object or 0), self._mask.copy()
 
 
 @dataclass
@@ -201,7 +186,7 @@ class ObjectEditor:
         state = objects.objects[obj_id]
         state_before, steps_before = state.mask, objects.undo_steps(obj_id)
         if live is not None:
-            live.start(obj_id, state.mask)
+            live.start(obj_id)
         objects.engine.watch(ctx, None if live is None else live.put)
         try:
             mask = objects.interact(obj_id, interaction)
