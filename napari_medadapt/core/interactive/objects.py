@@ -77,10 +77,11 @@ class ObjectSet:
             raise
         step = _Step(interaction, state.mask)
         given = self.engine.given_on(state, interaction)
+        elsewhere = None if given is None else ~given  # where other objects keep their voxels
         for other_id, other in self.objects.items():
             if other_id != obj_id:
-                if given is not None:
-                    new = new & ~(other.mask & ~given)
+                if elsewhere is not None:
+                    new = new & ~(other.mask & elsewhere)
                 lost = other.mask & new
                 if lost.any():
                     step.taken[other_id] = lost
