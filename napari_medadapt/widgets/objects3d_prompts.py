@@ -112,8 +112,8 @@ class ObjectPromptLayers:
         if layer is None:
             return []
         data = np.asarray(layer.data)
-        out = [Scribble(data == value, positive, axis) for value, positive in ((1, True), (2, False))
-               if (data == value).any()]
+        painted = [(data == value, positive) for value, positive in ((1, True), (2, False))]
+        out = [Scribble(mask, positive, axis) for mask, positive in painted if mask.any()]
         self.empty(SCRIBBLES_LAYER)
         return out
 
@@ -121,10 +121,12 @@ class ObjectPromptLayers:
         """Put every prompt layer on ``image``'s grid, emptied (the scribble layer takes its shape)."""
         from napari_medadapt.widgets._keypoints import put_on_grid
 
-        for name in (CLICKS_LAYER, SHAPES_LAYER, SCRIBBLES_LAYER):
+        for name in (CLICKS_LAYER, SHAPES_LAYER):
             self.empty(name)
         scribbles = self.layer(SCRIBBLES_LAYER)
-        if scribbles is not None and getattr(image, "ndim", 0) == 3:
+        if scribbles is not None and getattr(image, "ndim", 0) != 3:
+            self.empty(SCRIBBLES_LAYER)
+        elif scribbles is not None:  # a new empty volume on the image's grid
             self._quiet = True
             try:
                 scribbles.data = np.zeros(image.data.shape, np.uint8)
