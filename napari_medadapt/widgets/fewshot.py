@@ -8,7 +8,7 @@ probability layer ("few-shot MODEL labels" / "... probability", replaced undoabl
 "keep earlier results" is checked), with the leave-one-slice-out Dice of the painted slices. "Accept" copies the
 result into the painted layer on the slices nobody painted (one undoable step); "Suggest next slice"
 (:mod:`.fewshot_suggest`) moves the viewer to the slice where a label should help most and says why; adapters
-can be saved and applied to another volume of the study. The computation is
+can be saved and applied to another volume of the study (:mod:`.fewshot_adapters`). The computation is
 :func:`napari_medadapt.core.adapt.fewshot.fit.fit`; this module only wires widgets.
 """
 
@@ -21,7 +21,6 @@ from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -29,7 +28,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from napari_medadapt.core.adapt.fewshot.workspace import FOUNDATION, apply_job, fit_job, leave_one_out_job
+from napari_medadapt.core.adapt.fewshot.workspace import FOUNDATION, fit_job, leave_one_out_job
 from napari_medadapt.core.errors import MedAdaptError, VolumeError
 from napari_medadapt.widgets._dock import JobDock, keep_results_checkbox
 from napari_medadapt.widgets._keypoints import current_plane
@@ -44,6 +43,7 @@ from napari_medadapt.widgets._layers import (
 )
 from napari_medadapt.widgets._loss_plot import LossPlot, LossRelay
 from napari_medadapt.widgets._model_inputs import ModelInputsPanel
+from napari_medadapt.widgets.fewshot_adapters import AdapterActions
 from napari_medadapt.widgets.fewshot_suggest import SuggestPanel
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ AXES = ("axial", "coronal", "sagittal")
 DOCK_KEY = "fewshot"
 
 
-class FewShotWidget(JobDock):
+class FewShotWidget(AdapterActions, JobDock):
     """Dock widget: frozen model and inputs, painted slices, method, Adapt / Accept / Suggest, adapters."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -447,64 +447,3 @@ class FewShotWidget(JobDock):
         best = self.suggest_panel.go(self.viewer, self.viewer.layers[self.result_layer_name])
         self.status.setText(f"Suggested {best.describe()}. Paint it and press Adapt again.")
         return best.index
-
-    def save_adapter(self, folder: str) -> str | None:
-        """Save the last fit's adapter into the new folder ``folder``."""
-        from napari_medadapt.core.adapt.fewshot.io import save_adapter
-
-        if self.result is None:
-            return None
-        try:
-            path = save_adapter(self.result, folder)
-        except MedAdaptError as err:
-            self.report(err)
-            return None
-        self.status.setText(f"Adapter saved in {path.parent}.")
-        return str(path.parent)
-
-    def apply_adapter(self, folder: str) -> None:
-        """Segment the open volume with a saved adapter."""
-        from napari_medadapt.core.adapt.fewshot.io import read_adapter_card
-
-        if self.busy:
-            return
-        try:
-            card = read_adapter_card(folder)
-            foundation = card["backbone"] == "promptable"
-            self.backbone_combo.setCurrentIndex(self.backbone_combo.findData(FOUNDATION if foundation else "segmentation"))
-            volume = self._volume()
-            like = self._input_layer()
-            model_ref = None
-            if not foundation and self.inputs.card is not None and self.inputs.card.name == card["base_model"]:
-                model_ref = self.inputs.model_ref
-        except MedAdaptError as err:
-            self.report(err)
-            return
-        names = dict(zip(card["labels"], card["class_names"] or map(str, card["labels"]), strict=True))
-
-        def show(outcome: tuple) -> None:
-            labels, probabilities, _card = outcome
-            self.result = None  # Accept and Suggest act on a fit of this dock, not on an applied adapter
-            self._show_result_buttons()
-            draft = provenance_draft(
-                "fewshot-apply", volume, {"name": card["base_model"], "sha256": card["base_sha256"]}, {},
-                self.worker.session.device,
-                adapter={"name": card["name"], "path": card["path"], "sha256": card["weights_sha256"],
-                         "method": card["method"], "support": card["support"], "settings": card["settings"]},
-            )
-            self._add_result_layers(labels, probabilities, volume, card["name"], names, draft, card["name"], like)
-            self.status.setText(f"Segmented with the adapter {card['name']!r} (base model {card['base_model']}).")
-
-        self.status.setText(f"Applying the adapter {card['name']!r}...")
-        self.run_job(apply_job, folder, volume, model_ref, self.worker.session, description="Apply adapter",
-                     on_result=show, disable=(self.adapt_button, self.apply_button))
-
-    def _choose_save_folder(self) -> None:
-        folder, _ = QFileDialog.getSaveFileName(self, "New folder for the adapter", "fewshot_adapter")
-        if folder:
-            self.save_adapter(folder)
-
-    def _choose_adapter(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder of a saved adapter")
-        if folder:
-            self.apply_adapter(folder)
