@@ -198,6 +198,24 @@ def test_box_margin_propagation_follows_an_organ(litemedsam) -> None:
 
 
 @needs_weights
+def test_the_object_training_protocol_asks_as_the_3d_object_engine(litemedsam) -> None:
+    """The click decoder is trained on the prompts the engine gives a clicked slice: the box of the object's mask
+    grown to the positive clicks and the mask as ``mask_to_logits`` makes it (a spoiled start keeps its frame)."""
+    from types import SimpleNamespace
+
+    from napari_medadapt.core.sam.propagation import mask_to_logits
+    from napari_medadapt.training.sam_clicks import _object_prompts
+
+    mask = np.zeros((256, 256), bool)
+    mask[100:140, 60:90] = True
+    points = [[(150.0, 120.0, 1), (70.0, 110.0, 0)]]  # (x, y, label): a positive click right of the mask
+    boxes, logits = _object_prompts(litemedsam.sam, mask[None], points)
+    assert boxes.tolist() == [[60.0, 100.0, 150.0, 139.0]]  # x0, y0, x1, y1: the mask's box grown to the click
+    engine_logits = mask_to_logits(SimpleNamespace(model=litemedsam), mask)
+    assert logits.shape == (1, *engine_logits.shape) and np.allclose(logits[0].numpy(), engine_logits)
+
+
+@needs_weights
 def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch, litemedsam) -> None:
     """``medadapt train sam-clicks`` pieces: a step trains only the prompt encoder and mask decoder; the saved
     decoder loads through its card over the package's encoder, checked against its sha256."""
@@ -209,7 +227,7 @@ def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch, litemed
     from napari_medadapt.core.sam import registry
     from napari_medadapt.core.synth import make_phantom_slice
     from napari_medadapt.training._sam_clicks_card import save_decoder_and_card
-    from napari_medadapt.training.sam_clicks import ClickData, train_step
+    from napari_medadapt.training.sam_clicks import ClickData, _object_step, train_step
 
     model = load_sam("litemedsam", device="cpu")
     images, labels = make_phantom_slice(3)
@@ -223,6 +241,9 @@ def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch, litemed
         loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.sam.mask_decoder.parameters())
     assert all(not p.requires_grad for p in model.sam.image_encoder.parameters())
+    picks = np.array([0, 1])  # the object protocol: spoiled box answers, then clicks asked as the engine asks
+    logits, iou_pred = _object_step(model.sam, data, picks, data.embeddings[data.owner[picks]], 3, rng)
+    assert logits.shape == (2, 1, 256, 256) and iou_pred.shape == (2, 1) and logits.requires_grad
 
     with torch.no_grad():  # a visible change, to see it come back through the card
         model.sam.mask_decoder.iou_token.weight.add_(1.0)

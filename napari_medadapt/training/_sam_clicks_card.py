@@ -16,9 +16,11 @@ DECODER_MODULES = ("prompt_encoder.", "mask_decoder.")
 
 
 def save_decoder_and_card(
-    sam: Any, out_path: Path, encoder_sha256: str, training: dict[str, Any], sources: list[str]
+    sam: Any, out_path: Path, encoder_sha256: str, training: dict[str, Any], sources: list[str],
+    held_out: str = "glioma_tcga_fg6692 (never used in training)",
 ) -> Path:
-    """Write ``out_path`` (safetensors) and the card beside it; returns the card's path."""
+    """Write ``out_path`` (safetensors) and the card beside it (``held_out``: what training never saw); returns the
+    card's path."""
     from safetensors.torch import save_file
 
     state = {
@@ -47,7 +49,7 @@ def save_decoder_and_card(
         "clicks_without_box": True,
         "training_data": {
             "sources": sources,
-            "held_out": "glioma_tcga_fg6692 (never used in training)",
+            "held_out": held_out,
             "labels_note": "labels are automatic (algorithm fusion / TotalSegmentator), phantom or template masks",
         },
         "training": training,

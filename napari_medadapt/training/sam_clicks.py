@@ -5,13 +5,19 @@ improve the box's mask. This fine-tunes its prompt encoder and mask decoder (the
 each training slice is embedded once, into an embedding cache on disk that a re-run reuses) with the
 interactive protocol of METHODS section 5: a box (0-10 px jitter) or a first click, then corrective clicks in
 the largest error region with the previous low-resolution mask fed back; a share of box-only samples keeps the
-box quality. Simulated clicks before the last round run without gradients (their number is drawn per step), the
-last round is trained: Dice + cross-entropy on the best candidate and MSE of the IoU head.
+box quality. ``--protocols object`` adds the "object" protocol (30 % of the steps), which asks as the 3D object
+engine asks a clicked slice: the box's answer, spoiled (another structure of the slice joined, dilated or eroded),
+then corrective clicks, each round prompted with the box of the previous answer, every click and that answer as a
+binary mask prompt (meant to teach negative clicks against a confident mask prompt; measured 2026-12-07 and not
+shipped: docs/benchmarks/segfm.md). Simulated clicks before the last round run without gradients (their
+number is drawn per step), the last round is trained: Dice + cross-entropy on the best candidate and MSE of the IoU
+head.
 
 Data: every tumour region of glioma_tcga_du7294 and its brain (t1, t1c, t2, flair; three axes), the organs of
-ct_abdomen_totalseg_example (three axes), two phantom gliomas (:mod:`napari_medadapt.core.synth`) and the MNI152
-anatomy shipped with nilearn (brain, grey and white matter). glioma_tcga_fg6692 (the benchmark case) is never
-used. Seeded; ``--max-steps`` sets the schedule, ``--minutes`` caps the wall time. Writes
+ct_abdomen_totalseg_example (three axes; ``--hold-out-segfm-organs`` leaves out the eight that ``medadapt bench
+segfm`` scores), two phantom gliomas (:mod:`napari_medadapt.core.synth`) and the MNI152 anatomy shipped with nilearn
+(brain, grey and white matter). glioma_tcga_fg6692 (the benchmark case) is never used. Seeded; ``--max-steps`` sets the schedule, ``--minutes``
+caps the wall time. Writes
 ``litemedsam_clicks.safetensors`` (fp16 prompt encoder + mask decoder) and its card ``litemedsam_clicks.json``.
 """
 
@@ -24,14 +30,20 @@ from typing import Any
 
 import numpy as np
 
+from napari_medadapt.bench.segfm import CT_ORGANS as SEGFM_SCORED_ORGANS
 from napari_medadapt.training.sam_small import MRI_MODALITIES, TRAIN_CT, TRAIN_GLIOMA, _losses
 
 HELP = "fine-tune LiteMedSAM's prompt encoder and mask decoder for clicks (CPU, seeded, embeddings cached)"
 DEFAULT_OUT = Path("litemedsam-clicks-model") / "litemedsam_clicks.safetensors"
 MIN_AREA = 16
 GLIOMA_TARGETS = {"whole tumour": [1, 2, 4], "core": [1, 4], "edema": [2], "NCR/NET": [1], "enhancing": [4]}
-#: share of each protocol in the training steps
+#: share of each protocol in the training steps (the bundled decoder's)
 PROTOCOLS = {"box": 0.3, "box + clicks": 0.35, "clicks": 0.35}
+#: ``--protocols object``: with the prompts the 3D object engine gives (:func:`_object_step`)
+OBJECT_PROTOCOLS = {"box": 0.2, "box + clicks": 0.25, "clicks": 0.25, "object": 0.3}
+#: how the object protocol's starting mask is spoiled: a neighbouring target of the same slice joined, the mask
+#: dilated or eroded by 1-4 px, or kept as the box gave it
+SPOILS = {"neighbour": 0.35, "dilate": 0.25, "erode": 0.15, "as is": 0.25}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache folder (default: beside --out)")
     parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--protocols", choices=("default", "object"), default="default",
+                        help="'object' adds the 3D object engine's prompts (30 %% of the steps)")
+    parser.add_argument("--hold-out-segfm-organs", action="store_true",
+                        help="leave out the CT organs that medadapt bench segfm scores")
 
 
 def _even(indices: np.ndarray, count: int) -> np.ndarray:
@@ -62,8 +78,11 @@ def _even(indices: np.ndarray, count: int) -> np.ndarray:
     return indices[np.linspace(0, len(indices) - 1, count).round().astype(int)]
 
 
-def training_slices(data_root: Path, per_axis: int) -> list[tuple[np.ndarray, Any, dict[str, np.ndarray], str]]:
-    """``(slice, window spec, {target name: mask}, description)`` for every training slice."""
+def training_slices(
+    data_root: Path, per_axis: int, held_out_ct: tuple[int, ...] = ()
+) -> list[tuple[np.ndarray, Any, dict[str, np.ndarray], str]]:
+    """``(slice, window spec, {target name: mask}, description)`` for every training slice (CT organ ids in
+    ``held_out_ct`` left out)."""
     from napari_medadapt.core.labelmaps import load_labels
     from napari_medadapt.core.sam.prompts import resolve_window
     from napari_medadapt.core.synth import make_phantom_volume
@@ -91,7 +110,8 @@ def training_slices(data_root: Path, per_axis: int) -> list[tuple[np.ndarray, An
         add(image, resolve_window(image, "mri-auto"), targets, f"{TRAIN_GLIOMA}/{modality}")
     ct = load_volume(data_root / TRAIN_CT / "ct.nii.gz", name="ct")
     labels = load_labels(data_root / TRAIN_CT / "seg.nii.gz", ct.geometry)
-    organs = {f"label {int(v)}": labels == v for v in np.unique(labels) if v and (labels == v).sum() >= 100}
+    organs = {f"label {int(v)}": labels == v for v in np.unique(labels)
+              if v and int(v) not in held_out_ct and (labels == v).sum() >= 100}
     add(ct.data[0], "ct-soft-tissue", organs, TRAIN_CT)
     for seed in (0, 1):
         images, tumour = make_phantom_volume(seed)
@@ -192,7 +212,8 @@ def _first_prompts(
     return boxes, points
 
 
-def train_step(sam: Any, data: ClickData, batch: int, max_clicks: int, rng: np.random.Generator) -> tuple[Any, float]:
+def train_step(sam: Any, data: ClickData, batch: int, max_clicks: int, rng: np.random.Generator,
+               protocols: dict[str, float] = PROTOCOLS) -> tuple[Any, float]:
     """One step: simulate a user (no gradients), then the trained round; returns (loss, IoU of that round)."""
     import torch
 
@@ -202,7 +223,11 @@ def train_step(sam: Any, data: ClickData, batch: int, max_clicks: int, rng: np.r
     picks = rng.integers(len(data.targets), size=batch)
     emb = data.embeddings[torch.as_tensor(data.owner[picks])].float()
     target = torch.from_numpy(data.targets[picks][:, None].astype(np.float32))
-    protocol = str(rng.choice(list(PROTOCOLS), p=list(PROTOCOLS.values())))
+    protocol = str(rng.choice(list(protocols), p=list(protocols.values())))
+    if protocol == "object":
+        logits, iou_pred = _object_step(sam, data, picks, emb, max_clicks, rng)
+        loss, got = _losses(logits, iou_pred, target)
+        return loss.mean(), float(got.mean())
     boxes, points = _first_prompts(data, picks, protocol, rng)
     rounds = 0 if protocol == "box" else int(rng.integers(0, max_clicks + 1))
     feedback = rng.random() < 0.8
@@ -227,6 +252,80 @@ def train_step(sam: Any, data: ClickData, batch: int, max_clicks: int, rng: np.r
     return loss.mean(), float(got.mean())
 
 
+def _spoiled(mask: np.ndarray, data: ClickData, pick: int, rng: np.random.Generator) -> np.ndarray:
+    """The starting mask of the object protocol: ``mask`` (the box's answer) spoiled as :data:`SPOILS` draws."""
+    from scipy import ndimage
+
+    kind = str(rng.choice(list(SPOILS), p=list(SPOILS.values())))
+    target = data.targets[pick]
+    if kind == "neighbour":  # another structure of the slice joined (what a leaking propagation gives)
+        others = [o for o in np.flatnonzero(data.owner == data.owner[pick])
+                  if o != pick and 0 < (data.targets[o] & ~target).sum() <= 2 * target.sum()]
+        if others:
+            return mask | data.targets[int(rng.choice(others))]
+        kind = "dilate"
+    if kind == "dilate":
+        return ndimage.binary_dilation(mask, iterations=int(rng.integers(1, 5)))
+    if kind == "erode":
+        return ndimage.binary_erosion(mask, iterations=int(rng.integers(1, 5)))
+    return mask
+
+
+def _object_prompts(sam: Any, masks: np.ndarray, points: list[list[tuple[float, float, int]]]) -> tuple[Any, Any]:
+    """What ``SliceEngine`` asks a corrected slice with: the box of the object's mask there grown to the positive
+    clicks, (the clicks,) and the mask itself as a mask prompt (``mask_to_logits``: +-8)."""
+    import torch
+    import torch.nn.functional as F
+
+    boxes = []
+    for mask, clicks in zip(masks, points, strict=True):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        ys = [*rows[[0, -1]], *(y for _, y, label in clicks if label == 1)] if rows.size else [y for _, y, lab in clicks if lab == 1]
+        xs = [*cols[[0, -1]], *(x for x, _, label in clicks if label == 1)] if cols.size else [x for x, _, lab in clicks if lab == 1]
+        boxes.append((min(xs), min(ys), max(xs), max(ys)) if ys else (0, 0, mask.shape[1] - 1, mask.shape[0] - 1))
+    low = F.interpolate(torch.from_numpy(masks.astype(np.float32))[:, None], sam.prompt_encoder.mask_input_size,
+                        mode="area")
+    return torch.tensor(boxes, dtype=torch.float32), (low - 0.5) * 16.0
+
+
+def _object_step(sam: Any, data: ClickData, picks: np.ndarray, emb: Any, max_clicks: int,
+                 rng: np.random.Generator) -> tuple[Any, Any]:
+    """The object protocol: the box's answer, spoiled (:func:`_spoiled`), then 1..``max_clicks`` corrective clicks
+    each asked as the 3D object engine asks a clicked slice (:func:`_object_prompts`: the previous answer as box and
+    binary mask prompt); only the last round is trained. Returns its logits and IoU predictions."""
+    import torch
+
+    from napari_medadapt.core.sam.clicks import jittered_box, next_click
+    from napari_medadapt.core.sam.decoding import decode
+
+    points: list[list[tuple[float, float, int]]] = [[] for _ in picks]
+    with torch.no_grad():
+        xyxy = []
+        for t, j in zip(data.targets[picks], data.jitter[picks], strict=True):
+            r0, c0, r1, c1 = jittered_box(t, rng, max_jitter=int(j))
+            xyxy.append((c0, r0, c1, r1))
+        logits, _ = decode(sam, emb, None, None, torch.tensor(xyxy, dtype=torch.float32), None)
+        masks = (logits[:, 0] > 0).numpy()
+        for k, pick in enumerate(picks):
+            h, w = data.frames[pick]
+            masks[k] = _spoiled(masks[k], data, int(pick), rng)
+            masks[k, h:], masks[k, :, w:] = False, False
+        rounds = int(rng.integers(1, max_clicks + 1))
+        for number in range(rounds):
+            for k, pick in enumerate(picks):
+                h, w = data.frames[pick]
+                click = next_click(masks[k, :h, :w], data.targets[pick][:h, :w])
+                if click is not None:
+                    points[k].append((float(click[1]), float(click[0]), 1 if click[2] else 0))
+            if number == rounds - 1:
+                break
+            xy, labels = _point_tensors(points)
+            logits, _ = decode(sam, emb, xy, labels, *_object_prompts(sam, masks, points))
+            masks = (logits[:, 0] > 0).numpy()
+    xy, labels = _point_tensors(points)
+    return decode(sam, emb, xy, labels, *_object_prompts(sam, masks, points))
+
+
 def run(args: argparse.Namespace) -> int:
     """Embed the training slices (cached), fine-tune, save the decoder and its card."""
     import torch
@@ -243,7 +342,9 @@ def run(args: argparse.Namespace) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = load_sam("litemedsam", device="cpu")
     model.cpu_bf16 = False  # train on the fp32 embeddings the default path gives, whatever MEDADAPT_SAM_PRECISION says
-    slices = training_slices(args.data_root, args.slices_per_axis)
+    held_out_ct = tuple(SEGFM_SCORED_ORGANS) if args.hold_out_segfm_organs else ()
+    protocols = OBJECT_PROTOCOLS if args.protocols == "object" else PROTOCOLS
+    slices = training_slices(args.data_root, args.slices_per_axis, held_out_ct)
     print(f"{len(slices)} training slices; embedding (cached in {args.cache or out_path.parent / 'embeddings'})",
           flush=True)
     t0 = time.time()
@@ -260,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         lr = args.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * step / args.max_steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss, got = train_step(sam, data, args.batch_size, args.max_clicks, rng)
+        loss, got = train_step(sam, data, args.batch_size, args.max_clicks, rng, protocols)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -280,10 +381,14 @@ def run(args: argparse.Namespace) -> int:
         "targets": len(data.targets),
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "threads": args.threads,
         "max_simulated_clicks": args.max_clicks,
-        "protocols": PROTOCOLS,
+        "protocols": protocols,
         "final_train_loss": float(np.mean([h[0] for h in history[-100:]])) if history else None,
         "final_train_iou": float(np.mean([h[1] for h in history[-100:]])) if history else None,
         "command": f"medadapt train sam-clicks --max-steps {args.max_steps} --minutes {args.minutes:g} "
-        f"--batch-size {args.batch_size} --lr {args.lr:g} --threads {args.threads} --seed {args.seed}",
-    }, sorted({d.split(" axis ")[0] for d in data.description}))
+        f"--batch-size {args.batch_size} --lr {args.lr:g} --threads {args.threads} --seed {args.seed}"
+        + (" --protocols object" if args.protocols == "object" else "")
+        + (" --hold-out-segfm-organs" if held_out_ct else ""),
+    }, sorted({d.split(" axis ")[0] for d in data.description}),
+        "glioma_tcga_fg6692" + (" and the CT organs medadapt bench segfm scores" if held_out_ct else "")
+        + " (never used in training)")
     return 0
