@@ -199,20 +199,42 @@ def test_box_margin_propagation_follows_an_organ(litemedsam) -> None:
 
 @needs_weights
 def test_the_object_training_protocol_asks_as_the_3d_object_engine(litemedsam) -> None:
-    """The click decoder is trained on the prompts the engine gives a clicked slice: the box of the object's mask
-    grown to the positive clicks and the mask as ``mask_to_logits`` makes it (a spoiled start keeps its frame)."""
+    """The object protocol trains the click decoder on the prompts the engine gives a clicked slice: the box of the
+    object's mask grown to the positive clicks (``SliceEngine._box_with``) and the mask as ``mask_to_logits`` makes
+    it; the model input's padding never widens the box."""
     from types import SimpleNamespace
 
+    from napari_medadapt.core.interactive import SliceEngine
+    from napari_medadapt.core.sam.prompts import box_from_mask
     from napari_medadapt.core.sam.propagation import mask_to_logits
     from napari_medadapt.training.sam_clicks import _object_prompts
 
     mask = np.zeros((256, 256), bool)
     mask[100:140, 60:90] = True
-    points = [[(150.0, 120.0, 1), (70.0, 110.0, 0)]]  # (x, y, label): a positive click right of the mask
-    boxes, logits = _object_prompts(litemedsam.sam, mask[None], points)
-    assert boxes.tolist() == [[60.0, 100.0, 150.0, 139.0]]  # x0, y0, x1, y1: the mask's box grown to the click
-    engine_logits = mask_to_logits(SimpleNamespace(model=litemedsam), mask)
-    assert logits.shape == (1, *engine_logits.shape) and np.allclose(logits[0].numpy(), engine_logits)
+    clicks_rc, labels = np.array([[120.0, 150.0], [110.0, 70.0]]), np.array([1, 0])  # a positive click right of it
+    points = [[(c, r, int(lab)) for (r, c), lab in zip(clicks_rc, labels, strict=True)]]
+    boxes, logits = _object_prompts(litemedsam.sam, mask[None], points, np.array([[256, 256]]))
+    predictor = SimpleNamespace(model=litemedsam, window_for=lambda volume, window: (0.0, 255.0))
+    engine = SliceEngine(predictor, np.zeros((3, 256, 256), np.float32), (0.0, 255.0))
+    r0, c0, r1, c1 = engine._box_with(box_from_mask(mask), clicks_rc, labels, margin=False)
+    assert boxes.tolist() == [[c0, r0, c1, r1]] and c1 > 150  # x0, y0, x1, y1; the margin around the click
+    assert np.allclose(logits[0].numpy(), mask_to_logits(predictor, mask))
+
+    padded = np.ones((1, 256, 256), bool)  # a frame of 200 x 120 pixels: the box stays inside it
+    boxes, _ = _object_prompts(litemedsam.sam, padded, [[]], np.array([[200, 120]]))
+    assert boxes.tolist() == [[0.0, 0.0, 119.0, 199.0]]
+
+
+def test_the_click_training_defaults_are_the_bundled_decoders() -> None:
+    """Without the new options, ``medadapt train sam-clicks`` is the run recorded in the bundled decoder's card."""
+    import json
+
+    from napari_medadapt.core.models.registry import bundled_dir
+    from napari_medadapt.training.sam_clicks import PROTOCOLS
+
+    card = json.loads((bundled_dir() / "litemedsam_clicks.json").read_text())
+    assert card["training"]["protocols"] == PROTOCOLS
+    assert "--protocols" not in card["training"]["command"] and "--hold-out" not in card["training"]["command"]
 
 
 @needs_weights
@@ -242,7 +264,7 @@ def test_click_training_step_and_the_decoder_card(tmp_path, monkeypatch, litemed
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.sam.mask_decoder.parameters())
     assert all(not p.requires_grad for p in model.sam.image_encoder.parameters())
     picks = np.array([0, 1])  # the object protocol: spoiled box answers, then clicks asked as the engine asks
-    logits, iou_pred = _object_step(model.sam, data, picks, data.embeddings[data.owner[picks]], 3, rng)
+    logits, iou_pred = _object_step(model.sam, data, picks, data.embeddings[data.owner[picks]].float(), 3, rng)
     assert logits.shape == (2, 1, 256, 256) and iou_pred.shape == (2, 1) and logits.requires_grad
 
     with torch.no_grad():  # a visible change, to see it come back through the card

@@ -6,19 +6,19 @@ each training slice is embedded once, into an embedding cache on disk that a re-
 interactive protocol of METHODS section 5: a box (0-10 px jitter) or a first click, then corrective clicks in
 the largest error region with the previous low-resolution mask fed back; a share of box-only samples keeps the
 box quality. ``--protocols object`` adds the "object" protocol (30 % of the steps), which asks as the 3D object
-engine asks a clicked slice: the box's answer, spoiled (another structure of the slice joined, dilated or eroded),
-then corrective clicks, each round prompted with the box of the previous answer, every click and that answer as a
-binary mask prompt (meant to teach negative clicks against a confident mask prompt; measured 2026-12-07 and not
-shipped: docs/benchmarks/segfm.md). Simulated clicks before the last round run without gradients (their
-number is drawn per step), the last round is trained: Dice + cross-entropy on the best candidate and MSE of the IoU
-head.
+engine asks a clicked slice: the box's answer, spoiled (another structure of the slice joined, dilated, eroded or
+kept as it is), then corrective clicks, each round prompted with the box of the previous answer, every click and
+that answer as a binary mask prompt (meant to teach negative clicks against a confident mask prompt; measured
+2026-12-07 and not shipped: docs/benchmarks/segfm.md). Simulated clicks before the last round run without gradients
+(their number is drawn per step), the last round is trained: Dice + cross-entropy on the best candidate and MSE of
+the IoU head.
 
 Data: every tumour region of glioma_tcga_du7294 and its brain (t1, t1c, t2, flair; three axes), the organs of
 ct_abdomen_totalseg_example (three axes; ``--hold-out-segfm-organs`` leaves out the eight that ``medadapt bench
 segfm`` scores), two phantom gliomas (:mod:`napari_medadapt.core.synth`) and the MNI152 anatomy shipped with nilearn
-(brain, grey and white matter). glioma_tcga_fg6692 (the benchmark case) is never used. Seeded; ``--max-steps`` sets the schedule, ``--minutes``
-caps the wall time. Writes
-``litemedsam_clicks.safetensors`` (fp16 prompt encoder + mask decoder) and its card ``litemedsam_clicks.json``.
+(brain, grey and white matter). glioma_tcga_fg6692 (the benchmark case) is never used. Seeded; ``--max-steps`` sets
+the schedule, ``--minutes`` caps the wall time. Writes ``litemedsam_clicks.safetensors`` (fp16 prompt encoder + mask
+decoder) and its card ``litemedsam_clicks.json``.
 """
 
 from __future__ import annotations
@@ -271,33 +271,53 @@ def _spoiled(mask: np.ndarray, data: ClickData, pick: int, rng: np.random.Genera
     return mask
 
 
-def _object_prompts(sam: Any, masks: np.ndarray, points: list[list[tuple[float, float, int]]]) -> tuple[Any, Any]:
-    """What ``SliceEngine`` asks a corrected slice with: the box of the object's mask there grown to the positive
-    clicks, (the clicks,) and the mask itself as a mask prompt (``mask_to_logits``: +-8)."""
+def _object_prompts(
+    sam: Any, masks: np.ndarray, points: list[list[tuple[float, float, int]]], frames: np.ndarray
+) -> tuple[Any, Any]:
+    """What ``SliceEngine`` asks a corrected slice with: the box of the object's mask there grown to each positive
+    click +- ``BOX_MARGIN_PX`` and clipped to the slice's ``(h, w)`` frame, (the clicks,) and the mask itself as a
+    mask prompt (``mask_to_logits``: +-8). One difference: for an empty mask the engine sends the clicks alone; a
+    batch needs a box per sample, so here it is the positive clicks' (the spoiled starts are rarely empty)."""
     import torch
     import torch.nn.functional as F
 
+    from napari_medadapt.core.sam.propagation import BOX_MARGIN_PX
+
     boxes = []
-    for mask, clicks in zip(masks, points, strict=True):
+    for mask, clicks, (h, w) in zip(masks, points, frames, strict=True):
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        ys = [*rows[[0, -1]], *(y for _, y, label in clicks if label == 1)] if rows.size else [y for _, y, lab in clicks if lab == 1]
-        xs = [*cols[[0, -1]], *(x for x, _, label in clicks if label == 1)] if cols.size else [x for x, _, lab in clicks if lab == 1]
-        boxes.append((min(xs), min(ys), max(xs), max(ys)) if ys else (0, 0, mask.shape[1] - 1, mask.shape[0] - 1))
+        positive = [(x, y) for x, y, label in clicks if label == 1]
+        ys = [*rows[[0, -1]]] if rows.size else []
+        xs = [*cols[[0, -1]]] if cols.size else []
+        ys += [v for _, y in positive for v in (y - BOX_MARGIN_PX, y + BOX_MARGIN_PX)]
+        xs += [v for x, _ in positive for v in (x - BOX_MARGIN_PX, x + BOX_MARGIN_PX)]
+        if not ys:  # no mask and no positive click: the whole frame
+            ys, xs = [0, h - 1], [0, w - 1]
+        boxes.append((max(0.0, min(xs)), max(0.0, min(ys)), min(w - 1.0, max(xs)), min(h - 1.0, max(ys))))
     low = F.interpolate(torch.from_numpy(masks.astype(np.float32))[:, None], sam.prompt_encoder.mask_input_size,
                         mode="area")
     return torch.tensor(boxes, dtype=torch.float32), (low - 0.5) * 16.0
 
 
+def _in_frames(masks: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``masks`` with everything outside each sample's ``(h, w)`` frame (the model input's padding) cleared."""
+    for mask, (h, w) in zip(masks, frames, strict=True):
+        mask[h:], mask[:, w:] = False, False
+    return masks
+
+
 def _object_step(sam: Any, data: ClickData, picks: np.ndarray, emb: Any, max_clicks: int,
                  rng: np.random.Generator) -> tuple[Any, Any]:
-    """The object protocol: the box's answer, spoiled (:func:`_spoiled`), then 1..``max_clicks`` corrective clicks
-    each asked as the 3D object engine asks a clicked slice (:func:`_object_prompts`: the previous answer as box and
-    binary mask prompt); only the last round is trained. Returns its logits and IoU predictions."""
+    """The object protocol: the box's answer (of the decoder being trained; in the app LiteMedSAM's published decoder
+    answers a box, but the start is spoiled anyway), spoiled (:func:`_spoiled`), then 1..``max_clicks`` corrective
+    clicks each asked as the 3D object engine asks a clicked slice (:func:`_object_prompts`: the previous answer as
+    box and binary mask prompt); only the last round is trained. Returns its logits and IoU predictions."""
     import torch
 
     from napari_medadapt.core.sam.clicks import jittered_box, next_click
     from napari_medadapt.core.sam.decoding import decode
 
+    frames = data.frames[picks]
     points: list[list[tuple[float, float, int]]] = [[] for _ in picks]
     with torch.no_grad():
         xyxy = []
@@ -307,23 +327,22 @@ def _object_step(sam: Any, data: ClickData, picks: np.ndarray, emb: Any, max_cli
         logits, _ = decode(sam, emb, None, None, torch.tensor(xyxy, dtype=torch.float32), None)
         masks = (logits[:, 0] > 0).numpy()
         for k, pick in enumerate(picks):
-            h, w = data.frames[pick]
             masks[k] = _spoiled(masks[k], data, int(pick), rng)
-            masks[k, h:], masks[k, :, w:] = False, False
+        masks = _in_frames(masks, frames)
         rounds = int(rng.integers(1, max_clicks + 1))
         for number in range(rounds):
             for k, pick in enumerate(picks):
-                h, w = data.frames[pick]
+                h, w = frames[k]
                 click = next_click(masks[k, :h, :w], data.targets[pick][:h, :w])
                 if click is not None:
                     points[k].append((float(click[1]), float(click[0]), 1 if click[2] else 0))
             if number == rounds - 1:
                 break
             xy, labels = _point_tensors(points)
-            logits, _ = decode(sam, emb, xy, labels, *_object_prompts(sam, masks, points))
-            masks = (logits[:, 0] > 0).numpy()
+            logits, _ = decode(sam, emb, xy, labels, *_object_prompts(sam, masks, points, frames))
+            masks = _in_frames((logits[:, 0] > 0).numpy(), frames)
     xy, labels = _point_tensors(points)
-    return decode(sam, emb, xy, labels, *_object_prompts(sam, masks, points))
+    return decode(sam, emb, xy, labels, *_object_prompts(sam, masks, points, frames))
 
 
 def run(args: argparse.Namespace) -> int:
