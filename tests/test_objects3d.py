@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_medadapt.core.interactive import Box3D, Click, Lasso, MaskPrompt, ObjectSet, Scribble, SliceEngine
+from napari_medadapt.core.interactive.slice_rules import box_cut_at
 from napari_medadapt.core.sam.model import MaskPrediction
 
 
@@ -401,6 +402,31 @@ def test_a_positive_click_the_answer_leaves_out_is_asked_again_around_the_click(
     else:  # the part at the click joins the object on its slice, and the change travels to the neighbours
         assert mask[5, 20:26, 20:26].all() and mask[4, 20:26, 20:26].all() and mask[6, 20:26, 20:26].all()
         assert not (mask & (volume < 127)).any()
+
+
+@pytest.mark.parametrize("ignored_negative", ["cut-box", "keep"])
+def test_a_negative_click_the_answer_keeps_is_asked_again_with_the_box_cut_at_the_click(ignored_negative: str) -> None:
+    volume = np.full((10, 64, 64), 20, np.uint8)
+    volume[:, 5:13, 5:13] = 220  # the object
+    start = np.zeros(volume.shape, bool)
+    start[3:8, 5:13, 5:20] = True  # it leaks into the dark voxels right of it
+    engine = SliceEngine(StubbornPredictor(), volume, (0, 255), ignored_negative=ignored_negative)
+    objects = ObjectSet(engine)
+    obj = objects.add(mask=start)
+    mask = objects.interact(obj, Click((5, 9, 17), False))  # the model keeps it with the mask prompt
+    expected = start.copy()
+    if ignored_negative == "cut-box":  # the box left of the click's column holds most: asked alone, the leak goes
+        expected[5, 5:13, 13:20] = False
+    assert np.array_equal(mask, expected)  # on the clicked slice only: the removal does not travel
+
+
+def test_the_box_cut_at_a_click_keeps_the_part_holding_most_of_the_object() -> None:
+    mask = np.zeros((20, 20), bool)
+    mask[2:10, 2:16] = True
+    assert box_cut_at(mask, (5, 13)) == (2.0, 2.0, 9.0, 12.0)  # left of column 13
+    assert box_cut_at(mask, (8, 4)) == (2.0, 5.0, 9.0, 15.0)  # right of column 4 (88 voxels; above row 8: 84)
+    assert box_cut_at(np.eye(2, dtype=bool), (0, 0)) is None  # nothing 2 x 2 is left
+    assert box_cut_at(np.zeros((4, 4), bool), (1, 1)) is None
 
 
 def test_a_click_whose_answer_is_far_larger_than_the_object_changes_nothing() -> None:

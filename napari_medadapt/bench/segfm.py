@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the click scope")
     parser.add_argument("--ignored-click", choices=("keep", "region", "click-box"), default=None,
                         help="override what a positive click the model's answer leaves out does")
+    parser.add_argument("--ignored-negative", choices=("keep", "cut-box"), default=None,
+                        help="override what a negative click the model's answer keeps does")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default=None, help="compute device")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here (reruns)")
@@ -228,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
         options["click_scope"] = args.click_scope
     if args.ignored_click is not None:
         options["ignored_click"] = args.ignored_click
+    if args.ignored_negative is not None:
+        options["ignored_negative"] = args.ignored_negative
     report: dict[str, Any] = {
         "protocol": "CVPR25_iter_eval.py (JunMa11/CVPR-MedSegFMCompetition), re-implemented in core/segfm",
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),

@@ -12,9 +12,12 @@ embed each slice once, decode per prompt), so that every interaction updates the
   every click of the object on that slice, the slice's mask as a mask prompt) and changes only where the click is
   (the added or removed regions of the answer that reach the click). When that answer leaves a positive click out,
   the slice is asked again without the mask prompt, in a square around the click as far out as the click is from
-  the object, and the region at the click is taken. A click that would add more than ``max_area_ratio`` times the object's box
-  rectangle (without a box: its largest slice; no limit for an empty object) to its slice changes nothing (the
-  model answered with another structure); :attr:`ObjectEngine.note` then says so. The change then travels to
+  the object, and the region at the click is taken. When it keeps a negative click (the click decoder often does),
+  the slice is asked again with a box alone, the part of the object's box beside the click's row or column that
+  holds most of the object, and the removed region at the click is taken on that slice only. A click that would add
+  more than ``max_area_ratio`` times the object's box rectangle (without a box: its largest slice; no limit for an
+  empty object) to its slice changes nothing (the model answered with another structure);
+  :attr:`ObjectEngine.note` then says so. The change then travels to
   the neighbours in both directions, each slice prompted from its corrected neighbour's box (+ margin) and its own
   clicks, until a new slice agrees with the previous object (IoU >= ``agree_iou``), the model finds no object or
   jumps (IoU with the neighbour < ``stop_iou``), or the slab ends. A positive click beyond the object's end
@@ -58,6 +61,7 @@ from .interactions import (
     polygon_mask,
     sample_points,
 )
+from .slice_rules import box_cut_at, near_click, size_near
 
 if TYPE_CHECKING:
     from ..jobs import JobContext
@@ -134,6 +138,11 @@ class SliceEngine(ObjectEngine):
         object's box on the slice widened to the click (``"region"``) or in a square around the click whose half
         side is the click's distance to the object on that slice (``"click-box"``, default; see
         :meth:`_region_at_click`).
+    ignored_negative
+        When the answer keeps a negative click: ``"keep"``: not asked again; ``"cut-box"`` (default): asked again
+        with the part of the object's box beside the click that holds most of the object
+        (:func:`~.slice_rules.box_cut_at`), the removed region at the click taken on that slice only (it does not
+        travel).
 
     The defaults were chosen on the settings cases (``medadapt bench segfm --dev``), never on the scored ones:
     docs/benchmarks/segfm.md.
@@ -157,6 +166,7 @@ class SliceEngine(ObjectEngine):
         travel: str = "local",
         click_scope: str = "connected",
         ignored_click: str = "click-box",
+        ignored_negative: str = "cut-box",
         frame_axis: int = 0,
     ) -> None:
         volume = np.asarray(volume)
@@ -180,10 +190,14 @@ class SliceEngine(ObjectEngine):
         if ignored_click not in ("keep", "region", "click-box"):
             raise MedAdaptError(f"ignored_click must be 'keep', 'region' or 'click-box'; got {ignored_click!r}.")
         self.ignored_click = ignored_click
+        if ignored_negative not in ("keep", "cut-box"):
+            raise MedAdaptError(f"ignored_negative must be 'keep' or 'cut-box'; got {ignored_negative!r}.")
+        self.ignored_negative = ignored_negative
         self.frame_axis = frame_axis  # the volume axis this engine's first axis is (engines of other planes)
         self._settings = {"spread": spread, "agree_iou": agree_iou, "stop_iou": stop_iou,
                           "max_area_ratio": max_area_ratio, "min_area": min_area, "box_stops": box_stops,
-                          "travel": travel, "click_scope": click_scope, "ignored_click": ignored_click}
+                          "travel": travel, "click_scope": click_scope, "ignored_click": ignored_click,
+                          "ignored_negative": ignored_negative}
         self._frames: dict[int, SliceEngine] = {}
         from ..sam.propagation import BOX_MARGIN_PX
 
@@ -294,6 +308,7 @@ class SliceEngine(ObjectEngine):
         if state.box is not None:  # without a box the slab is the whole axis: slices are embedded as reached
             self._embed_slab(*state.slab(self.volume.shape[0]))
         new = state.mask.copy()
+        travels = True
         if isinstance(interaction, Click):
             z = interaction.zyx[0]
             if state.mask[interaction.zyx] == interaction.positive:
@@ -302,10 +317,12 @@ class SliceEngine(ObjectEngine):
             pred = self._correct_slice(state, z)
             if interaction.positive and not pred[interaction.zyx[1:]] and self.ignored_click != "keep":
                 pred = pred | self._region_at_click(state, interaction)
+            if not interaction.positive and pred[interaction.zyx[1:]] and self.ignored_negative == "cut-box":
+                pred, travels = self._cut_at_click(state, interaction), False
             if self.click_scope == "local" and self.spread:
-                pred = self._near_click(state.mask[z], pred, interaction, 2, whole_when_none=True)
+                pred = near_click(state.mask[z], pred, interaction, 2, whole_when_none=True)
             elif self.click_scope == "connected":
-                pred = self._near_click(state.mask[z], pred, interaction, self.LOCAL_REACH, whole_when_none=False)
+                pred = near_click(state.mask[z], pred, interaction, self.LOCAL_REACH, whole_when_none=False)
             elif self.click_scope == "sign":
                 pred = (state.mask[z] | pred) if interaction.positive else (state.mask[z] & pred)
             if interaction.positive and (pred & ~state.mask[z]).sum() > self._area_limit(state):
@@ -321,17 +338,8 @@ class SliceEngine(ObjectEngine):
             corrected = self._lasso(state, interaction)
         else:
             raise MedAdaptError(f"Unknown interaction {type(interaction).__name__}.")
-        self._apply(state, new, corrected, positive=getattr(interaction, "positive", True))
+        self._apply(state, new, corrected, positive=getattr(interaction, "positive", True), travels=travels)
         return new
-
-    @staticmethod
-    def _size_near(state: ObjectState, z: int) -> int:
-        """The object's area on slice ``z``, or on the nearest slice that holds it (0 for an empty object)."""
-        areas = state.mask.sum(axis=(1, 2))
-        held = np.flatnonzero(areas)
-        if held.size == 0:
-            return 0
-        return int(areas[held[np.argmin(np.abs(held - z))]])
 
     def _area_limit(self, state: ObjectState) -> float:
         """The most voxels one click may add to its slice: ``max_area_ratio`` times the object's size on a slice
@@ -360,7 +368,7 @@ class SliceEngine(ObjectEngine):
             if state.mask[z].any():  # the part the click names reaches at least as far as the click is from the object
                 half = max(2.0, float(ndimage.distance_transform_edt(~state.mask[z])[r, c]))
             else:
-                half = float(np.sqrt(self._size_near(state, z)))
+                half = float(np.sqrt(size_near(state.mask, z)))
             rows, cols = self.volume.shape[1:]
             box = (max(0.0, r - half), max(0.0, c - half), min(rows - 1.0, r + half), min(cols - 1.0, c + half))
         else:
@@ -370,20 +378,15 @@ class SliceEngine(ObjectEngine):
         regions, _ = ndimage.label(self._predict(z, points, labels, box, None))
         return regions == regions[r, c] if regions[r, c] else np.zeros(regions.shape, bool)
 
-    @staticmethod
-    def _near_click(old: np.ndarray, pred: np.ndarray, click: Click, reach: int, whole_when_none: bool) -> np.ndarray:
-        """The clicked slice changed only where the click is: the added (positive) or removed (negative) regions of
-        the answer that come within ``reach`` voxels of the click; when none does, the answer as it is
-        (``whole_when_none``) or no change."""
-        change = (pred & ~old) if click.positive else (old & ~pred)
-        regions, _ = ndimage.label(change)
-        r, c = click.zyx[1], click.zyx[2]
-        ids = np.unique(regions[max(0, r - reach): r + reach + 1, max(0, c - reach): c + reach + 1])
-        ids = ids[ids != 0]
-        if ids.size == 0 and whole_when_none:
-            return pred
-        keep = np.isin(regions, ids)
-        return (old | keep) if click.positive else (old & ~keep)
+    def _cut_at_click(self, state: ObjectState, click: Click) -> np.ndarray:
+        """The answer to a negative click that the answer with the object's mask prompt kept: the object's box on the
+        slice cut at the click (of the four parts of the box beside the click's row or column, the one holding most
+        of the object), asked with that box alone; the object's mask on the slice when no part is left."""
+        z = click.zyx[0]
+        part = box_cut_at(state.mask[z], click.zyx[1:])
+        if part is None:
+            return state.mask[z]
+        return self._predict(z, np.zeros((0, 2)), np.zeros(0, np.int64), part, None)
 
     def _box(self, box: Box3D) -> np.ndarray:
         from ..sam.propagation import propagate
@@ -431,10 +434,11 @@ class SliceEngine(ObjectEngine):
         pred = self._correct_slice(state, z, pts, np.ones(len(pts), np.int64), hint=poly)
         return {z: pred & ndimage.binary_dilation(poly, iterations=2)}
 
-    def _apply(self, state: ObjectState, new: np.ndarray, corrected: dict[int, np.ndarray], positive: bool) -> None:
+    def _apply(self, state: ObjectState, new: np.ndarray, corrected: dict[int, np.ndarray], positive: bool,
+               travels: bool = True) -> None:
         """Write the corrected slices into ``new`` and let each change travel outwards (up to the next corrected
-        slice, the slab's end, or agreement with the previous object); a negative prompt that empties a slice
-        trims the object there."""
+        slice, the slab's end, or agreement with the previous object; not when ``travels`` is false); a negative
+        prompt that empties a slice trims the object there."""
         depth = self.volume.shape[0]
         lo, hi = state.slab(depth)
         old = state.mask
@@ -442,7 +446,7 @@ class SliceEngine(ObjectEngine):
         for z in order:
             new[z] = corrected[z]
             self._show(z, new[z])
-        if not self.spread:
+        if not self.spread or not travels:
             return
         for k, z in enumerate(order):
             if corrected[z].sum() < self.min_area:
