@@ -314,17 +314,13 @@ def _object_step(sam: Any, data: ClickData, picks: np.ndarray, emb: Any, max_cli
     box and binary mask prompt); only the last round is trained. Returns its logits and IoU predictions."""
     import torch
 
-    from napari_medadapt.core.sam.clicks import jittered_box, next_click
+    from napari_medadapt.core.sam.clicks import next_click
     from napari_medadapt.core.sam.decoding import decode
 
     frames = data.frames[picks]
-    points: list[list[tuple[float, float, int]]] = [[] for _ in picks]
+    boxes, points = _first_prompts(data, picks, "box", rng)  # jittered boxes, no clicks yet
     with torch.no_grad():
-        xyxy = []
-        for t, j in zip(data.targets[picks], data.jitter[picks], strict=True):
-            r0, c0, r1, c1 = jittered_box(t, rng, max_jitter=int(j))
-            xyxy.append((c0, r0, c1, r1))
-        logits, _ = decode(sam, emb, None, None, torch.tensor(xyxy, dtype=torch.float32), None)
+        logits, _ = decode(sam, emb, None, None, boxes, None)
         masks = (logits[:, 0] > 0).numpy()
         for k, pick in enumerate(picks):
             masks[k] = _spoiled(masks[k], data, int(pick), rng)

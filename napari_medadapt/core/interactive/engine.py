@@ -292,7 +292,7 @@ class SliceEngine(ObjectEngine):
         axis = self._axis_for(state, interaction)
         shape = self.volume.shape
         framed = (shape[axis], *[shape[i] for i in range(3) if i != axis])
-        given = given_on(in_frame(interaction, axis, self.volume.shape), framed)
+        given = given_on(in_frame(interaction, axis, shape), framed)
         return None if given is None else np.moveaxis(given, 0, axis)
 
     def _update_in_frame(self, state: ObjectState, interaction: Interaction) -> np.ndarray:
