@@ -457,12 +457,18 @@ def _two_halves() -> tuple[ObjectSet, np.ndarray, np.ndarray]:
     return ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255))), upper, lower
 
 
-def test_a_click_takes_other_objects_voxels_only_on_its_own_slice() -> None:
+@pytest.mark.parametrize("click_claims", ["near", "slice"])
+def test_a_click_takes_other_objects_voxels_only_on_its_own_slice(click_claims: str) -> None:
     objects, upper, lower = _two_halves()
+    objects.engine.click_claims = click_claims
     a, b = objects.add("a", mask=upper), objects.add("b", mask=lower)
     mask = objects.interact(a, Click((5, 17, 15), True))  # "this is a too", given on slice 5
     assert mask[5, 17, 15] and not objects.objects[b].mask[5, 17, 15]
     assert objects.objects[b].mask[4, 17, 15] and not mask[4, 17, 15]  # where the change only travelled, b keeps it
+    # the model's answer on slice 5 is the whole block: "near" takes b's voxels only within 3 voxels of the click
+    assert objects.objects[b].mask[5, 19, 19] == (click_claims == "near")
+    assert objects.objects[b].mask[5, 19, 18] == (click_claims == "near")  # 3.6 voxels from the click
+    assert not objects.objects[b].mask[5, 18, 17] and not objects.objects[b].mask[5, 15, 15]  # 2.2, 2 voxels: taken
     objects.undo(a)
     assert np.array_equal(objects.objects[b].mask, lower)
 
@@ -498,3 +504,10 @@ def test_given_on_names_the_slices_of_the_interactions_plane() -> None:
     assert lasso[2].all() and lasso.sum() == lasso[2].size
     sagittal = given_on(Lasso(3, ((0, 0), (1, 1), (0, 1)), True, axis=2), shape)
     assert sagittal[:, :, 3].all() and sagittal.sum() == sagittal[:, :, 3].size
+
+
+def test_an_unknown_engine_setting_is_refused_with_its_name_and_choices() -> None:
+    from napari_medadapt.core.errors import MedAdaptError
+
+    with pytest.raises(MedAdaptError, match="click_claims must be one of 'near', 'slice'; got 'everywhere'"):
+        SliceEngine(BrightPredictor(), np.zeros((4, 8, 8), np.uint8), (0, 255), click_claims="everywhere")

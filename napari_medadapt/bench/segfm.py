@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override what a positive click the model's answer leaves out does")
     parser.add_argument("--ignored-negative", choices=("keep", "cut-box"), default=None,
                         help="override what a negative click the model's answer keeps does")
+    parser.add_argument("--click-claims", choices=("near", "slice"), default=None,
+                        help="override where a click may take other objects' voxels")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default=None, help="compute device")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep slice embeddings on disk here (reruns)")
@@ -232,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
         options["ignored_click"] = args.ignored_click
     if args.ignored_negative is not None:
         options["ignored_negative"] = args.ignored_negative
+    if args.click_claims is not None:
+        options["click_claims"] = args.click_claims
     report: dict[str, Any] = {
         "protocol": "CVPR25_iter_eval.py (JunMa11/CVPR-MedSegFMCompetition), re-implemented in core/segfm",
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),

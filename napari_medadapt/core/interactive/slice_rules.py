@@ -1,5 +1,5 @@
 """Small rules of :class:`~.engine.SliceEngine` on one slice: where a click's change is, which part of the object's
-box a negative click leaves, how large the object is near a slice."""
+box a negative click leaves, how large the object is near a slice or on one."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def size_near(mask: np.ndarray, z: int) -> int:
     if held.size == 0:
         return 0
     return int(areas[held[np.argmin(np.abs(held - z))]])
+
+
+def slice_size(mask: np.ndarray, rect: tuple[int, int, int, int] | None) -> int | None:
+    """The size of an object on a slice: the area of its box's rectangle ``rect`` (``(r0, c0, r1, c1)``, inclusive),
+    without a box its 3D ``mask``'s largest slice; ``None`` for an empty object without a box."""
+    if rect is not None:
+        r0, c0, r1, c1 = rect
+        return int((r1 - r0 + 1) * (c1 - c0 + 1))
+    if mask.any():
+        return int(mask.sum(axis=(1, 2)).max())
+    return None
 
 
 def box_cut_at(mask: np.ndarray, rc: tuple[int, int]) -> tuple[float, float, float, float] | None:
