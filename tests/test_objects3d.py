@@ -113,10 +113,14 @@ def test_background_click_past_the_end_trims(scene) -> None:
     leaking[19:23] = blob[18]  # the object leaks 4 slices past the blob's end
     volume[19:23] = 20
     obj = objects.add(mask=leaking)
+    shown = {}
+    objects.engine.watch(None, lambda axis, z, mask2d: shown.__setitem__(z, mask2d.copy()))
     mask = objects.interact(obj, Click((20, 20, 14), False))
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     assert zs.max() == 19 - 1 or zs.max() == 19  # slice 20 and beyond removed
     assert not mask[20:].any() and mask[5:19].sum() == blob[5:19].sum()
+    # a dock's live view is told about every slice that went, not only the clicked one
+    assert {20, 21, 22} <= set(shown) and not any(shown[z].any() for z in (20, 21, 22))
 
 
 def test_clicks_on_one_slice_only_leave_the_neighbours(scene) -> None:

@@ -460,15 +460,13 @@ class SliceEngine(ObjectEngine):
 
     def _trim(self, new: np.ndarray, old: np.ndarray, z: int) -> None:
         """Slice ``z`` came out empty: remove it, and everything beyond it on the side away from the object when
-        that side is the object's end (at most ``TRIM_SHARE`` of its voxels)."""
+        that side is the object's end (at most ``TRIM_SHARE`` of its voxels); the slices that go are shown."""
         new[z] = False
         below, above = int(old[:z].sum()), int(old[z + 1:].sum())
-        if min(below, above) > self.TRIM_SHARE * max(1, below + above):
-            return  # the slice is inside the object, not past its end: only that slice goes
-        if below <= above:
-            new[:z] = False
-        else:
-            new[z + 1:] = False
+        if min(below, above) <= self.TRIM_SHARE * max(1, below + above):  # past the object's end, not inside it
+            new[slice(None, z) if below <= above else slice(z + 1, None)] = False
+        for gone in np.flatnonzero(old.any(axis=(1, 2)) & ~new.any(axis=(1, 2))):
+            self._show(int(gone), new[gone])
 
     def _travel(self, state: ObjectState, new: np.ndarray, old: np.ndarray, start: int, step: int, end: int) -> None:
         """Carry the change of slice ``start`` to the next slices in direction ``step`` (see :attr:`travel`)."""
