@@ -4,4 +4,4 @@ Importing this package is cheap: it never imports torch, napari or Qt. Heavy mod
 when a dock opens or a command runs.
 """
 
-__version__ = "0.3.2"
+__version__ = "0.3.3"
