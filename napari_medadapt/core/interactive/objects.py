@@ -1,8 +1,10 @@
 """Several 3D objects on one volume, never overlapping, each with its own undo history.
 
 The object an interaction is for takes the voxels its new mask claims where the interaction was given (the user's
-latest word wins: a 3D box or mask everywhere, a lasso or scribble on the slices it lies on, a click on its slice or
-only near it, as the engine decides: :meth:`ObjectEngine.given_on`); elsewhere the other objects keep their voxels. The objects that lose voxels get them back when that interaction is undone, if no object holds them by then.
+latest word wins: a 3D box or mask everywhere, a lasso or scribble on the slices it lies on, a click on its slice
+or, with :class:`~.engine.SliceEngine`'s default, only near it: :meth:`ObjectEngine.given_on`); elsewhere the other
+objects keep their voxels. The objects that lose voxels get them back when that interaction is undone, if no object
+holds them by then.
 """
 
 from __future__ import annotations

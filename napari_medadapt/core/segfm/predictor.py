@@ -3,8 +3,8 @@
 Step 0 (``boxes``, no ``clicks``): every class from its 3D box. A click step (``clicks`` present): each class
 starts from ``prev_pred == class`` with its box and its earlier clicks as history, and its newest click (the last
 entry of ``clicks_order``) updates the 3D object; without ``prev_pred`` every interaction is replayed. Classes
-never overlap (the class a click is for takes other classes' voxels only near the click). Embeddings come from the predictor's cache
-(memory, and the disk store when it has one), so a later step re-encodes nothing.
+never overlap (the class a click is for takes other classes' voxels only near the click). Embeddings come from the
+predictor's cache (memory, and the disk store when it has one), so a later step re-encodes nothing.
 """
 
 from __future__ import annotations
