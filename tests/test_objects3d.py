@@ -451,20 +451,19 @@ def test_a_first_click_alone_makes_the_whole_object(scene) -> None:
     assert mask[12].sum() == blob[12].sum() and len(np.flatnonzero(mask.any(axis=(1, 2)))) > 3
 
 
-def _two_halves() -> tuple[ObjectSet, np.ndarray, np.ndarray]:
+def _two_halves(click_claims: str = "near") -> tuple[ObjectSet, np.ndarray, np.ndarray]:
     """One bright block, its upper half held by one object and its lower half by another."""
     volume = np.full((10, 40, 40), 20, np.uint8)
     volume[2:8, 10:20, 10:20] = 220
     upper, lower = np.zeros(volume.shape, bool), np.zeros(volume.shape, bool)
     upper[2:8, 10:15, 10:20] = True
     lower[2:8, 15:20, 10:20] = True
-    return ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255))), upper, lower
+    return ObjectSet(SliceEngine(BrightPredictor(), volume, (0, 255), click_claims=click_claims)), upper, lower
 
 
 @pytest.mark.parametrize("click_claims", ["near", "slice"])
 def test_a_click_takes_other_objects_voxels_only_on_its_own_slice(click_claims: str) -> None:
-    objects, upper, lower = _two_halves()
-    objects.engine.click_claims = click_claims
+    objects, upper, lower = _two_halves(click_claims)
     a, b = objects.add("a", mask=upper), objects.add("b", mask=lower)
     mask = objects.interact(a, Click((5, 17, 15), True))  # "this is a too", given on slice 5
     assert mask[5, 17, 15] and not objects.objects[b].mask[5, 17, 15]
@@ -485,6 +484,9 @@ def test_a_click_in_another_plane_takes_voxels_only_on_the_box_slice_it_corrects
     mask = objects.interact(a, Click((5, 17, 15), True, axis=axis))  # given on a coronal / sagittal slice
     taken = lower & ~objects.objects[b].mask
     assert mask[5, 17, 15] and taken.any() and not taken[np.arange(10) != 5].any()  # only on axial slice 5
+    rows, cols = np.nonzero(taken[5])
+    assert ((rows - 17) ** 2 + (cols - 15) ** 2 <= SliceEngine.LOCAL_REACH**2).all()  # and only near the click
+    assert objects.objects[b].mask[5, 19, 19]  # the rest of b's half of slice 5 stays b's
 
 
 def test_given_on_for_a_lasso_in_another_plane_is_the_box_slices_it_crosses(scene) -> None:

@@ -192,7 +192,8 @@ class SliceEngine(ObjectEngine):
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise MedAdaptError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
-            setattr(self, name, value)
+        self.travel, self.click_scope, self.click_claims = travel, click_scope, click_claims
+        self.ignored_click, self.ignored_negative = ignored_click, ignored_negative
         self.frame_axis = frame_axis  # the volume axis this engine's first axis is (engines of other planes)
         self._settings = {"spread": spread, "agree_iou": agree_iou, "stop_iou": stop_iou,
                           "max_area_ratio": max_area_ratio, "min_area": min_area, "box_stops": box_stops,
@@ -461,11 +462,12 @@ class SliceEngine(ObjectEngine):
     def _trim(self, new: np.ndarray, old: np.ndarray, z: int) -> None:
         """Slice ``z`` came out empty: remove it, and everything beyond it on the side away from the object when
         that side is the object's end (at most ``TRIM_SHARE`` of its voxels); the slices that go are shown."""
+        held = new.any(axis=(1, 2))
         new[z] = False
         below, above = int(old[:z].sum()), int(old[z + 1:].sum())
         if min(below, above) <= self.TRIM_SHARE * max(1, below + above):  # past the object's end, not inside it
             new[slice(None, z) if below <= above else slice(z + 1, None)] = False
-        for gone in np.flatnonzero(old.any(axis=(1, 2)) & ~new.any(axis=(1, 2))):
+        for gone in np.flatnonzero(held & ~new.any(axis=(1, 2))):
             self._show(int(gone), new[gone])
 
     def _travel(self, state: ObjectState, new: np.ndarray, old: np.ndarray, start: int, step: int, end: int) -> None:
