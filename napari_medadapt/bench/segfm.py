@@ -36,6 +36,8 @@ CT_DEV_ORGANS = {63: "inferior_vena_cava", 19: "duodenum", 88: "iliopsoas_left",
 #: synthetic gliomas among the settings cases: held out from the click decoder's training (phantoms 0 and 1)
 DEV_PHANTOM_SEEDS = (101, 102, 103, 104, 105, 106)
 VARIANTS = {"slice": "clicks on one slice only", "object": "3D object update"}
+#: ``SliceEngine`` settings that ``--agree-iou``, ``--travel``, ... override
+ENGINE_OVERRIDES = ("agree_iou", "travel", "click_scope", "ignored_click", "ignored_negative", "click_claims")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,18 +226,9 @@ def run(args: argparse.Namespace) -> int:
     organ_ids = [int(v) for v in args.organs.split(",")] if args.organs else None
     cases = make_cases(Path(args.data), [c.strip() for c in args.cases.split(",") if c.strip()], args.dev, organ_ids)
     options: dict[str, Any] = {"box_stops": bool(args.box_stops)}
-    if args.agree_iou is not None:
-        options["agree_iou"] = args.agree_iou
-    if args.travel is not None:
-        options["travel"] = args.travel
-    if args.click_scope is not None:
-        options["click_scope"] = args.click_scope
-    if args.ignored_click is not None:
-        options["ignored_click"] = args.ignored_click
-    if args.ignored_negative is not None:
-        options["ignored_negative"] = args.ignored_negative
-    if args.click_claims is not None:
-        options["click_claims"] = args.click_claims
+    for name in ENGINE_OVERRIDES:  # the engine settings given on the command line
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     report: dict[str, Any] = {
         "protocol": "CVPR25_iter_eval.py (JunMa11/CVPR-MedSegFMCompetition), re-implemented in core/segfm",
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
